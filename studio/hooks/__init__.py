@@ -1,0 +1,1 @@
+"""Caption ("hook") writers behind one seam."""

@@ -1,0 +1,1 @@
+"""Safety checks: a moderator scores content, the policy turns scores into verdicts."""

@@ -1,0 +1,1 @@
+"""Image providers behind one seam, and the chain that tries them in order."""

@@ -1,0 +1,152 @@
+"""The small typed values that flow between the pipeline's steps.
+
+They are pydantic models so that Prefect can persist and display them, and so that a
+piece keeps the same `piece_id` from template selection to the database row: every
+retry and every re-run of a step is keyed by it.
+"""
+
+from __future__ import annotations
+
+from enum import StrEnum
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+Tier = Literal["capa1", "capa2", "capa3"]
+TIERS: tuple[Tier, ...] = ("capa1", "capa2", "capa3")
+
+
+class Platform(StrEnum):
+    INSTAGRAM = "instagram"
+    TIKTOK = "tiktok"
+    TWITTER = "twitter"
+    PATREON = "patreon"
+    ONLYFANS = "onlyfans"
+
+
+class PieceStatus(StrEnum):
+    PLANNED = "planned"
+    GENERATED = "generated"
+    CAPTIONED = "captioned"
+    CHECKED = "checked"
+    STORED = "stored"
+    SAVED = "saved"
+    PUBLISHED = "published"
+    REJECTED = "rejected"
+    PENDING_REVIEW = "pending_review"
+    FAILED = "failed"
+
+
+class AvatarRef(BaseModel):
+    """What the steps need to know of an avatar; detached from the ORM session."""
+
+    id: str
+    name: str
+    niche: str
+    lora_weights_url: str | None = None
+
+
+class PieceSpec(BaseModel):
+    """One planned piece: decided in step 1, never changed afterwards except its tier."""
+
+    piece_id: str
+    batch_id: str
+    index: int
+    prompt: str
+    tier: Tier
+    template_id: str | None = None
+    category: str | None = None
+    niche: str | None = None
+    hook_pattern: str | None = None
+    custom: bool = False
+
+
+class GeneratedImage(BaseModel):
+    """An image made for a piece, staged on local disk (never passed around as bytes)."""
+
+    piece_id: str
+    provider: str
+    path: str
+    content_type: str = "image/png"
+    seconds: float = 0.0
+    cost_usd: float = 0.0
+    stand_in: bool = False
+    attempts: int = 1
+
+
+class ImageFailure(BaseModel):
+    piece_id: str
+    reason: str
+
+
+class Hook(BaseModel):
+    piece_id: str
+    text: str
+    source: str
+    stand_in: bool = False
+
+
+class HookBatch(BaseModel):
+    """The hooks of a batch plus what writing them cost."""
+
+    hooks: dict[str, Hook] = Field(default_factory=dict)
+    cost_usd: float = 0.0
+    calls: int = 0
+    failures: int = 0
+
+
+class SafetyVerdict(BaseModel):
+    piece_id: str
+    status: Literal["passed", "rejected", "retiered", "pending_review", "skipped"]
+    tier: Tier
+    reason: str | None = None
+    categories: list[str] = Field(default_factory=list)
+    checked_by: str = "local"
+
+
+class SafetyReport(BaseModel):
+    verdicts: dict[str, SafetyVerdict] = Field(default_factory=dict)
+    cost_usd: float = 0.0
+    calls: int = 0
+
+
+class StoredObject(BaseModel):
+    piece_id: str
+    key: str
+    url: str
+    backend: str
+    size: int
+    checksum: str
+    content_type: str = "image/png"
+
+
+class PieceOutcome(BaseModel):
+    piece_id: str
+    index: int
+    template_id: str | None
+    tier: Tier
+    status: PieceStatus
+    provider: str | None = None
+    hook: str | None = None
+    url: str | None = None
+    storage_key: str | None = None
+    cost_usd: float = 0.0
+    reason: str | None = None
+
+
+class BatchResult(BaseModel):
+    batch_id: str
+    avatar_id: str
+    avatar_name: str
+    status: Literal["completed", "failed"]
+    requested: int
+    published: int
+    rejected: int
+    failed: int
+    pending_review: int
+    cost_usd: float
+    total_seconds: float
+    step_seconds: dict[str, float]
+    cost_breakdown: dict[str, float]
+    stand_ins: list[str]
+    pieces: list[PieceOutcome]
