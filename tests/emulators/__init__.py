@@ -1,0 +1,1 @@
+"""Loopback HTTP emulators of the external services the pipeline calls."""
