@@ -1,0 +1,81 @@
+"""The bundled library: coverage, well-formed fields and the safe-for-work policy."""
+
+import re
+import string
+from collections import Counter
+
+import pytest
+
+from studio.templates import HOOK_PLACEHOLDERS, load_bundled_templates, tier_counts
+from studio.types import TIERS, Platform
+
+NICHES = {"fitness", "lifestyle", "fashion", "travel", "food", "wellness"}
+# Neutral deny-list: words that must never appear in a bundled prompt, hook or description.
+DENY = ("nude", "naked", "explicit", "nsfw", "lingerie", "topless", "underwear", "sexy", "erotic")
+
+TEMPLATES = load_bundled_templates()
+
+
+def test_library_is_large_enough_and_covers_every_niche():
+    assert len(TEMPLATES) >= 72
+    assert {t.niche for t in TEMPLATES} == NICHES
+
+
+@pytest.mark.parametrize("niche", sorted(NICHES))
+def test_each_niche_is_split_roughly_50_30_20_across_tiers(niche):
+    own = [t for t in TEMPLATES if t.niche == niche]
+    shares = {tier: n / len(own) for tier, n in Counter(t.tier for t in own).items()}
+    assert set(shares) == set(TIERS)
+    assert 0.45 <= shares["capa1"] <= 0.55
+    assert 0.25 <= shares["capa2"] <= 0.35
+    assert 0.15 <= shares["capa3"] <= 0.25
+
+
+def test_a_default_50_piece_batch_fits_without_repeats():
+    need = tier_counts(50, {"capa1": 0.6, "capa2": 0.3, "capa3": 0.1})
+    have = Counter(t.tier for t in TEMPLATES)
+    assert all(have[tier] >= need[tier] for tier in TIERS)
+
+
+def test_ids_are_unique_stable_slugs_named_after_their_niche():
+    ids = [t.id for t in TEMPLATES]
+    assert len(ids) == len(set(ids))
+    for t in TEMPLATES:
+        assert re.fullmatch(rf"{t.niche}-\d{{3}}", t.id), t.id
+
+
+def test_every_template_has_all_fields_and_only_allowed_values():
+    for t in TEMPLATES:
+        assert t.tier in TIERS
+        assert t.platforms and set(t.platforms) <= set(Platform)
+        for text in (t.category, t.prompt, t.hook_pattern, t.description):
+            assert text.strip()
+        assert "\n" not in t.description
+
+
+def test_prompts_refer_to_the_avatar_and_name_no_person():
+    for t in TEMPLATES:
+        assert "the avatar" in t.prompt, t.id
+        assert "{" not in t.prompt, t.id
+
+
+def test_hook_patterns_only_use_the_known_placeholders():
+    for t in TEMPLATES:
+        used = {n for _, n, _, _ in string.Formatter().parse(t.hook_pattern) if n is not None}
+        assert used <= HOOK_PLACEHOLDERS, t.id
+        # Fillable with the exact set a hook writer provides.
+        t.hook_pattern.format(avatar_name="Ava", niche=t.niche, platform_tag="#tag")
+
+
+def test_restricted_tiers_stay_off_public_only_platforms():
+    # Premium/restricted are access levels: they must at least reach a subscriber platform.
+    for t in TEMPLATES:
+        if t.tier != "capa1":
+            assert {Platform.PATREON, Platform.ONLYFANS} & set(t.platforms), t.id
+
+
+def test_content_policy_no_deny_listed_words_anywhere():
+    for t in TEMPLATES:
+        text = " ".join((t.prompt, t.hook_pattern, t.description, t.category)).lower()
+        hits = [word for word in DENY if re.search(rf"\b{word}\b", text)]
+        assert not hits, f"{t.id} contains {hits}"
