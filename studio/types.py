@@ -93,6 +93,8 @@ class HookBatch(BaseModel):
     cost_usd: float = 0.0
     calls: int = 0
     failures: int = 0
+    # measured token usage, e.g. {"input": .., "output": .., "cache_write": .., "cache_read": ..}
+    tokens: dict[str, int] = Field(default_factory=dict)
 
 
 class SafetyVerdict(BaseModel):
