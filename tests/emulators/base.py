@@ -275,3 +275,17 @@ class Emulator:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def png_bytes(label: str, size: int = 64) -> bytes:
+    """A real PNG (pillow) whose colour derives from `label`, so images differ per request."""
+    import hashlib
+    import io
+
+    from PIL import Image
+
+    digest = hashlib.sha256(label.encode()).digest()
+    image = Image.new("RGB", (size, size), tuple(digest[:3]))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()

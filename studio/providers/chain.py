@@ -1,0 +1,272 @@
+"""The provider chain: one image through ComfyUI -> Modal -> Replicate (configurable).
+
+Per provider it applies the spec's retry policy (tenacity, exponential backoff), a
+timeout per attempt and a circuit breaker, and holds a concurrency slot around exactly
+the provider call (never around a backoff sleep). With the speed strategy an image
+starts on the first provider in the order that has a free slot instead of queueing for
+a saturated one; when all are saturated it queues in order like the other strategies.
+
+Every attempt is logged on "studio.providers" as a `provider_attempt` line with piece,
+provider, attempt, duration and outcome, so the spec's `grep provider_attempt` works.
+Messages pass through `redact` so a secret never reaches a log or an exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+
+from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
+
+from studio.providers.base import ImageProvider, ProviderError, ProviderImage
+from studio.providers.breaker import CircuitBreaker
+from studio.providers.slots import LocalSlots, SlotBusy, SlotFactory
+from studio.types import AvatarRef, PieceSpec
+
+logger = logging.getLogger("studio.providers")
+
+
+@dataclass(frozen=True)
+class ProviderPolicy:
+    """How one provider is called: attempts (first try included), backoff, timeout."""
+
+    max_attempts: int = 1
+    backoff_factor: float = 1.0
+    backoff_unit: float = 1.0
+    timeout: float = 60.0
+
+    def backoff(self) -> wait_exponential:
+        """Wait unit*factor**n before retry n (spec: 1.5 s, 2.25 s, 3.37 s for Modal)."""
+        return wait_exponential(
+            multiplier=self.backoff_unit * self.backoff_factor, exp_base=self.backoff_factor
+        )
+
+
+@dataclass(frozen=True)
+class ChainResult:
+    image: ProviderImage
+    provider: str
+    stand_in: bool
+    #: provider calls made for this image, across providers
+    attempts: int
+    #: wall time of the whole chain for this image, slot waits and backoff included
+    seconds: float
+    #: wall time of the successful provider call alone
+    call_seconds: float
+    cost_usd: float
+    #: providers that failed before the one that served, with their reasons
+    failures: dict[str, str] = field(default_factory=dict)
+
+
+class ChainExhausted(Exception):
+    """Every provider failed or was skipped for this image; `reasons` says why, per provider."""
+
+    def __init__(self, reasons: Mapping[str, str], attempts: int) -> None:
+        self.reasons = dict(reasons)
+        self.attempts = attempts
+        detail = "; ".join(f"{p}: {r}" for p, r in self.reasons.items()) or "no provider"
+        super().__init__(f"all image providers failed ({detail})")
+
+
+def redact(text: str, secrets: Iterable[str]) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "***")
+    return text
+
+
+class _Skipped(Exception):
+    """The provider was not called (breaker open); not a failure of the provider."""
+
+
+class ProviderChain:
+    def __init__(
+        self,
+        providers: Sequence[ImageProvider],
+        policies: Mapping[str, ProviderPolicy] | None = None,
+        *,
+        speed: bool = False,
+        slot: SlotFactory | None = None,
+        breakers: Mapping[str, CircuitBreaker] | None = None,
+        caps: Mapping[str, int] | None = None,
+        secrets: Sequence[str] = (),
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self.providers = list(providers)
+        self.policies = dict(policies or {})
+        self.speed = speed
+        self.slot: SlotFactory = slot or LocalSlots(caps or {})
+        self.breakers = dict(breakers or {})
+        for provider in self.providers:
+            self.breakers.setdefault(provider.name, CircuitBreaker())
+        self._secrets = [s for s in secrets if s]
+        self._sleep = sleep
+
+    @property
+    def names(self) -> list[str]:
+        return [p.name for p in self.providers]
+
+    def with_slot(self, slot: SlotFactory) -> ProviderChain:
+        """The same providers, policies and breakers with another slot factory."""
+        clone = ProviderChain(
+            self.providers, self.policies, speed=self.speed, slot=slot,
+            breakers=self.breakers, secrets=self._secrets, sleep=self._sleep,
+        )
+        return clone
+
+    def policy(self, name: str) -> ProviderPolicy:
+        return self.policies.get(name, ProviderPolicy())
+
+    async def generate(self, spec: PieceSpec, avatar: AvatarRef) -> ChainResult:
+        started = time.perf_counter()
+        reasons: dict[str, str] = {}
+        counter = _Counter()
+        remaining = list(self.providers)
+        if self.speed:
+            for provider in list(remaining):
+                if not self.breakers[provider.name].would_allow():
+                    continue
+                try:
+                    result = await self._run(provider, spec, avatar, counter, first_wait=False)
+                except SlotBusy:
+                    continue
+                except (ProviderError, _Skipped) as exc:
+                    reasons[provider.name] = self._reason(exc)
+                    remaining.remove(provider)
+                    continue
+                return self._done(result, provider, counter, started, reasons)
+        for provider in remaining:
+            try:
+                result = await self._run(provider, spec, avatar, counter, first_wait=True)
+            except (ProviderError, _Skipped) as exc:
+                reasons[provider.name] = self._reason(exc)
+                continue
+            return self._done(result, provider, counter, started, reasons)
+        raise ChainExhausted(reasons, counter.calls)
+
+    def _reason(self, exc: BaseException) -> str:
+        message = str(exc)
+        if isinstance(exc, ProviderError):
+            prefix = f"{exc.provider}: "
+            message = message.removeprefix(prefix)
+        return redact(message, self._secrets)
+
+    def _done(
+        self,
+        result: tuple[ProviderImage, float],
+        provider: ImageProvider,
+        counter: _Counter,
+        started: float,
+        reasons: dict[str, str],
+    ) -> ChainResult:
+        image, call_seconds = result
+        return ChainResult(
+            image=image,
+            provider=provider.name,
+            stand_in=bool(getattr(provider, "stand_in", False)),
+            attempts=counter.calls,
+            seconds=time.perf_counter() - started,
+            call_seconds=call_seconds,
+            cost_usd=image.cost_usd,
+            failures=reasons,
+        )
+
+    async def _run(
+        self,
+        provider: ImageProvider,
+        spec: PieceSpec,
+        avatar: AvatarRef,
+        counter: _Counter,
+        *,
+        first_wait: bool,
+    ) -> tuple[ProviderImage, float]:
+        """All attempts on one provider: tenacity retries retryable errors with backoff."""
+        policy = self.policy(provider.name)
+        retrying = AsyncRetrying(
+            stop=stop_after_attempt(policy.max_attempts),
+            wait=policy.backoff(),
+            retry=retry_if_exception(lambda e: isinstance(e, ProviderError) and e.retryable),
+            sleep=self._sleep,
+            reraise=True,
+        )
+        async for attempt in retrying:
+            with attempt:
+                number = attempt.retry_state.attempt_number
+                wait = first_wait or number > 1
+                return await self._attempt(provider, policy, spec, avatar, number, counter, wait)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _attempt(
+        self,
+        provider: ImageProvider,
+        policy: ProviderPolicy,
+        spec: PieceSpec,
+        avatar: AvatarRef,
+        number: int,
+        counter: _Counter,
+        wait: bool,
+    ) -> tuple[ProviderImage, float]:
+        breaker = self.breakers[provider.name]
+        if not breaker.would_allow():  # do not queue for a slot of a provider we would skip
+            self._log(spec, provider.name, number, 0.0, "skipped", "circuit open")
+            raise _Skipped("circuit open")
+        async with self.slot(provider.name, wait=wait):
+            if not breaker.allow():
+                self._log(spec, provider.name, number, 0.0, "skipped", "circuit open")
+                raise _Skipped("circuit open")
+            counter.calls += 1
+            started = time.perf_counter()
+            try:
+                async with asyncio.timeout(policy.timeout):
+                    image = await provider.generate(spec, avatar)
+            except TimeoutError:
+                elapsed = time.perf_counter() - started
+                breaker.record_failure()
+                self._log(spec, provider.name, number, elapsed, "timeout", f"{policy.timeout:g}s")
+                raise ProviderError(provider.name, f"timed out after {policy.timeout:g}s") from None
+            except ProviderError as exc:
+                elapsed = time.perf_counter() - started
+                breaker.record_failure()
+                self._log(spec, provider.name, number, elapsed, "error", self._reason(exc))
+                raise
+            except asyncio.CancelledError:
+                breaker.release_trial()
+                raise
+            except Exception as exc:  # a bug or an unexpected client error: contain it
+                elapsed = time.perf_counter() - started
+                breaker.record_failure()
+                reason = f"unexpected {type(exc).__name__}"
+                self._log(spec, provider.name, number, elapsed, "error", reason)
+                raise ProviderError(provider.name, reason) from None
+        elapsed = time.perf_counter() - started
+        breaker.record_success()
+        self._log(spec, provider.name, number, elapsed, "ok", None)
+        return image, elapsed
+
+    def _log(
+        self,
+        spec: PieceSpec,
+        provider: str,
+        attempt: int,
+        seconds: float,
+        outcome: str,
+        reason: str | None,
+    ) -> None:
+        line = (
+            f"provider_attempt piece={spec.piece_id} provider={provider} attempt={attempt} "
+            f"duration={seconds:.3f}s outcome={outcome}"
+        )
+        if reason:
+            line += f' reason="{redact(reason, self._secrets)}"'
+        level = logging.INFO if outcome == "ok" else logging.WARNING
+        logger.log(level, line)
+
+
+class _Counter:
+    __slots__ = ("calls",)
+
+    def __init__(self) -> None:
+        self.calls = 0

@@ -1,0 +1,204 @@
+"""A loopback ComfyUI server speaking ComfyUI's HTTP API (the parts the provider uses).
+
+- POST /prompt {"prompt": <API-format graph>, "client_id": ...}
+    200 {"prompt_id", "number", "node_errors": {}}
+    400 {"error": {"type", "message", "details", "extra_info"}, "node_errors": {...}}
+        when the graph fails validation (no output node, unknown LoRA file...)
+- GET /history/{prompt_id}: `{}` until the prompt finished, then
+    {prompt_id: {"prompt": [...], "outputs": {node_id: {"images": [...]}},
+                 "status": {"status_str": "success"|"error", "completed", "messages"}}}
+- GET /view?filename=&subfolder=&type=output: the PNG bytes
+- POST /queue {"delete": [prompt_id]}: drops a queued/running prompt (client gave up)
+
+Switches (see `Behaviour`): latency, failure_rate (execution_error in history), hang
+(prompt never finishes); `extra["missing_loras"]`: LoRA file names to reject with 400.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import time
+import uuid
+from typing import Any
+
+from aiohttp import web
+
+from tests.emulators.base import Behaviour, Emulator, png_bytes
+
+OUTPUT_NODES = {"SaveImage", "PreviewImage"}
+
+
+class ComfyUIEmulator(Emulator):
+    def __init__(self, behaviour: Behaviour | None = None, image_size: int = 64) -> None:
+        super().__init__(behaviour)
+        self.image_size = image_size
+        self.history: dict[str, dict[str, Any]] = {}
+        self.files: dict[str, bytes] = {}
+        self.prompts: list[dict[str, Any]] = []
+        self._jobs: dict[str, asyncio.Task[None]] = {}
+        self._number = itertools.count()
+
+    def build_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/prompt", self._post_prompt)
+        app.router.add_get("/history/{prompt_id}", self._get_history)
+        app.router.add_get("/view", self._view)
+        app.router.add_post("/queue", self._post_queue)
+        app.router.add_get("/system_stats", self._system_stats)
+        return app
+
+    # --- validation, as ComfyUI's execution.validate_prompt reports it ---
+
+    def _validate(self, graph: Any) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+        if not isinstance(graph, dict) or not graph:
+            error = {
+                "type": "invalid_prompt",
+                "message": "Cannot execute because the prompt is not a graph",
+                "details": "",
+                "extra_info": {},
+            }
+            return error, {}
+        outputs = [nid for nid, node in graph.items() if node.get("class_type") in OUTPUT_NODES]
+        if not outputs:
+            error = {
+                "type": "prompt_no_outputs",
+                "message": "Prompt has no outputs",
+                "details": "",
+                "extra_info": {},
+            }
+            return error, {}
+        missing = set(self.behaviour.extra.get("missing_loras", ()))
+        node_errors: dict[str, Any] = {}
+        for nid, node in graph.items():
+            if node.get("class_type") != "LoraLoader":
+                continue
+            lora = node.get("inputs", {}).get("lora_name")
+            if not lora or lora in missing:
+                node_errors[nid] = {
+                    "errors": [
+                        {
+                            "type": "value_not_in_list",
+                            "message": "Value not in list",
+                            "details": f"lora_name: '{lora}' not in []",
+                            "extra_info": {"input_name": "lora_name"},
+                        }
+                    ],
+                    "dependent_outputs": outputs,
+                    "class_type": "LoraLoader",
+                }
+        if node_errors:
+            error = {
+                "type": "prompt_outputs_failed_validation",
+                "message": "Prompt outputs failed validation",
+                "details": "",
+                "extra_info": {},
+            }
+            return error, node_errors
+        return None, {}
+
+    async def _post_prompt(self, request: web.Request) -> web.Response:
+        self.counters.hit("prompt")
+        try:
+            body = await request.json()
+        except ValueError:
+            return web.json_response(
+                {"error": {"type": "invalid_json", "message": "bad JSON", "details": "",
+                           "extra_info": {}}, "node_errors": {}},
+                status=400,
+            )
+        if "prompt" not in body:
+            return web.json_response(
+                {"error": {"type": "no_prompt", "message": "No prompt provided", "details": "",
+                           "extra_info": {}}, "node_errors": {}},
+                status=400,
+            )
+        graph = body["prompt"]
+        error, node_errors = self._validate(graph)
+        if error is not None:
+            self.counters.hit("rejected")
+            return web.json_response({"error": error, "node_errors": node_errors}, status=400)
+        prompt_id = body.get("prompt_id") or str(uuid.uuid4())
+        number = next(self._number)
+        self.prompts.append(graph)
+        output_node = next(n for n, v in graph.items() if v.get("class_type") in OUTPUT_NODES)
+        self._jobs[prompt_id] = asyncio.create_task(
+            self._execute(prompt_id, number, graph, output_node)
+        )
+        return web.json_response({"prompt_id": prompt_id, "number": number, "node_errors": {}})
+
+    async def _execute(
+        self, prompt_id: str, number: int, graph: dict[str, Any], output_node: str
+    ) -> None:
+        latency, fail = self.behaviour.draw()
+        started = int(time.time() * 1000)
+        async with self.counters.generating():
+            try:
+                await self.behaviour.wait_while_hung()
+                await asyncio.sleep(latency)
+            except asyncio.CancelledError:
+                return
+        messages: list[Any] = [["execution_start", {"prompt_id": prompt_id, "timestamp": started}]]
+        entry: dict[str, Any] = {
+            "prompt": [number, prompt_id, graph, {}, [output_node]],
+            "outputs": {},
+            "meta": {},
+        }
+        if fail:
+            self.counters.hit("failed")
+            messages.append(
+                [
+                    "execution_error",
+                    {
+                        "prompt_id": prompt_id,
+                        "node_id": "3",
+                        "node_type": "KSampler",
+                        "executed": [],
+                        "exception_message": "Allocation on device failed",
+                        "exception_type": "torch.OutOfMemoryError",
+                        "traceback": [],
+                        "current_inputs": {},
+                        "current_outputs": {},
+                    },
+                ]
+            )
+            entry["status"] = {"status_str": "error", "completed": False, "messages": messages}
+        else:
+            self.counters.hit("succeeded")
+            filename = f"ComfyUI_{number:05d}_.png"
+            self.files[filename] = png_bytes(f"comfyui-{prompt_id}", self.image_size)
+            entry["outputs"] = {
+                output_node: {
+                    "images": [{"filename": filename, "subfolder": "", "type": "output"}]
+                }
+            }
+            messages.append(["execution_success", {"prompt_id": prompt_id}])
+            entry["status"] = {"status_str": "success", "completed": True, "messages": messages}
+            entry["meta"] = {output_node: {"node_id": output_node, "display_node": output_node}}
+        self.history[prompt_id] = entry
+        self._jobs.pop(prompt_id, None)
+
+    async def _get_history(self, request: web.Request) -> web.Response:
+        self.counters.hit("history")
+        prompt_id = request.match_info["prompt_id"]
+        entry = self.history.get(prompt_id)
+        return web.json_response({prompt_id: entry} if entry is not None else {})
+
+    async def _view(self, request: web.Request) -> web.Response:
+        self.counters.hit("view")
+        filename = request.query.get("filename", "")
+        if request.query.get("type", "output") != "output" or filename not in self.files:
+            return web.Response(status=404)
+        return web.Response(body=self.files[filename], content_type="image/png")
+
+    async def _post_queue(self, request: web.Request) -> web.Response:
+        self.counters.hit("queue")
+        body = await request.json()
+        for prompt_id in body.get("delete", []):
+            job = self._jobs.pop(prompt_id, None)
+            if job is not None:
+                job.cancel()
+        return web.Response(status=200)
+
+    async def _system_stats(self, request: web.Request) -> web.Response:
+        return web.json_response({"system": {"comfyui_version": "emulator"}, "devices": []})

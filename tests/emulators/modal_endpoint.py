@@ -1,0 +1,125 @@
+"""A loopback stand-in for a deployed Modal web endpoint serving SDXL + LoRA.
+
+It behaves like Modal's HTTP front door for a `@modal.fastapi_endpoint` with
+`requires_proxy_auth=True`:
+- requests without the right `Modal-Key`/`Modal-Secret` headers get 401
+  ("modal-http: missing credentials for proxy authorization");
+- a request still running after `redirect_after` seconds (Modal: 150 s) is answered
+  `303 See Other` with `Location: <endpoint>/?__modal_function_call_id=fc-...`; a GET on
+  that URL waits again and answers the result or another 303;
+- a failing function call answers 500 "Internal Server Error"; a bad body answers 422
+  with FastAPI's `{"detail": [...]}`.
+
+The endpoint contract (ours): POST JSON {prompt, negative_prompt, lora_url, seed, width,
+height, num_inference_steps} -> 200 image/png.
+
+Switches: latency, failure_rate, hang, `redirect_after` (seconds; 0 = always redirect).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+
+from aiohttp import web
+
+from tests.emulators.base import Behaviour, Emulator, png_bytes
+
+MODAL_REDIRECT_AFTER = 150.0
+
+
+class _Failed(Exception):
+    pass
+
+
+class ModalEndpointEmulator(Emulator):
+    def __init__(
+        self,
+        behaviour: Behaviour | None = None,
+        *,
+        token_id: str | None = None,
+        token_secret: str | None = None,
+        redirect_after: float = MODAL_REDIRECT_AFTER,
+        image_size: int = 64,
+    ) -> None:
+        super().__init__(behaviour)
+        self.token_id = token_id
+        self.token_secret = token_secret
+        self.redirect_after = redirect_after
+        self.image_size = image_size
+        self.bodies: list[dict] = []
+        self._calls: dict[str, asyncio.Task[bytes]] = {}
+
+    def build_app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_post("/", self._post)
+        app.router.add_get("/", self._get_result)
+        return app
+
+    def _authorised(self, request: web.Request) -> bool:
+        if self.token_id is None:
+            return True
+        return (
+            request.headers.get("Modal-Key") == self.token_id
+            and request.headers.get("Modal-Secret") == self.token_secret
+        )
+
+    @staticmethod
+    def _unauthorised() -> web.Response:
+        return web.Response(
+            status=401, text="modal-http: missing credentials for proxy authorization"
+        )
+
+    async def _generate(self, call_id: str) -> bytes:
+        latency, fail = self.behaviour.draw()
+        async with self.counters.generating():
+            await self.behaviour.wait_while_hung()
+            await asyncio.sleep(latency)
+        if fail:
+            self.counters.hit("failed")
+            raise _Failed(call_id)
+        self.counters.hit("succeeded")
+        return png_bytes(f"modal-{call_id}", self.image_size)
+
+    async def _answer(self, request: web.Request, call_id: str) -> web.Response:
+        task = self._calls[call_id]
+        try:
+            data = await asyncio.wait_for(asyncio.shield(task), timeout=self.redirect_after)
+        except TimeoutError:
+            self.counters.hit("redirect")
+            location = f"{request.url.origin()}/?__modal_function_call_id={call_id}"
+            return web.Response(status=303, headers={"Location": location})
+        except _Failed:
+            self._calls.pop(call_id, None)
+            return web.Response(status=500, text="Internal Server Error")
+        self._calls.pop(call_id, None)
+        return web.Response(body=data, content_type="image/png")
+
+    async def _post(self, request: web.Request) -> web.Response:
+        self.counters.hit("post")
+        if not self._authorised(request):
+            return self._unauthorised()
+        try:
+            body = await request.json()
+        except ValueError:
+            body = None
+        missing = [k for k in ("prompt", "lora_url") if not isinstance(body, dict) or k not in body]
+        if missing:
+            detail = [
+                {"type": "missing", "loc": ["body", k], "msg": "Field required", "input": body}
+                for k in missing
+            ]
+            return web.json_response({"detail": detail}, status=422)
+        self.bodies.append(body)
+        call_id = f"fc-{uuid.uuid4().hex[:26]}"
+        self._calls[call_id] = asyncio.create_task(self._generate(call_id))
+        return await self._answer(request, call_id)
+
+    async def _get_result(self, request: web.Request) -> web.Response:
+        self.counters.hit("get")
+        if not self._authorised(request):
+            return self._unauthorised()
+        call_id = request.query.get("__modal_function_call_id", "")
+        if call_id not in self._calls:
+            return web.Response(status=404, text="modal-http: function call not found")
+        return await self._answer(request, call_id)
