@@ -1,0 +1,508 @@
+"""The `content-batch` flow: validate, then the spec's seven steps.
+
+Every step is a Prefect task (image generation a set of concurrent chunk subflows),
+so the Prefect UI shows which step of which batch failed. The flow itself only
+routes values between steps, times them and writes the spec's log lines.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import re
+import time
+import uuid
+from typing import Any
+
+from prefect import flow
+from prefect.artifacts import acreate_table_artifact
+from prefect.runtime import flow_run
+
+from flows.image_chunk import image_chunk
+from studio import batchlog, progress
+from studio.moderation.base import ModerationItem
+from studio.request import BatchRequest, parse_tier_distribution
+from studio.settings import get_settings
+from studio.types import (
+    AvatarRef,
+    BatchResult,
+    GeneratedImage,
+    Hook,
+    HookBatch,
+    ImageFailure,
+    PieceOutcome,
+    PieceSpec,
+    PieceStatus,
+    SafetyReport,
+    SafetyVerdict,
+    StoredObject,
+)
+from tasks.check_safety import check_safety
+from tasks.generate_images import image_chain
+from tasks.save import finish_batch, register_batch, save_pieces
+from tasks.select_templates import select_templates
+from tasks.statistics import calculate_statistics
+from tasks.upload import UploadItem, upload_pieces
+from tasks.validate import validate_batch
+from tasks.write_hooks import write_hooks
+
+log = logging.getLogger("studio.batch")
+HOOK_GROUP_SIZE = 10
+
+
+class BatchBelowMinimum(Exception):
+    """Fewer pieces than `min_success_ratio` came out; what was made is saved."""
+
+
+def chunked(items: list[Any], size: int) -> list[list[Any]]:
+    return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+@flow(
+    name="content-batch",
+    flow_run_name="content-batch-{avatar_id}-{num_pieces}",
+    log_prints=False,
+    timeout_seconds=get_settings().batch_generation_timeout,
+    retries=0,
+)
+async def content_batch(
+    avatar_id: str,
+    num_pieces: int = 50,
+    tier_distribution: dict[str, float] | None = None,
+    platform: str = "instagram",
+    include_hooks: bool = True,
+    safety_check: bool = True,
+    upload_to_storage: bool = True,
+    custom_prompts: list[str] | None = None,
+    custom_tiers: list[str] | None = None,
+    seed: int | None = None,
+    batch_id: str | None = None,
+) -> BatchResult:
+    """Make `num_pieces` ready-to-publish pieces for one avatar.
+
+    `batch_id` defaults to the flow run's id, so a retry of the same flow run resumes
+    the same batch: staged images, stored files and rows are keyed by piece id and
+    are neither paid for nor written twice.
+    """
+    settings = get_settings()
+    batchlog.configure_logging(settings.log_file, settings.log_level)
+    request = BatchRequest(
+        avatar_id=avatar_id,
+        num_pieces=num_pieces,
+        tier_distribution=parse_tier_distribution(tier_distribution),
+        platform=platform,
+        include_hooks=include_hooks and settings.hook_generation_enabled,
+        safety_check=safety_check,
+        upload_to_storage=upload_to_storage and settings.upload_to_storage_enabled,
+        custom_prompts=custom_prompts,
+        custom_tiers=custom_tiers,
+        seed=seed,
+    )
+    validated = validate_batch(request)
+    avatar = validated.avatar
+    batch_id = batch_id or flow_run.get_id() or str(uuid.uuid4())
+    started = time.perf_counter()
+    steps: dict[str, float] = {}
+    log.info(batchlog.batch_start(avatar.id, request.num_pieces, request.platform))
+
+    # 1: templates
+    t0 = time.perf_counter()
+    specs = select_templates(request, avatar, batch_id)
+    register_batch(batch_id, avatar.id, request.model_dump(mode="json"), len(specs))
+    steps["template_selection"] = time.perf_counter() - t0
+    log.info(batchlog.step_line(1, f"Selected: {len(specs)}", steps["template_selection"]))
+
+    # 2: images, in concurrent chunk subflows
+    t0 = time.perf_counter()
+    images, failures = await _generate_images(specs, avatar, settings.image_chunk_size)
+    steps["image_generation"] = time.perf_counter() - t0
+    avg = steps["image_generation"] / max(len(images), 1)
+    log.info(
+        batchlog.step_line(
+            2,
+            f"Generated: {len(images)}",
+            steps["image_generation"],
+            f"Avg per image: {avg:.2f}s",
+        )
+    )
+    for failure in failures.values():
+        log.error(
+            "Image generation failed | Piece: %s | Reason: %s", failure.piece_id, failure.reason
+        )
+
+    made = [spec for spec in specs if spec.piece_id in images]
+
+    # 3: hooks
+    t0 = time.perf_counter()
+    hooks = await _write_hooks(made, avatar, request) if request.include_hooks else HookBatch()
+    steps["hook_generation"] = time.perf_counter() - t0
+    written = sum(1 for spec in made if spec.piece_id in hooks.hooks)
+    log.info(batchlog.step_line(3, f"Generated: {written}/{len(made)}", steps["hook_generation"]))
+
+    # 4: safety
+    t0 = time.perf_counter()
+    safety = await _check_safety(made, hooks.hooks, images, request.safety_check)
+    steps["safety_check"] = time.perf_counter() - t0
+    passed = [s for s in made if safety.verdicts[s.piece_id].status in PUBLISHABLE]
+    rejected = [s for s in made if safety.verdicts[s.piece_id].status == "rejected"]
+    log.info(
+        batchlog.step_line(
+            4, f"Passed: {len(passed)}, Rejected: {len(rejected)}", steps["safety_check"]
+        )
+    )
+
+    # 5: upload
+    t0 = time.perf_counter()
+    stored = await _upload(passed, avatar, images, safety.verdicts, request.upload_to_storage)
+    steps["storage_upload"] = time.perf_counter() - t0
+    store_name = next(iter(stored.values())).backend if stored else "none"
+    log.info(
+        batchlog.step_line(
+            5, f"Uploaded: {len(stored)}/{len(specs)} to {store_name}", steps["storage_upload"]
+        )
+    )
+
+    # 6: save
+    t0 = time.perf_counter()
+    outcomes = _outcomes(specs, images, failures, hooks.hooks, safety.verdicts, stored)
+    stand_ins = _stand_ins(images, hooks.hooks, safety.verdicts, stored)
+    rows = [
+        _row(o, spec, avatar, batch_id, stand_ins) for o, spec in zip(outcomes, specs, strict=True)
+    ]
+    saved = save_pieces(rows)
+    steps["database_save"] = time.perf_counter() - t0
+    log.info(batchlog.step_line(6, f"Saved: {saved}", steps["database_save"]))
+
+    # 7: statistics
+    t0 = time.perf_counter()
+    stats = calculate_statistics(avatar.id)
+    steps["statistics"] = time.perf_counter() - t0
+    log.info(
+        batchlog.step_line(7, "", steps["statistics"], f"Avatar pieces: {stats['total_pieces']}")
+    )
+
+    result = _result(batch_id, avatar, request, outcomes, steps, started, hooks, safety, stand_ins)
+    finish_batch(batch_id, _batch_values(result))
+    log.info(
+        batchlog.batch_complete(avatar.id, result.total_seconds, result.published, result.cost_usd)
+    )
+    await _publish_artifact(result)
+    delivered = (result.requested - result.failed) / max(result.requested, 1)
+    if delivered < settings.min_success_ratio:
+        raise BatchBelowMinimum(
+            f"only {result.requested - result.failed}/{result.requested} pieces were made "
+            f"(min_success_ratio {settings.min_success_ratio}); see the image-chunk runs"
+        )
+    return result
+
+
+PUBLISHABLE = {"passed", "retiered", "skipped"}
+
+
+async def _generate_images(
+    specs: list[PieceSpec], avatar: AvatarRef, chunk_size: int
+) -> tuple[dict[str, GeneratedImage], dict[str, ImageFailure]]:
+    progress.start("images", len(specs))
+    staging_root = str(get_settings().work_dir.resolve())
+    image_chain()  # build providers once, before chunks start in parallel
+    chunks = chunked(specs, chunk_size)
+    results = await asyncio.gather(
+        *(image_chunk(i, chunk, avatar, staging_root) for i, chunk in enumerate(chunks))
+    )
+    images: dict[str, GeneratedImage] = {}
+    failures: dict[str, ImageFailure] = {}
+    for chunk_result in results:
+        for item in chunk_result:
+            if isinstance(item, GeneratedImage):
+                images[item.piece_id] = item
+            else:
+                failures[item.piece_id] = item
+    return images, failures
+
+
+async def _write_hooks(
+    specs: list[PieceSpec], avatar: AvatarRef, request: BatchRequest
+) -> HookBatch:
+    from studio.hooks.template_writer import TemplateHookWriter
+
+    groups = chunked(specs, HOOK_GROUP_SIZE)
+    states = await asyncio.gather(
+        *(write_hooks(group, avatar, request.platform, return_state=True) for group in groups)
+    )
+    merged = HookBatch()
+    fallback = TemplateHookWriter()
+    for group, state in zip(groups, states, strict=True):
+        if state.is_completed():
+            batch: HookBatch = await state.result()
+        else:
+            log.warning("Hook generation Error: %s | falling back to templates", state.message)
+            batch = await fallback.write(group, avatar, _platform(request))
+            batch.failures = len(group)
+        merged.hooks.update(batch.hooks)
+        merged.cost_usd += batch.cost_usd
+        merged.calls += batch.calls
+        merged.failures += batch.failures
+    llm = sum(1 for h in merged.hooks.values() if not h.stand_in)
+    log.info(
+        "Hook generation summary | Success: %d/%d | Template fallback: %d",
+        len(merged.hooks),
+        len(specs),
+        len(merged.hooks) - llm,
+    )
+    return merged
+
+
+def _platform(request: BatchRequest):  # type: ignore[no-untyped-def]
+    from studio.types import Platform
+
+    return Platform(request.platform)
+
+
+async def _check_safety(
+    specs: list[PieceSpec],
+    hooks: dict[str, Hook],
+    images: dict[str, GeneratedImage],
+    enabled: bool,
+) -> SafetyReport:
+    settings = get_settings()
+    report = SafetyReport()
+    to_check: list[ModerationItem] = []
+    for spec in specs:
+        skippable = spec.tier == "capa1" and not spec.custom
+        if skippable and not (enabled and settings.safety_check_enabled):
+            report.verdicts[spec.piece_id] = SafetyVerdict(
+                piece_id=spec.piece_id, status="skipped", tier=spec.tier, checked_by="none"
+            )
+            continue
+        hook = hooks.get(spec.piece_id)
+        text = "\n".join(part for part in (spec.prompt, hook.text if hook else "") if part)
+        to_check.append(
+            ModerationItem(
+                piece_id=spec.piece_id,
+                tier=spec.tier,
+                custom=spec.custom,
+                text=text,
+                image_path=images[spec.piece_id].path,
+            )
+        )
+    if to_check:
+        checked = await check_safety(to_check)
+        report.verdicts.update(checked.verdicts)
+        report.cost_usd += checked.cost_usd
+        report.calls += checked.calls
+    rejected = [v for v in report.verdicts.values() if v.status == "rejected"]
+    for verdict in rejected:
+        log.warning("Content rejected | Piece: %s | Reason: %s", verdict.piece_id, verdict.reason)
+    passed = sum(1 for v in report.verdicts.values() if v.status in PUBLISHABLE)
+    log.info(
+        "Safety check summary | Passed: %d, Rejected: %d/%d", passed, len(rejected), len(specs)
+    )
+    return report
+
+
+async def _upload(
+    specs: list[PieceSpec],
+    avatar: AvatarRef,
+    images: dict[str, GeneratedImage],
+    verdicts: dict[str, SafetyVerdict],
+    enabled: bool,
+) -> dict[str, StoredObject]:
+    del enabled  # the local store keeps files when uploads are off; see storage registry
+    items = [
+        UploadItem(
+            piece_id=spec.piece_id,
+            avatar_id=avatar.id,
+            batch_id=spec.batch_id,
+            tier=verdicts[spec.piece_id].tier,
+            path=images[spec.piece_id].path,
+            content_type=images[spec.piece_id].content_type,
+        )
+        for spec in specs
+    ]
+    if not items:
+        return {}
+    return await upload_pieces(items)
+
+
+def _outcomes(
+    specs: list[PieceSpec],
+    images: dict[str, GeneratedImage],
+    failures: dict[str, ImageFailure],
+    hooks: dict[str, Hook],
+    verdicts: dict[str, SafetyVerdict],
+    stored: dict[str, StoredObject],
+) -> list[PieceOutcome]:
+    outcomes = []
+    for spec in specs:
+        image = images.get(spec.piece_id)
+        verdict = verdicts.get(spec.piece_id)
+        obj = stored.get(spec.piece_id)
+        if image is None:
+            status, reason = PieceStatus.FAILED, failures[spec.piece_id].reason
+        elif verdict is not None and verdict.status == "rejected":
+            status, reason = PieceStatus.REJECTED, verdict.reason
+        elif verdict is not None and verdict.status == "pending_review":
+            status, reason = PieceStatus.PENDING_REVIEW, verdict.reason
+        elif obj is None:
+            status, reason = PieceStatus.FAILED, "not stored"
+        else:
+            status, reason = PieceStatus.PUBLISHED, verdict.reason if verdict else None
+        hook = hooks.get(spec.piece_id)
+        outcomes.append(
+            PieceOutcome(
+                piece_id=spec.piece_id,
+                index=spec.index,
+                template_id=spec.template_id,
+                tier=verdict.tier if verdict else spec.tier,
+                status=status,
+                provider=image.provider if image else None,
+                hook=hook.text if hook else None,
+                url=obj.url if obj else None,
+                storage_key=obj.key if obj else None,
+                cost_usd=image.cost_usd if image else 0.0,
+                reason=reason,
+            )
+        )
+    return outcomes
+
+
+def _stand_ins(
+    images: dict[str, GeneratedImage],
+    hooks: dict[str, Hook],
+    verdicts: dict[str, SafetyVerdict],
+    stored: dict[str, StoredObject],
+) -> dict[str, list[str]]:
+    """Per piece, which embedded stand-ins made it, so no preview passes for the real thing."""
+    marks: dict[str, list[str]] = {}
+    for piece_id, image in images.items():
+        piece = marks.setdefault(piece_id, [])
+        if image.stand_in:
+            piece.append(f"image:{image.provider}")
+        hook = hooks.get(piece_id)
+        if hook is not None and hook.stand_in:
+            piece.append(f"hooks:{hook.source}")
+        verdict = verdicts.get(piece_id)
+        if verdict is not None and verdict.checked_by == "local":
+            piece.append("moderation:local")
+        obj = stored.get(piece_id)
+        if obj is not None and obj.backend == "local":
+            piece.append("storage:local")
+    return marks
+
+
+def _row(
+    outcome: PieceOutcome,
+    spec: PieceSpec,
+    avatar: AvatarRef,
+    batch_id: str,
+    stand_ins: dict[str, list[str]],
+) -> dict[str, Any]:
+    return {
+        "id": outcome.piece_id,
+        "avatar_id": avatar.id,
+        "batch_id": batch_id,
+        "template_id": spec.template_id,
+        "prompt": spec.prompt,
+        "access_tier": outcome.tier,
+        "hook_text": outcome.hook,
+        "safety_rating": _safety_rating(outcome),
+        "status": outcome.status.value,
+        "provider": outcome.provider,
+        "storage_key": outcome.storage_key,
+        "url": outcome.url,
+        "cost_usd": outcome.cost_usd,
+        "stand_ins": stand_ins.get(outcome.piece_id, []),
+    }
+
+
+def _safety_rating(outcome: PieceOutcome) -> str:
+    if outcome.status == PieceStatus.REJECTED:
+        return "rejected"
+    if outcome.status == PieceStatus.PENDING_REVIEW:
+        return "pending_review"
+    if outcome.status == PieceStatus.FAILED and outcome.provider is None:
+        return "unchecked"
+    return "approved"
+
+
+def _result(
+    batch_id: str,
+    avatar: AvatarRef,
+    request: BatchRequest,
+    outcomes: list[PieceOutcome],
+    steps: dict[str, float],
+    started: float,
+    hooks: HookBatch,
+    safety: SafetyReport,
+    stand_ins: dict[str, list[str]],
+) -> BatchResult:
+    def count(status: PieceStatus) -> int:
+        return sum(1 for o in outcomes if o.status == status)
+
+    image_cost = sum(o.cost_usd for o in outcomes)
+    breakdown = {
+        "images": round(image_cost, 6),
+        "hooks": round(hooks.cost_usd, 6),
+        "safety": round(safety.cost_usd, 6),
+        "storage": 0.0,
+    }
+    labels = sorted({mark for marks in stand_ins.values() for mark in marks})
+    for label in labels:
+        log.info("Stand-in used | %s (embedded default, not a production provider)", label)
+    return BatchResult(
+        batch_id=batch_id,
+        avatar_id=avatar.id,
+        avatar_name=avatar.name,
+        status="completed",
+        requested=request.num_pieces,
+        published=count(PieceStatus.PUBLISHED),
+        rejected=count(PieceStatus.REJECTED),
+        failed=count(PieceStatus.FAILED),
+        pending_review=count(PieceStatus.PENDING_REVIEW),
+        cost_usd=round(sum(breakdown.values()), 6),
+        total_seconds=time.perf_counter() - started,
+        step_seconds={k: round(v, 4) for k, v in steps.items()},
+        cost_breakdown=breakdown,
+        stand_ins=labels,
+        pieces=outcomes,
+    )
+
+
+def _batch_values(result: BatchResult) -> dict[str, Any]:
+    ok = result.failed / max(result.requested, 1) <= 1 - get_settings().min_success_ratio
+    return {
+        "status": "completed" if ok else "failed",
+        "step_seconds": result.step_seconds,
+        "cost_breakdown": result.cost_breakdown,
+        "cost_usd": result.cost_usd,
+        "published": result.published,
+        "rejected": result.rejected,
+        "failed": result.failed,
+        "pending_review": result.pending_review,
+        "stand_ins": result.stand_ins,
+    }
+
+
+async def _publish_artifact(result: BatchResult) -> None:
+    table = [
+        {
+            "piece": o.index,
+            "status": o.status.value,
+            "tier": o.tier,
+            "template": o.template_id or "custom",
+            "provider": o.provider or "-",
+            "cost_usd": round(o.cost_usd, 4),
+            "reason": o.reason or "",
+        }
+        for o in result.pieces
+    ]
+    description = (
+        f"Batch {result.batch_id} for {result.avatar_name}: {result.published}/"
+        f"{result.requested} published, {result.rejected} rejected, {result.failed} failed, "
+        f"{result.pending_review} pending review; cost ${result.cost_usd:.2f} in "
+        f"{result.total_seconds:.1f}s. Stand-ins: {', '.join(result.stand_ins) or 'none'}."
+    )
+    slug = re.sub(r"[^a-z0-9]+", "-", result.avatar_name.lower()).strip("-") or "avatar"
+    await acreate_table_artifact(
+        table=table, key=f"content-batch-{slug}"[:60], description=description
+    )

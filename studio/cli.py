@@ -1,0 +1,218 @@
+"""The `studio` command: initialise, manage avatars, run batches, read stats and health.
+
+Bad input exits with code 2 and a one-line message naming the field, before any flow
+run starts, so nothing is spent or written for a request that cannot succeed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from typing import Annotated
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from studio.runtime_env import apply_prefect_defaults
+
+apply_prefect_defaults()
+
+from studio.avatars import CADENCES, add_avatar, list_avatars  # noqa: E402
+from studio.request import BatchRequest, BatchRequestError, parse_tier_distribution  # noqa: E402
+
+app = typer.Typer(help="Content batch pipeline for AI-avatar studios.", no_args_is_help=True)
+avatar_app = typer.Typer(help="Manage avatars.", no_args_is_help=True)
+batch_app = typer.Typer(help="Run content batches.", no_args_is_help=True)
+app.add_typer(avatar_app, name="avatar")
+app.add_typer(batch_app, name="batch")
+console = Console()
+err = Console(stderr=True)
+
+
+def _refuse(exc: BatchRequestError) -> None:
+    err.print(f"[red]error[/red] {exc.field}: {exc.message}")
+    raise typer.Exit(code=2)
+
+
+@app.command()
+def init() -> None:
+    """Create or migrate the database and load the bundled template library."""
+    from studio.bootstrap import initialise
+
+    summary = initialise()
+    console.print(
+        f"database ready at {summary['database']} ({summary['templates']} templates loaded)"
+    )
+
+
+@app.command()
+def demo(pieces: Annotated[int, typer.Option("--pieces")] = 50) -> None:
+    """Initialise, create the `demo` avatar if missing, and run a batch on the defaults."""
+    from studio.bootstrap import DEMO_AVATAR, ensure_demo_avatar, initialise
+
+    initialise()
+    ensure_demo_avatar()
+    batch_run(avatar=DEMO_AVATAR, pieces=pieces)
+
+
+@avatar_app.command("add")
+def avatar_add(
+    name: str,
+    niche: Annotated[str, typer.Option(help="fitness, lifestyle, fashion, travel, food, ...")],
+    lora: Annotated[str | None, typer.Option("--lora", help="URL of the trained LoRA weights")],
+    cadence: Annotated[str, typer.Option(help=f"one of {', '.join(CADENCES)}")] = "daily",
+    inactive: Annotated[bool, typer.Option("--inactive")] = False,
+) -> None:
+    """Register an avatar."""
+    from studio.db.engine import session_scope
+
+    try:
+        with session_scope() as session:
+            avatar = add_avatar(session, name, niche.lower(), lora, cadence, not inactive)
+            console.print(f"added avatar {avatar.name} ({avatar.id})")
+    except BatchRequestError as exc:
+        _refuse(exc)
+
+
+@avatar_app.command("list")
+def avatar_list() -> None:
+    """List avatars."""
+    from studio.db.engine import session_scope
+
+    table = Table("id", "name", "niche", "cadence", "active", "lora")
+    with session_scope() as session:
+        for a in list_avatars(session):
+            table.add_row(
+                a.id,
+                a.name,
+                a.niche,
+                a.cadence,
+                str(a.active),
+                "yes" if a.lora_weights_url else "no",
+            )
+    console.print(table)
+
+
+@batch_app.command("run")
+def batch_run(
+    avatar: Annotated[str, typer.Option("--avatar", help="avatar id or name")],
+    pieces: Annotated[int, typer.Option("--pieces")] = 50,
+    platform: Annotated[str, typer.Option("--platform")] = "instagram",
+    tiers: Annotated[str, typer.Option("--tiers", help="capa1,capa2,capa3 ratios")] = "0.6,0.3,0.1",
+    hooks: Annotated[bool, typer.Option("--hooks/--no-hooks")] = True,
+    safety: Annotated[bool, typer.Option("--safety/--no-safety")] = True,
+    upload: Annotated[bool, typer.Option("--upload/--no-upload")] = True,
+    prompt: Annotated[list[str] | None, typer.Option("--prompt", help="custom prompt")] = None,
+    tier: Annotated[list[str] | None, typer.Option("--tier", help="tier per custom prompt")] = None,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+) -> None:
+    """Run one content batch for an avatar, with a progress bar."""
+    from tasks.validate import validate_batch_request
+
+    try:
+        request = BatchRequest(
+            avatar_id=avatar,
+            num_pieces=pieces,
+            tier_distribution=parse_tier_distribution(tiers),
+            platform=platform,
+            include_hooks=hooks,
+            safety_check=safety,
+            upload_to_storage=upload,
+            custom_prompts=prompt or None,
+            custom_tiers=tier or None,
+            seed=seed,
+        )
+        validate_batch_request(request)
+    except BatchRequestError as exc:
+        _refuse(exc)
+        return
+    result = _run_with_progress(request)
+    _print_result(result)
+
+
+def _run_with_progress(request: BatchRequest):  # type: ignore[no-untyped-def]
+    from flows.content_batch import content_batch
+    from studio import progress
+
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console, transient=False) as bar:
+        task_ids: dict[str, int] = {}
+
+        def listener(step: str, done: int, total: int) -> None:
+            if step not in task_ids:
+                task_ids[step] = bar.add_task(step, total=total)
+            bar.update(task_ids[step], completed=done, total=total)
+
+        progress.subscribe(listener)
+        try:
+            return asyncio.run(
+                content_batch(
+                    avatar_id=request.avatar_id,
+                    num_pieces=request.num_pieces,
+                    tier_distribution=request.tier_distribution.as_dict(),
+                    platform=request.platform,
+                    include_hooks=request.include_hooks,
+                    safety_check=request.safety_check,
+                    upload_to_storage=request.upload_to_storage,
+                    custom_prompts=request.custom_prompts,
+                    custom_tiers=request.custom_tiers,
+                    seed=request.seed,
+                )
+            )
+        except BatchRequestError as exc:
+            _refuse(exc)
+        except Exception as exc:
+            err.print(f"[red]batch failed[/red]: {type(exc).__name__}: {exc}")
+            raise typer.Exit(code=1) from None
+        finally:
+            progress.unsubscribe(listener)
+
+
+def _print_result(result) -> None:  # type: ignore[no-untyped-def]
+    console.print(
+        f"[bold]batch {result.batch_id}[/bold]: {result.published}/{result.requested} published,"
+        f" {result.rejected} rejected, {result.failed} failed, {result.pending_review} pending"
+        f" review; cost ${result.cost_usd:.2f}; {result.total_seconds:.1f}s"
+    )
+    for piece in result.pieces:
+        if piece.status.value in ("rejected", "failed", "pending_review"):
+            console.print(f"  piece {piece.index} {piece.status.value}: {piece.reason}")
+    if result.stand_ins:
+        console.print(f"stand-ins used: {', '.join(result.stand_ins)}")
+
+
+@app.command()
+def stats(avatar: Annotated[str, typer.Option("--avatar", help="avatar id or name")]) -> None:
+    """Aggregates for one avatar, computed by the database."""
+    from studio.avatars import find_avatar
+    from studio.db.engine import session_scope
+    from studio.stats import avatar_stats
+
+    with session_scope() as session:
+        found = find_avatar(session, avatar)
+        if found is None:
+            _refuse(BatchRequestError("avatar", f"no avatar with id or name {avatar!r}"))
+            return
+        console.print_json(json.dumps(avatar_stats(session, found.id)))
+
+
+@app.command()
+def health() -> None:
+    """The spec's health JSON: database, template cache, providers, storage."""
+    from studio.health import health_report
+
+    report = health_report()
+    console.print_json(json.dumps(report, default=str))
+    if report["status"] != "healthy":
+        raise typer.Exit(code=1)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    app()

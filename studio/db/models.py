@@ -1,0 +1,96 @@
+"""SQLAlchemy 2 typed models: avatars, templates, batches and content pieces.
+
+The schema itself is owned by the Alembic migrations in `studio/db/migrations`; these
+models must match them (a test compares the two).
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
+
+
+def utcnow() -> datetime:
+    return datetime.now(UTC)
+
+
+class Base(DeclarativeBase):
+    type_annotation_map = {dict[str, Any]: JSON, list[str]: JSON}
+
+
+class Avatar(Base):
+    __tablename__ = "avatar"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    name: Mapped[str] = mapped_column(String(100), unique=True)
+    niche: Mapped[str] = mapped_column(String(50))
+    lora_weights_url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    active: Mapped[bool] = mapped_column(Boolean, default=True)
+    cadence: Mapped[str] = mapped_column(String(20), default="daily")
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+
+
+class Template(Base):
+    __tablename__ = "template"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    niche: Mapped[str] = mapped_column(String(50), index=True)
+    category: Mapped[str] = mapped_column(String(50), index=True)
+    tier: Mapped[str] = mapped_column(String(10))
+    platforms: Mapped[list[str]] = mapped_column(JSON)
+    prompt: Mapped[str] = mapped_column(Text)
+    hook_pattern: Mapped[str] = mapped_column(Text)
+    description: Mapped[str] = mapped_column(Text, default="")
+
+
+class Batch(Base):
+    __tablename__ = "batch"
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    avatar_id: Mapped[str] = mapped_column(ForeignKey("avatar.id"), index=True)
+    config: Mapped[dict[str, Any]] = mapped_column(JSON)
+    status: Mapped[str] = mapped_column(String(20), default="running")
+    step_seconds: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    cost_breakdown: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    requested: Mapped[int] = mapped_column(Integer, default=0)
+    published: Mapped[int] = mapped_column(Integer, default=0)
+    rejected: Mapped[int] = mapped_column(Integer, default=0)
+    failed: Mapped[int] = mapped_column(Integer, default=0)
+    pending_review: Mapped[int] = mapped_column(Integer, default=0)
+    stand_ins: Mapped[list[str]] = mapped_column(JSON, default=list)
+    error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ContentPiece(Base):
+    __tablename__ = "content_piece"
+    __table_args__ = (
+        Index("idx_content_piece_avatar_id", "avatar_id"),
+        Index("idx_content_piece_access_tier", "access_tier"),
+        Index("idx_content_piece_safety_rating", "safety_rating"),
+        Index("idx_content_piece_created_at", "created_at"),
+        Index("idx_content_piece_avatar_created", "avatar_id", "created_at"),
+        Index("idx_content_piece_batch_id", "batch_id"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    avatar_id: Mapped[str] = mapped_column(ForeignKey("avatar.id"))
+    batch_id: Mapped[str] = mapped_column(ForeignKey("batch.id"))
+    template_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    prompt: Mapped[str] = mapped_column(Text)
+    access_tier: Mapped[str] = mapped_column(String(10))
+    hook_text: Mapped[str | None] = mapped_column(Text, nullable=True)
+    safety_rating: Mapped[str] = mapped_column(String(20), default="unchecked")
+    status: Mapped[str] = mapped_column(String(20))
+    provider: Mapped[str | None] = mapped_column(String(30), nullable=True)
+    storage_key: Mapped[str | None] = mapped_column(Text, nullable=True)
+    url: Mapped[str | None] = mapped_column(Text, nullable=True)
+    cost_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    #: which stand-ins made this piece (e.g. "image:preview"); empty for real providers
+    stand_ins: Mapped[list[str]] = mapped_column(JSON, default=list)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)

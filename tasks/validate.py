@@ -1,0 +1,27 @@
+"""Step 0: refuse a request that cannot succeed before anything is spent."""
+
+from __future__ import annotations
+
+from prefect import task
+from pydantic import BaseModel
+
+from studio.avatars import resolve_avatar
+from studio.db.engine import session_scope
+from studio.request import BatchRequest, validate_request
+from studio.types import AvatarRef
+
+
+class ValidatedBatch(BaseModel):
+    request: BatchRequest
+    avatar: AvatarRef
+
+
+def validate_batch_request(request: BatchRequest) -> ValidatedBatch:
+    """Plain function too, so the CLI can refuse bad input (exit 2) without a flow run."""
+    validate_request(request)
+    with session_scope() as session:
+        avatar = resolve_avatar(session, request.avatar_id)
+    return ValidatedBatch(request=request, avatar=avatar)
+
+
+validate_batch = task(name="validate", retries=0, timeout_seconds=30)(validate_batch_request)
