@@ -1,0 +1,115 @@
+"""Hooks through the Message Batches API: half price, for batches nobody waits on.
+
+A scheduled batch can afford minutes for its captions, and the Batches API bills every
+token at a discount. But it promises results within 24 hours, not seconds, so the
+writer sends one batch request per group, polls within the time budget, and gives the
+groups back to direct calls when it runs out (cancelling the batch so it is not billed
+further) or when a request errored or expired. A budget too short for even two polls
+skips the Batches API altogether.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from studio.hooks.retrying import call_with_retries
+
+if TYPE_CHECKING:
+    from anthropic import AsyncAnthropic
+
+    from studio.hooks.anthropic_writer import AnthropicHookWriter, GroupResult
+    from studio.types import PieceSpec
+
+logger = logging.getLogger("studio.hooks")
+
+
+@dataclass
+class BatchOutcome:
+    """Results per group index; groups not in `results` go to direct calls."""
+
+    results: dict[int, GroupResult] = field(default_factory=dict)
+    calls: int = 0
+    batch_id: str | None = None
+
+
+async def run_message_batch(
+    client: AsyncAnthropic,
+    writer: AnthropicHookWriter,
+    groups: list[list[PieceSpec]],
+    params: list[dict[str, Any]],
+    *,
+    budget_seconds: float,
+    clock: Any = time.monotonic,
+) -> BatchOutcome:
+    from studio.hooks.anthropic_writer import describe_error
+
+    settings = writer.settings
+    outcome = BatchOutcome()
+    poll = settings.message_batch_poll_seconds
+    # keep time for the direct calls that may have to follow
+    reserve = settings.timeout_seconds
+    if budget_seconds < 2 * poll + reserve:
+        logger.info(
+            "Hook generation via message batch skipped | Budget: %.0fs | Using direct calls",
+            budget_seconds,
+        )
+        return outcome
+    deadline = clock() + budget_seconds - reserve
+    requests = [
+        {"custom_id": f"group-{index}", "params": request}
+        for index, request in enumerate(params)
+    ]
+
+    async def call(fn: Any) -> Any:
+        outcome.calls += 1
+        return await fn()
+
+    def retried(fn: Any) -> Any:
+        return call_with_retries(
+            lambda: call(fn),
+            retries=settings.max_retries,
+            backoff_base=settings.backoff_base_seconds,
+            backoff_max=settings.backoff_max_seconds,
+        )
+
+    try:
+        batch = await retried(lambda: client.messages.batches.create(requests=requests))
+        batch_id = outcome.batch_id = batch.id
+        while batch.processing_status != "ended":
+            if clock() + poll > deadline:
+                logger.warning(
+                    "Hook generation via message batch timed out | Error: BatchNotEnded | "
+                    "Groups: %d | Using direct calls",
+                    len(groups),
+                )
+                await _cancel(client, batch_id)
+                return outcome
+            await asyncio.sleep(poll)
+            batch = await retried(lambda: client.messages.batches.retrieve(batch_id))
+        outcome.calls += 2  # results() retrieves the batch again, then reads the JSONL
+        decoder = await client.messages.batches.results(batch_id)
+        async for line in decoder:
+            index = int(line.custom_id.rsplit("-", 1)[1])
+            if line.result.type == "succeeded":
+                outcome.results[index] = writer.read_message(
+                    line.result.message,
+                    groups[index],
+                    discount=settings.message_batch_discount,
+                )
+    except Exception as exc:  # any failure: the groups without results go direct
+        logger.warning(
+            "Hook generation via message batch failed | Error: %s | Using direct calls",
+            describe_error(exc),
+        )
+    return outcome
+
+
+async def _cancel(client: AsyncAnthropic, batch_id: str) -> None:
+    try:
+        await client.messages.batches.cancel(batch_id)
+    except Exception as exc:  # best effort: an uncancelled batch only finishes unused
+        logger.info("Message batch cancel failed | Error: %s", type(exc).__name__)
