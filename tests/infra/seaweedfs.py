@@ -116,10 +116,10 @@ class S3Server:
             "-ip.bind=127.0.0.1",
             f"-master.port={p['master']}",
             f"-master.port.grpc={p['master_grpc']}",
-            "-master.volumeSizeLimitMB=64",
+            "-master.volumeSizeLimitMB=16",
             f"-volume.port={p['volume']}",
             f"-volume.port.grpc={p['volume_grpc']}",
-            "-volume.max=8",
+            "-volume.max=0",  # auto: free space / volume size; each bucket grows its own
             "-filer",
             f"-filer.port={p['filer']}",
             f"-filer.port.grpc={p['filer_grpc']}",
@@ -137,6 +137,7 @@ class S3Server:
             f"-port.grpc={p['s3_grpc']}",
             "-port.iceberg=0",
             "-port.lance=0",
+            "-autoCreateBucket=false",  # like R2: a missing bucket is an error
             f"-config={self.base_dir / 's3.json'}",
             "-metricsPort=0",
         ]

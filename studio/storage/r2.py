@@ -1,0 +1,142 @@
+"""Cloudflare R2 (or any S3-compatible store) through boto3.
+
+Why these client settings: a current boto3 adds CRC checksums to every upload and, for
+streamed bodies, sends them as ``aws-chunked`` trailers, which R2 rejects. Checksums are
+therefore computed only when an operation requires them, and bodies are sent as plain
+bytes with a Content-Length. The SHA-256 of each file is kept as object metadata instead,
+which also makes a re-upload of the same key a no-op (HEAD first, compare, skip).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError
+
+from studio.storage.base import sha256_hex
+from studio.storage.errors import StorageError, StorageRejected, StorageUnavailable
+from studio.storage.settings import StorageSettings
+from studio.types import StoredObject, Tier
+
+logger = logging.getLogger(__name__)
+
+CHECKSUM_METADATA_KEY = "sha256"
+_NOT_FOUND_CODES = {"404", "NoSuchKey", "NotFound"}
+
+
+def build_s3_client(settings: StorageSettings) -> Any:
+    """A boto3 S3 client configured the way R2 needs it (see module docstring)."""
+    if not settings.r2_configured:
+        raise StorageRejected("R2 is not configured (R2_ACCOUNT_ID/R2_ENDPOINT_URL and keys)")
+    assert settings.r2_secret_access_key is not None
+    config = Config(
+        signature_version="s3v4",
+        region_name="auto",
+        s3={"addressing_style": "path"},
+        request_checksum_calculation="when_required",
+        response_checksum_validation="when_required",
+        retries={"mode": "standard", "max_attempts": settings.r2_max_attempts},
+        connect_timeout=settings.r2_connect_timeout_seconds,
+        read_timeout=settings.r2_read_timeout_seconds,
+    )
+    return boto3.session.Session().client(
+        "s3",
+        endpoint_url=settings.endpoint_url,
+        aws_access_key_id=settings.r2_access_key_id,
+        aws_secret_access_key=settings.r2_secret_access_key.get_secret_value(),
+        region_name="auto",
+        config=config,
+    )
+
+
+def _translate(error: Exception, action: str) -> StorageError:
+    """Map a botocore failure to our errors, keeping only safe words (code, status)."""
+    if isinstance(error, ClientError):
+        code = str(error.response.get("Error", {}).get("Code", "unknown"))
+        status = int(error.response.get("ResponseMetadata", {}).get("HTTPStatusCode", 0) or 0)
+        if status >= 500 or code in {"SlowDown", "ServiceUnavailable", "InternalError"}:
+            return StorageUnavailable(f"{action} failed: {code} (HTTP {status})")
+        return StorageRejected(f"{action} refused: {code} (HTTP {status})")
+    return StorageUnavailable(f"{action} failed: {type(error).__name__}")
+
+
+class R2ContentStore:
+    """The `ContentStore` on R2: capa1 gets the public URL, capa2/capa3 presigned GETs."""
+
+    name = "r2"
+    stand_in = False
+
+    def __init__(self, settings: StorageSettings, client: Any | None = None) -> None:
+        self._settings = settings
+        self._bucket = settings.r2_bucket_name
+        self._client = client if client is not None else build_s3_client(settings)
+
+    @property
+    def client(self) -> Any:
+        """The underlying boto3 client (for event hooks in tests and diagnostics)."""
+        return self._client
+
+    def stored_checksum(self, key: str) -> str | None:
+        """The SHA-256 recorded on the object, or None when the key does not exist."""
+        try:
+            head = self._client.head_object(Bucket=self._bucket, Key=key)
+        except ClientError as error:
+            code = str(error.response.get("Error", {}).get("Code", ""))
+            if code in _NOT_FOUND_CODES:
+                return None
+            raise _translate(error, "R2 HEAD") from None
+        except BotoCoreError as error:
+            raise _translate(error, "R2 HEAD") from None
+        metadata = head.get("Metadata") or {}
+        return metadata.get(CHECKSUM_METADATA_KEY, "")
+
+    def put(
+        self, piece_id: str, key: str, data: bytes, content_type: str, tier: Tier
+    ) -> StoredObject:
+        """Upload unless the same bytes are already under this key; return where it is."""
+        checksum = sha256_hex(data)
+        if self.stored_checksum(key) == checksum:
+            logger.info("R2 already holds %s with the same checksum; upload skipped", key)
+        else:
+            try:
+                self._client.put_object(
+                    Bucket=self._bucket,
+                    Key=key,
+                    Body=data,
+                    ContentLength=len(data),
+                    ContentType=content_type,
+                    Metadata={CHECKSUM_METADATA_KEY: checksum, "piece-id": piece_id},
+                )
+            except (ClientError, BotoCoreError) as error:
+                raise _translate(error, "R2 upload") from None
+        return StoredObject(
+            piece_id=piece_id,
+            key=key,
+            url=self.url_for(key, tier),
+            backend=self.name,
+            size=len(data),
+            checksum=checksum,
+            content_type=content_type,
+        )
+
+    def url_for(self, key: str, tier: Tier) -> str:
+        """capa1: the public URL; capa2/capa3: a presigned GET (TTL capped at 7 days).
+
+        Without a public domain configured, capa1 also gets a presigned URL rather than
+        a link that would not resolve.
+        """
+        if tier == "capa1" and self._settings.r2_public_url:
+            return f"{self._settings.r2_public_url.rstrip('/')}/{key}"
+        try:
+            return str(
+                self._client.generate_presigned_url(
+                    "get_object",
+                    Params={"Bucket": self._bucket, "Key": key},
+                    ExpiresIn=self._settings.r2_presigned_ttl_seconds,
+                )
+            )
+        except (ClientError, BotoCoreError) as error:
+            raise _translate(error, "R2 presign") from None

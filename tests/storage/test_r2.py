@@ -1,0 +1,186 @@
+"""R2ContentStore against a real S3 server (SeaweedFS on loopback)."""
+
+from __future__ import annotations
+
+from urllib.parse import parse_qs, urlsplit
+
+import boto3
+import httpx
+import pytest
+from botocore.config import Config
+
+from studio.storage.base import object_key, sha256_hex
+from studio.storage.errors import StorageError, StorageRejected, StorageUnavailable
+from studio.storage.r2 import R2ContentStore, build_s3_client
+from studio.storage.settings import MAX_PRESIGNED_TTL_SECONDS, StorageSettings
+from tests.storage.conftest import r2_settings
+
+PNG = b"\x89PNG\r\n\x1a\n" + b"placeholder image bytes" * 50
+
+
+def _record_requests(client, operation: str) -> list[dict[str, str]]:
+    """Capture the headers of every request botocore is about to put on the wire."""
+    seen: list[dict[str, str]] = []
+
+    def on_send(request, **_: object) -> None:
+        seen.append(
+            {
+                k.lower(): v.decode() if isinstance(v, bytes) else str(v)
+                for k, v in request.headers.items()
+            }
+        )
+
+    client.meta.events.register(f"before-send.s3.{operation}", on_send)
+    return seen
+
+
+def test_upload_records_size_type_checksum_and_serves_public_url(r2_store, s3_server, s3_bucket):
+    key = object_key("av1", "b1", "p1")
+    stored = r2_store.put("p1", key, PNG, "image/png", "capa1")
+
+    assert stored.backend == "r2"
+    assert stored.size == len(PNG)
+    assert stored.checksum == sha256_hex(PNG)
+    assert stored.url == f"{s3_server.public_url(s3_bucket)}/{key}"
+    head = s3_server.client().head_object(Bucket=s3_bucket, Key=key)
+    assert head["ContentType"] == "image/png"
+    assert head["ContentLength"] == len(PNG)
+    assert head["Metadata"]["sha256"] == sha256_hex(PNG)
+    response = httpx.get(stored.url)
+    assert response.status_code == 200
+    assert response.content == PNG
+
+
+@pytest.mark.parametrize("tier", ["capa2", "capa3"])
+def test_premium_tiers_get_presigned_urls_only(r2_store, tier):
+    key = object_key("av1", "b1", f"p-{tier}")
+    stored = r2_store.put(f"p-{tier}", key, PNG, "image/png", tier)
+
+    query = parse_qs(urlsplit(stored.url).query)
+    assert "X-Amz-Signature" in query
+    assert query["X-Amz-Expires"] == [str(3 * 24 * 3600)]
+    response = httpx.get(stored.url)
+    assert response.status_code == 200
+    assert response.content == PNG
+
+
+def test_presigned_ttl_is_configurable_and_capped_at_seven_days(s3_server, s3_bucket):
+    short = R2ContentStore(r2_settings(s3_server, s3_bucket, r2_presigned_ttl_seconds=600))
+    long = R2ContentStore(r2_settings(s3_server, s3_bucket, r2_presigned_ttl_seconds=30 * 86400))
+    short_q = parse_qs(urlsplit(short.url_for("k", "capa2")).query)
+    long_q = parse_qs(urlsplit(long.url_for("k", "capa3")).query)
+    assert short_q["X-Amz-Expires"] == ["600"]
+    assert long_q["X-Amz-Expires"] == [str(MAX_PRESIGNED_TTL_SECONDS)]
+
+
+def test_capa1_without_public_domain_falls_back_to_presigned(s3_server, s3_bucket):
+    store = R2ContentStore(r2_settings(s3_server, s3_bucket, r2_public_url=None))
+    key = object_key("av1", "b1", "p-nopublic")
+    stored = store.put("p-nopublic", key, PNG, "image/png", "capa1")
+    assert "X-Amz-Signature" in parse_qs(urlsplit(stored.url).query)
+    assert httpx.get(stored.url).content == PNG
+
+
+def test_no_streaming_checksum_headers_on_the_wire(r2_store):
+    sent = _record_requests(r2_store.client, "PutObject")
+    r2_store.put("p-wire", object_key("av1", "b1", "p-wire"), PNG, "image/png", "capa1")
+
+    assert len(sent) == 1
+    headers = sent[0]
+    assert not [h for h in headers if h.startswith("x-amz-checksum-")]
+    assert "x-amz-sdk-checksum-algorithm" not in headers
+    assert "x-amz-trailer" not in headers
+    assert "x-amz-decoded-content-length" not in headers
+    assert "aws-chunked" not in headers.get("content-encoding", "")
+    assert not headers.get("x-amz-content-sha256", "").startswith("STREAMING-")
+    assert headers["content-length"] == str(len(PNG))
+
+
+def test_default_boto3_would_send_checksums_so_the_probe_is_meaningful(s3_server, s3_bucket):
+    """Control: an untuned client does add checksum headers; the probe above can see them."""
+    client = boto3.client(
+        "s3",
+        endpoint_url=s3_server.endpoint_url,
+        aws_access_key_id=s3_server.access_key,
+        aws_secret_access_key=s3_server.secret_key,
+        region_name="auto",
+        config=Config(s3={"addressing_style": "path"}),
+    )
+    sent = _record_requests(client, "PutObject")
+    client.put_object(Bucket=s3_bucket, Key="control", Body=PNG)
+    assert [h for h in sent[0] if h.startswith("x-amz-checksum-")]
+
+
+def test_reupload_of_same_bytes_is_a_noop(r2_store):
+    key = object_key("av1", "b1", "p-twice")
+    puts = _record_requests(r2_store.client, "PutObject")
+    first = r2_store.put("p-twice", key, PNG, "image/png", "capa1")
+    second = r2_store.put("p-twice", key, PNG, "image/png", "capa1")
+
+    assert len(puts) == 1
+    assert first.checksum == second.checksum
+    assert first.key == second.key
+
+
+def test_reupload_with_different_bytes_replaces_the_object(r2_store, s3_server, s3_bucket):
+    key = object_key("av1", "b1", "p-changed")
+    puts = _record_requests(r2_store.client, "PutObject")
+    r2_store.put("p-changed", key, PNG, "image/png", "capa1")
+    changed = PNG + b"v2"
+    stored = r2_store.put("p-changed", key, changed, "image/png", "capa1")
+
+    assert len(puts) == 2
+    assert stored.checksum == sha256_hex(changed)
+    body = s3_server.client().get_object(Bucket=s3_bucket, Key=key)["Body"].read()
+    assert body == changed
+
+
+def test_outage_raises_storage_unavailable_without_secrets(r2_store, s3_server):
+    s3_server.stop()
+    try:
+        with pytest.raises(StorageUnavailable) as caught:
+            r2_store.put("p-down", object_key("av1", "b1", "p-down"), PNG, "image/png", "capa1")
+    finally:
+        s3_server.start()
+    assert isinstance(caught.value, StorageError)
+    assert s3_server.secret_key not in str(caught.value)
+    assert caught.value.__cause__ is None
+
+
+def test_wrong_credentials_are_rejected_without_leaking_the_secret(s3_server, s3_bucket):
+    bad_secret = "not-the-right-secret-0123456789"
+    store = R2ContentStore(r2_settings(s3_server, s3_bucket, r2_secret_access_key=bad_secret))
+    with pytest.raises(StorageRejected) as caught:
+        store.put("p-auth", object_key("av1", "b1", "p-auth"), PNG, "image/png", "capa1")
+    assert bad_secret not in str(caught.value)
+    assert "HTTP 403" in str(caught.value)
+
+
+def test_missing_bucket_is_rejected(s3_server):
+    store = R2ContentStore(r2_settings(s3_server, "no-such-bucket-here"))
+    with pytest.raises(StorageRejected):
+        store.put("p-nob", object_key("av1", "b1", "p-nob"), PNG, "image/png", "capa1")
+
+
+def test_settings_defaults_and_endpoint_derivation(monkeypatch):
+    for name in ("R2_ENDPOINT_URL", "R2_PUBLIC_URL", "UPLOAD_TO_STORAGE_ENABLED"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("R2_ACCOUNT_ID", "acct123")
+    monkeypatch.setenv("R2_ACCESS_KEY_ID", "key-id")
+    monkeypatch.setenv("R2_SECRET_ACCESS_KEY", "shh-secret")
+    settings = StorageSettings(_env_file=None)
+    assert settings.r2_bucket_name == "vixenbliss-content"
+    assert settings.endpoint_url == "https://acct123.r2.cloudflarestorage.com"
+    assert settings.use_r2
+    assert "shh-secret" not in repr(settings)
+    monkeypatch.setenv("UPLOAD_TO_STORAGE_ENABLED", "false")
+    assert not StorageSettings(_env_file=None).use_r2
+
+
+def test_unconfigured_r2_refuses_to_build_a_client(monkeypatch):
+    for name in ("R2_ACCOUNT_ID", "R2_ENDPOINT_URL", "R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(name, raising=False)
+    settings = StorageSettings(_env_file=None)
+    assert not settings.r2_configured
+    with pytest.raises(StorageRejected):
+        build_s3_client(settings)
