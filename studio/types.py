@@ -120,6 +120,8 @@ class StoredObject(BaseModel):
     size: int
     checksum: str
     content_type: str = "image/png"
+    #: kept in the local store because the remote store failed; `storage-sync` moves it up
+    needs_sync: bool = False
 
 
 class PieceOutcome(BaseModel):
