@@ -9,7 +9,18 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, ForeignKey, Index, Integer, String, Text
+from sqlalchemy import (
+    JSON,
+    Boolean,
+    DateTime,
+    Float,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    false,
+)
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
 
@@ -76,6 +87,9 @@ class ContentPiece(Base):
         Index("idx_content_piece_created_at", "created_at"),
         Index("idx_content_piece_avatar_created", "avatar_id", "created_at"),
         Index("idx_content_piece_batch_id", "batch_id"),
+        # storage/resume (migration 0002): sync lookup and keyset listing
+        Index("idx_content_piece_needs_sync", "needs_sync"),
+        Index("idx_content_piece_avatar_created_id", "avatar_id", "created_at", "id"),
     )
 
     id: Mapped[str] = mapped_column(String(36), primary_key=True)
@@ -94,3 +108,15 @@ class ContentPiece(Base):
     #: which stand-ins made this piece (e.g. "image:preview"); empty for real providers
     stand_ins: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # durable per-piece progress (migration 0002): what each finished step produced,
+    # so a resumed batch repeats and pays for nothing (see studio/db/progress.py)
+    spec: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    image_info: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    hook_info: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    verdict_info: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    storage_backend: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    checksum: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    size_bytes: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    content_type: Mapped[str | None] = mapped_column(String(50), nullable=True)
+    #: kept locally after a remote-store failure; the storage-sync flow clears it
+    needs_sync: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())

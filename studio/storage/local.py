@@ -10,6 +10,12 @@ from studio.types import StoredObject, Tier
 
 
 class LocalContentStore:
+    """Files under a root folder, at the same id-derived keys the remote store uses.
+
+    Writes are atomic (temp file + rename) so a crash never leaves a half file that a
+    later sync would upload; a re-put of identical bytes leaves the file untouched.
+    """
+
     name = "local"
     stand_in = True
 
@@ -41,6 +47,13 @@ class LocalContentStore:
             checksum=checksum,
             content_type=content_type,
         )
+
+    def read(self, key: str) -> bytes:
+        """The stored bytes (the sync flow reads what it moves up)."""
+        return self.path_for(key).read_bytes()
+
+    def exists(self, key: str) -> bool:
+        return self.path_for(key).exists()
 
     def url_for(self, key: str, tier: Tier) -> str:
         return self.path_for(key).as_uri()

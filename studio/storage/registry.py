@@ -1,16 +1,63 @@
-"""Which content store a batch uses."""
+"""Which content store a batch uses.
+
+R2 (or any S3-compatible store) when configured and enabled, with the local folder as
+the fallback; the local folder alone otherwise (the embedded default, a stand-in).
+"""
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from studio.settings import Settings
+from studio.storage.base import ContentStore
+from studio.storage.fallback import FallbackContentStore
 from studio.storage.local import LocalContentStore
+from studio.storage.r2 import R2ContentStore
+from studio.storage.settings import StorageSettings
 
 
-def build_content_store(settings: Settings) -> LocalContentStore:
-    return LocalContentStore(settings.studio_home / "content")
+def storage_settings(settings: Settings) -> StorageSettings:
+    """The aggregated settings' storage part, or one read from the environment."""
+    embedded = getattr(settings, "storage", None)
+    return embedded if isinstance(embedded, StorageSettings) else StorageSettings()
+
+
+def local_root(settings: Settings) -> Path:
+    """LOCAL_STORAGE_DIR when set, else `<STUDIO_HOME>/content`."""
+    configured = storage_settings(settings).local_storage_dir
+    return Path(configured) if configured else settings.studio_home / "content"
+
+
+def build_local_store(settings: Settings) -> LocalContentStore:
+    return LocalContentStore(local_root(settings))
+
+
+def build_remote_store(settings: Settings) -> R2ContentStore | None:
+    """The R2 store when configured (regardless of the upload switch), else None."""
+    storage = storage_settings(settings)
+    return R2ContentStore(storage) if storage.r2_configured else None
+
+
+def build_content_store(settings: Settings, upload: bool = True) -> ContentStore:
+    """`upload=False` (the batch's upload_to_storage flag) keeps files in the local store."""
+    storage = storage_settings(settings)
+    enabled = upload and storage.upload_to_storage_enabled and settings.upload_to_storage_enabled
+    local = build_local_store(settings)
+    if enabled and storage.r2_configured:
+        return FallbackContentStore(R2ContentStore(storage), local)
+    return local
 
 
 def storage_status(settings: Settings) -> dict[str, object]:
-    store = build_content_store(settings)
-    return {"configured": False, "backend": store.name, "stand_in": store.stand_in,
-            "root": str(store.root)}
+    """The health check's view: which backend, configured or not; never a secret."""
+    storage = storage_settings(settings)
+    status: dict[str, object] = {
+        "configured": storage.r2_configured,
+        "upload_enabled": storage.upload_to_storage_enabled and settings.upload_to_storage_enabled,
+        "backend": "r2" if storage.use_r2 else "local",
+        "stand_in": not storage.use_r2,
+        "bucket": storage.r2_bucket_name if storage.r2_configured else None,
+        "root": str(local_root(settings).resolve()),
+        "presigned_ttl_seconds": storage.r2_presigned_ttl_seconds,
+    }
+    return status

@@ -42,7 +42,10 @@ class StorageSettings(BaseSettings):
     )
     r2_connect_timeout_seconds: float = Field(default=5.0, gt=0)
     r2_read_timeout_seconds: float = Field(default=60.0, gt=0)
-    local_storage_dir: Path = Path(".studio/content")
+    local_storage_dir: Path | None = Field(
+        default=None,
+        description="Local store root; default <STUDIO_HOME>/content.",
+    )
 
     @field_validator("r2_presigned_ttl_seconds")
     @classmethod

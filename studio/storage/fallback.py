@@ -1,0 +1,46 @@
+"""Remote store first, local folder when it fails: a piece is never lost to an outage.
+
+Why a wrapper rather than a retry loop in the upload task: the upload step must finish
+within its budget even when R2 is down for an hour. The remote store has already retried
+(botocore standard retries); after that the file goes to local disk, marked
+``needs_sync``, and the `storage-sync` flow moves it up when R2 is back.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from studio.storage.base import ContentStore
+from studio.storage.errors import StorageError
+from studio.storage.local import LocalContentStore
+from studio.types import StoredObject, Tier
+
+logger = logging.getLogger(__name__)
+
+
+class FallbackContentStore:
+    """`ContentStore` that keeps a file locally (marked for sync) when the primary fails."""
+
+    stand_in = False
+
+    def __init__(self, primary: ContentStore, local: LocalContentStore) -> None:
+        self.primary = primary
+        self.local = local
+        self.name = primary.name
+
+    def put(
+        self, piece_id: str, key: str, data: bytes, content_type: str, tier: Tier
+    ) -> StoredObject:
+        try:
+            return self.primary.put(piece_id, key, data, content_type, tier)
+        except StorageError as error:
+            logger.error(
+                "Storage upload failed | Piece: %s | %s | kept locally, marked for sync",
+                piece_id,
+                error,
+            )
+        stored = self.local.put(piece_id, key, data, content_type, tier)
+        return stored.model_copy(update={"needs_sync": True})
+
+    def url_for(self, key: str, tier: Tier) -> str:
+        return self.primary.url_for(key, tier)
