@@ -20,6 +20,7 @@ from studio.runtime_env import apply_prefect_defaults
 apply_prefect_defaults()
 
 from studio.avatars import CADENCES, add_avatar, list_avatars  # noqa: E402
+from studio.cli_limits import limits_app  # noqa: E402
 from studio.request import BatchRequest, BatchRequestError, parse_tier_distribution  # noqa: E402
 
 app = typer.Typer(help="Content batch pipeline for AI-avatar studios.", no_args_is_help=True)
@@ -27,6 +28,7 @@ avatar_app = typer.Typer(help="Manage avatars.", no_args_is_help=True)
 batch_app = typer.Typer(help="Run content batches.", no_args_is_help=True)
 app.add_typer(avatar_app, name="avatar")
 app.add_typer(batch_app, name="batch")
+app.add_typer(limits_app, name="limits")
 console = Console()
 err = Console(stderr=True)
 

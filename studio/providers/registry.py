@@ -1,61 +1,44 @@
 """Which image providers a batch uses, in which order.
 
-With nothing configured, the offline preview renderer is the only provider.
+The chain is built from `ProviderSettings` (the spec's env vars): the configured real
+providers in the order LORA_INFERENCE_PROVIDER_ORDER / PROVIDER_STRATEGY give. With
+nothing configured, the offline preview renderer is the only provider.
 """
 
 from __future__ import annotations
 
-import time
-from dataclasses import dataclass
-
-from studio.providers.base import ImageProvider, ProviderError, ProviderImage
+from studio.providers.build import build_provider_chain, provider_order
+from studio.providers.chain import ChainExhausted, ChainResult, ProviderChain
 from studio.providers.preview import PreviewRenderer
-from studio.types import AvatarRef, PieceSpec
+from studio.providers.settings import PROVIDER_NAMES, ProviderSettings
+from studio.providers.slots import SlotFactory
 
-
-@dataclass
-class ChainResult:
-    image: ProviderImage
-    provider: str
-    stand_in: bool
-    attempts: int
-    seconds: float
-
-
-class ChainExhausted(Exception):
-    def __init__(self, reasons: dict[str, str]) -> None:
-        super().__init__("; ".join(f"{name}: {why}" for name, why in reasons.items()))
-        self.reasons = reasons
-
-
-class SequentialChain:
-    """Tries each provider once, in order."""
-
-    def __init__(self, providers: list[ImageProvider]) -> None:
-        self.providers = providers
-
-    async def generate(self, spec: PieceSpec, avatar: AvatarRef) -> ChainResult:
-        reasons: dict[str, str] = {}
-        for attempt, provider in enumerate(self.providers, start=1):
-            started = time.perf_counter()
-            try:
-                image = await provider.generate(spec, avatar)
-            except ProviderError as exc:
-                reasons[provider.name] = str(exc)
-                continue
-            return ChainResult(
-                image, provider.name, provider.stand_in, attempt, time.perf_counter() - started
-            )
-        raise ChainExhausted(reasons)
-
+__all__ = ["ChainExhausted", "ChainResult", "ProviderChain", "build_image_chain"]
 
 _PREVIEW = PreviewRenderer()
 
 
-def build_image_chain() -> SequentialChain:
-    return SequentialChain([_PREVIEW])
+def build_image_chain(
+    settings: ProviderSettings | None = None, *, slot: SlotFactory | None = None
+) -> ProviderChain:
+    return build_provider_chain(settings or ProviderSettings(), slot=slot, fallback=_PREVIEW)
 
 
-def provider_availability() -> dict[str, dict[str, object]]:
-    """Which image providers are configured; the preview renderer is always there."""
-    return {"preview": {"available": True, "stand_in": True}}
+def provider_availability(settings: ProviderSettings | None = None) -> dict[str, dict[str, object]]:
+    """Which image providers are configured, their place in the chain, cap and price."""
+    s = settings or ProviderSettings()
+    order = provider_order(s)
+    report: dict[str, dict[str, object]] = {
+        name: {
+            "available": name in order,
+            "configured": s.configured(name),
+            "position": order.index(name) + 1 if name in order else None,
+            "max_concurrent": s.max_concurrent(name),
+            "price_usd": s.price_usd(name),
+            "stand_in": False,
+        }
+        for name in PROVIDER_NAMES
+    }
+    report["preview"] = {"available": not order, "stand_in": True}
+    report["strategy"] = {"name": s.strategy.value, "order": order or ["preview"]}
+    return report

@@ -77,6 +77,10 @@ class ProviderSettings(BaseSettings):
     modal_max_concurrent: int = Field(3, ge=1, validation_alias="MODAL_MAX_CONCURRENT")
     replicate_max_concurrent: int = Field(5, ge=1, validation_alias="REPLICATE_MAX_CONCURRENT")
 
+    # how the global caps are held (see tasks/provider_slots.py)
+    slot_poll_seconds: float = Field(0.2, gt=0, validation_alias="PROVIDER_SLOT_POLL_SECONDS")
+    slot_lease_seconds: float = Field(900.0, gt=0, validation_alias="PROVIDER_SLOT_LEASE_SECONDS")
+
     # retries (spec: RETRY_CONFIG); max_attempts counts the first try
     comfyui_max_attempts: int = Field(1, ge=1, validation_alias="COMFYUI_MAX_ATTEMPTS")
     modal_max_attempts: int = Field(3, ge=1, validation_alias="MODAL_MAX_ATTEMPTS")

@@ -1,0 +1,252 @@
+"""Provider concurrency slots held across every process, on Prefect global concurrency limits.
+
+Each provider has one global concurrency limit, `provider:<name>` (created by
+`studio limits apply`), so the spec's MAX_CONCURRENT caps hold however many workers
+run batches. A slot is a Prefect *lease* on that limit: it counts against the cap on
+the server until released, and expires by itself if this process dies.
+
+Prefect's own `concurrency()` waits for a free slot by sleeping the server's
+Retry-After, which can be seconds, and its acquisitions for one limit are serialised
+per process: a slot freed by a finished image would sit idle for that long. Here each
+process keeps a `LeasePool` per provider instead:
+
+- a finished call hands its lease straight to the next image waiting in this process
+  (no round trip, no lag) while the lease is young enough to outlive another call;
+- with no local waiter the lease goes back to the server at once, for other processes;
+- waiters the pool cannot serve from its own leases poll the server every
+  `poll_seconds` (short, fixed) instead of the server's Retry-After.
+
+Caps stay exact: every running call holds a lease the server counts, and the pool
+never holds more leases than the cap. If the limit does not exist the pool still caps
+this process at the configured number and warns once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import weakref
+from collections import deque
+from collections.abc import AsyncIterator, Mapping
+from dataclasses import dataclass
+from uuid import UUID
+
+import httpx
+from prefect.client.orchestration import get_client
+
+from studio.providers.slots import SlotBusy
+
+logger = logging.getLogger("studio.providers")
+
+LIMIT_PREFIX = "provider:"
+
+
+def limit_name(provider: str) -> str:
+    return f"{LIMIT_PREFIX}{provider}"
+
+
+@dataclass
+class Lease:
+    lease_id: UUID | None  # None: the global limit does not exist, only the local cap holds
+    granted_at: float
+
+
+class LeasePool:
+    """Leases on one provider's global limit, shared by the image tasks of one event loop."""
+
+    def __init__(
+        self,
+        provider: str,
+        cap: int,
+        *,
+        lease_seconds: float = 900.0,
+        max_hold_seconds: float = 540.0,
+        poll_seconds: float = 0.2,
+    ) -> None:
+        self.provider = provider
+        self.name = limit_name(provider)
+        self.cap = cap
+        self.lease_seconds = lease_seconds
+        self.max_hold_seconds = max_hold_seconds
+        self.poll_seconds = poll_seconds
+        self.held = 0
+        self._pending = 0  # increments on the wire
+        self._waiters: deque[asyncio.Future[Lease]] = deque()
+        self._acquirer: asyncio.Task[None] | None = None
+        self._background: set[asyncio.Task[None]] = set()
+        self._missing_warned = False
+        #: counters for tests and the benchmark
+        self.server_grants = 0
+        self.handoffs = 0
+
+    # --- public ---
+
+    @contextlib.asynccontextmanager
+    async def slot(self, *, wait: bool = True) -> AsyncIterator[None]:
+        lease = await (self.acquire() if wait else self.try_acquire())
+        try:
+            yield
+        finally:
+            self.release(lease)
+
+    async def try_acquire(self) -> Lease:
+        """A lease only if one is free right now (one round trip at most), else SlotBusy."""
+        if self._live_waiters() or self.held + self._pending >= self.cap:
+            raise SlotBusy(self.provider)
+        lease = await self._increment()
+        if lease is None:
+            raise SlotBusy(self.provider)
+        return lease
+
+    async def acquire(self) -> Lease:
+        future: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
+        self._waiters.append(future)
+        self._ensure_acquirer()
+        try:
+            return await future
+        except asyncio.CancelledError:
+            if future.done() and not future.cancelled():
+                self.release(future.result())  # granted just as we were cancelled
+            raise
+
+    def release(self, lease: Lease) -> None:
+        """Hand the lease to the next local waiter if it is young enough, else return it."""
+        young = time.monotonic() - lease.granted_at < self.max_hold_seconds
+        if young:
+            while self._waiters:
+                waiter = self._waiters.popleft()
+                if not waiter.done():
+                    self.handoffs += 1
+                    waiter.set_result(lease)
+                    return
+        self.held -= 1
+        if lease.lease_id is not None:
+            self._spawn(self._release_on_server(lease.lease_id))
+        self._ensure_acquirer()
+
+    # --- internals ---
+
+    def _live_waiters(self) -> int:
+        return sum(1 for w in self._waiters if not w.done())
+
+    def _ensure_acquirer(self) -> None:
+        idle = self._acquirer is None or self._acquirer.done()
+        if idle and self._live_waiters() and self.held + self._pending < self.cap:
+            self._acquirer = asyncio.get_running_loop().create_task(self._acquire_loop())
+
+    async def _acquire_loop(self) -> None:
+        """Get leases from the server for local waiters, polling briefly while it is full."""
+        while (wanted := min(self._live_waiters(), self.cap - self.held - self._pending)) > 0:
+            results = await asyncio.gather(
+                *(self._increment() for _ in range(wanted)), return_exceptions=True
+            )
+            for result in results:
+                if isinstance(result, Lease):
+                    self._grant(result)
+                elif isinstance(result, BaseException):
+                    logger.warning(
+                        "Could not reach the Prefect API for %s (%s); retrying",
+                        self.name, type(result).__name__,
+                    )
+            if any(not isinstance(result, Lease) for result in results):
+                await asyncio.sleep(self.poll_seconds)
+
+    def _grant(self, lease: Lease) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(lease)
+                return
+        self.release(lease)  # nobody wants it any more
+
+    async def _increment(self) -> Lease | None:
+        """One increment-with-lease call: a lease, or None when the limit is full (423)."""
+        self._pending += 1
+        try:
+            async with get_client() as client:
+                response = await client.increment_concurrency_slots_with_lease(
+                    names=[self.name], slots=1, mode="concurrency",
+                    lease_duration=self.lease_seconds,
+                )
+        except httpx.HTTPStatusError as exc:
+            if exc.response.status_code == 423:
+                return None
+            raise
+        finally:
+            self._pending -= 1
+        body = response.json()
+        self.held += 1
+        self.server_grants += 1
+        if not body.get("limits"):
+            if not self._missing_warned:
+                self._missing_warned = True
+                logger.warning(
+                    "Concurrency limit %s does not exist: capping this process only at %d "
+                    "(run `studio limits apply`)", self.name, self.cap,
+                )
+            return Lease(None, time.monotonic())
+        return Lease(UUID(body["lease_id"]), time.monotonic())
+
+    async def _release_on_server(self, lease_id: UUID) -> None:
+        try:
+            async with get_client() as client:
+                await client.release_concurrency_slots_with_lease(lease_id=lease_id)
+        except Exception:  # the lease expires on its own; never fail an image for this
+            logger.warning("Could not release lease on %s; it will expire", self.name)
+
+    def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
+        task = asyncio.get_running_loop().create_task(coro)
+        self._background.add(task)
+        task.add_done_callback(self._background.discard)
+
+    async def drain(self) -> None:
+        """Wait for background releases (tests and short-lived processes call this)."""
+        while self._background:
+            await asyncio.gather(*tuple(self._background), return_exceptions=True)
+
+
+class PrefectSlots:
+    """The chain's slot factory backed by one `LeasePool` per provider and event loop."""
+
+    def __init__(
+        self,
+        caps: Mapping[str, int],
+        *,
+        lease_seconds: float = 900.0,
+        max_hold_seconds: float = 540.0,
+        poll_seconds: float = 0.2,
+    ) -> None:
+        self.caps = dict(caps)
+        self.lease_seconds = lease_seconds
+        self.max_hold_seconds = max_hold_seconds
+        self.poll_seconds = poll_seconds
+        self._pools: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, dict[str, LeasePool]
+        ] = weakref.WeakKeyDictionary()
+
+    def pool(self, provider: str) -> LeasePool | None:
+        if provider not in self.caps:
+            return None
+        pools = self._pools.setdefault(asyncio.get_running_loop(), {})
+        if provider not in pools:
+            pools[provider] = LeasePool(
+                provider, self.caps[provider], lease_seconds=self.lease_seconds,
+                max_hold_seconds=self.max_hold_seconds, poll_seconds=self.poll_seconds,
+            )
+        return pools[provider]
+
+    @contextlib.asynccontextmanager
+    async def __call__(self, provider: str, *, wait: bool = True) -> AsyncIterator[None]:
+        pool = self.pool(provider)
+        if pool is None:  # uncapped (the offline preview)
+            yield
+            return
+        async with pool.slot(wait=wait):
+            yield
+
+    async def drain(self) -> None:
+        pools = self._pools.get(asyncio.get_running_loop(), {})
+        for pool in pools.values():
+            await pool.drain()
