@@ -20,6 +20,9 @@ class ModerationItem:
     custom: bool
     text: str
     image_path: str | None = None
+    # the template's category and niche: SKIP_SAFETY_CHECK_CATEGORIES may name either
+    category: str | None = None
+    niche: str | None = None
 
 
 @dataclass

@@ -1,51 +1,77 @@
-"""The local rule-based moderator: the offline stand-in for OpenAI moderation.
+"""The local moderator: the offline stand-in for OpenAI moderation, and the free screen.
 
-It scores text only (the hook and the prompt) against term lists per moderation
-category, and reports flags in the same category names as OpenAI's endpoint so the
-same policy applies to both.
+It scores text only (the hook and the prompt), in the moderation endpoint's category
+names, so the same policy applies whichever moderator ran:
+- offensive language comes from the `better-profanity` word list (a maintained package
+  with leetspeak handling), reported as the local category `profanity`, which the
+  policy treats like `sexual`: not public-safe, so it never leaves as capa1;
+- the categories the policy hard-blocks come from short lists of neutral trigger terms
+  below; `sexual/minors` is reported when a term about minors appears together with a
+  sexual or profane signal, or on any piece of a non-public tier (capa2/capa3), where
+  any mention of minors is out of place.
+Images are not scored here: with no OpenAI key the batch says moderation stood in.
 """
 
 from __future__ import annotations
 
 import re
+from functools import lru_cache
+
+from better_profanity import Profanity
 
 from studio.moderation.base import ModerationItem, ModerationScores
 
-# Neutral trigger terms per category; kept deliberately tame (see the content policy).
 CATEGORY_TERMS: dict[str, tuple[str, ...]] = {
-    "sexual": ("nude", "nudity", "explicit", "nsfw", "topless", "xxx"),
-    "sexual/minors": ("underage", "minor", "child", "teen", "schoolgirl", "schoolboy"),
-    "self-harm/intent": ("kill myself", "end my life", "self harm"),
-    "violence/graphic": ("gore", "dismember", "mutilat"),
+    "sexual": ("nude", "nudity", "explicit", "nsfw", "topless", "xxx", "lingerie"),
+    "self-harm/intent": ("kill myself", "end my life", "self harm", "self-harm"),
+    "violence/graphic": ("gore", "gory", "dismember", "mutilat", "bloodbath"),
     "hate": ("racial slur",),
 }
+MINOR_TERMS = (
+    "underage", "under age", "minor", "minors", "child", "children", "kid", "kids",
+    "teen", "teens", "teenage", "schoolgirl", "schoolboy", "preteen", "young-looking",
+)
 
 
-def _matches(text: str, term: str) -> bool:
+@lru_cache(maxsize=1)
+def _profanity() -> Profanity:
+    checker = Profanity()
+    checker.load_censor_words()
+    return checker
+
+
+def _has(text: str, term: str) -> bool:
     return re.search(rf"\b{re.escape(term)}", text) is not None
 
 
-def flagged_categories(text: str) -> list[str]:
+def flagged_categories(text: str, tier: str = "capa1") -> list[str]:
     lowered = text.lower()
-    flagged = [
+    flagged = {
         category
         for category, terms in CATEGORY_TERMS.items()
-        if any(_matches(lowered, term) for term in terms)
-    ]
-    # OpenAI reports sexual alongside sexual/minors; keep the same shape
-    if "sexual/minors" in flagged and "sexual" in flagged:
-        return flagged
-    return flagged
+        if any(_has(lowered, term) for term in terms)
+    }
+    if _profanity().contains_profanity(text):
+        flagged.add("profanity")
+    mentions_minors = any(re.search(rf"\b{re.escape(t)}\b", lowered) for t in MINOR_TERMS)
+    if mentions_minors and (flagged & {"sexual", "profanity"} or tier != "capa1"):
+        flagged.add("sexual/minors")
+    return sorted(flagged)
 
 
 class LocalModerator:
     name = "local"
     stand_in = True
+    calls = 0
+    cost_usd = 0.0
 
     async def score(self, items: list[ModerationItem]) -> dict[str, ModerationScores]:
-        return {
-            item.piece_id: ModerationScores(
-                piece_id=item.piece_id, flagged_categories=flagged_categories(item.text)
+        results = {}
+        for item in items:
+            flagged = flagged_categories(item.text, item.tier)
+            results[item.piece_id] = ModerationScores(
+                piece_id=item.piece_id,
+                flagged_categories=flagged,
+                scores={category: 1.0 for category in flagged},
             )
-            for item in items
-        }
+        return results

@@ -1,0 +1,162 @@
+"""Moderation through OpenAI's moderation endpoint with the official `openai` client.
+
+The endpoint scores a list of strings in one request but takes one image per request,
+so the texts of a batch go out together (chunks of MODERATION_TEXT_BATCH_SIZE) and the
+images go out one request each, concurrently under MODERATION_MAX_CONCURRENT. Each
+image is sent as a data URL of the staged PNG. Transient errors are retried with
+backoff honouring retry-after; when the texts cannot be scored the whole call raises
+`ModerationUnavailable`, and a piece whose image cannot be scored is left out of the
+answer, so the policy holds those pieces for review instead of passing them unchecked.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import mimetypes
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from openai import AsyncOpenAI
+
+from studio.hooks.retrying import call_with_retries, status_of
+from studio.moderation.base import ModerationItem, ModerationScores
+from studio.moderation.settings import ModerationSettings
+
+logger = logging.getLogger("studio.moderation")
+
+
+class ModerationUnavailable(RuntimeError):
+    """The moderation service could not score the pieces, even after retries."""
+
+
+def describe_error(exc: BaseException) -> str:
+    status = status_of(exc)
+    return f"{type(exc).__name__} (HTTP {status})" if status else type(exc).__name__
+
+
+def data_url(path: str) -> str:
+    mime = mimetypes.guess_type(path)[0] or "image/png"
+    encoded = base64.b64encode(Path(path).read_bytes()).decode("ascii")
+    return f"data:{mime};base64,{encoded}"
+
+
+def _flags(result: Any) -> tuple[list[str], dict[str, float]]:
+    """Category names as the API spells them (e.g. 'sexual/minors'), from aliases."""
+    categories = result.categories.model_dump(by_alias=True)
+    scores = result.category_scores.model_dump(by_alias=True)
+    flagged = sorted(name for name, on in categories.items() if on)
+    return flagged, {name: float(v) for name, v in scores.items() if v is not None}
+
+
+class OpenAIModerator:
+    name = "openai"
+    stand_in = False
+
+    def __init__(self, settings: ModerationSettings) -> None:
+        if not settings.configured:
+            raise ValueError("OpenAIModerator needs OPENAI_API_KEY")
+        self.settings = settings
+        self.calls = 0
+
+    @property
+    def cost_usd(self) -> float:
+        return self.calls * self.settings.price_per_call_usd
+
+    def _client(self) -> AsyncOpenAI:
+        key = self.settings.openai_api_key
+        assert key is not None
+        return AsyncOpenAI(
+            api_key=key.get_secret_value(),
+            base_url=self.settings.openai_base_url,
+            max_retries=0,
+            timeout=self.settings.timeout_seconds,
+        )
+
+    async def _create(self, client: AsyncOpenAI, payload: Any, what: str) -> Any:
+        async def attempt() -> Any:
+            self.calls += 1
+            return await client.moderations.create(model=self.settings.model, input=payload)
+
+        def on_retry(exc: BaseException, number: int) -> None:
+            logger.info(
+                "Moderation retry | Error: %s | Input: %s | Attempt: %d",
+                describe_error(exc), what, number,
+            )
+
+        return await call_with_retries(
+            attempt,
+            retries=self.settings.max_retries,
+            backoff_base=self.settings.backoff_base_seconds,
+            backoff_max=self.settings.backoff_max_seconds,
+            on_retry=on_retry,
+        )
+
+    async def _texts(
+        self, client: AsyncOpenAI, gate: asyncio.Semaphore, items: Sequence[ModerationItem]
+    ) -> dict[str, ModerationScores]:
+        scored: dict[str, ModerationScores] = {}
+        size = self.settings.text_batch_size
+        for start in range(0, len(items), size):
+            chunk = items[start : start + size]
+            try:
+                async with gate:
+                    response = await self._create(client, [i.text for i in chunk], "text")
+            except Exception as exc:
+                logger.error(
+                    "Moderation unavailable | Error: %s | Input: text | Pieces: %d",
+                    describe_error(exc), len(items),
+                )
+                raise ModerationUnavailable(
+                    f"text moderation failed: {describe_error(exc)}"
+                ) from None
+            if len(response.results) != len(chunk):
+                raise ModerationUnavailable("text moderation answered a different count")
+            for item, result in zip(chunk, response.results, strict=True):
+                flagged, scores = _flags(result)
+                scored[item.piece_id] = ModerationScores(item.piece_id, flagged, scores)
+        return scored
+
+    async def _image(
+        self, client: AsyncOpenAI, gate: asyncio.Semaphore, item: ModerationItem
+    ) -> ModerationScores | None:
+        assert item.image_path is not None
+        async with gate:
+            try:
+                payload = [{"type": "image_url", "image_url": {"url": data_url(item.image_path)}}]
+                response = await self._create(client, payload, "image")
+            except Exception as exc:
+                logger.warning(
+                    "Moderation unavailable | Error: %s | Input: image | Piece: %s",
+                    describe_error(exc), item.piece_id,
+                )
+                return None
+        flagged, scores = _flags(response.results[0])
+        return ModerationScores(item.piece_id, flagged, scores)
+
+    async def score(self, items: list[ModerationItem]) -> dict[str, ModerationScores]:
+        if not items:
+            return {}
+        gate = asyncio.Semaphore(self.settings.max_concurrent)
+        async with self._client() as client:
+            with_images = [i for i in items if i.image_path]
+            image_task = asyncio.gather(*(self._image(client, gate, i) for i in with_images))
+            try:
+                texts = await self._texts(client, gate, items)
+            except ModerationUnavailable:
+                await image_task
+                raise
+            images = await image_task
+        merged = dict(texts)
+        for item, image in zip(with_images, images, strict=True):
+            if image is None:
+                merged.pop(item.piece_id, None)  # unchecked image: held for review
+                continue
+            own = merged[item.piece_id]
+            both = set(own.flagged_categories) | set(image.flagged_categories)
+            own.flagged_categories = sorted(both)
+            for name, value in image.scores.items():
+                own.scores[name] = max(value, own.scores.get(name, 0.0))
+        return merged
