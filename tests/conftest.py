@@ -1,0 +1,76 @@
+"""Fixtures shared by the whole suite: a real Prefect API, an isolated studio home,
+and the real PostgreSQL and SeaweedFS servers from tests/infra."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from studio.runtime_env import apply_prefect_defaults
+
+apply_prefect_defaults()
+
+pytest_plugins = ["tests.infra.postgres", "tests.infra.seaweedfs"]
+
+
+@pytest.fixture(scope="session")
+def prefect_api() -> Iterator[None]:
+    """A real, temporary Prefect server (SQLite-backed) for the test session."""
+    from prefect.testing.utilities import prefect_test_harness
+
+    with prefect_test_harness(server_startup_timeout=120):
+        yield
+
+
+def use_database(monkeypatch: pytest.MonkeyPatch, home: Path, database_url: str | None):
+    """Point the pipeline at `home` and `database_url`, then initialise schema and templates."""
+    from studio.bootstrap import initialise
+    from studio.db.engine import dispose_engines
+    from studio.settings import reload_settings
+
+    monkeypatch.setenv("STUDIO_HOME", str(home))
+    monkeypatch.setenv("LOG_FILE", str(home / "logs" / "app.log"))
+    if database_url:
+        monkeypatch.setenv("DATABASE_URL", database_url)
+    else:
+        monkeypatch.delenv("DATABASE_URL", raising=False)
+    dispose_engines()
+    settings = reload_settings()
+    initialise(settings)
+    _reset_process_caches()
+    return settings
+
+
+def _reset_process_caches() -> None:
+    import tasks.generate_images as generate_images
+
+    generate_images._chain = None
+
+
+@pytest.fixture
+def studio_env(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """An isolated studio home with a fresh SQLite database, schema and templates."""
+    settings = use_database(monkeypatch, tmp_path / "studio", None)
+    yield settings
+    from studio.db.engine import dispose_engines
+
+    dispose_engines()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+def any_database(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """The same test on the embedded SQLite default and on a real PostgreSQL."""
+    if request.param == "postgresql":
+        from tests.infra.postgres import create_database
+
+        server_url = request.getfixturevalue("postgres_url")
+        url = create_database(server_url)
+    else:
+        url = None
+    settings = use_database(monkeypatch, tmp_path / "studio", url)
+    yield settings
+    from studio.db.engine import dispose_engines
+
+    dispose_engines()
