@@ -1,0 +1,55 @@
+"""Two batches' image steps in two processes at once never exceed a provider's cap."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from deployments.concurrency_limits import apply_provider_limits
+from studio.providers.settings import ProviderSettings
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+async def test_caps_hold_across_two_processes(provider_env, emulators, monkeypatch, tmp_path):
+    from prefect.settings import PREFECT_API_URL
+
+    comfyui, modal, replicate = emulators
+    monkeypatch.setenv("LORA_INFERENCE_PROVIDER_ORDER", "modal,replicate")
+    monkeypatch.setenv("MODAL_MAX_CONCURRENT", "3")
+    monkeypatch.setenv("REPLICATE_MAX_CONCURRENT", "2")
+    await apply_provider_limits(ProviderSettings(_env_file=None))
+    modal.behaviour.latency = (0.1, 0.2)
+    replicate.behaviour.latency = (0.1, 0.2)
+    modal.behaviour.failure_rate = 0.2  # some pieces move on to Replicate
+
+    env = {
+        **os.environ,
+        "PREFECT_API_URL": PREFECT_API_URL.value(),
+        "PYTHONPATH": str(ROOT),
+        "STUDIO_HOME": str(tmp_path / "home"),
+        "MODAL_MAX_ATTEMPTS": "1",
+    }
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-m", "tests.tasks.image_step_worker", f"proc{n}", "15",
+             str(tmp_path / f"stage{n}")],
+            cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        )
+        for n in range(2)
+    ]
+    summaries = []
+    for worker in workers:
+        out, err = worker.communicate(timeout=300)
+        assert worker.returncode == 0, err[-2000:]
+        line = next(x for x in out.splitlines() if x.startswith("SUMMARY "))
+        summaries.append(json.loads(line.removeprefix("SUMMARY ")))
+
+    assert [s["made"] for s in summaries] == [15, 15]
+    # 30 pieces at local caps of 3 each would reach 6 without the global limit
+    assert modal.counters.peak == 3
+    assert replicate.counters.peak <= 2  # ...and never passed, across both processes
+    assert comfyui.counters.requests() == 0
