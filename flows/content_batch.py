@@ -226,8 +226,10 @@ async def _write_hooks(
     from studio.hooks.template_writer import TemplateHookWriter
 
     groups = chunked(specs, HOOK_GROUP_SIZE)
-    states = await asyncio.gather(
-        *(write_hooks(group, avatar, request.platform, return_state=True) for group in groups)
+    # the first group goes alone: it writes the cached prompt prefix the others then read
+    states = [await write_hooks(groups[0], avatar, request.platform, return_state=True)]
+    states += await asyncio.gather(
+        *(write_hooks(group, avatar, request.platform, return_state=True) for group in groups[1:])
     )
     merged = HookBatch()
     fallback = TemplateHookWriter()
@@ -242,12 +244,19 @@ async def _write_hooks(
         merged.cost_usd += batch.cost_usd
         merged.calls += batch.calls
         merged.failures += batch.failures
+        for kind, count in batch.tokens.items():
+            merged.tokens[kind] = merged.tokens.get(kind, 0) + count
+    # success counts hooks the model wrote; template hooks are the fallback
     llm = sum(1 for h in merged.hooks.values() if not h.stand_in)
     log.info(
-        "Hook generation summary | Success: %d/%d | Template fallback: %d",
-        len(merged.hooks),
+        "Hook generation summary | Success: %d/%d | Template fallback: %d | Calls: %d | "
+        "Tokens: %s | Cost: $%.4f",
+        llm,
         len(specs),
         len(merged.hooks) - llm,
+        merged.calls,
+        ", ".join(f"{k} {v}" for k, v in merged.tokens.items()) or "none",
+        merged.cost_usd,
     )
     return merged
 
@@ -264,40 +273,26 @@ async def _check_safety(
     images: dict[str, GeneratedImage],
     enabled: bool,
 ) -> SafetyReport:
-    settings = get_settings()
-    report = SafetyReport()
-    to_check: list[ModerationItem] = []
+    """Every piece goes to the safety task: the policy there decides what to skip or
+    sample, and logs the `Content rejected` and `Safety check summary` lines."""
+    if not specs:
+        return SafetyReport()
+    items = []
     for spec in specs:
-        skippable = spec.tier == "capa1" and not spec.custom
-        if skippable and not (enabled and settings.safety_check_enabled):
-            report.verdicts[spec.piece_id] = SafetyVerdict(
-                piece_id=spec.piece_id, status="skipped", tier=spec.tier, checked_by="none"
-            )
-            continue
         hook = hooks.get(spec.piece_id)
         text = "\n".join(part for part in (spec.prompt, hook.text if hook else "") if part)
-        to_check.append(
+        items.append(
             ModerationItem(
                 piece_id=spec.piece_id,
                 tier=spec.tier,
                 custom=spec.custom,
                 text=text,
                 image_path=images[spec.piece_id].path,
+                category=spec.category,
+                niche=spec.niche,
             )
         )
-    if to_check:
-        checked = await check_safety(to_check)
-        report.verdicts.update(checked.verdicts)
-        report.cost_usd += checked.cost_usd
-        report.calls += checked.calls
-    rejected = [v for v in report.verdicts.values() if v.status == "rejected"]
-    for verdict in rejected:
-        log.warning("Content rejected | Piece: %s | Reason: %s", verdict.piece_id, verdict.reason)
-    passed = sum(1 for v in report.verdicts.values() if v.status in PUBLISHABLE)
-    log.info(
-        "Safety check summary | Passed: %d, Rejected: %d/%d", passed, len(rejected), len(specs)
-    )
-    return report
+    return await check_safety(items, seed=specs[0].batch_id, enabled=enabled)
 
 
 async def _upload(

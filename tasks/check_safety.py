@@ -1,27 +1,34 @@
-"""Step 4: moderate every piece's text and image, then apply the safety policy."""
+"""Step 4: moderate every piece's text and image, then apply the safety policy.
+
+The policy (studio.moderation.policy) decides which pieces are checked (capa1 template
+pieces may be skipped or sampled; custom prompts and capa2/capa3 never), turns flags
+into verdicts, holds pieces as pending_review on a moderation outage, and logs the
+spec's `Content rejected` and `Safety check summary` lines. It never raises for an
+outage, so Prefect's retry here only covers unexpected errors.
+"""
 
 from __future__ import annotations
 
 from prefect import task
 
 from studio.moderation.base import ModerationItem
-from studio.moderation.policy import verdict_for
-from studio.moderation.registry import build_moderator
+from studio.moderation.registry import build_safety_review
+from studio.moderation.settings import ModerationSettings
 from studio.types import SafetyReport
 
 
 @task(
     name="check-safety",
-    retries=2,
-    retry_delay_seconds=[2, 8],
-    timeout_seconds=60,
+    retries=1,
+    retry_delay_seconds=[5],
+    timeout_seconds=180,
     tags=["safety-check"],
 )
-async def check_safety(items: list[ModerationItem]) -> SafetyReport:
-    moderator = build_moderator()
-    scores = await moderator.score(items)
-    verdicts = {
-        item.piece_id: verdict_for(item, scores[item.piece_id], checked_by=moderator.name)
-        for item in items
-    }
-    return SafetyReport(verdicts=verdicts, cost_usd=0.0, calls=0)
+async def check_safety(
+    items: list[ModerationItem], seed: str = "", enabled: bool = True
+) -> SafetyReport:
+    """`enabled=False` (the request's safety_check flag) acts like SAFETY_CHECK_ENABLED=false."""
+    settings = ModerationSettings()
+    if not enabled:
+        settings = settings.model_copy(update={"enabled": False})
+    return await build_safety_review(settings).run(items, seed=seed)

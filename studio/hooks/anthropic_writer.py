@@ -76,6 +76,7 @@ class AnthropicHookWriter:
         catalog: Mapping[str, str] | None = None,
         use_message_batches: bool | None = None,
         time_budget_seconds: float | None = None,
+        breaker: CircuitBreaker | None = None,
     ) -> None:
         if not settings.configured:
             raise ValueError("AnthropicHookWriter needs ANTHROPIC_API_KEY")
@@ -89,7 +90,9 @@ class AnthropicHookWriter:
             if time_budget_seconds is None
             else time_budget_seconds
         )
-        self.breaker = CircuitBreaker(settings.breaker_threshold, settings.breaker_reset_seconds)
+        self.breaker = breaker or CircuitBreaker(
+            settings.breaker_threshold, settings.breaker_reset_seconds
+        )
 
     def _client(self) -> AsyncAnthropic:
         key = self.settings.anthropic_api_key

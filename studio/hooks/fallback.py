@@ -46,6 +46,18 @@ PHRASES: dict[str, tuple[str, ...]] = {
         "Soft light, softer mood.",
         "The routine you asked for.",
     ),
+    "food": (
+        "Made this from scratch, and it was worth it.",
+        "Recipe drop: save it for the weekend.",
+        "The smell alone. Would you try it?",
+        "Comfort food, upgraded.",
+    ),
+    "wellness": (
+        "Five quiet minutes that change the whole day.",
+        "Breathe in, slow down, reset.",
+        "My little ritual for a calmer week.",
+        "Gentle reminder: rest is productive too.",
+    ),
     "general": (
         "Caught in the moment.",
         "A new set is live. Which shot is your favourite?",
@@ -60,6 +72,8 @@ TAGS: dict[str, tuple[str, ...]] = {
     "fashion": ("#ootd", "#style", "#fashion"),
     "travel": ("#travel", "#wanderlust", "#explore"),
     "beauty": ("#beauty", "#glow", "#makeup"),
+    "food": ("#foodie", "#homecooking", "#recipe"),
+    "wellness": ("#wellness", "#selfcare", "#mindful"),
     "general": ("#newpost", "#behindthescenes", "#creator"),
 }
 
@@ -81,11 +95,13 @@ class _Defaults(dict):
         return ""
 
 
-def _from_pattern(pattern: str, spec: PieceSpec, avatar: AvatarRef) -> str | None:
-    """Fill a template's hook pattern; only named fields are allowed, missing ones blank."""
+def _from_pattern(
+    pattern: str, spec: PieceSpec, avatar: AvatarRef, platform_tag: str
+) -> str | None:
+    """Fill a template's hook pattern (placeholders avatar_name, niche, platform_tag)."""
     values = _Defaults(
-        name=avatar.name, avatar=avatar.name, niche=avatar.niche or "",
-        category=spec.category or "", n=str(spec.index + 1),
+        avatar_name=avatar.name, name=avatar.name, niche=spec.niche or avatar.niche or "",
+        platform_tag=platform_tag, category=spec.category or "", n=str(spec.index + 1),
     )
     try:
         fields = [f for _, f, _, _ in string.Formatter().parse(pattern) if f is not None]
@@ -97,21 +113,31 @@ def _from_pattern(pattern: str, spec: PieceSpec, avatar: AvatarRef) -> str | Non
     return " ".join(text.split()) or None
 
 
+def _topic(spec: PieceSpec, avatar: AvatarRef) -> str:
+    for label in (spec.niche, spec.category, avatar.niche):
+        if label and label.lower() in PHRASES:
+            return label.lower()
+    return "general"
+
+
+def _tags(topic: str, seed: int, allowance: int) -> str:
+    tags = TAGS[topic]
+    chosen = [tags[(seed >> (8 + i)) % len(tags)] for i in range(min(allowance, 2))]
+    return " ".join(dict.fromkeys(chosen))
+
+
 def template_hook_text(spec: PieceSpec, avatar: AvatarRef, platform: Platform) -> str:
+    """The template's pattern, else a phrase for its niche, framed for the platform."""
     platform = Platform(platform)
     seed = _seed(spec.piece_id)
-    category = (spec.category or avatar.niche or "general").lower()
-    bank = PHRASES.get(category, PHRASES["general"])
-    text = _from_pattern(spec.hook_pattern, spec, avatar) if spec.hook_pattern else None
-    if not text:
-        text = bank[seed % len(bank)].format(n=spec.index + 1)
-    text = PLATFORM_FRAMES[platform].format(text=text)
-    allowance = style_for(platform).max_hashtags
-    if allowance:
-        tags = TAGS.get(category, TAGS["general"])
-        chosen = [tags[(seed >> 8 + i) % len(tags)] for i in range(min(allowance, 2))]
-        text = f"{text} {' '.join(dict.fromkeys(chosen))}"
-    return fit(text, platform)
+    topic = _topic(spec, avatar)
+    tags = _tags(topic, seed, style_for(platform).max_hashtags)
+    text = _from_pattern(spec.hook_pattern, spec, avatar, tags) if spec.hook_pattern else None
+    if text:
+        return fit(text, platform)
+    bank = PHRASES[topic]
+    text = PLATFORM_FRAMES[platform].format(text=bank[seed % len(bank)].format(n=spec.index + 1))
+    return fit(f"{text} {tags}".strip(), platform)
 
 
 def template_hook(spec: PieceSpec, avatar: AvatarRef, platform: Platform) -> Hook:

@@ -1,14 +1,80 @@
-"""Which hook writer a batch uses."""
+"""Which hook writer a batch uses: Claude when ANTHROPIC_API_KEY is set, templates otherwise.
+
+The writer is built per call (the step runs one call per group of pieces), but its
+circuit breaker is shared per API endpoint and model for the whole process, so the
+spec's "stop trying after 5 consecutive failures" holds across the groups of a batch
+and across batches until the breaker's reset time has passed. The template catalogue
+sent as the cached prompt prefix is the whole library, identical for every batch.
+"""
 
 from __future__ import annotations
 
+import logging
+
+from studio.hooks.anthropic_writer import AnthropicHookWriter
+from studio.hooks.base import HookWriter
+from studio.hooks.breaker import CircuitBreaker
+from studio.hooks.settings import HookSettings
 from studio.hooks.template_writer import TemplateHookWriter
 
+logger = logging.getLogger("studio.hooks")
 
-def build_hook_writer() -> TemplateHookWriter:
-    return TemplateHookWriter()
+_BREAKERS: dict[tuple[str | None, str], CircuitBreaker] = {}
+_ANNOUNCED: set[str] = set()
 
 
-def hook_writer_status() -> dict[str, object]:
-    writer = build_hook_writer()
-    return {"writer": writer.name, "stand_in": writer.stand_in}
+def shared_breaker(settings: HookSettings) -> CircuitBreaker:
+    key = (settings.anthropic_base_url, settings.model)
+    if key not in _BREAKERS:
+        _BREAKERS[key] = CircuitBreaker(settings.breaker_threshold, settings.breaker_reset_seconds)
+    return _BREAKERS[key]
+
+
+def reset_breakers() -> None:
+    _BREAKERS.clear()
+
+
+def library_catalog() -> dict[str, str]:
+    """Template id -> description for the cached prefix; empty when the library is absent."""
+    try:
+        from studio.catalog import template_library
+
+        return {
+            t.id: f"{t.niche}/{t.category}: {t.description}"
+            for t in template_library().all_templates()
+        }
+    except Exception as exc:  # no database yet: the batch's own templates are used
+        logger.debug("Template catalogue unavailable for hooks | Error: %s", type(exc).__name__)
+        return {}
+
+
+def _announce(message: str) -> None:
+    if message not in _ANNOUNCED:
+        _ANNOUNCED.add(message)
+        logger.info(message)
+
+
+def build_hook_writer(settings: HookSettings | None = None) -> HookWriter:
+    settings = settings or HookSettings()
+    if not settings.configured:
+        _announce("Hook writer | Using: template stand-in (ANTHROPIC_API_KEY not set)")
+        return TemplateHookWriter()
+    _announce(f"Hook writer | Using: anthropic | Model: {settings.model}")
+    return AnthropicHookWriter(
+        settings, catalog=library_catalog(), breaker=shared_breaker(settings)
+    )
+
+
+def hook_writer_status(settings: HookSettings | None = None) -> dict[str, object]:
+    settings = settings or HookSettings()
+    if not settings.configured:
+        return {"writer": "template", "stand_in": True}
+    breaker = shared_breaker(settings)
+    return {
+        "writer": "anthropic",
+        "stand_in": False,
+        "model": settings.model,
+        "message_batches": settings.use_message_batches,
+        "breaker_open": breaker.is_open,
+        "consecutive_failures": breaker.consecutive_failures,
+    }

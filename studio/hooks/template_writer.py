@@ -1,43 +1,17 @@
-"""Template-based hooks: the offline stand-in for the LLM hook writer.
+"""Template-based hooks: the offline stand-in for the Claude hook writer.
 
-Each template carries a hook pattern; filling it with the avatar and platform gives a
-usable caption at no cost. The LLM writer falls back to this per piece.
+Each template carries a hook pattern; filling it with the avatar and the platform's
+tags gives a usable caption at no cost (see `fallback.py`, which the Claude writer
+also uses per piece). Pieces without a pattern (custom prompts) get a phrase for their
+niche, so neighbouring pieces and platforms differ.
 """
 
 from __future__ import annotations
 
-from studio.types import AvatarRef, Hook, HookBatch, PieceSpec, Platform
+from studio.hooks.fallback import template_hook, template_hook_text
+from studio.types import AvatarRef, HookBatch, PieceSpec, Platform
 
-PLATFORM_TAGS = {
-    Platform.INSTAGRAM: "#instadaily",
-    Platform.TIKTOK: "#fyp",
-    Platform.TWITTER: "",
-    Platform.PATREON: "(patrons first)",
-    Platform.ONLYFANS: "(subscribers first)",
-}
-PLATFORM_LIMITS = {
-    Platform.INSTAGRAM: 2200,
-    Platform.TIKTOK: 2200,
-    Platform.TWITTER: 280,
-    Platform.PATREON: 1000,
-    Platform.ONLYFANS: 1000,
-}
-DEFAULT_PATTERN = "New from {avatar_name}: a fresh {niche} moment. {platform_tag}"
-
-
-def template_hook(spec: PieceSpec, avatar: AvatarRef, platform: Platform) -> str:
-    pattern = spec.hook_pattern or DEFAULT_PATTERN
-    values = {
-        "avatar_name": avatar.name,
-        "niche": spec.niche or avatar.niche,
-        "platform_tag": PLATFORM_TAGS.get(platform, ""),
-        "category": spec.category or avatar.niche,
-    }
-    try:
-        text = pattern.format(**values)
-    except (KeyError, IndexError, ValueError):
-        text = DEFAULT_PATTERN.format(**values)
-    return " ".join(text.split())[: PLATFORM_LIMITS.get(platform, 2200)]
+__all__ = ["TemplateHookWriter", "template_hook_text"]
 
 
 class TemplateHookWriter:
@@ -47,13 +21,5 @@ class TemplateHookWriter:
     async def write(
         self, specs: list[PieceSpec], avatar: AvatarRef, platform: Platform
     ) -> HookBatch:
-        hooks = {
-            spec.piece_id: Hook(
-                piece_id=spec.piece_id,
-                text=template_hook(spec, avatar, platform),
-                source="template",
-                stand_in=True,
-            )
-            for spec in specs
-        }
+        hooks = {spec.piece_id: template_hook(spec, avatar, Platform(platform)) for spec in specs}
         return HookBatch(hooks=hooks, cost_usd=0.0, calls=0)

@@ -6,9 +6,9 @@ names, so the same policy applies whichever moderator ran:
   with leetspeak handling), reported as the local category `profanity`, which the
   policy treats like `sexual`: not public-safe, so it never leaves as capa1;
 - the categories the policy hard-blocks come from short lists of neutral trigger terms
-  below; `sexual/minors` is reported when a term about minors appears together with a
-  sexual or profane signal, or on any piece of a non-public tier (capa2/capa3), where
-  any mention of minors is out of place.
+  below; `sexual/minors` is reported for any term that means a minor (the avatars are
+  adults, so such a piece is never wanted), and for ambiguous ones ("minor", "kids")
+  together with a sexual or profane signal or on a non-public tier (capa2/capa3).
 Images are not scored here: with no OpenAI key the batch says moderation stood in.
 """
 
@@ -27,10 +27,13 @@ CATEGORY_TERMS: dict[str, tuple[str, ...]] = {
     "violence/graphic": ("gore", "gory", "dismember", "mutilat", "bloodbath"),
     "hate": ("racial slur",),
 }
+# terms that always mean a minor (avatars are adults: such a piece is never wanted)
 MINOR_TERMS = (
-    "underage", "under age", "minor", "minors", "child", "children", "kid", "kids",
-    "teen", "teens", "teenage", "schoolgirl", "schoolboy", "preteen", "young-looking",
+    "underage", "under age", "child", "children", "teen", "teens", "teenage", "teenager",
+    "schoolgirl", "schoolboy", "preteen",
 )
+# terms that may mean something else ("minor tweaks", "kids these days")
+AMBIGUOUS_MINOR_TERMS = ("minor", "minors", "kid", "kids", "young-looking")
 
 
 @lru_cache(maxsize=1)
@@ -53,8 +56,11 @@ def flagged_categories(text: str, tier: str = "capa1") -> list[str]:
     }
     if _profanity().contains_profanity(text):
         flagged.add("profanity")
-    mentions_minors = any(re.search(rf"\b{re.escape(t)}\b", lowered) for t in MINOR_TERMS)
-    if mentions_minors and (flagged & {"sexual", "profanity"} or tier != "capa1"):
+    def mentions(terms: tuple[str, ...]) -> bool:
+        return any(re.search(rf"\b{re.escape(t)}\b", lowered) for t in terms)
+
+    risky = bool(flagged & {"sexual", "profanity"}) or tier != "capa1"
+    if mentions(MINOR_TERMS) or (risky and mentions(AMBIGUOUS_MINOR_TERMS)):
         flagged.add("sexual/minors")
     return sorted(flagged)
 

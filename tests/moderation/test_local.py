@@ -14,8 +14,10 @@ def test_categories_from_the_word_lists():
     assert flagged_categories("what the hell is this set") == ["profanity"]
     assert "sexual" in flagged_categories("an nsfw teaser")
     assert "sexual/minors" in flagged_categories("nsfw teaser with a teen")
-    assert flagged_categories("a teen runner", tier="capa1") == []
-    assert flagged_categories("a teen runner", tier="capa2") == ["sexual/minors"]
+    assert flagged_categories("a teen runner") == ["sexual/minors"]
+    assert flagged_categories("portrait of a schoolgirl") == ["sexual/minors"]
+    assert flagged_categories("kids these days", tier="capa1") == []
+    assert flagged_categories("kids these days", tier="capa2") == ["sexual/minors"]
     assert "violence/graphic" in flagged_categories("gore makeup tutorial")
 
 
