@@ -63,8 +63,10 @@ def demo(pieces: Annotated[int, typer.Option("--pieces")] = 50) -> None:
 def avatar_add(
     name: str,
     niche: Annotated[str, typer.Option(help="fitness, lifestyle, fashion, travel, food, ...")],
-    lora: Annotated[str | None, typer.Option("--lora", help="URL of the trained LoRA weights")],
     cadence: Annotated[str, typer.Option(help=f"one of {', '.join(CADENCES)}")] = "daily",
+    lora: Annotated[
+        str | None, typer.Option("--lora", help="URL of the trained LoRA weights")
+    ] = None,
     inactive: Annotated[bool, typer.Option("--inactive")] = False,
 ) -> None:
     """Register an avatar."""
