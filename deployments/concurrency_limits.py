@@ -55,7 +55,9 @@ async def read_provider_limits() -> dict[str, dict[str, object]]:
                 report[name] = {"exists": False}
                 continue
             report[name] = {
-                "exists": True, "limit": limit.limit, "active_slots": limit.active_slots,
+                "exists": True,
+                "limit": limit.limit,
+                "active_slots": limit.active_slots,
                 "active": limit.active,
             }
     return report

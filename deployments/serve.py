@@ -1,0 +1,41 @@
+"""Serve every deployment from this process, without a work pool or worker.
+
+The quickest way to get schedules and UI-triggered runs on one machine:
+`python -m deployments.serve` (against `prefect server start` or Prefect Cloud).
+For several machines, use `prefect deploy --all` and workers instead.
+"""
+
+from __future__ import annotations
+
+from prefect import serve
+
+from flows.content_batch import content_batch
+from flows.health_check import health_check
+from flows.scheduled import scheduled_batches
+
+CADENCES = {"daily": ("0 6 * * *", 50), "weekly": ("0 6 * * 1", 20), "monthly": ("0 6 1 * *", 100)}
+
+
+def build_deployments() -> list:
+    deployments = [
+        content_batch.to_deployment(
+            name="on-demand",
+            parameters={"avatar_id": "demo", "num_pieces": 10},
+            tags=["content", "on-demand"],
+        ),
+        health_check.to_deployment(name="health", interval=300, tags=["monitoring"]),
+    ]
+    for cadence, (cron, pieces) in CADENCES.items():
+        deployments.append(
+            scheduled_batches.to_deployment(
+                name=cadence,
+                cron=cron,
+                parameters={"cadence": cadence, "num_pieces": pieces},
+                tags=["content", "scheduled"],
+            )
+        )
+    return deployments
+
+
+if __name__ == "__main__":  # pragma: no cover
+    serve(*build_deployments())
