@@ -1,0 +1,59 @@
+"""Prefect events for a finished batch: one summary event and one per breached alert.
+
+Events carry ids, counts, timings and costs only — never prompts, hooks or secrets.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from prefect.events import emit_event
+
+from studio.alerts import Alert, evaluate
+from studio.types import BatchResult
+
+log = logging.getLogger("studio.batch")
+
+
+def emit_batch_events(
+    result: BatchResult, *, hook_failures: int = 0, cache_hit_percent: float | None = None
+) -> list[Alert]:
+    resource = {
+        "prefect.resource.id": f"studio.batch.{result.batch_id}",
+        "prefect.resource.name": f"content-batch {result.avatar_name}",
+        "studio.avatar.id": result.avatar_id,
+    }
+    emit_event(
+        event=f"studio.batch.{result.status}",
+        resource=resource,
+        payload={
+            "requested": result.requested,
+            "published": result.published,
+            "rejected": result.rejected,
+            "failed": result.failed,
+            "pending_review": result.pending_review,
+            "cost_usd": result.cost_usd,
+            "total_seconds": round(result.total_seconds, 3),
+            "step_seconds": result.step_seconds,
+        },
+    )
+    alerts = evaluate(result, hook_failures=hook_failures, cache_hit_percent=cache_hit_percent)
+    for alert in alerts:
+        log.warning(
+            "Alert %s | %s | value %.3f, threshold %.3f",
+            alert.name,
+            alert.message,
+            alert.value,
+            alert.threshold,
+        )
+        emit_event(
+            event=f"studio.alert.{alert.name}",
+            resource=resource,
+            payload={
+                "level": alert.level,
+                "message": alert.message,
+                "value": alert.value,
+                "threshold": alert.threshold,
+            },
+        )
+    return alerts
