@@ -20,6 +20,7 @@ from prefect.runtime import flow_run
 
 from flows.image_chunk import image_chunk
 from studio import batchlog, progress
+from studio.db.progress import BatchProgress
 from studio.moderation.base import ModerationItem
 from studio.request import BatchRequest, parse_tier_distribution
 from studio.settings import get_settings
@@ -39,6 +40,7 @@ from studio.types import (
 )
 from tasks.check_safety import check_safety
 from tasks.generate_images import image_chain
+from tasks.progress import load_batch_progress, record_plan, record_progress, stored_batch_request
 from tasks.save import finish_batch, register_batch, save_pieces
 from tasks.select_templates import select_templates
 from tasks.statistics import calculate_statistics
@@ -77,12 +79,16 @@ async def content_batch(
     custom_tiers: list[str] | None = None,
     seed: int | None = None,
     batch_id: str | None = None,
+    resume_batch_id: str | None = None,
 ) -> BatchResult:
     """Make `num_pieces` ready-to-publish pieces for one avatar.
 
     `batch_id` defaults to the flow run's id, so a retry of the same flow run resumes
     the same batch: staged images, stored files and rows are keyed by piece id and
     are neither paid for nor written twice.
+
+    `resume_batch_id` resumes a batch that crashed or was killed: its stored request and
+    plan are used, and every step runs only for the pieces it has not finished yet.
     """
     settings = get_settings()
     batchlog.configure_logging(settings.log_file, settings.log_level)
@@ -98,6 +104,9 @@ async def content_batch(
         custom_tiers=custom_tiers,
         seed=seed,
     )
+    if resume_batch_id:  # resume (storage): the stored request wins, the batch id is reused
+        request = BatchRequest.model_validate(stored_batch_request(resume_batch_id))
+        batch_id = resume_batch_id
     validated = validate_batch(request)
     avatar = validated.avatar
     batch_id = batch_id or flow_run.get_id() or str(uuid.uuid4())
@@ -107,14 +116,23 @@ async def content_batch(
 
     # 1: templates
     t0 = time.perf_counter()
-    specs = select_templates(request, avatar, batch_id)
+    done = load_batch_progress(batch_id)  # resume: what an earlier run of this batch finished
+    specs = done.specs if done else select_templates(request, avatar, batch_id)
     register_batch(batch_id, avatar.id, request.model_dump(mode="json"), len(specs))
+    if done is None:
+        record_plan(avatar.id, batch_id, specs)
+        done = BatchProgress(batch_id=batch_id)
+    else:
+        log.info("Resuming batch %s | Progress: %s", batch_id, done.counts())
     steps["template_selection"] = time.perf_counter() - t0
     log.info(batchlog.step_line(1, f"Selected: {len(specs)}", steps["template_selection"]))
 
     # 2: images, in concurrent chunk subflows
     t0 = time.perf_counter()
-    images, failures = await _generate_images(specs, avatar, settings.image_chunk_size)
+    todo = [spec for spec in specs if not done.image_done(spec.piece_id)]
+    images, failures = await _generate_images(todo, avatar, settings.image_chunk_size)
+    record_progress("generated", list(images.values()))
+    images = {**{p: i for p, i in done.images.items() if done.image_done(p)}, **images}
     steps["image_generation"] = time.perf_counter() - t0
     avg = steps["image_generation"] / max(len(images), 1)
     log.info(
@@ -134,14 +152,21 @@ async def content_batch(
 
     # 3: hooks
     t0 = time.perf_counter()
-    hooks = await _write_hooks(made, avatar, request) if request.include_hooks else HookBatch()
+    todo = [spec for spec in made if spec.piece_id not in done.hooks]
+    write = request.include_hooks and todo
+    hooks = await _write_hooks(todo, avatar, request) if write else HookBatch()
+    record_progress("captioned", list(hooks.hooks.values()))
+    hooks.hooks = {**done.hooks, **hooks.hooks}
     steps["hook_generation"] = time.perf_counter() - t0
     written = sum(1 for spec in made if spec.piece_id in hooks.hooks)
     log.info(batchlog.step_line(3, f"Generated: {written}/{len(made)}", steps["hook_generation"]))
 
     # 4: safety
     t0 = time.perf_counter()
-    safety = await _check_safety(made, hooks.hooks, images, request.safety_check)
+    todo = [spec for spec in made if spec.piece_id not in done.verdicts]
+    safety = await _check_safety(todo, hooks.hooks, images, request.safety_check)
+    record_progress("checked", list(safety.verdicts.values()))
+    safety.verdicts = {**done.verdicts, **safety.verdicts}
     steps["safety_check"] = time.perf_counter() - t0
     passed = [s for s in made if safety.verdicts[s.piece_id].status in PUBLISHABLE]
     rejected = [s for s in made if safety.verdicts[s.piece_id].status == "rejected"]
@@ -153,7 +178,13 @@ async def content_batch(
 
     # 5: upload
     t0 = time.perf_counter()
-    stored = await _upload(passed, avatar, images, safety.verdicts, request.upload_to_storage)
+    todo = [spec for spec in passed if spec.piece_id not in done.stored]
+    stored = await _upload(todo, avatar, images, safety.verdicts, request.upload_to_storage)
+    record_progress("stored", list(stored.values()))
+    stored = {
+        **{s.piece_id: done.stored[s.piece_id] for s in passed if s.piece_id in done.stored},
+        **stored,
+    }
     steps["storage_upload"] = time.perf_counter() - t0
     store_name = next(iter(stored.values())).backend if stored else "none"
     log.info(
@@ -302,7 +333,6 @@ async def _upload(
     verdicts: dict[str, SafetyVerdict],
     enabled: bool,
 ) -> dict[str, StoredObject]:
-    del enabled  # the local store keeps files when uploads are off; see storage registry
     items = [
         UploadItem(
             piece_id=spec.piece_id,
@@ -316,7 +346,7 @@ async def _upload(
     ]
     if not items:
         return {}
-    return await upload_pieces(items)
+    return await upload_pieces(items, upload_to_storage=enabled)
 
 
 def _outcomes(

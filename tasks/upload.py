@@ -1,4 +1,9 @@
-"""Step 5: store the approved pieces' files; keys come from ids, never from user text."""
+"""Step 5: store the approved pieces' files; keys come from ids, never from user text.
+
+With R2 configured, a file R2 still refuses after its retries goes to the local store
+marked `needs_sync` (see studio/storage/fallback.py); the `storage-sync` flow moves it
+up later, so an outage costs a delay, never a piece.
+"""
 
 from __future__ import annotations
 
@@ -32,8 +37,11 @@ class UploadItem(BaseModel):
     timeout_seconds=60,
     tags=["storage-upload"],
 )
-async def upload_pieces(items: list[UploadItem]) -> dict[str, StoredObject]:
-    store = build_content_store(get_settings())
+async def upload_pieces(
+    items: list[UploadItem], upload_to_storage: bool = True
+) -> dict[str, StoredObject]:
+    """`upload_to_storage=False` keeps the files in the local store (the batch's flag)."""
+    store = build_content_store(get_settings(), upload=upload_to_storage)
     gate = asyncio.Semaphore(UPLOAD_CONCURRENCY)
 
     async def one(item: UploadItem) -> StoredObject:

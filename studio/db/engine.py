@@ -13,6 +13,7 @@ from pathlib import Path
 from sqlalchemy import Engine, create_engine, event
 from sqlalchemy.orm import Session, sessionmaker
 
+from studio.db.pool import connect_with_retry
 from studio.settings import Settings, get_settings
 
 
@@ -87,6 +88,7 @@ def session_scope(settings: Settings | None = None) -> Iterator[Session]:
     """A session that commits on success and always returns its connection to the pool."""
     session = sessionmaker(get_engine(settings), expire_on_commit=False)()
     try:
+        connect_with_retry(session)  # full pool: short retry, then a clear PoolExhausted
         yield session
         session.commit()
     except BaseException:

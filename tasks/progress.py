@@ -1,0 +1,62 @@
+"""Durable per-piece progress as Prefect tasks: read it back, record each finished step.
+
+Each record is one statement and one commit (see studio/db/progress.py), retried like
+the save step, so the rows always say how far every piece got.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from prefect import task
+
+from studio.db import progress
+from studio.db.engine import session_scope
+from studio.db.models import Batch
+from studio.request import BatchRequestError
+from studio.types import GeneratedImage, Hook, PieceSpec, SafetyVerdict, StoredObject
+
+_RECORDERS = {
+    "generated": progress.record_images,
+    "captioned": progress.record_hooks,
+    "checked": progress.record_verdicts,
+    "stored": progress.record_stored,
+}
+
+
+@task(name="load-progress", retries=3, retry_delay_seconds=1, timeout_seconds=30)
+def load_batch_progress(batch_id: str) -> progress.BatchProgress | None:
+    with session_scope() as session:
+        return progress.load_progress(session, batch_id)
+
+
+@task(name="record-plan", retries=3, retry_delay_seconds=[1, 3, 9], timeout_seconds=30)
+def record_plan(avatar_id: str, batch_id: str, specs: list[PieceSpec]) -> int:
+    with session_scope() as session:
+        return progress.record_plan(session, avatar_id, batch_id, specs)
+
+
+@task(
+    name="record-progress",
+    retries=3,
+    retry_delay_seconds=[1, 3, 9],
+    timeout_seconds=30,
+    task_run_name="record-{step}",
+)
+def record_progress(
+    step: str, items: list[GeneratedImage] | list[Hook] | list[SafetyVerdict] | list[StoredObject]
+) -> int:
+    """Mark `items` as having finished `step` (generated, captioned, checked, stored)."""
+    if not items:
+        return 0
+    with session_scope() as session:
+        return _RECORDERS[step](session, items)  # type: ignore[operator]
+
+
+def stored_batch_request(batch_id: str) -> dict[str, Any]:
+    """The request a batch was started with, to resume it with the same parameters."""
+    with session_scope() as session:
+        batch = session.get(Batch, batch_id)
+        if batch is None:
+            raise BatchRequestError("batch_id", f"no batch with id {batch_id!r} to resume")
+        return dict(batch.config)
