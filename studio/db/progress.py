@@ -32,7 +32,7 @@ _TABLE: Table = ContentPiece.__table__  # type: ignore[assignment]
 
 def _before(status: str) -> tuple[str, ...]:
     """Statuses a piece may be in for a step that sets `status` to apply (forward only)."""
-    return (*PROGRESS[:PROGRESS.index(status)], "failed")
+    return (*PROGRESS[: PROGRESS.index(status)], "failed")
 
 
 def _forward_only(status: str) -> ColumnElement[bool]:
@@ -183,9 +183,7 @@ class BatchProgress:
 
 def load_progress(session: Session, batch_id: str) -> BatchProgress | None:
     """The batch's plan and finished steps, or None when nothing was planned yet."""
-    rows = session.execute(
-        select(ContentPiece).where(ContentPiece.batch_id == batch_id)
-    ).scalars()
+    rows = session.execute(select(ContentPiece).where(ContentPiece.batch_id == batch_id)).scalars()
     progress = BatchProgress(batch_id=batch_id)
     for row in rows:
         if row.spec is None:
