@@ -215,7 +215,7 @@ class SafetyReview:
                 report.verdicts[item.piece_id] = SafetyVerdict(
                     piece_id=item.piece_id, status="skipped", tier=item.tier,
                     reason=reasons.get(item.piece_id),
-                    checked_by=self.screen.name if self.screen else "none",
+                    checked_by="none",
                 )
         report.calls = int(getattr(self.moderator, "calls", 0) or 0)
         report.cost_usd = float(getattr(self.moderator, "cost_usd", 0.0) or 0.0)

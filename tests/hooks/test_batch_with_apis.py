@@ -1,0 +1,57 @@
+"""A whole batch with Claude and OpenAI configured (emulated): the registries pick the
+real clients, and the batch's cost line comes from measured usage and call counts."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from studio.hooks import registry as hooks_registry
+from tests.emulators.anthropic_api import AnthropicEmulator
+from tests.emulators.base import Behaviour
+from tests.emulators.openai_api import OpenAIModerationEmulator
+
+KEY_A = "sk-ant-batch-SECRET-1"
+KEY_O = "sk-openai-batch-SECRET-2"
+
+
+@pytest.fixture
+def apis(monkeypatch: pytest.MonkeyPatch, prefect_api) -> Iterator[tuple]:
+    with AnthropicEmulator(Behaviour(retry_after=0), api_key=KEY_A) as claude, \
+            OpenAIModerationEmulator(Behaviour(retry_after=0), api_key=KEY_O) as moderation:
+        monkeypatch.setenv("ANTHROPIC_API_KEY", KEY_A)
+        monkeypatch.setenv("ANTHROPIC_BASE_URL", claude.url)
+        monkeypatch.setenv("OPENAI_API_KEY", KEY_O)
+        monkeypatch.setenv("OPENAI_BASE_URL", f"{moderation.url}/v1")
+        monkeypatch.setenv("HOOK_BACKOFF_BASE_SECONDS", "0.01")
+        monkeypatch.setenv("MODERATION_BACKOFF_BASE_SECONDS", "0.01")
+        hooks_registry.reset_breakers()
+        yield claude, moderation
+
+
+async def test_a_batch_uses_both_apis_and_prices_what_it_measured(
+    studio_env, apis, caplog
+) -> None:
+    from flows.content_batch import content_batch
+    from studio.bootstrap import ensure_demo_avatar
+
+    caplog.set_level(logging.INFO)
+    claude, moderation = apis
+    ensure_demo_avatar()
+
+    result = await content_batch(avatar_id="demo", num_pieces=20, seed=3)
+
+    assert claude.counters.requests("messages") == 2
+    assert moderation.counters.requests("moderations.text") == 1
+    assert moderation.counters.requests("moderations.image") == 20
+    assert not {"hooks:template", "moderation:local"} & set(result.stand_ins)
+    assert result.cost_breakdown["hooks"] > 0
+    assert result.cost_breakdown["safety"] == pytest.approx(21 * 0.001)
+    log = Path(studio_env.log_file).read_text()
+    assert "Hook generation summary | Success: 20/20 | Template fallback: 0 | Calls: 2" in log
+    assert "Safety check summary | Passed: 20, Rejected: 0/20" in log
+    assert KEY_A not in log and KEY_O not in log
+    assert KEY_A not in caplog.text and KEY_O not in caplog.text
