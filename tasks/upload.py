@@ -8,17 +8,21 @@ up later, so an outage costs a delay, never a piece.
 from __future__ import annotations
 
 import asyncio
+import logging
 from pathlib import Path
 
 from prefect import task
 from pydantic import BaseModel
 
+from studio.db.engine import session_scope
 from studio.settings import get_settings
 from studio.storage.base import object_key
-from studio.storage.registry import build_content_store
+from studio.storage.registry import build_content_store, build_local_store, build_remote_store
+from studio.storage.sync import SyncReport, count_pending, sync_pending
 from studio.types import StoredObject, Tier
 
 UPLOAD_CONCURRENCY = 8
+logger = logging.getLogger("studio.storage")
 
 
 class UploadItem(BaseModel):
@@ -55,3 +59,20 @@ async def upload_pieces(
 
     stored = await asyncio.gather(*(one(item) for item in items))
     return {obj.piece_id: obj for obj in stored}
+
+
+@task(
+    name="sync-local-uploads",
+    retries=0,
+    timeout_seconds=1800,
+    tags=["storage-upload"],
+)
+def sync_local_uploads(page_size: int = 100, max_pieces: int | None = None) -> SyncReport:
+    """Move pieces kept locally during an outage up to R2 (see studio/storage/sync.py)."""
+    settings = get_settings()
+    remote = build_remote_store(settings)
+    if remote is None:
+        logger.warning("Storage sync skipped | R2 is not configured")
+        with session_scope() as session:
+            return SyncReport(remaining=count_pending(session))
+    return sync_pending(session_scope, build_local_store(settings), remote, page_size, max_pieces)
