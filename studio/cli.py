@@ -218,5 +218,10 @@ def health() -> None:
         raise typer.Exit(code=1)
 
 
+from studio.cli_storage import register as _register_storage  # noqa: E402
+
+_register_storage(app, batch_app)  # batch resume, storage-sync, seed-history
+
+
 if __name__ == "__main__":  # pragma: no cover
     app()
