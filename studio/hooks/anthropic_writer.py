@@ -254,8 +254,9 @@ class AnthropicHookWriter:
             "cache_read": usage.cache_read_tokens,
         }
         success = len(specs) - batch.failures
+        # per call of the step; the flow logs the batch's `Hook generation summary`
         logger.info(
-            "Hook generation summary | Success: %d/%d | Fallback: %d | Calls: %d | "
+            "Hook writer result | Written: %d/%d | Fallback: %d | Calls: %d | "
             "Tokens in: %d, out: %d, cache write: %d, cache read: %d | Cost: $%.4f | "
             "Duration: %.2fs",
             success, len(specs), batch.failures, batch.calls,

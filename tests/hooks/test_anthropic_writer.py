@@ -42,7 +42,7 @@ async def test_fifty_pieces_take_five_calls_and_share_the_cached_prefix(
         + batch.tokens["cache_read"] * 0.10
     ) / 1e6
     assert batch.cost_usd == pytest.approx(expected, rel=1e-6)
-    assert "Hook generation summary | Success: 50/50" in caplog.text
+    assert "Hook writer result | Written: 50/50" in caplog.text
 
 
 async def test_group_size_and_concurrency_follow_the_settings(
@@ -113,7 +113,7 @@ async def test_malformed_answers_are_repaired_or_fall_back_per_piece(
     assert len(template) == 10 - from_model
     assert all(h.stand_in and h.text for h in template)
     assert batch.failures == 10 - from_model
-    assert f"Hook generation summary | Success: {from_model}/10" in caplog.text
+    assert f"Hook writer result | Written: {from_model}/10" in caplog.text
 
 
 async def test_a_truncated_answer_keeps_the_complete_entries(
@@ -168,7 +168,7 @@ async def test_exhausted_retries_fall_back_to_templates_for_that_group(
     assert all(batch.hooks[s.piece_id].source == "template" for s in first)
     assert all(batch.hooks[s.piece_id].source == "claude" for s in second)
     assert "Hook generation failed | Error: RateLimitError (HTTP 429)" in caplog.text
-    assert "Hook generation summary | Success: 10/20" in caplog.text
+    assert "Hook writer result | Written: 10/20" in caplog.text
 
 
 async def test_five_straight_failures_open_the_breaker(
@@ -185,7 +185,7 @@ async def test_five_straight_failures_open_the_breaker(
     assert writer.breaker.is_open
     assert all(h.source == "template" for h in batch.hooks.values())
     assert caplog.text.count("Error: CircuitOpen") == 5
-    assert "Hook generation summary | Success: 0/100" in caplog.text
+    assert "Hook writer result | Written: 0/100" in caplog.text
 
 
 async def test_client_errors_are_not_retried_and_no_key_leaks(

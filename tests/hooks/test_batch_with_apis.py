@@ -52,6 +52,53 @@ async def test_a_batch_uses_both_apis_and_prices_what_it_measured(
     assert result.cost_breakdown["safety"] == pytest.approx(21 * 0.001)
     log = Path(studio_env.log_file).read_text()
     assert "Hook generation summary | Success: 20/20 | Template fallback: 0 | Calls: 2" in log
+    assert log.count("Hook generation summary") == 1 and log.count("Safety check summary") == 1
     assert "Safety check summary | Passed: 20, Rejected: 0/20" in log
     assert KEY_A not in log and KEY_O not in log
     assert KEY_A not in caplog.text and KEY_O not in caplog.text
+
+
+async def test_a_moderation_outage_holds_the_batch_for_review(studio_env, apis) -> None:
+    from flows.content_batch import content_batch
+    from studio.bootstrap import ensure_demo_avatar
+
+    _, moderation = apis
+    moderation.fail_always = 503
+    ensure_demo_avatar()
+
+    result = await content_batch(avatar_id="demo", num_pieces=5, seed=4)
+
+    assert result.pending_review == 5 and result.published == 0
+    assert all(p.url is None for p in result.pieces)
+
+
+async def test_a_flagged_capa1_piece_is_published_only_as_capa2(
+    studio_env, apis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from sqlalchemy import select
+
+    from flows.content_batch import content_batch
+    from studio.bootstrap import ensure_demo_avatar
+    from studio.db.engine import session_scope
+    from studio.db.models import ContentPiece
+
+    _, moderation = apis
+    moderation.text_flags["MARKER_TIER_MISMATCH"] = ["sexual"]
+    monkeypatch.setenv("CAPA1_SEXUAL_ACTION", "retier")
+    ensure_demo_avatar()
+
+    result = await content_batch(
+        avatar_id="demo",
+        num_pieces=2,
+        custom_prompts=["studio portrait MARKER_TIER_MISMATCH", "city walk at dusk"],
+        custom_tiers=["capa1", "capa1"],
+    )
+
+    flagged, plain = sorted(result.pieces, key=lambda p: p.index)
+    assert (flagged.status, flagged.tier) == ("published", "capa2")
+    assert (plain.status, plain.tier) == ("published", "capa1")
+    with session_scope() as session:
+        row = session.scalars(
+            select(ContentPiece).where(ContentPiece.id == flagged.piece_id)
+        ).one()
+    assert row.access_tier == "capa2"
