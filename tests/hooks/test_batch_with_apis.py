@@ -102,3 +102,21 @@ async def test_a_flagged_capa1_piece_is_published_only_as_capa2(
             select(ContentPiece).where(ContentPiece.id == flagged.piece_id)
         ).one()
     assert row.access_tier == "capa2"
+
+
+async def test_hook_generation_disabled_skips_the_step(
+    studio_env, apis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from flows.content_batch import content_batch
+    from studio.bootstrap import ensure_demo_avatar
+    from studio.settings import reload_settings
+
+    claude, _ = apis
+    monkeypatch.setenv("HOOK_GENERATION_ENABLED", "false")
+    reload_settings()
+    ensure_demo_avatar()
+
+    result = await content_batch(avatar_id="demo", num_pieces=3, seed=5)
+
+    assert claude.counters.requests("messages") == 0
+    assert result.cost_breakdown["hooks"] == 0
