@@ -53,6 +53,8 @@ class ModerationSettings(BaseSettings):
     )
     retier_to: Literal["capa2", "capa3"] = Field(default="capa2", alias="CAPA1_RETIER_TO")
 
+    # the spec budgets $0.05 of safety per 50 pieces (~$0.001 a call); OpenAI lists the
+    # moderation endpoint as free, so set 0 to price it as billed
     price_per_call_usd: float = Field(default=0.001, alias="MODERATION_PRICE_PER_CALL_USD", ge=0)
 
     @field_validator("skip_categories", mode="before")
