@@ -42,6 +42,7 @@ def image_chain() -> ProviderChain:
             lease_seconds=settings.slot_lease_seconds,
             max_hold_seconds=max(settings.slot_lease_seconds - longest_call - 60, 0),
             poll_seconds=settings.slot_poll_seconds,
+            linger_seconds=settings.slot_linger_seconds,
         )
         _chain = build_image_chain(settings, slot=_slots)
     return _chain

@@ -12,7 +12,10 @@ process keeps a `LeasePool` per provider instead:
 
 - a finished call hands its lease straight to the next image waiting in this process
   (no round trip, no lag) while the lease is young enough to outlive another call;
-- with no local waiter the lease goes back to the server at once, for other processes;
+- with no local waiter the lease lingers `linger_seconds` (short) for the next image of
+  this process, then goes back to the server for other processes: under load a Prefect
+  server answers an increment in seconds (SQLite lock retries), so giving a lease back
+  between two images of the same batch would put that on the critical path;
 - waiters the pool cannot serve from its own leases poll the server every
   `poll_seconds` (short, fixed) instead of the server's Retry-After.
 
@@ -64,8 +67,10 @@ class LeasePool:
         lease_seconds: float = 900.0,
         max_hold_seconds: float = 540.0,
         poll_seconds: float = 0.2,
+        linger_seconds: float = 1.0,
     ) -> None:
         self.provider = provider
+        self.linger_seconds = linger_seconds
         self.name = limit_name(provider)
         self.cap = cap
         self.lease_seconds = lease_seconds
@@ -74,6 +79,7 @@ class LeasePool:
         self.held = 0
         self._pending = 0  # increments on the wire
         self._waiters: deque[asyncio.Future[Lease]] = deque()
+        self._idle: list[Lease] = []  # lingering leases, newest last
         self._acquirer: asyncio.Task[None] | None = None
         self._background: set[asyncio.Task[None]] = set()
         self._missing_warned = False
@@ -93,6 +99,8 @@ class LeasePool:
 
     async def try_acquire(self) -> Lease:
         """A lease only if one is free right now (one round trip at most), else SlotBusy."""
+        if (lease := self._take_idle()) is not None:
+            return lease
         if self._live_waiters() or self.held + self._pending >= self.cap:
             raise SlotBusy(self.provider)
         lease = await self._increment()
@@ -101,6 +109,8 @@ class LeasePool:
         return lease
 
     async def acquire(self) -> Lease:
+        if not self._live_waiters() and (lease := self._take_idle()) is not None:
+            return lease
         future: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
         self._waiters.append(future)
         self._ensure_acquirer()
@@ -121,10 +131,32 @@ class LeasePool:
                     self.handoffs += 1
                     waiter.set_result(lease)
                     return
+            if self.linger_seconds > 0:
+                self._idle.append(lease)
+                self._spawn(self._expire_idle(lease))
+                return
+        self._give_back(lease)
+
+    def _give_back(self, lease: Lease) -> None:
         self.held -= 1
         if lease.lease_id is not None:
             self._spawn(self._release_on_server(lease.lease_id))
         self._ensure_acquirer()
+
+    def _take_idle(self) -> Lease | None:
+        while self._idle:
+            lease = self._idle.pop()
+            if time.monotonic() - lease.granted_at < self.max_hold_seconds:
+                self.handoffs += 1
+                return lease
+            self._give_back(lease)
+        return None
+
+    async def _expire_idle(self, lease: Lease) -> None:
+        await asyncio.sleep(self.linger_seconds)
+        if any(idle is lease for idle in self._idle):
+            self._idle = [idle for idle in self._idle if idle is not lease]
+            self._give_back(lease)
 
     # --- internals ---
 
@@ -217,8 +249,10 @@ class PrefectSlots:
         lease_seconds: float = 900.0,
         max_hold_seconds: float = 540.0,
         poll_seconds: float = 0.2,
+        linger_seconds: float = 1.0,
     ) -> None:
         self.caps = dict(caps)
+        self.linger_seconds = linger_seconds
         self.lease_seconds = lease_seconds
         self.max_hold_seconds = max_hold_seconds
         self.poll_seconds = poll_seconds
@@ -234,6 +268,7 @@ class PrefectSlots:
             pools[provider] = LeasePool(
                 provider, self.caps[provider], lease_seconds=self.lease_seconds,
                 max_hold_seconds=self.max_hold_seconds, poll_seconds=self.poll_seconds,
+                linger_seconds=self.linger_seconds,
             )
         return pools[provider]
 

@@ -38,6 +38,8 @@ class ComfyUIEmulator(Emulator):
         self.prompts: list[dict[str, Any]] = []
         self._jobs: dict[str, asyncio.Task[None]] = {}
         self._number = itertools.count()
+        #: one (key, latency, failed) per generation; key = the SaveImage filename_prefix
+        self.records: list[tuple[str, float, bool]] = []
 
     def build_app(self) -> web.Application:
         app = web.Application()
@@ -131,6 +133,8 @@ class ComfyUIEmulator(Emulator):
         self, prompt_id: str, number: int, graph: dict[str, Any], output_node: str
     ) -> None:
         latency, fail = self.behaviour.draw()
+        prefix = str(graph[output_node].get("inputs", {}).get("filename_prefix", ""))
+        self.records.append((prefix, latency, fail))
         started = int(time.time() * 1000)
         async with self.counters.generating():
             try:

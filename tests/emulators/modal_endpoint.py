@@ -49,6 +49,8 @@ class ModalEndpointEmulator(Emulator):
         self.image_size = image_size
         self.bodies: list[dict] = []
         self._calls: dict[str, asyncio.Task[bytes]] = {}
+        #: one (key, latency, failed) per generation; key = the body's seed
+        self.records: list[tuple[str, float, bool]] = []
 
     def build_app(self) -> web.Application:
         app = web.Application()
@@ -70,8 +72,9 @@ class ModalEndpointEmulator(Emulator):
             status=401, text="modal-http: missing credentials for proxy authorization"
         )
 
-    async def _generate(self, call_id: str) -> bytes:
+    async def _generate(self, call_id: str, key: str = "") -> bytes:
         latency, fail = self.behaviour.draw()
+        self.records.append((key, latency, fail))
         async with self.counters.generating():
             await self.behaviour.wait_while_hung()
             await asyncio.sleep(latency)
@@ -112,7 +115,9 @@ class ModalEndpointEmulator(Emulator):
             return web.json_response({"detail": detail}, status=422)
         self.bodies.append(body)
         call_id = f"fc-{uuid.uuid4().hex[:26]}"
-        self._calls[call_id] = asyncio.create_task(self._generate(call_id))
+        self._calls[call_id] = asyncio.create_task(
+            self._generate(call_id, str(body.get("seed", "")))
+        )
         return await self._answer(request, call_id)
 
     async def _get_result(self, request: web.Request) -> web.Response:

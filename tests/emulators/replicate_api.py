@@ -57,6 +57,8 @@ class ReplicateEmulator(Emulator):
         self.files: dict[str, bytes] = {}
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._done: dict[str, asyncio.Event] = {}
+        #: one (key, latency, failed) per generation; key = the input's seed
+        self.records: list[tuple[str, float, bool]] = []
 
     def build_app(self) -> web.Application:
         app = web.Application()
@@ -148,6 +150,7 @@ class ReplicateEmulator(Emulator):
     async def _run(self, pid: str, base: str) -> None:
         prediction = self.predictions[pid]
         latency, fail = self.behaviour.draw()
+        self.records.append((str(prediction["input"].get("seed", "")), latency, fail))
         try:
             async with self.counters.generating():
                 prediction["status"] = "processing"

@@ -1,0 +1,338 @@
+"""Benchmark of the image step: a 50-piece batch's images against the provider emulators.
+
+Spec latencies (seeded): ComfyUI 0-2 s with 30% failures, Modal 10-15 s (1% failures),
+Replicate 8-12 s; caps from the spec (10/3/5) held by Prefect global concurrency
+limits on a temporary Prefect server. The image step runs exactly as in a batch:
+concurrent image-chunk subflows of <=10 pieces, one image task per piece, the chain.
+
+Printed, per strategy (the default order, then PROVIDER_STRATEGY=speed):
+- wall: the image step's wall time;
+- lower bound: the shortest time the caps and the emulators' drawn latencies allow for
+  the SAME routing decisions (each piece's sequence of provider calls and backoffs),
+  computed from this run: max(longest piece chain, per-provider parallel-machine bound
+  with release and tail times);
+- ratio = wall / lower bound (target <= 1.10 at the spec's latencies);
+- overhead per piece (target <= 20 ms): per piece, the image task's run time minus its
+  chain time (Prefect task, staging) plus, per provider call, the chain-observed call
+  time minus the emulator's generation time (HTTP, polling).
+
+Usage: python bench/bench_images.py [--scale 0.1] [--pieces 50] [--seed 7]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+import re
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections import defaultdict
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import httpx
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+os.environ.setdefault("PREFECT_LOGGING_LEVEL", "WARNING")
+from studio.runtime_env import apply_prefect_defaults  # noqa: E402
+
+apply_prefect_defaults()
+
+SPEC = {  # provider: (latency range s, failure rate, cap)
+    "comfyui": ((0.0, 2.0), 0.30, 10),
+    "modal": ((10.0, 15.0), 0.01, 3),
+    "replicate": ((8.0, 12.0), 0.0, 5),
+}
+ATTEMPT = re.compile(
+    r"provider_attempt piece=(\S+) provider=(\S+) attempt=(\d+) duration=([0-9.]+)s "
+    r"outcome=(\S+)"
+)
+
+
+class AttemptLog(logging.Handler):
+    """Collects the chain's provider_attempt lines (piece, provider, attempt, outcome)."""
+
+    def __init__(self) -> None:
+        super().__init__(level=logging.INFO)
+        self.rows: list[tuple[str, str, int, float, str]] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        match = ATTEMPT.search(record.getMessage())
+        if match:
+            piece, provider, attempt, duration, outcome = match.groups()
+            self.rows.append((piece, provider, int(attempt), float(duration), outcome))
+
+
+@dataclass
+class Call:
+    provider: str
+    latency: float  # the emulator's generation time
+    observed: float  # the chain's measured call time
+    backoff_before: float = 0.0
+
+
+@dataclass
+class Run:
+    strategy: str
+    wall: float
+    calls: dict[str, list[Call]] = field(default_factory=dict)
+    task_overhead: list[float] = field(default_factory=list)
+    served: dict[str, int] = field(default_factory=dict)
+    failed: int = 0
+
+
+def lower_bound(run: Run, caps: dict[str, int]) -> float:
+    """max(longest piece chain, max over providers of the P|r_j,q_j|Cmax relaxation bound)."""
+    chains = []
+    jobs: dict[str, list[tuple[float, float, float]]] = defaultdict(list)  # r, d, q
+    for calls in run.calls.values():
+        total = sum(c.backoff_before + c.latency for c in calls)
+        chains.append(total)
+        elapsed = 0.0
+        for call in calls:
+            elapsed += call.backoff_before
+            release = elapsed
+            elapsed += call.latency
+            jobs[call.provider].append((release, call.latency, total - elapsed))
+    bound = max(chains, default=0.0)
+    for provider, provider_jobs in jobs.items():
+        cap = caps[provider]
+        provider_jobs.sort()
+        for k in range(len(provider_jobs)):
+            later = provider_jobs[k:]
+            work = sum(d for _, d, _ in later)
+            tail = min(q for _, _, q in later)
+            bound = max(bound, later[0][0] + work / cap + tail)
+    return bound
+
+
+def seed_keys(piece_ids: list[str]) -> dict[str, str]:
+    from studio.providers.comfyui import seed_for
+
+    keys = {}
+    for pid in piece_ids:
+        keys[f"studio_{pid}"] = pid
+        keys[str(seed_for(pid))] = pid
+        keys[str(seed_for(pid) % 2**31)] = pid
+    return keys
+
+
+async def run_image_step(strategy: str, args: argparse.Namespace, home: Path) -> Run:
+    from prefect import flow
+    from prefect.client.orchestration import get_client
+
+    import tasks.generate_images as generate_images
+    from flows.image_chunk import image_chunk
+    from studio.types import AvatarRef, GeneratedImage, PieceSpec
+    from tests.emulators.base import Behaviour
+    from tests.emulators.comfyui import ComfyUIEmulator
+    from tests.emulators.modal_endpoint import ModalEndpointEmulator
+    from tests.emulators.replicate_api import ReplicateEmulator
+
+    scale = args.scale
+
+    def behaviour(name: str, seed: int) -> Behaviour:
+        (lo, hi), failures, _ = SPEC[name]
+        return Behaviour(seed=seed, latency=(lo * scale, hi * scale), failure_rate=failures)
+
+    emulators = {
+        "comfyui": ComfyUIEmulator(behaviour("comfyui", args.seed)),
+        "modal": ModalEndpointEmulator(behaviour("modal", args.seed + 1),
+                                       token_id="bench-key", token_secret="bench-secret"),
+        "replicate": ReplicateEmulator(behaviour("replicate", args.seed + 2), token="r8_bench"),
+    }
+    for emulator in emulators.values():
+        emulator.start()
+    os.environ.update({
+        "COMFYUI_ENABLED": "true",
+        "COMFYUI_ENDPOINT": emulators["comfyui"].url,
+        "COMFYUI_POLL_INTERVAL": f"{0.2 * scale:g}",
+        "MODAL_SDXL_ENDPOINT": emulators["modal"].url,
+        "MODAL_TOKEN_ID": "bench-key",
+        "MODAL_TOKEN_SECRET": "bench-secret",
+        "REPLICATE_API_TOKEN": "r8_bench",
+        "REPLICATE_BASE_URL": emulators["replicate"].url,
+        "REPLICATE_POLL_INTERVAL": f"{0.5 * scale:g}",
+        "PROVIDER_BACKOFF_UNIT": f"{scale:g}",
+        "PROVIDER_BREAKER_RECOVERY_SECONDS": f"{60 * scale:g}",
+        "PROVIDER_STRATEGY": strategy,
+        "STUDIO_HOME": str(home),
+    })
+    from studio.settings import reload_settings
+
+    reload_settings()
+    generate_images._chain = None
+
+    avatar = AvatarRef(id="bench", name="Bench", niche="fitness",
+                       lora_weights_url="https://weights.example/loras/bench.safetensors")
+    batch_id = f"bench-{strategy}-{int(time.time())}"
+    specs = [
+        PieceSpec(piece_id=f"{batch_id}-{i:03d}", batch_id=batch_id, index=i,
+                  prompt="a bright studio portrait, neutral placeholder", tier="capa1",
+                  template_id=f"tpl-{i}")
+        for i in range(args.pieces)
+    ]
+    staging = str(home / "work")
+
+    @flow(name="bench-image-step", log_prints=False)
+    async def image_step() -> tuple[float, list]:
+        generate_images.image_chain()  # built once, as the batch flow does
+        started = time.perf_counter()
+        chunks = [specs[i : i + 10] for i in range(0, len(specs), 10)]
+        results = await asyncio.gather(
+            *(image_chunk(n, chunk, avatar, staging) for n, chunk in enumerate(chunks))
+        )
+        return time.perf_counter() - started, [x for chunk in results for x in chunk]
+
+    attempts = AttemptLog()
+    provider_log = logging.getLogger("studio.providers")
+    provider_log.addHandler(attempts)
+    provider_log.setLevel(logging.INFO)
+    provider_log.propagate = False  # keep the console to the figures
+    began = time.time()
+    try:
+        wall, items = await image_step()
+    finally:
+        provider_log.removeHandler(attempts)
+        provider_log.propagate = True
+        for emulator in emulators.values():
+            emulator.stop()
+
+    run = Run(strategy=strategy, wall=wall)
+    images = {i.piece_id: i for i in items if isinstance(i, GeneratedImage)}
+    run.failed = len(items) - len(images)
+    for image in images.values():
+        run.served[image.provider] = run.served.get(image.provider, 0) + 1
+
+    # the emulators' drawn latencies, matched to the chain's attempts in order
+    keys = seed_keys([s.piece_id for s in specs])
+    latencies: dict[tuple[str, str], list[float]] = defaultdict(list)
+    for name, emulator in emulators.items():
+        for key, latency, _ in emulator.records:
+            latencies[(keys.get(key, key), name)].append(latency)
+    settings_backoff = {"comfyui": 1.0, "modal": 1.5, "replicate": 2.0}
+    for piece, provider, attempt, observed, outcome in attempts.rows:
+        if outcome == "skipped":
+            continue
+        drawn = latencies[(piece, provider)]
+        latency = drawn.pop(0) if drawn else observed
+        backoff = scale * settings_backoff[provider] ** (attempt - 1) if attempt > 1 else 0.0
+        run.calls.setdefault(piece, []).append(Call(provider, latency, observed, backoff))
+
+    # Prefect task run times vs the chain's own time, per piece
+    async with get_client() as client:
+        task_runs = await client.read_task_runs(limit=200)
+    by_index = {s.index: s.piece_id for s in specs}
+    for task_run in task_runs:
+        if not task_run.name.startswith("generate-image-") or not task_run.start_time:
+            continue
+        if task_run.start_time.timestamp() < began or task_run.end_time is None:
+            continue
+        pid = by_index.get(int(task_run.name.rsplit("-", 1)[1]))
+        if pid in images:
+            task_time = (task_run.end_time - task_run.start_time).total_seconds()
+            run.task_overhead.append(max(task_time - images[pid].seconds, 0.0))
+    return run
+
+
+def report(run: Run, caps: dict[str, int]) -> dict[str, float]:
+    bound = lower_bound(run, caps)
+    calls = [c for cs in run.calls.values() for c in cs]
+    call_overhead = sum(max(c.observed - c.latency, 0.0) for c in calls)
+    pieces = max(len(run.calls), 1)
+    task_overhead = sum(run.task_overhead) / max(len(run.task_overhead), 1)
+    overhead_ms = (task_overhead + call_overhead / pieces) * 1000
+    served = ", ".join(f"{k} {v}" for k, v in sorted(run.served.items()))
+    print(f"--- strategy: {run.strategy}")
+    print(f"pieces served: {served}; failed: {run.failed}; provider calls: {len(calls)}")
+    print(f"image step wall time:           {run.wall:8.2f} s")
+    print(f"lower bound (same routing):     {bound:8.2f} s")
+    print(f"ratio wall / lower bound:       {run.wall / bound if bound else 0:8.3f}")
+    print(f"orchestration overhead / piece: {overhead_ms:8.1f} ms "
+          f"(task {task_overhead * 1000:.1f} ms + calls {call_overhead / pieces * 1000:.1f} ms)")
+    return {"wall": run.wall, "bound": bound, "overhead_ms": overhead_ms}
+
+
+@contextlib.contextmanager
+def prefect_server(kind: str, tmp: Path) -> Iterator[str]:
+    """A throwaway Prefect server on PostgreSQL (the scale-out setup) or SQLite."""
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+           "PREFECT_LOGGING_LEVEL": "WARNING", "PREFECT_UI_ENABLED": "false"}
+    stop_db = None
+    if kind == "postgres":
+        from tests.infra.postgres import create_database, start_embedded_postgres
+
+        server_url, stop_db = start_embedded_postgres(tmp / "pgdata")
+        url = create_database(server_url, "prefect_bench")
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = url.replace(
+            "postgresql+psycopg://", "postgresql+asyncpg://", 1
+        )
+    else:
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = (
+            f"sqlite+aiosqlite:///{tmp / 'prefect.db'}"
+        )
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    prefect = Path(sys.executable).with_name("prefect")
+    server = subprocess.Popen(
+        [str(prefect), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    api = f"http://127.0.0.1:{port}/api"
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            try:
+                if httpx.get(f"{api}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            if time.monotonic() > deadline or server.poll() is not None:
+                raise RuntimeError("the Prefect server did not start")
+            time.sleep(0.5)
+        with temporary_settings({PREFECT_API_URL: api}):
+            yield api
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+        if stop_db is not None:
+            stop_db()
+
+
+async def main(args: argparse.Namespace) -> None:
+    from deployments.concurrency_limits import apply_provider_limits
+    from studio.providers.settings import ProviderSettings
+
+    caps = {name: cap for name, (_, _, cap) in SPEC.items()}
+    with tempfile.TemporaryDirectory() as tmp, prefect_server(args.prefect_db, Path(tmp)):
+        await apply_provider_limits(ProviderSettings(_env_file=None))
+        print(f"bench_images: {args.pieces} pieces, scale {args.scale:g}, seed {args.seed}, "
+              f"caps {caps}, Prefect server on {args.prefect_db}")
+        default = await run_image_step("default", args, Path(tmp) / "default")
+        report(default, caps)
+        speed = await run_image_step("speed", args, Path(tmp) / "speed")
+        report(speed, caps)
+        print(f"speed strategy wall time: {speed.wall:.2f} s "
+              f"(default order: {default.wall:.2f} s)")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--scale", type=float, default=1.0, help="multiply every latency")
+    parser.add_argument("--pieces", type=int, default=50)
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--prefect-db", choices=("postgres", "sqlite"), default="postgres",
+                        help="the Prefect server's database (scale-out setups use PostgreSQL)")
+    asyncio.run(main(parser.parse_args()))
