@@ -1,9 +1,13 @@
 """ComfyUI over its HTTP API: free, local and fast, but it fails often (spec: ~30%).
 
 One image = POST /prompt with an API-format SDXL graph that loads the avatar's LoRA
-(LoraLoader), then poll GET /history/{prompt_id} (which answers `{}` until the prompt
-finished), then GET /view for the file. A 400 means the graph was rejected (for example
-the LoRA file is not installed): trying again cannot help, so it is not retryable.
+(LoraLoader), wait for it to finish, then GET /history/{prompt_id} and GET /view for the
+file. Completion comes from ComfyUI's /ws event stream (opened before the prompt is
+posted, under the same client id), which says the moment a prompt is done; polling
+/history (which answers `{}` until done) would add up to one poll interval to every
+image, and is only the fallback when the stream is unavailable. A 400 means the graph
+was rejected (for example the LoRA file is not installed): trying again cannot help,
+so it is not retryable.
 If the caller gives up (timeout), the prompt is deleted from ComfyUI's queue so the
 GPU is not left working for nobody.
 """
@@ -11,13 +15,17 @@ GPU is not left working for nobody.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import json
 import posixpath
 import uuid
 from typing import Any
 from urllib.parse import urlparse
 
 import httpx
+import websockets
+from websockets.exceptions import WebSocketException
 
 from studio.providers.base import ProviderError, ProviderImage
 from studio.types import AvatarRef, PieceSpec
@@ -118,9 +126,11 @@ class ComfyUIProvider:
         price_usd: float = 0.0,
         checkpoint: str = "sd_xl_base_1.0.safetensors",
         poll_interval: float = 0.2,
+        use_websocket: bool = True,
         client: httpx.AsyncClient | None = None,
     ) -> None:
         self.endpoint = endpoint.rstrip("/")
+        self.use_websocket = use_websocket
         self.price_usd = price_usd
         self.checkpoint = checkpoint
         self.poll_interval = poll_interval
@@ -139,22 +149,67 @@ class ComfyUIProvider:
         graph = sdxl_lora_graph(
             spec, lora_file_name(avatar.lora_weights_url), checkpoint=self.checkpoint
         )
-        try:
-            prompt_id = await self._submit(graph)
-        except httpx.HTTPError as exc:
-            raise ProviderError(self.name, f"submit failed: {type(exc).__name__}") from None
-        try:
-            entry = await self._wait_for(prompt_id)
-            return await self._fetch_image(entry)
-        except asyncio.CancelledError:
-            await asyncio.shield(self._forget(prompt_id))
-            raise
-        except httpx.HTTPError as exc:
-            raise ProviderError(self.name, f"poll failed: {type(exc).__name__}") from None
+        client_id = uuid.uuid4().hex
+        async with contextlib.AsyncExitStack() as stack:
+            events = await self._open_events(stack, client_id)
+            try:
+                prompt_id = await self._submit(graph, client_id)
+            except httpx.HTTPError as exc:
+                raise ProviderError(self.name, f"submit failed: {type(exc).__name__}") from None
+            try:
+                if events is not None:
+                    await self._wait_for_event(events, prompt_id)
+                entry = await self._wait_for(prompt_id)
+                return await self._fetch_image(entry)
+            except asyncio.CancelledError:
+                await asyncio.shield(self._forget(prompt_id))
+                raise
+            except httpx.HTTPError as exc:
+                raise ProviderError(self.name, f"poll failed: {type(exc).__name__}") from None
+        raise AssertionError("unreachable")  # pragma: no cover
 
-    async def _submit(self, graph: dict[str, Any]) -> str:
+    async def _open_events(
+        self, stack: contextlib.AsyncExitStack, client_id: str
+    ) -> websockets.ClientConnection | None:
+        """ComfyUI's event stream for this client id, or None (then /history is polled)."""
+        if not self.use_websocket:
+            return None
+        scheme = "wss" if self.endpoint.startswith("https") else "ws"
+        url = f"{scheme}{self.endpoint[self.endpoint.index(':'):]}/ws?clientId={client_id}"
+        try:
+            return await stack.enter_async_context(
+                websockets.connect(url, open_timeout=5, max_size=None, ping_interval=None)
+            )
+        except (OSError, TimeoutError, WebSocketException):
+            return None
+
+    async def _wait_for_event(self, events: websockets.ClientConnection, prompt_id: str) -> None:
+        """Until ComfyUI says the prompt is done (`executing` with node null) or failed.
+
+        A closed stream just returns: the /history poll that follows is the authority.
+        """
+        try:
+            async for raw in events:
+                if isinstance(raw, bytes):  # preview frames
+                    continue
+                message = json.loads(raw)
+                data = message.get("data") or {}
+                if data.get("prompt_id") != prompt_id:
+                    continue
+                kind = message.get("type")
+                if kind == "execution_error":
+                    error = f"{data.get('node_type', '?')}: {data.get('exception_type', 'error')}"
+                    raise ProviderError(self.name, f"execution error: {error}")
+                if kind == "execution_interrupted":
+                    raise ProviderError(self.name, "execution interrupted")
+                if kind == "executing" and data.get("node") is None:
+                    return
+        except (WebSocketException, ValueError):
+            return
+
+    async def _submit(self, graph: dict[str, Any], client_id: str) -> str:
         response = await self._client.post(
-            "/prompt", json={"prompt": graph, "client_id": uuid.uuid4().hex}
+            "/prompt", json={"prompt": graph, "client_id": client_id}
         )
         if response.status_code == 400:
             try:

@@ -9,6 +9,10 @@
                  "status": {"status_str": "success"|"error", "completed", "messages"}}}
 - GET /view?filename=&subfolder=&type=output: the PNG bytes
 - POST /queue {"delete": [prompt_id]}: drops a queued/running prompt (client gave up)
+- GET /ws?clientId=...: the event stream of the prompts that client submitted:
+    {"type": "status"} on connect, then per prompt "execution_start", "executing"
+    (node ids), "executed"/"execution_success" or "execution_error", and last
+    {"type": "executing", "data": {"node": null, "prompt_id"}} once history is stored
 
 Switches (see `Behaviour`): latency, failure_rate (execution_error in history), hang
 (prompt never finishes); `extra["missing_loras"]`: LoRA file names to reject with 400.
@@ -38,6 +42,9 @@ class ComfyUIEmulator(Emulator):
         self.prompts: list[dict[str, Any]] = []
         self._jobs: dict[str, asyncio.Task[None]] = {}
         self._number = itertools.count()
+        self._sockets: dict[str, web.WebSocketResponse] = {}
+        #: switch: False makes /ws refuse the upgrade (clients must fall back to polling)
+        self.websocket_enabled = True
         #: one (key, latency, failed) per generation; key = the SaveImage filename_prefix
         self.records: list[tuple[str, float, bool]] = []
 
@@ -48,6 +55,7 @@ class ComfyUIEmulator(Emulator):
         app.router.add_get("/view", self._view)
         app.router.add_post("/queue", self._post_queue)
         app.router.add_get("/system_stats", self._system_stats)
+        app.router.add_get("/ws", self._websocket)
         return app
 
     # --- validation, as ComfyUI's execution.validate_prompt reports it ---
@@ -124,18 +132,52 @@ class ComfyUIEmulator(Emulator):
         number = next(self._number)
         self.prompts.append(graph)
         output_node = next(n for n, v in graph.items() if v.get("class_type") in OUTPUT_NODES)
+        client_id = str(body.get("client_id", ""))
         self._jobs[prompt_id] = asyncio.create_task(
-            self._execute(prompt_id, number, graph, output_node)
+            self._execute(prompt_id, number, graph, output_node, client_id)
         )
         return web.json_response({"prompt_id": prompt_id, "number": number, "node_errors": {}})
 
+    async def _send(self, client_id: str, kind: str, data: dict[str, Any]) -> None:
+        socket = self._sockets.get(client_id)
+        if socket is not None and not socket.closed:
+            try:
+                await socket.send_json({"type": kind, "data": data})
+            except (ConnectionError, RuntimeError):
+                pass
+
+    async def _websocket(self, request: web.Request) -> web.StreamResponse:
+        self.counters.hit("ws")
+        if not self.websocket_enabled:
+            return web.Response(status=404)
+        client_id = request.query.get("clientId") or uuid.uuid4().hex
+        socket = web.WebSocketResponse()
+        await socket.prepare(request)
+        self._sockets[client_id] = socket
+        await socket.send_json(
+            {"type": "status",
+             "data": {"status": {"exec_info": {"queue_remaining": len(self._jobs)}},
+                      "sid": client_id}}
+        )
+        try:
+            async for _ in socket:  # the client never needs to send anything
+                pass
+        finally:
+            self._sockets.pop(client_id, None)
+        return socket
+
     async def _execute(
-        self, prompt_id: str, number: int, graph: dict[str, Any], output_node: str
+        self, prompt_id: str, number: int, graph: dict[str, Any], output_node: str,
+        client_id: str = "",
     ) -> None:
         latency, fail = self.behaviour.draw()
         prefix = str(graph[output_node].get("inputs", {}).get("filename_prefix", ""))
         self.records.append((prefix, latency, fail))
         started = int(time.time() * 1000)
+        await self._send(client_id, "execution_start", {"prompt_id": prompt_id,
+                                                         "timestamp": started})
+        await self._send(client_id, "executing", {"node": "3", "display_node": "3",
+                                                   "prompt_id": prompt_id})
         async with self.counters.generating():
             try:
                 await self.behaviour.wait_while_hung()
@@ -179,8 +221,17 @@ class ComfyUIEmulator(Emulator):
             messages.append(["execution_success", {"prompt_id": prompt_id}])
             entry["status"] = {"status_str": "success", "completed": True, "messages": messages}
             entry["meta"] = {output_node: {"node_id": output_node, "display_node": output_node}}
+        if fail:
+            await self._send(client_id, "execution_error", messages[-1][1])
+        else:
+            await self._send(client_id, "executed", {
+                "node": output_node, "display_node": output_node,
+                "output": entry["outputs"][output_node], "prompt_id": prompt_id,
+            })
+            await self._send(client_id, "execution_success", {"prompt_id": prompt_id})
         self.history[prompt_id] = entry
         self._jobs.pop(prompt_id, None)
+        await self._send(client_id, "executing", {"node": None, "prompt_id": prompt_id})
 
     async def _get_history(self, request: web.Request) -> web.Response:
         self.counters.hit("history")

@@ -23,11 +23,36 @@ async def test_generates_png_through_prompt_history_view(comfyui: ComfyUIEmulato
     await provider.aclose()
 
 
-async def test_history_empty_until_done_is_polled(comfyui: ComfyUIEmulator, spec, avatar):
+async def test_completion_comes_from_the_event_stream(comfyui: ComfyUIEmulator, spec, avatar):
     comfyui.behaviour.latency = (0.2, 0.2)
     provider = ComfyUIProvider(comfyui.url, poll_interval=0.02)
     await provider.generate(spec, avatar)
+    assert comfyui.counters.requests("ws") == 1
+    assert comfyui.counters.requests("history") == 1  # read once, after "executing: null"
+    await provider.aclose()
+
+
+async def test_without_the_stream_history_is_polled_until_done(
+    comfyui: ComfyUIEmulator, spec, avatar
+):
+    comfyui.websocket_enabled = False
+    comfyui.behaviour.latency = (0.2, 0.2)
+    provider = ComfyUIProvider(comfyui.url, poll_interval=0.02)
+    image = await provider.generate(spec, avatar)
+    assert image.data.startswith(PNG)
     assert comfyui.counters.requests("history") > 1
+    await provider.aclose()
+
+
+async def test_execution_error_without_the_stream_is_retryable(
+    comfyui: ComfyUIEmulator, spec, avatar
+):
+    comfyui.websocket_enabled = False
+    comfyui.behaviour.failure_rate = 1.0
+    provider = ComfyUIProvider(comfyui.url, poll_interval=0.01)
+    with pytest.raises(ProviderError) as caught:
+        await provider.generate(spec, avatar)
+    assert caught.value.retryable and "KSampler" in str(caught.value)
     await provider.aclose()
 
 
