@@ -39,7 +39,7 @@ from uuid import UUID
 import httpx
 from prefect.client.orchestration import get_client
 
-from studio.providers.slots import SlotBusy
+from studio.providers.slots import ReleaseSignal, SlotBusy
 
 logger = logging.getLogger("studio.providers")
 
@@ -68,9 +68,11 @@ class LeasePool:
         max_hold_seconds: float = 540.0,
         poll_seconds: float = 0.2,
         linger_seconds: float = 1.0,
+        released: ReleaseSignal | None = None,
     ) -> None:
         self.provider = provider
         self.linger_seconds = linger_seconds
+        self._released = released or ReleaseSignal()
         self.name = limit_name(provider)
         self.cap = cap
         self.lease_seconds = lease_seconds
@@ -134,6 +136,7 @@ class LeasePool:
             if self.linger_seconds > 0:
                 self._idle.append(lease)
                 self._spawn(self._expire_idle(lease))
+                self._released.notify()
                 return
         self._give_back(lease)
 
@@ -142,6 +145,7 @@ class LeasePool:
         if lease.lease_id is not None:
             self._spawn(self._release_on_server(lease.lease_id))
         self._ensure_acquirer()
+        self._released.notify()
 
     def _take_idle(self) -> Lease | None:
         while self._idle:
@@ -259,6 +263,16 @@ class PrefectSlots:
         self._pools: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, dict[str, LeasePool]
         ] = weakref.WeakKeyDictionary()
+        self._signals: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, ReleaseSignal
+        ] = weakref.WeakKeyDictionary()
+
+    def _signal(self) -> ReleaseSignal:
+        return self._signals.setdefault(asyncio.get_running_loop(), ReleaseSignal())
+
+    async def wait_for_release(self, timeout: float) -> None:
+        """Any pool of this loop freed a slot, or `timeout` passed (other processes)."""
+        await self._signal().wait(timeout)
 
     def pool(self, provider: str) -> LeasePool | None:
         if provider not in self.caps:
@@ -268,7 +282,7 @@ class PrefectSlots:
             pools[provider] = LeasePool(
                 provider, self.caps[provider], lease_seconds=self.lease_seconds,
                 max_hold_seconds=self.max_hold_seconds, poll_seconds=self.poll_seconds,
-                linger_seconds=self.linger_seconds,
+                linger_seconds=self.linger_seconds, released=self._signal(),
             )
         return pools[provider]
 

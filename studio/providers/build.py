@@ -105,6 +105,7 @@ def build_provider_chain(
         providers,
         policies(settings),
         speed=settings.strategy is ProviderStrategy.SPEED,
+        speed_poll_seconds=settings.slot_poll_seconds,
         slot=slot,
         caps=caps(settings),
         breakers=breakers,

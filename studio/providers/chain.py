@@ -94,8 +94,11 @@ class ProviderChain:
         caps: Mapping[str, int] | None = None,
         secrets: Sequence[str] = (),
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        speed_poll_seconds: float = 0.2,
     ) -> None:
         self.providers = list(providers)
+        #: with speed routing, how often to re-check slots freed by other processes
+        self.speed_poll_seconds = speed_poll_seconds
         self.policies = dict(policies or {})
         self.speed = speed
         self.slot: SlotFactory = slot or LocalSlots(caps or {})
@@ -114,6 +117,7 @@ class ProviderChain:
         clone = ProviderChain(
             self.providers, self.policies, speed=self.speed, slot=slot,
             breakers=self.breakers, secrets=self._secrets, sleep=self._sleep,
+            speed_poll_seconds=self.speed_poll_seconds,
         )
         return clone
 
@@ -126,18 +130,7 @@ class ProviderChain:
         counter = _Counter()
         remaining = list(self.providers)
         if self.speed:
-            for provider in list(remaining):
-                if not self.breakers[provider.name].would_allow():
-                    continue
-                try:
-                    result = await self._run(provider, spec, avatar, counter, first_wait=False)
-                except SlotBusy:
-                    continue
-                except (ProviderError, _Skipped) as exc:
-                    reasons[provider.name] = self._reason(exc)
-                    remaining.remove(provider)
-                    continue
-                return self._done(result, provider, counter, started, reasons)
+            return await self._generate_fastest(spec, avatar, counter, started, reasons)
         for provider in remaining:
             try:
                 result = await self._run(provider, spec, avatar, counter, first_wait=True)
@@ -146,6 +139,49 @@ class ProviderChain:
                 continue
             return self._done(result, provider, counter, started, reasons)
         raise ChainExhausted(reasons, counter.calls)
+
+    async def _generate_fastest(
+        self,
+        spec: PieceSpec,
+        avatar: AvatarRef,
+        counter: _Counter,
+        started: float,
+        reasons: dict[str, str],
+    ) -> ChainResult:
+        """Speed routing: the first provider in the order with a free slot serves.
+
+        When every remaining provider is saturated the image waits for whichever frees
+        a slot first rather than queueing for one of them; after a failure it scans the
+        order again from the top.
+        """
+        remaining = list(self.providers)
+        while remaining:
+            for provider in list(remaining):
+                if not self.breakers[provider.name].would_allow():
+                    self._log(spec, provider.name, 1, 0.0, "skipped", "circuit open")
+                    reasons[provider.name] = "circuit open"
+                    remaining.remove(provider)
+                    continue
+                try:
+                    result = await self._run(provider, spec, avatar, counter, first_wait=False)
+                except SlotBusy:
+                    continue
+                except (ProviderError, _Skipped) as exc:
+                    reasons[provider.name] = self._reason(exc)
+                    remaining.remove(provider)
+                    break
+                return self._done(result, provider, counter, started, reasons)
+            else:
+                if remaining:
+                    await self._wait_for_release()
+        raise ChainExhausted(reasons, counter.calls)
+
+    async def _wait_for_release(self) -> None:
+        wait = getattr(self.slot, "wait_for_release", None)
+        if wait is None:
+            await self._sleep(0.05)
+        else:
+            await wait(self.speed_poll_seconds)
 
     def _reason(self, exc: BaseException) -> str:
         message = str(exc)

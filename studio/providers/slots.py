@@ -27,12 +27,40 @@ class SlotFactory(Protocol):
         self, provider: str, *, wait: bool = True
     ) -> contextlib.AbstractAsyncContextManager[None]: ...
 
+    async def wait_for_release(self, timeout: float) -> None:
+        """Return when any slot may have been freed, or after `timeout` seconds."""
+        ...
+
+
+class ReleaseSignal:
+    """Wakes everyone waiting for "some slot was freed" (speed routing waits on it)."""
+
+    def __init__(self) -> None:
+        self._event: asyncio.Event | None = None
+
+    def notify(self) -> None:
+        if self._event is not None:
+            self._event.set()
+            self._event = None
+
+    async def wait(self, timeout: float) -> None:
+        if self._event is None:
+            self._event = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._event.wait(), timeout)
+        except TimeoutError:
+            pass
+
 
 class LocalSlots:
     """One asyncio.Semaphore per provider: caps within this process only."""
 
     def __init__(self, caps: Mapping[str, int]) -> None:
         self._semaphores = {name: asyncio.Semaphore(cap) for name, cap in caps.items()}
+        self._released = ReleaseSignal()
+
+    async def wait_for_release(self, timeout: float) -> None:
+        await self._released.wait(timeout)
 
     @contextlib.asynccontextmanager
     async def __call__(self, provider: str, *, wait: bool = True) -> AsyncIterator[None]:
@@ -47,3 +75,4 @@ class LocalSlots:
             yield
         finally:
             semaphore.release()
+            self._released.notify()

@@ -272,3 +272,26 @@ async def test_secrets_in_provider_errors_are_redacted(spec, avatar, caplog):
         await chain.generate(spec, avatar)
     assert MODAL_SECRET not in caplog.text + str(caught.value)
     assert "***" in str(caught.value)
+
+
+async def test_speed_waits_for_whichever_provider_frees_first(
+    comfyui: ComfyUIEmulator, modal: ModalEndpointEmulator, avatar
+):
+    comfyui.behaviour.latency = (1.0, 1.0)
+    modal.behaviour.latency = (0.1, 0.1)
+    chain = ProviderChain(
+        [comfy(comfyui), modal_provider(modal)],
+        {"comfyui": FAST, "modal": FAST},
+        caps={"comfyui": 1, "modal": 1},
+        speed=True,
+    )
+    first = asyncio.create_task(chain.generate(make_spec(0), avatar))
+    while comfyui.counters.in_flight == 0:
+        await asyncio.sleep(0.01)
+    second = asyncio.create_task(chain.generate(make_spec(1), avatar))
+    while modal.counters.in_flight == 0:
+        await asyncio.sleep(0.01)
+    third = await chain.generate(make_spec(2), avatar)  # both saturated: waits for either
+    assert third.provider == "modal"  # Modal freed its slot first; no queueing on ComfyUI
+    assert (await second).provider == "modal"
+    assert (await first).provider == "comfyui"
