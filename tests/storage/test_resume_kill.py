@@ -1,0 +1,189 @@
+"""A real kill -9 of a batch process at the image step and at the upload step, then resume.
+
+The batch runs in a child process (tests/storage/crash_runner.py) against the session's
+Prefect API. The child kills itself with SIGKILL at the K-th image render or the K-th
+remote upload; the resumed run must then finish the batch with no image rendered twice,
+no file uploaded twice, and exactly one row and one stored object per piece.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import uuid
+from collections import Counter
+from pathlib import Path
+
+import pytest
+from sqlalchemy import func, select
+
+from studio.db.engine import session_scope
+from studio.db.models import Batch, ContentPiece
+from studio.db.progress import SAVED
+
+ROOT = Path(__file__).resolve().parents[2]
+PIECES = 10
+
+
+def _run(env: dict[str, str], probe_dir: Path, batch_id: str, *extra: str) -> int:
+    command = [
+        sys.executable,
+        "-m",
+        "tests.storage.crash_runner",
+        "--batch-id",
+        batch_id,
+        "--pieces",
+        str(PIECES),
+        "--probe-dir",
+        str(probe_dir),
+        *extra,
+    ]
+    done = subprocess.run(command, cwd=ROOT, env=env, capture_output=True, timeout=600)
+    if done.returncode not in (0, -signal.SIGKILL):
+        raise AssertionError(done.stderr.decode(errors="replace")[-4000:])
+    return done.returncode
+
+
+def _child_env(settings, extra: dict[str, str] | None = None) -> dict[str, str]:
+    from prefect.settings import PREFECT_API_URL
+
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("R2_", "PREFECT_"))}
+    env.update(
+        {
+            "PREFECT_API_URL": str(PREFECT_API_URL.value()),
+            "PREFECT_HOME": str(settings.studio_home / "prefect-home"),
+            "STUDIO_HOME": str(settings.studio_home),
+            "LOG_FILE": str(settings.log_file),
+            "PYTHONPATH": str(ROOT),
+        }
+    )
+    if settings.database_url:
+        env["DATABASE_URL"] = settings.database_url
+    env.update(extra or {})
+    return env
+
+
+def _lines(path: Path) -> list[str]:
+    return path.read_text().split() if path.exists() else []
+
+
+def _statuses(batch_id: str) -> Counter[str]:
+    with session_scope() as session:
+        rows = session.execute(
+            select(ContentPiece.status).where(ContentPiece.batch_id == batch_id)
+        ).scalars()
+        return Counter(rows)
+
+
+def _assert_one_row_per_piece(batch_id: str) -> list[ContentPiece]:
+    with session_scope() as session:
+        rows = list(session.scalars(select(ContentPiece).where(ContentPiece.batch_id == batch_id)))
+        batches = session.scalar(
+            select(func.count()).select_from(Batch).where(Batch.id == batch_id)
+        )
+    assert batches == 1
+    assert len(rows) == PIECES
+    assert len({r.id for r in rows}) == PIECES
+    assert all(r.status in SAVED for r in rows)
+    return rows
+
+
+@pytest.fixture
+def demo_home(prefect_api, studio_env):
+    from studio.bootstrap import ensure_demo_avatar
+
+    ensure_demo_avatar()
+    return studio_env
+
+
+def test_kill_at_image_step_then_resume(demo_home, tmp_path) -> None:
+    probes = tmp_path / "probes"
+    probes.mkdir()
+    batch_id = str(uuid.uuid4())
+    env = _child_env(demo_home)
+
+    assert _run(env, probes, batch_id, "--crash-at", "image:4") == -signal.SIGKILL
+    first = _lines(probes / "renders.log")
+    assert len(first) == 3  # killed at the 4th render: three images exist and are staged
+    assert _statuses(batch_id) == Counter({"planned": PIECES})  # the plan was durable
+
+    assert _run(env, probes, batch_id, "--resume") == 0
+    renders = Counter(_lines(probes / "renders.log"))
+    assert len(renders) == PIECES
+    assert max(renders.values()) == 1  # no image generated twice
+    assert set(first) <= set(renders)
+
+    rows = _assert_one_row_per_piece(batch_id)
+    content = demo_home.studio_home / "content"
+    files = [p for p in content.rglob("*.png") if batch_id in str(p)]
+    published = [r for r in rows if r.status == "published"]
+    assert sorted(str(p) for p in files) == sorted(
+        str(Path(r.url.removeprefix("file://"))) for r in published
+    )
+
+
+@pytest.fixture
+def postgres_home(prefect_api, postgres_url, tmp_path, monkeypatch):
+    """The same pipeline on a fresh PostgreSQL database (resume must hold on both)."""
+    from studio.bootstrap import ensure_demo_avatar
+    from studio.db.engine import dispose_engines
+    from tests.conftest import use_database
+    from tests.infra.postgres import create_database
+
+    settings = use_database(monkeypatch, tmp_path / "studio", create_database(postgres_url))
+    ensure_demo_avatar()
+    yield settings
+    dispose_engines()
+
+
+def test_kill_at_upload_step_then_resume(postgres_home, s3_server, s3_bucket, tmp_path) -> None:
+    probes = tmp_path / "probes"
+    probes.mkdir()
+    batch_id = str(uuid.uuid4())
+    env = _child_env(
+        postgres_home,
+        {
+            "R2_ENDPOINT_URL": s3_server.endpoint_url,
+            "R2_ACCESS_KEY_ID": s3_server.access_key,
+            "R2_SECRET_ACCESS_KEY": s3_server.secret_key,
+            "R2_BUCKET_NAME": s3_bucket,
+            "R2_PUBLIC_URL": s3_server.public_url(s3_bucket),
+        },
+    )
+
+    assert _run(env, probes, batch_id, "--crash-at", "upload:3") == -signal.SIGKILL
+    assert len(_lines(probes / "puts.log")) == 2  # killed at the 3rd upload
+    before = _statuses(batch_id)
+    assert sum(before.values()) == PIECES
+    assert set(before) <= {"checked"}  # every piece got through safety, none was saved
+    rendered_before = Counter(_lines(probes / "renders.log"))
+    assert len(rendered_before) == PIECES
+
+    assert _run(env, probes, batch_id, "--resume") == 0
+    renders = Counter(_lines(probes / "renders.log"))
+    assert renders == rendered_before  # the resume generated nothing
+
+    puts = Counter(_lines(probes / "puts.log"))
+    assert max(puts.values()) == 1  # no file uploaded twice (HEAD-by-checksum no-op)
+
+    rows = _assert_one_row_per_piece(batch_id)
+    published = [r for r in rows if r.status == "published"]
+    listing = s3_server.client().list_objects_v2(Bucket=s3_bucket)
+    keys = sorted(o["Key"] for o in listing.get("Contents", []))
+    assert keys == sorted(r.storage_key for r in published)  # one object per stored piece
+    for row in published:
+        assert row.storage_backend == "r2" and not row.needs_sync
+        head = s3_server.client().head_object(Bucket=s3_bucket, Key=row.storage_key)
+        assert head["Metadata"]["sha256"] == row.checksum
+
+
+def test_resume_of_unknown_batch_is_refused(prefect_api, studio_env) -> None:
+    from typer.testing import CliRunner
+
+    from studio.cli import app
+
+    result = CliRunner().invoke(app, ["batch", "resume", "no-such-batch"])
+    assert result.exit_code == 2
+    assert "no batch with id 'no-such-batch'" in result.output
