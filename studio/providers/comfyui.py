@@ -157,9 +157,11 @@ class ComfyUIProvider:
             except httpx.HTTPError as exc:
                 raise ProviderError(self.name, f"submit failed: {type(exc).__name__}") from None
             try:
+                entry = None
                 if events is not None:
-                    await self._wait_for_event(events, prompt_id)
-                entry = await self._wait_for(prompt_id)
+                    entry = await self._wait_for_event(events, prompt_id)
+                if entry is None:
+                    entry = await self._wait_for(prompt_id)
                 return await self._fetch_image(entry)
             except asyncio.CancelledError:
                 await asyncio.shield(self._forget(prompt_id))
@@ -183,11 +185,16 @@ class ComfyUIProvider:
         except (OSError, TimeoutError, WebSocketException):
             return None
 
-    async def _wait_for_event(self, events: websockets.ClientConnection, prompt_id: str) -> None:
+    async def _wait_for_event(
+        self, events: websockets.ClientConnection, prompt_id: str
+    ) -> dict[str, Any] | None:
         """Until ComfyUI says the prompt is done (`executing` with node null) or failed.
 
-        A closed stream just returns: the /history poll that follows is the authority.
+        Returns the outputs the `executed` events carried (as a history entry), so the
+        image is fetched without reading /history; None when they carried no image or
+        the stream closed, and then /history is the authority.
         """
+        outputs: dict[str, Any] = {}
         try:
             async for raw in events:
                 if isinstance(raw, bytes):  # preview frames
@@ -202,10 +209,14 @@ class ComfyUIProvider:
                     raise ProviderError(self.name, f"execution error: {error}")
                 if kind == "execution_interrupted":
                     raise ProviderError(self.name, "execution interrupted")
+                if kind == "executed" and isinstance(data.get("output"), dict):
+                    outputs[str(data.get("node"))] = data["output"]
                 if kind == "executing" and data.get("node") is None:
-                    return
+                    images = any(o.get("images") for o in outputs.values())
+                    return {"outputs": outputs} if images else None
         except (WebSocketException, ValueError):
-            return
+            return None
+        return None
 
     async def _submit(self, graph: dict[str, Any], client_id: str) -> str:
         response = await self._client.post(

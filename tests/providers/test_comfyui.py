@@ -28,7 +28,7 @@ async def test_completion_comes_from_the_event_stream(comfyui: ComfyUIEmulator, 
     provider = ComfyUIProvider(comfyui.url, poll_interval=0.02)
     await provider.generate(spec, avatar)
     assert comfyui.counters.requests("ws") == 1
-    assert comfyui.counters.requests("history") == 1  # read once, after "executing: null"
+    assert comfyui.counters.requests("history") == 0  # the outputs came with the events
     await provider.aclose()
 
 
