@@ -144,6 +144,59 @@ def fifo_replay(run: Run, caps: dict[str, int], order: list[str]) -> float:
     return end
 
 
+def _serve_emulators(scale: float, seed: int, conn) -> None:  # type: ignore[no-untyped-def]
+    """Child process: run the three emulators until told to stop, then send their records."""
+    from tests.emulators.base import Behaviour
+    from tests.emulators.comfyui import ComfyUIEmulator
+    from tests.emulators.modal_endpoint import ModalEndpointEmulator
+    from tests.emulators.replicate_api import ReplicateEmulator
+
+    def behaviour(name: str, offset: int) -> Behaviour:
+        (lo, hi), failures, _ = SPEC[name]
+        return Behaviour(seed=seed + offset, latency=(lo * scale, hi * scale),
+                         failure_rate=failures)
+
+    emulators = {
+        "comfyui": ComfyUIEmulator(behaviour("comfyui", 0)),
+        "modal": ModalEndpointEmulator(behaviour("modal", 1), token_id="bench-key",
+                                       token_secret="bench-secret"),
+        "replicate": ReplicateEmulator(behaviour("replicate", 2), token="r8_bench"),
+    }
+    for emulator in emulators.values():
+        emulator.start()
+    conn.send({name: emulator.url for name, emulator in emulators.items()})
+    conn.recv()
+    conn.send({name: list(emulator.records) for name, emulator in emulators.items()})
+    for emulator in emulators.values():
+        emulator.stop()
+
+
+class EmulatorProcess:
+    """The emulators in their own process, so they share no interpreter lock with the
+    orchestration being measured (they are reached by URL, as the real services are)."""
+
+    def __init__(self, scale: float, seed: int) -> None:
+        import multiprocessing
+
+        context = multiprocessing.get_context("spawn")
+        self._conn, child = context.Pipe()
+        self._process = context.Process(
+            target=_serve_emulators, args=(scale, seed, child), daemon=True
+        )
+        self.urls: dict[str, str] = {}
+
+    def start(self) -> EmulatorProcess:
+        self._process.start()
+        self.urls = self._conn.recv()
+        return self
+
+    def stop(self) -> dict[str, list[tuple[str, float, bool]]]:
+        self._conn.send("stop")
+        records = self._conn.recv()
+        self._process.join(timeout=30)
+        return records
+
+
 def seed_keys(piece_ids: list[str]) -> dict[str, str]:
     from studio.providers.comfyui import seed_for
 
@@ -162,34 +215,17 @@ async def run_image_step(strategy: str, args: argparse.Namespace, home: Path) ->
     import tasks.generate_images as generate_images
     from flows.image_chunk import image_chunk
     from studio.types import AvatarRef, GeneratedImage, PieceSpec
-    from tests.emulators.base import Behaviour
-    from tests.emulators.comfyui import ComfyUIEmulator
-    from tests.emulators.modal_endpoint import ModalEndpointEmulator
-    from tests.emulators.replicate_api import ReplicateEmulator
-
     scale = args.scale
-
-    def behaviour(name: str, seed: int) -> Behaviour:
-        (lo, hi), failures, _ = SPEC[name]
-        return Behaviour(seed=seed, latency=(lo * scale, hi * scale), failure_rate=failures)
-
-    emulators = {
-        "comfyui": ComfyUIEmulator(behaviour("comfyui", args.seed)),
-        "modal": ModalEndpointEmulator(behaviour("modal", args.seed + 1),
-                                       token_id="bench-key", token_secret="bench-secret"),
-        "replicate": ReplicateEmulator(behaviour("replicate", args.seed + 2), token="r8_bench"),
-    }
-    for emulator in emulators.values():
-        emulator.start()
+    emulators = EmulatorProcess(scale, args.seed).start()
     os.environ.update({
         "COMFYUI_ENABLED": "true",
-        "COMFYUI_ENDPOINT": emulators["comfyui"].url,
+        "COMFYUI_ENDPOINT": emulators.urls["comfyui"],
         "COMFYUI_POLL_INTERVAL": f"{0.2 * scale:g}",
-        "MODAL_SDXL_ENDPOINT": emulators["modal"].url,
+        "MODAL_SDXL_ENDPOINT": emulators.urls["modal"],
         "MODAL_TOKEN_ID": "bench-key",
         "MODAL_TOKEN_SECRET": "bench-secret",
         "REPLICATE_API_TOKEN": "r8_bench",
-        "REPLICATE_BASE_URL": emulators["replicate"].url,
+        "REPLICATE_BASE_URL": emulators.urls["replicate"],
         "REPLICATE_POLL_INTERVAL": f"{0.5 * scale:g}",
         "PROVIDER_BACKOFF_UNIT": f"{scale:g}",
         "PROVIDER_BREAKER_RECOVERY_SECONDS": f"{60 * scale:g}",
@@ -235,8 +271,7 @@ async def run_image_step(strategy: str, args: argparse.Namespace, home: Path) ->
     finally:
         provider_log.removeHandler(attempts)
         provider_log.propagate = True
-        for emulator in emulators.values():
-            emulator.stop()
+        records = emulators.stop()
 
     run = Run(strategy=strategy, wall=wall, first_call=attempts.first_start - step_start[0])
     images = {i.piece_id: i for i in items if isinstance(i, GeneratedImage)}
@@ -247,8 +282,8 @@ async def run_image_step(strategy: str, args: argparse.Namespace, home: Path) ->
     # the emulators' drawn latencies, matched to the chain's attempts in order
     keys = seed_keys([s.piece_id for s in specs])
     latencies: dict[tuple[str, str], list[float]] = defaultdict(list)
-    for name, emulator in emulators.items():
-        for key, latency, _ in emulator.records:
+    for name, provider_records in records.items():
+        for key, latency, _ in provider_records:
             latencies[(keys.get(key, key), name)].append(latency)
     settings_backoff = {"comfyui": 1.0, "modal": 1.5, "replicate": 2.0}
     for piece, provider, attempt, observed, outcome in attempts.rows:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections import deque
 from collections.abc import AsyncIterator, Mapping
 from typing import Protocol
 
@@ -33,21 +34,33 @@ class SlotFactory(Protocol):
 
 
 class ReleaseSignal:
-    """Wakes everyone waiting for "some slot was freed" (speed routing waits on it)."""
+    """Wakes ONE image waiting for "some slot was freed" per release (speed routing).
+
+    One per release, first come first served, so a freed slot does not wake every
+    waiting image to race for it. A release nobody waited for is remembered once, so
+    an image that starts waiting just after it does not sleep through it.
+    """
 
     def __init__(self) -> None:
-        self._event: asyncio.Event | None = None
+        self._waiters: deque[asyncio.Future[None]] = deque()
+        self._missed = False
 
     def notify(self) -> None:
-        if self._event is not None:
-            self._event.set()
-            self._event = None
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
+        self._missed = True
 
     async def wait(self, timeout: float) -> None:
-        if self._event is None:
-            self._event = asyncio.Event()
+        if self._missed:
+            self._missed = False
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._waiters.append(waiter)
         try:
-            await asyncio.wait_for(self._event.wait(), timeout)
+            await asyncio.wait_for(waiter, timeout)
         except TimeoutError:
             pass
 
