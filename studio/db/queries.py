@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import Select, and_, case, func, or_, select, update
+from sqlalchemy import Select, case, func, literal, select, tuple_, update
 from sqlalchemy.orm import Session
 
 from studio.db.models import ContentPiece
@@ -48,14 +48,11 @@ def listing_statement(
     """Newest first; `after` continues below the previous page's last row."""
     stmt = select(ContentPiece).where(ContentPiece.avatar_id == avatar_id)
     if after is not None:
+        # a row-value comparison, not (a < x OR (a = x AND b < y)): PostgreSQL turns it
+        # into one index range on (avatar_id, created_at, id); the OR form scans
         stmt = stmt.where(
-            or_(
-                ContentPiece.created_at < after.created_at,
-                and_(
-                    ContentPiece.created_at == after.created_at,
-                    ContentPiece.id < after.piece_id,
-                ),
-            )
+            tuple_(ContentPiece.created_at, ContentPiece.id)
+            < tuple_(literal(after.created_at, ContentPiece.created_at.type), after.piece_id)
         )
     return stmt.order_by(ContentPiece.created_at.desc(), ContentPiece.id.desc()).limit(page_size)
 

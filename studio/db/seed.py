@@ -131,20 +131,23 @@ def generate(
         full, rest = divmod(count, BATCH_SIZE)
         sizes = [BATCH_SIZE] * full + ([rest] if rest else [])
         plan.extend((avatar, n, size) for n, size in enumerate(sizes))
-    batch_ids = [str(uuid.UUID(int=rng.getrandbits(128))) for _ in plan]
     span = (now - start).total_seconds()
-    summary = SeedSummary([a["id"] for a in avatar_rows], len(plan), pieces)
-
-    def batch_started(avatar_batches: int, n: int) -> datetime:
-        return start + timedelta(seconds=span * (n + 0.5) / max(avatar_batches, 1))
-
     per_avatar = {a["id"]: 0 for a in avatar_rows}
     for avatar, _, _ in plan:
         per_avatar[avatar["id"]] += 1
 
+    def batch_started(avatar: dict[str, Any], n: int) -> datetime:
+        return start + timedelta(seconds=span * (n + 0.5) / max(per_avatar[avatar["id"]], 1))
+
+    # rows go in in time order, so an avatar's pieces are spread over the table as in a
+    # real history (not stored side by side, which would flatter every query)
+    plan.sort(key=lambda entry: batch_started(entry[0], entry[1]))
+    batch_ids = [str(uuid.UUID(int=rng.getrandbits(128))) for _ in plan]
+    summary = SeedSummary([a["id"] for a in avatar_rows], len(plan), pieces)
+
     def batches() -> Iterator[tuple[Any, ...]]:
         for (avatar, n, size), batch_id in zip(plan, batch_ids, strict=True):
-            started = batch_started(per_avatar[avatar["id"]], n)
+            started = batch_started(avatar, n)
             yield (
                 batch_id,
                 avatar["id"],
@@ -166,7 +169,7 @@ def generate(
     def piece_rows() -> Iterator[tuple[Any, ...]]:
         piece_rng = random.Random(seed + 1)
         for (avatar, n, size), batch_id in zip(plan, batch_ids, strict=True):
-            started = batch_started(per_avatar[avatar["id"]], n)
+            started = batch_started(avatar, n)
             for index in range(size):
                 piece_id = str(uuid.UUID(int=piece_rng.getrandbits(128)))
                 tier = _pick(piece_rng, TIERS)[0]
