@@ -5,12 +5,17 @@ from __future__ import annotations
 
 import logging
 
+import pytest
+
 from blocks import ContentStorage, ProviderCredentials, apply_registered_blocks
 
 
 async def test_blocks_become_environment(monkeypatch, caplog) -> None:
     for variable in ("ANTHROPIC_API_KEY", "OPENAI_API_KEY", "R2_BUCKET_NAME", "R2_PUBLIC_URL"):
-        monkeypatch.delenv(variable, raising=False)
+        # set-then-delete registers "absent" as the state to restore after the test, so
+        # what apply_registered_blocks exports cannot leak into later tests
+        monkeypatch.setenv(variable, "")
+        monkeypatch.delenv(variable)
     monkeypatch.setenv("R2_PUBLIC_URL", "https://cdn.from-env.example")
     await ProviderCredentials(anthropic_api_key="sk-ant-block-secret-123").asave(
         "unit", overwrite=True
@@ -29,8 +34,14 @@ async def test_blocks_become_environment(monkeypatch, caplog) -> None:
     assert os.environ["R2_PUBLIC_URL"] == "https://cdn.from-env.example"  # env wins
     assert "R2_PUBLIC_URL" not in applied
     assert "sk-ant-block-secret-123" not in caplog.text
-    monkeypatch.delenv("ANTHROPIC_API_KEY")
-    monkeypatch.delenv("R2_BUCKET_NAME")
+
+
+@pytest.fixture(autouse=True)
+def _fresh_settings_after():
+    yield
+    from studio.settings import reload_settings
+
+    reload_settings()
 
 
 async def test_no_blocks_is_fine() -> None:
