@@ -12,6 +12,7 @@ from prefect import serve
 from flows.content_batch import content_batch
 from flows.health_check import health_check
 from flows.scheduled import scheduled_batches
+from flows.storage_sync import storage_sync
 
 CADENCES = {"daily": ("0 6 * * *", 50), "weekly": ("0 6 * * 1", 20), "monthly": ("0 6 1 * *", 100)}
 
@@ -24,6 +25,7 @@ def build_deployments() -> list:
             tags=["content", "on-demand"],
         ),
         health_check.to_deployment(name="health", interval=300, tags=["monitoring"]),
+        storage_sync.to_deployment(name="storage-sync", interval=900, tags=["storage"]),
     ]
     for cadence, (cron, pieces) in CADENCES.items():
         deployments.append(

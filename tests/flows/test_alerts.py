@@ -64,4 +64,4 @@ async def test_automations_created_on_server() -> None:
 
 def test_serve_builds_every_deployment() -> None:
     names = {d.name for d in build_deployments()}
-    assert names == {"on-demand", "health", "daily", "weekly", "monthly"}
+    assert names == {"on-demand", "health", "daily", "weekly", "monthly", "storage-sync"}

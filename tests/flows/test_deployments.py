@@ -41,7 +41,7 @@ async def test_deploy_all_registers_schedules() -> None:
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
     async with get_client() as client:
         deployments = {d.name: d for d in await client.read_deployments()}
-    assert {"on-demand", "daily", "weekly", "monthly", "health"} <= set(deployments)
+    assert {"on-demand", "daily", "weekly", "monthly", "health", "storage-sync"} <= set(deployments)
     assert deployments["daily"].parameters == {"cadence": "daily", "num_pieces": 50}
     assert deployments["weekly"].parameters["num_pieces"] == 20
     assert deployments["monthly"].parameters["num_pieces"] == 100
