@@ -5,6 +5,7 @@
 
 Probes (test-only, installed by patching classes in this process):
 - every preview render that completes appends the piece id to DIR/renders.log;
+- every piece sent to the hook writer / to moderation goes to DIR/hooks.log / checks.log;
 - every PutObject that gets a response appends the key to DIR/puts.log.
 Renders and remote puts are serialised, so "crash at the K-th" means exactly K-1 done:
 at the K-th render the runner first waits until the K-1 finished images are staged,
@@ -96,6 +97,36 @@ def _install_upload_probe(probe_dir: Path, crash_at: int | None) -> None:
     registry.R2ContentStore = ProbedR2  # type: ignore[misc]
 
 
+def _install_paid_call_probes(probe_dir: Path) -> None:
+    """Log which pieces reach the (paid, in production) hook writer and moderation."""
+    import tasks.check_safety as check_safety
+    import tasks.write_hooks as write_hooks
+
+    build_writer = write_hooks.build_hook_writer
+    build_review = check_safety.build_safety_review
+
+    class LoggedWriter:
+        def __init__(self, inner) -> None:  # type: ignore[no-untyped-def]
+            self.inner = inner
+
+        async def write(self, specs, avatar, platform):  # type: ignore[no-untyped-def]
+            for spec in specs:
+                _append(probe_dir / "hooks.log", spec.piece_id)
+            return await self.inner.write(specs, avatar, platform)
+
+    class LoggedReview:
+        def __init__(self, inner) -> None:  # type: ignore[no-untyped-def]
+            self.inner = inner
+
+        async def run(self, items, **kwargs):  # type: ignore[no-untyped-def]
+            for item in items:
+                _append(probe_dir / "checks.log", item.piece_id)
+            return await self.inner.run(items, **kwargs)
+
+    write_hooks.build_hook_writer = lambda *a, **k: LoggedWriter(build_writer(*a, **k))
+    check_safety.build_safety_review = lambda *a, **k: LoggedReview(build_review(*a, **k))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--batch-id", required=True)
@@ -114,6 +145,7 @@ def main() -> None:
     staging = get_settings().work_dir.resolve() / args.batch_id
     _install_render_probe(args.probe_dir, int(nth) if step == "image" else None, staging)
     _install_upload_probe(args.probe_dir, int(nth) if step == "upload" else None)
+    _install_paid_call_probes(args.probe_dir)
 
     if args.resume:
         from studio.cli_storage import resume_batch

@@ -114,6 +114,8 @@ def test_kill_at_image_step_then_resume(demo_home, tmp_path) -> None:
     assert len(renders) == PIECES
     assert max(renders.values()) == 1  # no image generated twice
     assert set(first) <= set(renders)
+    hooks = Counter(_lines(probes / "hooks.log"))
+    assert len(hooks) == PIECES and max(hooks.values()) == 1
 
     rows = _assert_one_row_per_piece(batch_id)
     content = demo_home.studio_home / "content"
@@ -160,10 +162,15 @@ def test_kill_at_upload_step_then_resume(postgres_home, s3_server, s3_bucket, tm
     assert set(before) <= {"checked"}  # every piece got through safety, none was saved
     rendered_before = Counter(_lines(probes / "renders.log"))
     assert len(rendered_before) == PIECES
+    hooked_before = _lines(probes / "hooks.log")
+    checked_before = _lines(probes / "checks.log")
+    assert len(hooked_before) == PIECES
 
     assert _run(env, probes, batch_id, "--resume") == 0
     renders = Counter(_lines(probes / "renders.log"))
     assert renders == rendered_before  # the resume generated nothing
+    assert _lines(probes / "hooks.log") == hooked_before  # no hook written (paid) again
+    assert _lines(probes / "checks.log") == checked_before  # no piece moderated again
 
     puts = Counter(_lines(probes / "puts.log"))
     assert max(puts.values()) == 1  # no file uploaded twice (HEAD-by-checksum no-op)
@@ -177,6 +184,33 @@ def test_kill_at_upload_step_then_resume(postgres_home, s3_server, s3_bucket, tm
         assert row.storage_backend == "r2" and not row.needs_sync
         head = s3_server.client().head_object(Bucket=s3_bucket, Key=row.storage_key)
         assert head["Metadata"]["sha256"] == row.checksum
+
+
+async def test_resuming_a_finished_batch_changes_nothing(demo_home) -> None:
+    from flows.content_batch import content_batch
+    from studio.providers import registry
+
+    first = await content_batch(avatar_id="demo", num_pieces=6, seed=3)
+    rendered = registry._PREVIEW.rendered
+    with session_scope() as session:
+        before = {
+            r.id: (r.status, r.url, r.checksum)
+            for r in session.scalars(
+                select(ContentPiece).where(ContentPiece.batch_id == first.batch_id)
+            )
+        }
+    again = await content_batch(avatar_id="demo", resume_batch_id=first.batch_id)
+    assert registry._PREVIEW.rendered == rendered
+    assert again.batch_id == first.batch_id
+    assert again.published == first.published
+    with session_scope() as session:
+        after = {
+            r.id: (r.status, r.url, r.checksum)
+            for r in session.scalars(
+                select(ContentPiece).where(ContentPiece.batch_id == first.batch_id)
+            )
+        }
+    assert after == before
 
 
 def test_resume_of_unknown_batch_is_refused(prefect_api, studio_env) -> None:
