@@ -38,7 +38,7 @@ def build_s3_client(settings: StorageSettings) -> Any:
         s3={"addressing_style": "path"},
         request_checksum_calculation="when_required",
         response_checksum_validation="when_required",
-        retries={"mode": "standard", "max_attempts": settings.r2_max_attempts},
+        retries={"mode": "standard", "total_max_attempts": settings.r2_max_attempts},
         connect_timeout=settings.r2_connect_timeout_seconds,
         read_timeout=settings.r2_read_timeout_seconds,
     )

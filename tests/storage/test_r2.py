@@ -184,3 +184,54 @@ def test_unconfigured_r2_refuses_to_build_a_client(monkeypatch):
     assert not settings.r2_configured
     with pytest.raises(StorageRejected):
         build_s3_client(settings)
+
+
+@pytest.fixture
+def proxy(s3_server, s3_bucket):
+    from tests.storage.recording_proxy import RecordingProxy
+
+    recording = RecordingProxy(upstream=s3_server.endpoint_url).start()
+    yield recording
+    recording.stop()
+
+
+def _via_proxy(s3_server, s3_bucket, proxy, **overrides) -> R2ContentStore:
+    return R2ContentStore(r2_settings(s3_server, s3_bucket, r2_endpoint_url=proxy.url, **overrides))
+
+
+def test_wire_capture_shows_a_plain_body_with_content_length(s3_server, s3_bucket, proxy):
+    store = _via_proxy(s3_server, s3_bucket, proxy)
+    stored = store.put("p-proxy", object_key("av1", "b1", "p-proxy"), PNG, "image/png", "capa2")
+    assert httpx.get(stored.url).content == PNG  # presigned for, and relayed by, the proxy
+
+    (put,) = proxy.of("PUT")
+    assert put.body_size == len(PNG)  # the raw bytes, not an aws-chunked envelope
+    assert put.headers["content-length"] == str(len(PNG))
+    assert "transfer-encoding" not in put.headers
+    assert "aws-chunked" not in put.headers.get("content-encoding", "")
+    assert not [h for h in put.headers if h.startswith("x-amz-checksum-")]
+    assert "x-amz-trailer" not in put.headers
+    assert put.headers["x-amz-meta-sha256"] == sha256_hex(PNG)
+
+
+def test_transient_5xx_is_retried_until_it_succeeds(s3_server, s3_bucket, proxy):
+    store = _via_proxy(s3_server, s3_bucket, proxy, r2_max_attempts=3)
+    proxy.fail_puts = 2
+    stored = store.put("p-retry", object_key("av1", "b1", "p-retry"), PNG, "image/png", "capa1")
+    assert len(proxy.of("PUT")) == 3
+    body = s3_server.client().get_object(Bucket=s3_bucket, Key=stored.key)["Body"].read()
+    assert body == PNG
+
+
+def test_5xx_after_all_retries_falls_back_to_local(s3_server, s3_bucket, proxy, tmp_path):
+    from studio.storage.fallback import FallbackContentStore
+    from studio.storage.local import LocalContentStore
+
+    store = FallbackContentStore(
+        _via_proxy(s3_server, s3_bucket, proxy, r2_max_attempts=2), LocalContentStore(tmp_path)
+    )
+    proxy.fail_puts = 5
+    stored = store.put("p-503", object_key("av1", "b1", "p-503"), PNG, "image/png", "capa1")
+    assert len(proxy.of("PUT")) == 2
+    assert stored.backend == "local" and stored.needs_sync
+    assert (tmp_path / stored.key).read_bytes() == PNG
