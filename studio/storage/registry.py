@@ -59,5 +59,18 @@ def storage_status(settings: Settings) -> dict[str, object]:
         "bucket": storage.r2_bucket_name if storage.r2_configured else None,
         "root": str(local_root(settings).resolve()),
         "presigned_ttl_seconds": storage.r2_presigned_ttl_seconds,
+        "pending_sync": _pending_sync(settings),
     }
     return status
+
+
+def _pending_sync(settings: Settings) -> int | None:
+    """Pieces kept locally awaiting the storage-sync flow; None when the database is down."""
+    from studio.db.engine import session_scope
+    from studio.storage.sync import count_pending
+
+    try:
+        with session_scope(settings) as session:
+            return count_pending(session)
+    except Exception:  # the database check reports the outage itself
+        return None

@@ -225,3 +225,14 @@ def test_outage_error_type_is_what_the_fallback_catches(s3_server, s3_bucket):
             r2.stored_checksum("any/key.png")
     finally:
         s3_server.start()
+
+
+def test_health_shows_backend_and_pending_sync_without_secrets(r2_env, s3_server) -> None:
+    import json
+
+    from studio.storage.registry import storage_status
+
+    status = storage_status(r2_env)
+    assert status["configured"] is True and status["backend"] == "r2"
+    assert status["pending_sync"] == 0
+    assert s3_server.secret_key not in json.dumps(status)
