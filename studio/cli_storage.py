@@ -85,8 +85,49 @@ def seed_history(
     )
 
 
+def pieces(
+    avatar: Annotated[str, typer.Option("--avatar", help="avatar id or name")],
+    after: Annotated[str | None, typer.Option("--after", help="cursor from the last page")] = None,
+    page_size: Annotated[int, typer.Option("--page-size", min=1, max=200)] = 20,
+) -> None:
+    """List an avatar's pieces, newest first, one keyset page at a time.
+
+    capa2/capa3 links are presigned afresh here, since stored ones expire after the TTL.
+    """
+    from rich.table import Table
+
+    from studio.avatars import find_avatar
+    from studio.db.engine import session_scope
+    from studio.db.queries import PageCursor, list_pieces
+    from studio.settings import get_settings
+    from studio.storage.registry import build_remote_store
+
+    settings = get_settings()
+    remote = build_remote_store(settings)
+    with session_scope() as session:
+        found = find_avatar(session, avatar)
+        if found is None:
+            err.print(f"[red]error[/red] avatar: no avatar with id or name {avatar!r}")
+            raise typer.Exit(code=2)
+        cursor = PageCursor.decode(after) if after else None
+        page = list_pieces(session, found.id, after=cursor, page_size=page_size)
+        table = Table("created", "piece", "tier", "status", "url")
+        for row in page.items:
+            url = row.url or ""
+            if remote is not None and row.storage_backend == "r2" and row.storage_key:
+                url = remote.url_for(row.storage_key, row.access_tier)  # type: ignore[arg-type]
+            table.add_row(
+                row.created_at.strftime("%Y-%m-%d %H:%M"), row.id, row.access_tier, row.status, url
+            )
+    console.print(table)
+    if page.next_cursor is not None:
+        console.print(f"next page: --after '{page.next_cursor.encode()}'", soft_wrap=True)
+
+
 def register(app: typer.Typer, batch_app: typer.Typer) -> None:
-    """Add these commands to the main CLI: `batch resume`, `storage-sync`, `seed-history`."""
+    """Add these commands to the main CLI: `batch resume`, `storage-sync`, `seed-history`,
+    `pieces`."""
     batch_app.command("resume")(batch_resume)
+    app.command("pieces")(pieces)
     app.command("storage-sync")(storage_sync)
     app.command("seed-history")(seed_history)
