@@ -13,7 +13,7 @@ from prefect import flow
 
 from studio import progress
 from studio.types import AvatarRef, GeneratedImage, ImageFailure, PieceSpec
-from tasks.generate_images import generate_image
+from tasks.generate_images import generate_image, release_idle_slots
 
 
 @flow(name="image-chunk", flow_run_name="image-chunk-{chunk_index}", log_prints=False)
@@ -37,4 +37,8 @@ async def image_chunk(
         progress.advance("images")
         return result
 
-    return list(await asyncio.gather(*(one(spec) for spec in specs)))
+    try:
+        return list(await asyncio.gather(*(one(spec) for spec in specs)))
+    finally:
+        # a worker process may exit right after: leave no provider slot held behind
+        await release_idle_slots()

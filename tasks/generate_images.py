@@ -48,6 +48,12 @@ def image_chain() -> ProviderChain:
     return _chain
 
 
+async def release_idle_slots() -> None:
+    """Return lingering provider leases to the server (end of a chunk of images)."""
+    if _slots is not None:
+        await _slots.release_idle()
+
+
 def asset_cache() -> AssetCache:
     return AssetCache(get_settings().studio_home / "assets")
 

@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import contextvars
 import logging
 import time
 import weakref
@@ -38,6 +39,7 @@ from uuid import UUID
 
 import httpx
 from prefect.client.orchestration import get_client
+from prefect.context import AsyncClientContext
 
 from studio.providers.slots import ReleaseSignal, SlotBusy
 
@@ -170,7 +172,9 @@ class LeasePool:
     def _ensure_acquirer(self) -> None:
         idle = self._acquirer is None or self._acquirer.done()
         if idle and self._live_waiters() and self.held + self._pending < self.cap:
-            self._acquirer = asyncio.get_running_loop().create_task(self._acquire_loop())
+            self._acquirer = asyncio.get_running_loop().create_task(
+                self._acquire_loop(), context=_detached_context()
+            )
 
     async def _acquire_loop(self) -> None:
         """Get leases from the server for local waiters, polling briefly while it is full."""
@@ -233,14 +237,41 @@ class LeasePool:
             logger.warning("Could not release lease on %s; it will expire", self.name)
 
     def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
-        task = asyncio.get_running_loop().create_task(coro)
+        task = asyncio.get_running_loop().create_task(coro, context=_detached_context())
         self._background.add(task)
         task.add_done_callback(self._background.discard)
+
+    async def release_idle(self) -> None:
+        """Give every lingering lease back now and wait until the server has them.
+
+        Called when a unit of work ends (an image chunk): a process that exits right
+        after must not leave leases behind, which would hold slots until they expire.
+        """
+        idle, self._idle = self._idle, []
+        releases = []
+        for lease in idle:
+            self.held -= 1
+            if lease.lease_id is not None:
+                releases.append(self._release_on_server(lease.lease_id))
+        await asyncio.gather(*releases)
+        self._ensure_acquirer()
 
     async def drain(self) -> None:
         """Wait for background releases (tests and short-lived processes call this)."""
         while self._background:
             await asyncio.gather(*tuple(self._background), return_exceptions=True)
+
+
+def _detached_context() -> contextvars.Context:
+    """The current context without the run's API client.
+
+    Background work of a pool (acquiring for waiters, releasing a lingering lease) can
+    outlive the flow run that started it, whose client is closed when the run ends;
+    with the client context cleared, `get_client()` opens its own (same settings).
+    """
+    context = contextvars.copy_context()
+    context.run(AsyncClientContext.__var__.set, None)
+    return context
 
 
 class PrefectSlots:
@@ -294,6 +325,10 @@ class PrefectSlots:
             return
         async with pool.slot(wait=wait):
             yield
+
+    async def release_idle(self) -> None:
+        pools = self._pools.get(asyncio.get_running_loop(), {})
+        await asyncio.gather(*(pool.release_idle() for pool in pools.values()))
 
     async def drain(self) -> None:
         pools = self._pools.get(asyncio.get_running_loop(), {})

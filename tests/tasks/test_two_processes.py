@@ -8,7 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from deployments.concurrency_limits import apply_provider_limits
+from deployments.concurrency_limits import apply_provider_limits, read_provider_limits
 from studio.providers.settings import ProviderSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -53,3 +53,6 @@ async def test_caps_hold_across_two_processes(provider_env, emulators, monkeypat
     assert modal.counters.peak == 3
     assert replicate.counters.peak <= 2  # ...and never passed, across both processes
     assert comfyui.counters.requests() == 0
+    limits = await read_provider_limits()  # the exited processes left no slot held
+    assert limits["provider:modal"]["active_slots"] == 0
+    assert limits["provider:replicate"]["active_slots"] == 0
