@@ -18,8 +18,11 @@ from prefect import flow
 from prefect.artifacts import acreate_table_artifact
 from prefect.runtime import flow_run
 
+from blocks import apply_registered_blocks
+from flows.batch_events import emit_batch_events
 from flows.image_chunk import image_chunk
 from studio import batchlog, progress
+from studio.catalog import template_library
 from studio.db.progress import BatchProgress
 from studio.moderation.base import ModerationItem
 from studio.request import BatchRequest, parse_tier_distribution
@@ -90,6 +93,7 @@ async def content_batch(
     `resume_batch_id` resumes a batch that crashed or was killed: its stored request and
     plan are used, and every step runs only for the pieces it has not finished yet.
     """
+    await apply_registered_blocks()  # endpoints/keys saved as Prefect blocks, if any
     settings = get_settings()
     batchlog.configure_logging(settings.log_file, settings.log_level)
     request = BatchRequest(
@@ -113,6 +117,7 @@ async def content_batch(
     started = time.perf_counter()
     steps: dict[str, float] = {}
     log.info(batchlog.batch_start(avatar.id, request.num_pieces, request.platform))
+    progress.start("batch steps", 7)
 
     # 1: templates
     t0 = time.perf_counter()
@@ -125,6 +130,7 @@ async def content_batch(
     else:
         log.info("Resuming batch %s | Progress: %s", batch_id, done.counts())
     steps["template_selection"] = time.perf_counter() - t0
+    progress.advance("batch steps")
     log.info(batchlog.step_line(1, f"Selected: {len(specs)}", steps["template_selection"]))
 
     # 2: images, in concurrent chunk subflows
@@ -134,6 +140,7 @@ async def content_batch(
     record_progress("generated", list(images.values()))
     images = {**{p: i for p, i in done.images.items() if done.image_done(p)}, **images}
     steps["image_generation"] = time.perf_counter() - t0
+    progress.advance("batch steps")
     avg = steps["image_generation"] / max(len(images), 1)
     log.info(
         batchlog.step_line(
@@ -158,6 +165,7 @@ async def content_batch(
     record_progress("captioned", list(hooks.hooks.values()))
     hooks.hooks = {**done.hooks, **hooks.hooks}
     steps["hook_generation"] = time.perf_counter() - t0
+    progress.advance("batch steps")
     written = sum(1 for spec in made if spec.piece_id in hooks.hooks)
     log.info(batchlog.step_line(3, f"Generated: {written}/{len(made)}", steps["hook_generation"]))
 
@@ -168,6 +176,7 @@ async def content_batch(
     record_progress("checked", list(safety.verdicts.values()))
     safety.verdicts = {**done.verdicts, **safety.verdicts}
     steps["safety_check"] = time.perf_counter() - t0
+    progress.advance("batch steps")
     passed = [s for s in made if safety.verdicts[s.piece_id].status in PUBLISHABLE]
     rejected = [s for s in made if safety.verdicts[s.piece_id].status == "rejected"]
     log.info(
@@ -186,6 +195,7 @@ async def content_batch(
         **stored,
     }
     steps["storage_upload"] = time.perf_counter() - t0
+    progress.advance("batch steps")
     store_name = next(iter(stored.values())).backend if stored else "none"
     log.info(
         batchlog.step_line(
@@ -202,12 +212,14 @@ async def content_batch(
     ]
     saved = save_pieces(rows)
     steps["database_save"] = time.perf_counter() - t0
+    progress.advance("batch steps")
     log.info(batchlog.step_line(6, f"Saved: {saved}", steps["database_save"]))
 
     # 7: statistics
     t0 = time.perf_counter()
     stats = calculate_statistics(avatar.id)
     steps["statistics"] = time.perf_counter() - t0
+    progress.advance("batch steps")
     log.info(
         batchlog.step_line(7, "", steps["statistics"], f"Avatar pieces: {stats['total_pieces']}")
     )
@@ -218,6 +230,11 @@ async def content_batch(
         batchlog.batch_complete(avatar.id, result.total_seconds, result.published, result.cost_usd)
     )
     await _publish_artifact(result)
+    emit_batch_events(
+        result,
+        hook_failures=hooks.failures,
+        cache_hit_percent=float(template_library().cache_stats()["hit_rate_percent"]),
+    )
     delivered = (result.requested - result.failed) / max(result.requested, 1)
     if delivered < settings.min_success_ratio:
         raise BatchBelowMinimum(
