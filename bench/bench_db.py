@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import random
+import shutil
 import statistics
 import sys
 import tempfile
@@ -154,6 +155,7 @@ def main() -> None:
     args = parser.parse_args()
 
     stop: Callable[[], None] | None = None
+    base: Path | None = None
     if args.database_url:
         url = normalize_url(args.database_url)
     else:
@@ -202,6 +204,8 @@ def main() -> None:
         engine.dispose()
         if stop is not None:
             stop()
+        if base is not None:
+            shutil.rmtree(base, ignore_errors=True)
 
 
 if __name__ == "__main__":
