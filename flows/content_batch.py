@@ -230,10 +230,12 @@ async def content_batch(
         batchlog.batch_complete(avatar.id, result.total_seconds, result.published, result.cost_usd)
     )
     await _publish_artifact(result)
+    cache = template_library().cache_stats()
     emit_batch_events(
         result,
         hook_failures=hooks.failures,
-        cache_hit_percent=float(template_library().cache_stats()["hit_rate_percent"]),
+        # a hit rate over a handful of lookups (a fresh process) says nothing yet
+        cache_hit_percent=float(cache["hit_rate_percent"]) if cache["total_calls"] >= 20 else None,
     )
     delivered = (result.requested - result.failed) / max(result.requested, 1)
     if delivered < settings.min_success_ratio:
