@@ -8,39 +8,19 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from studio.db.models import Avatar, Batch, ContentPiece
+from studio.db.queries import avatar_summary
 
 
 def avatar_stats(session: Session, avatar_id: str) -> dict[str, Any]:
-    by_tier = dict(
-        session.execute(
-            select(ContentPiece.access_tier, func.count())
-            .where(ContentPiece.avatar_id == avatar_id)
-            .group_by(ContentPiece.access_tier)
-        ).all()
-    )
-    by_status = dict(
-        session.execute(
-            select(ContentPiece.status, func.count())
-            .where(ContentPiece.avatar_id == avatar_id)
-            .group_by(ContentPiece.status)
-        ).all()
-    )
-    total, cost = session.execute(
-        select(func.count(), func.coalesce(func.sum(ContentPiece.cost_usd), 0.0)).where(
-            ContentPiece.avatar_id == avatar_id
-        )
-    ).one()
+    # the pieces' counts and cost in one grouped pass (studio.db.queries), not three
+    pieces = avatar_summary(session, avatar_id)
     batches, batch_cost = session.execute(
         select(func.count(), func.coalesce(func.sum(Batch.cost_usd), 0.0)).where(
             Batch.avatar_id == avatar_id
         )
     ).one()
     return {
-        "avatar_id": avatar_id,
-        "total_pieces": int(total),
-        "by_tier": {k: int(v) for k, v in by_tier.items()},
-        "by_status": {k: int(v) for k, v in by_status.items()},
-        "pieces_cost_usd": round(float(cost), 4),
+        **pieces,
         "batches": int(batches),
         "batches_cost_usd": round(float(batch_cost), 4),
     }
