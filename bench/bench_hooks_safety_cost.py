@@ -19,11 +19,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import sys
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 from PIL import Image
+
+# runnable as `python bench/bench_hooks_safety_cost.py` from the repository root
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from studio.hooks.anthropic_writer import AnthropicHookWriter
 from studio.hooks.settings import HookSettings
