@@ -9,22 +9,29 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 import time
 import uuid
 from typing import Any
 
 from prefect import flow
-from prefect.artifacts import acreate_table_artifact
 from prefect.runtime import flow_run
 
 from blocks import apply_registered_blocks
+from flows.batch_artifact import publish_batch_artifact
 from flows.batch_events import emit_batch_events
 from flows.image_chunk import image_chunk
 from studio import batchlog, progress
 from studio.catalog import template_library
 from studio.db.progress import BatchProgress
 from studio.moderation.base import ModerationItem
+from studio.outcomes import (
+    PUBLISHABLE,
+    batch_row_values,
+    build_result,
+    piece_outcomes,
+    piece_row,
+    stand_in_marks,
+)
 from studio.request import BatchRequest, parse_tier_distribution
 from studio.settings import get_settings
 from studio.types import (
@@ -34,15 +41,13 @@ from studio.types import (
     Hook,
     HookBatch,
     ImageFailure,
-    PieceOutcome,
     PieceSpec,
-    PieceStatus,
     SafetyReport,
     SafetyVerdict,
     StoredObject,
 )
 from tasks.check_safety import check_safety
-from tasks.generate_images import image_chain
+from tasks.generate_images import image_chain, images_started_early
 from tasks.progress import load_batch_progress, record_plan, record_progress, stored_batch_request
 from tasks.save import finish_batch, register_batch, save_pieces
 from tasks.select_templates import select_templates
@@ -205,10 +210,11 @@ async def content_batch(
 
     # 6: save
     t0 = time.perf_counter()
-    outcomes = _outcomes(specs, images, failures, hooks.hooks, safety.verdicts, stored)
-    stand_ins = _stand_ins(images, hooks.hooks, safety.verdicts, stored)
+    outcomes = piece_outcomes(specs, images, failures, hooks.hooks, safety.verdicts, stored)
+    stand_ins = stand_in_marks(images, hooks.hooks, safety.verdicts, stored)
     rows = [
-        _row(o, spec, avatar, batch_id, stand_ins) for o, spec in zip(outcomes, specs, strict=True)
+        piece_row(o, spec, avatar, batch_id, stand_ins)
+        for o, spec in zip(outcomes, specs, strict=True)
     ]
     saved = save_pieces(rows)
     steps["database_save"] = time.perf_counter() - t0
@@ -224,12 +230,14 @@ async def content_batch(
         batchlog.step_line(7, "", steps["statistics"], f"Avatar pieces: {stats['total_pieces']}")
     )
 
-    result = _result(batch_id, avatar, request, outcomes, steps, started, hooks, safety, stand_ins)
-    finish_batch(batch_id, _batch_values(result))
+    result = build_result(
+        batch_id, avatar, request, outcomes, steps, started, hooks, safety, stand_ins
+    )
+    finish_batch(batch_id, batch_row_values(result))
     log.info(
         batchlog.batch_complete(avatar.id, result.total_seconds, result.published, result.cost_usd)
     )
-    await _publish_artifact(result)
+    await publish_batch_artifact(result)
     cache = template_library().cache_stats()
     emit_batch_events(
         result,
@@ -246,9 +254,6 @@ async def content_batch(
     return result
 
 
-PUBLISHABLE = {"passed", "retiered", "skipped"}
-
-
 async def _generate_images(
     specs: list[PieceSpec], avatar: AvatarRef, chunk_size: int
 ) -> tuple[dict[str, GeneratedImage], dict[str, ImageFailure]]:
@@ -256,9 +261,11 @@ async def _generate_images(
     staging_root = str(get_settings().work_dir.resolve())
     image_chain()  # build providers once, before chunks start in parallel
     chunks = chunked(specs, chunk_size)
-    results = await asyncio.gather(
-        *(image_chunk(i, chunk, avatar, staging_root) for i, chunk in enumerate(chunks))
-    )
+    # the provider calls start now; each chunk's task runs adopt them as they register
+    async with images_started_early(specs, avatar, staging_root):
+        results = await asyncio.gather(
+            *(image_chunk(i, chunk, avatar, staging_root) for i, chunk in enumerate(chunks))
+        )
     images: dict[str, GeneratedImage] = {}
     failures: dict[str, ImageFailure] = {}
     for chunk_result in results:
@@ -366,187 +373,3 @@ async def _upload(
     if not items:
         return {}
     return await upload_pieces(items, upload_to_storage=enabled)
-
-
-def _outcomes(
-    specs: list[PieceSpec],
-    images: dict[str, GeneratedImage],
-    failures: dict[str, ImageFailure],
-    hooks: dict[str, Hook],
-    verdicts: dict[str, SafetyVerdict],
-    stored: dict[str, StoredObject],
-) -> list[PieceOutcome]:
-    outcomes = []
-    for spec in specs:
-        image = images.get(spec.piece_id)
-        verdict = verdicts.get(spec.piece_id)
-        obj = stored.get(spec.piece_id)
-        if image is None:
-            status, reason = PieceStatus.FAILED, failures[spec.piece_id].reason
-        elif verdict is not None and verdict.status == "rejected":
-            status, reason = PieceStatus.REJECTED, verdict.reason
-        elif verdict is not None and verdict.status == "pending_review":
-            status, reason = PieceStatus.PENDING_REVIEW, verdict.reason
-        elif obj is None:
-            status, reason = PieceStatus.FAILED, "not stored"
-        else:
-            status, reason = PieceStatus.PUBLISHED, verdict.reason if verdict else None
-        hook = hooks.get(spec.piece_id)
-        outcomes.append(
-            PieceOutcome(
-                piece_id=spec.piece_id,
-                index=spec.index,
-                template_id=spec.template_id,
-                tier=verdict.tier if verdict else spec.tier,
-                status=status,
-                provider=image.provider if image else None,
-                hook=hook.text if hook else None,
-                url=obj.url if obj else None,
-                storage_key=obj.key if obj else None,
-                cost_usd=image.cost_usd if image else 0.0,
-                reason=reason,
-            )
-        )
-    return outcomes
-
-
-def _stand_ins(
-    images: dict[str, GeneratedImage],
-    hooks: dict[str, Hook],
-    verdicts: dict[str, SafetyVerdict],
-    stored: dict[str, StoredObject],
-) -> dict[str, list[str]]:
-    """Per piece, which embedded stand-ins made it, so no preview passes for the real thing."""
-    marks: dict[str, list[str]] = {}
-    for piece_id, image in images.items():
-        piece = marks.setdefault(piece_id, [])
-        if image.stand_in:
-            piece.append(f"image:{image.provider}")
-        hook = hooks.get(piece_id)
-        if hook is not None and hook.stand_in:
-            piece.append(f"hooks:{hook.source}")
-        verdict = verdicts.get(piece_id)
-        if verdict is not None and verdict.checked_by == "local":
-            piece.append("moderation:local")
-        obj = stored.get(piece_id)
-        if obj is not None and obj.backend == "local":
-            piece.append("storage:local")
-    return marks
-
-
-def _row(
-    outcome: PieceOutcome,
-    spec: PieceSpec,
-    avatar: AvatarRef,
-    batch_id: str,
-    stand_ins: dict[str, list[str]],
-) -> dict[str, Any]:
-    return {
-        "id": outcome.piece_id,
-        "avatar_id": avatar.id,
-        "batch_id": batch_id,
-        "template_id": spec.template_id,
-        "prompt": spec.prompt,
-        "access_tier": outcome.tier,
-        "hook_text": outcome.hook,
-        "safety_rating": _safety_rating(outcome),
-        "status": outcome.status.value,
-        "provider": outcome.provider,
-        "storage_key": outcome.storage_key,
-        "url": outcome.url,
-        "cost_usd": outcome.cost_usd,
-        "stand_ins": stand_ins.get(outcome.piece_id, []),
-    }
-
-
-def _safety_rating(outcome: PieceOutcome) -> str:
-    if outcome.status == PieceStatus.REJECTED:
-        return "rejected"
-    if outcome.status == PieceStatus.PENDING_REVIEW:
-        return "pending_review"
-    if outcome.status == PieceStatus.FAILED and outcome.provider is None:
-        return "unchecked"
-    return "approved"
-
-
-def _result(
-    batch_id: str,
-    avatar: AvatarRef,
-    request: BatchRequest,
-    outcomes: list[PieceOutcome],
-    steps: dict[str, float],
-    started: float,
-    hooks: HookBatch,
-    safety: SafetyReport,
-    stand_ins: dict[str, list[str]],
-) -> BatchResult:
-    def count(status: PieceStatus) -> int:
-        return sum(1 for o in outcomes if o.status == status)
-
-    image_cost = sum(o.cost_usd for o in outcomes)
-    breakdown = {
-        "images": round(image_cost, 6),
-        "hooks": round(hooks.cost_usd, 6),
-        "safety": round(safety.cost_usd, 6),
-        "storage": 0.0,
-    }
-    labels = sorted({mark for marks in stand_ins.values() for mark in marks})
-    for label in labels:
-        log.info("Stand-in used | %s (embedded default, not a production provider)", label)
-    return BatchResult(
-        batch_id=batch_id,
-        avatar_id=avatar.id,
-        avatar_name=avatar.name,
-        status="completed",
-        requested=request.num_pieces,
-        published=count(PieceStatus.PUBLISHED),
-        rejected=count(PieceStatus.REJECTED),
-        failed=count(PieceStatus.FAILED),
-        pending_review=count(PieceStatus.PENDING_REVIEW),
-        cost_usd=round(sum(breakdown.values()), 6),
-        total_seconds=time.perf_counter() - started,
-        step_seconds={k: round(v, 4) for k, v in steps.items()},
-        cost_breakdown=breakdown,
-        stand_ins=labels,
-        pieces=outcomes,
-    )
-
-
-def _batch_values(result: BatchResult) -> dict[str, Any]:
-    ok = result.failed / max(result.requested, 1) <= 1 - get_settings().min_success_ratio
-    return {
-        "status": "completed" if ok else "failed",
-        "step_seconds": result.step_seconds,
-        "cost_breakdown": result.cost_breakdown,
-        "cost_usd": result.cost_usd,
-        "published": result.published,
-        "rejected": result.rejected,
-        "failed": result.failed,
-        "pending_review": result.pending_review,
-        "stand_ins": result.stand_ins,
-    }
-
-
-async def _publish_artifact(result: BatchResult) -> None:
-    table = [
-        {
-            "piece": o.index,
-            "status": o.status.value,
-            "tier": o.tier,
-            "template": o.template_id or "custom",
-            "provider": o.provider or "-",
-            "cost_usd": round(o.cost_usd, 4),
-            "reason": o.reason or "",
-        }
-        for o in result.pieces
-    ]
-    description = (
-        f"Batch {result.batch_id} for {result.avatar_name}: {result.published}/"
-        f"{result.requested} published, {result.rejected} rejected, {result.failed} failed, "
-        f"{result.pending_review} pending review; cost ${result.cost_usd:.2f} in "
-        f"{result.total_seconds:.1f}s. Stand-ins: {', '.join(result.stand_ins) or 'none'}."
-    )
-    slug = re.sub(r"[^a-z0-9]+", "-", result.avatar_name.lower()).strip("-") or "avatar"
-    await acreate_table_artifact(
-        table=table, key=f"content-batch-{slug}"[:60], description=description
-    )
