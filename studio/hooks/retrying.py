@@ -37,6 +37,8 @@ def is_transient(exc: BaseException) -> bool:
     Connection and timeout errors of both SDKs carry no status but a `request`; a 4xx
     such as 400/401/403 would fail the same way again, so it is not retried.
     """
+    if getattr(exc, "transient", False):  # e.g. a well-formed answer of the wrong size
+        return True
     status = status_of(exc)
     if status is not None:
         return status in RETRYABLE_STATUSES or status >= 500

@@ -3,8 +3,9 @@
 The endpoint scores a list of strings in one request but takes one image per request,
 so the texts of a batch go out together (chunks of MODERATION_TEXT_BATCH_SIZE) and the
 images go out one request each, concurrently under MODERATION_MAX_CONCURRENT. Each
-image is sent as a data URL of the staged PNG. Transient errors are retried with
-backoff honouring retry-after; when the texts cannot be scored the whole call raises
+image is sent as a data URL of the staged PNG. Transient errors, and answers
+with a different number of results than inputs, are retried with backoff honouring
+retry-after; when the texts cannot be scored the whole call raises
 `ModerationUnavailable`, and a piece whose image cannot be scored is left out of the
 answer, so the policy holds those pieces for review instead of passing them unchecked.
 """
@@ -30,6 +31,17 @@ logger = logging.getLogger("studio.moderation")
 
 class ModerationUnavailable(RuntimeError):
     """The moderation service could not score the pieces, even after retries."""
+
+
+class ResultCountMismatch(RuntimeError):
+    """The endpoint answered a different number of results than inputs sent.
+
+    Results are matched to inputs by position, so a short or long answer cannot be
+    attributed to pieces: it is retried like a transient error and, if it persists,
+    the pieces are left unscored (held for review), never passed unchecked.
+    """
+
+    transient = True
 
 
 def describe_error(exc: BaseException) -> str:
@@ -75,10 +87,15 @@ class OpenAIModerator:
             timeout=self.settings.timeout_seconds,
         )
 
-    async def _create(self, client: AsyncOpenAI, payload: Any, what: str) -> Any:
+    async def _create(
+        self, client: AsyncOpenAI, payload: Any, what: str, expected: int
+    ) -> Any:
         async def attempt() -> Any:
             self.calls += 1
-            return await client.moderations.create(model=self.settings.model, input=payload)
+            response = await client.moderations.create(model=self.settings.model, input=payload)
+            if len(response.results) != expected:
+                raise ResultCountMismatch(f"{len(response.results)} results for {expected}")
+            return response
 
         def on_retry(exc: BaseException, number: int) -> None:
             logger.info(
@@ -103,7 +120,9 @@ class OpenAIModerator:
             chunk = items[start : start + size]
             try:
                 async with gate:
-                    response = await self._create(client, [i.text for i in chunk], "text")
+                    response = await self._create(
+                        client, [i.text for i in chunk], "text", len(chunk)
+                    )
             except Exception as exc:
                 logger.error(
                     "Moderation unavailable | Error: %s | Input: text | Pieces: %d",
@@ -112,8 +131,6 @@ class OpenAIModerator:
                 raise ModerationUnavailable(
                     f"text moderation failed: {describe_error(exc)}"
                 ) from None
-            if len(response.results) != len(chunk):
-                raise ModerationUnavailable("text moderation answered a different count")
             for item, result in zip(chunk, response.results, strict=True):
                 flagged, scores = _flags(result)
                 scored[item.piece_id] = ModerationScores(item.piece_id, flagged, scores)
@@ -126,7 +143,7 @@ class OpenAIModerator:
         async with gate:
             try:
                 payload = [{"type": "image_url", "image_url": {"url": data_url(item.image_path)}}]
-                response = await self._create(client, payload, "image")
+                response = await self._create(client, payload, "image", 1)
             except Exception as exc:
                 logger.warning(
                     "Moderation unavailable | Error: %s | Input: image | Piece: %s",

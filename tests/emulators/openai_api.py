@@ -9,7 +9,10 @@ which (like the real endpoint) may hold at most one image.
 Scripted flags: `text_flags[marker] = [categories]` flags any text input containing
 `marker`; `image_flags[marker] = [categories]` flags an image whose bytes (decoded from
 its data URL) or URL contain `marker`, and `image_errors[marker] = status` fails it.
-Switches: `fail_next(*statuses)`, `fail_always`,
+Switches: `fail_next(*statuses)`, `fail_always`, `miscount_next(*deltas)` (the next
+successful answers carry that many results more, or fewer, than inputs: a
+malformed but well-formed reply), `miscount_always`, `image_miscount[marker] = delta`
+(the same for a matching image only),
 the shared `Behaviour` (latency, 429 throttling with retry-after, hang), an API key
 check, and counters `moderations.text` / `moderations.image` with an in-flight peak.
 """
@@ -49,12 +52,30 @@ class OpenAIModerationEmulator(Emulator):
         self.image_errors: dict[str, int] = {}
         self.errors_next: deque[int] = deque()
         self.fail_always: int | None = None
+        self.miscounts: deque[int] = deque()
+        self.miscount_always: int | None = None
+        self.image_miscount: dict[str, int] = {}
         self.requests: list[dict[str, Any]] = []
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
 
     def fail_next(self, *statuses: int) -> None:
         self.errors_next.extend(statuses)
+
+    def miscount_next(self, *deltas: int) -> None:
+        """The next answers hold `delta` results more (or fewer) than inputs."""
+        self.miscounts.extend(deltas)
+
+    def _miscount(self, results: list[dict[str, Any]], urls: list[str]) -> list[dict[str, Any]]:
+        delta = self.miscounts.popleft() if self.miscounts else self.miscount_always
+        for marker, shift in self.image_miscount.items():
+            if any(self._matches(marker, url) for url in urls):
+                delta = shift
+        if not delta:
+            return results
+        if delta < 0:
+            return results[:delta]
+        return results + [results[-1]] * delta
 
     def _error(self, status: int, message: str, retry_after: float | None = None) -> web.Response:
         headers = {"x-request-id": f"req_emu_{next(self._ids)}"}
@@ -145,6 +166,7 @@ class OpenAIModerationEmulator(Emulator):
                 results = [self._result(flags, kinds)]
             else:
                 results = [self._result(self._text_flags(str(t)), {"text"}) for t in items]
+            results = self._miscount(results, [str(i["image_url"]["url"]) for i in images])
         return web.json_response({
             "id": f"modr-emu-{next(self._ids)}",
             "model": body.get("model") or "omni-moderation-latest",

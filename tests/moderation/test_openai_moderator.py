@@ -130,3 +130,47 @@ async def test_a_wrong_key_is_not_retried_and_not_logged(
 def test_the_moderator_refuses_to_start_without_a_key():
     with pytest.raises(ValueError, match="OPENAI_API_KEY"):
         OpenAIModerator(ModerationSettings(OPENAI_API_KEY=""))
+
+
+@pytest.mark.parametrize("delta", [-1, 1])
+async def test_an_answer_with_the_wrong_number_of_results_is_retried(
+    openai_emu: OpenAIModerationEmulator, moderation_settings: ModerationSettings,
+    make_items, delta,
+):
+    openai_emu.miscount_next(delta)
+    moderator = OpenAIModerator(moderation_settings)
+
+    scores = await moderator.score(make_items(5, images=False))
+
+    assert set(scores) == {f"p{i:03d}" for i in range(5)}
+    assert openai_emu.counters.requests("moderations.text") == 2
+
+
+async def test_a_persistently_miscounted_text_answer_is_an_outage_not_a_pass(
+    openai_emu: OpenAIModerationEmulator, moderation_settings: ModerationSettings,
+    make_items, caplog,
+):
+    caplog.set_level(logging.DEBUG)
+    openai_emu.miscount_always = -1
+
+    with pytest.raises(ModerationUnavailable) as info:
+        await OpenAIModerator(moderation_settings).score(make_items(4, images=False))
+
+    assert "ResultCountMismatch" in str(info.value)
+    assert openai_emu.counters.requests("moderations.text") == 3  # 2 retries
+    assert API_KEY not in caplog.text
+
+
+@pytest.mark.parametrize("delta", [-1, 1])
+async def test_a_miscounted_image_answer_leaves_that_piece_unscored(
+    openai_emu: OpenAIModerationEmulator, moderation_settings: ModerationSettings,
+    make_items, stage_image, delta,
+):
+    items = make_items(3)
+    items[1] = dataclasses.replace(items[1], image_path=stage_image("p001x", "MARKER_ODD"))
+    openai_emu.image_miscount["MARKER_ODD"] = delta
+
+    scores = await OpenAIModerator(moderation_settings).score(items)
+
+    assert set(scores) == {"p000", "p002"}
+    assert openai_emu.counters.requests("moderations.image") == 3 + 2  # 2 retries

@@ -228,3 +228,28 @@ async def test_the_local_screen_still_rejects_hard_blocked_text_during_an_outage
     report = await review(moderation_settings).run(items)
     assert report.verdicts["p000"].status == "rejected"
     assert report.verdicts["p001"].status == "pending_review"
+
+
+async def test_a_miscounted_moderation_answer_holds_pieces_for_review(
+    openai_emu: OpenAIModerationEmulator, moderation_settings: ModerationSettings,
+    make_items, stage_image,
+):
+    """Results are matched to inputs by position: a short answer must pass nothing."""
+    openai_emu.miscount_always = -1
+    items = make_items(4, images=False) + make_items(2, tier="capa2", prefix="q")
+
+    report = await review(moderation_settings).run(items)
+
+    assert {v.status for v in report.verdicts.values()} == {"pending_review"}
+    assert len(report.verdicts) == 6
+
+
+async def test_a_miscounted_image_answer_holds_only_that_piece(
+    openai_emu: OpenAIModerationEmulator, moderation_settings: ModerationSettings,
+    make_items, stage_image,
+):
+    items = make_items(3)
+    items[0] = dataclasses.replace(items[0], image_path=stage_image("a", "MARKER_EMPTY"))
+    openai_emu.image_miscount["MARKER_EMPTY"] = -1  # no result at all for that image
+    report = await review(moderation_settings).run(items)
+    assert [v.status for v in report.verdicts.values()] == ["pending_review", "passed", "passed"]
