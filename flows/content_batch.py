@@ -19,6 +19,7 @@ from prefect.runtime import flow_run
 from blocks import apply_registered_blocks
 from flows.batch_artifact import publish_batch_artifact
 from flows.batch_events import emit_batch_events
+from flows.hook_step import write_batch_hooks
 from flows.image_chunk import image_chunk
 from studio import batchlog, progress
 from studio.catalog import template_library
@@ -54,10 +55,8 @@ from tasks.select_templates import select_templates
 from tasks.statistics import calculate_statistics
 from tasks.upload import UploadItem, upload_pieces
 from tasks.validate import validate_batch
-from tasks.write_hooks import write_hooks
 
 log = logging.getLogger("studio.batch")
-HOOK_GROUP_SIZE = 10
 
 
 class BatchBelowMinimum(Exception):
@@ -88,6 +87,7 @@ async def content_batch(
     seed: int | None = None,
     batch_id: str | None = None,
     resume_batch_id: str | None = None,
+    hook_mode: str = "direct",
 ) -> BatchResult:
     """Make `num_pieces` ready-to-publish pieces for one avatar.
 
@@ -97,6 +97,10 @@ async def content_batch(
 
     `resume_batch_id` resumes a batch that crashed or was killed: its stored request and
     plan are used, and every step runs only for the pieces it has not finished yet.
+
+    `hook_mode`: "direct" (on-demand), "message-batches" (hooks as one half-price
+    Message Batch within the time the batch has left) or "auto" (message batches when a
+    schedule started the run); see studio/hooks/modes.py.
     """
     await apply_registered_blocks()  # endpoints/keys saved as Prefect blocks, if any
     settings = get_settings()
@@ -112,6 +116,7 @@ async def content_batch(
         custom_prompts=custom_prompts,
         custom_tiers=custom_tiers,
         seed=seed,
+        hook_mode=hook_mode,
     )
     if resume_batch_id:  # resume (storage): the stored request wins, the batch id is reused
         request = BatchRequest.model_validate(stored_batch_request(resume_batch_id))
@@ -166,7 +171,8 @@ async def content_batch(
     t0 = time.perf_counter()
     todo = [spec for spec in made if spec.piece_id not in done.hooks]
     write = request.include_hooks and todo
-    hooks = await _write_hooks(todo, avatar, request) if write else HookBatch()
+    elapsed = time.perf_counter() - started  # a message batch may use what the batch has left
+    hooks = await write_batch_hooks(todo, avatar, request, elapsed) if write else HookBatch()
     record_progress("captioned", list(hooks.hooks.values()))
     hooks.hooks = {**done.hooks, **hooks.hooks}
     steps["hook_generation"] = time.perf_counter() - t0
@@ -275,53 +281,6 @@ async def _generate_images(
             else:
                 failures[item.piece_id] = item
     return images, failures
-
-
-async def _write_hooks(
-    specs: list[PieceSpec], avatar: AvatarRef, request: BatchRequest
-) -> HookBatch:
-    from studio.hooks.template_writer import TemplateHookWriter
-
-    groups = chunked(specs, HOOK_GROUP_SIZE)
-    # the first group goes alone: it writes the cached prompt prefix the others then read
-    states = [await write_hooks(groups[0], avatar, request.platform, return_state=True)]
-    states += await asyncio.gather(
-        *(write_hooks(group, avatar, request.platform, return_state=True) for group in groups[1:])
-    )
-    merged = HookBatch()
-    fallback = TemplateHookWriter()
-    for group, state in zip(groups, states, strict=True):
-        if state.is_completed():
-            batch: HookBatch = await state.result()
-        else:
-            log.warning("Hook generation Error: %s | falling back to templates", state.message)
-            batch = await fallback.write(group, avatar, _platform(request))
-            batch.failures = len(group)
-        merged.hooks.update(batch.hooks)
-        merged.cost_usd += batch.cost_usd
-        merged.calls += batch.calls
-        merged.failures += batch.failures
-        for kind, count in batch.tokens.items():
-            merged.tokens[kind] = merged.tokens.get(kind, 0) + count
-    # success counts hooks the model wrote; template hooks are the fallback
-    llm = sum(1 for h in merged.hooks.values() if not h.stand_in)
-    log.info(
-        "Hook generation summary | Success: %d/%d | Template fallback: %d | Calls: %d | "
-        "Tokens: %s | Cost: $%.4f",
-        llm,
-        len(specs),
-        len(merged.hooks) - llm,
-        merged.calls,
-        ", ".join(f"{k} {v}" for k, v in merged.tokens.items()) or "none",
-        merged.cost_usd,
-    )
-    return merged
-
-
-def _platform(request: BatchRequest):  # type: ignore[no-untyped-def]
-    from studio.types import Platform
-
-    return Platform(request.platform)
 
 
 async def _check_safety(

@@ -10,7 +10,10 @@ every provider's reason, and the task is not retried (the chain already retried)
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import logging
+from collections.abc import AsyncIterator
 from pathlib import Path
 
 from prefect import task
@@ -73,10 +76,57 @@ def _retry_unless_exhausted(task, task_run, state) -> bool:  # type: ignore[no-u
     retry_delay_seconds=2,
     retry_condition_fn=_retry_unless_exhausted,
     timeout_seconds=900,
-    tags=["image-generation"],
+    # no tags: Prefect acquires a tag concurrency slot on the server for every tagged
+    # task run, one at a time per process, before the body starts; the provider limits
+    # already cap what is scarce, so a tag here only put a round trip before each image
     task_run_name="generate-image-{spec.index}",
 )
 async def generate_image(spec: PieceSpec, avatar: AvatarRef, staging_root: str) -> GeneratedImage:
+    early = _early.pop((staging_root, spec.piece_id), None)
+    if early is not None:  # started by images_started_early: adopt it (a retry starts afresh)
+        return await early
+    return await produce_image(spec, avatar, staging_root)
+
+
+#: images started ahead of their task runs, by (staging root, piece id)
+_early: dict[tuple[str, str], asyncio.Task[GeneratedImage]] = {}
+
+
+@contextlib.asynccontextmanager
+async def images_started_early(
+    specs: list[PieceSpec], avatar: AvatarRef, staging_root: str
+) -> AsyncIterator[None]:
+    """Start every piece's image now; its `generate_image` task run adopts it later.
+
+    Registering the chunk subflows and their task runs takes several Prefect API round
+    trips (a second or more on a busy server) before the first task body runs; the
+    provider calls, which are the step's critical path, need none of them. The task
+    run still reports the image's outcome and its failure, and a retry starts afresh.
+    An early image is staged before it is returned, so one whose task run never came
+    (a chunk that failed to start) is awaited here and reused by a resumed batch.
+    """
+    loop = asyncio.get_running_loop()
+    started: list[asyncio.Task[GeneratedImage]] = []
+    keys = [(staging_root, spec.piece_id) for spec in specs]
+    for key, spec in zip(keys, specs, strict=True):
+        if key not in _early:
+            _early[key] = loop.create_task(produce_image(spec, avatar, staging_root))
+            started.append(_early[key])
+    try:
+        yield
+    except asyncio.CancelledError:  # the run is being cancelled: so are its calls
+        for early in started:
+            early.cancel()
+        raise
+    finally:
+        for key in keys:
+            _early.pop(key, None)
+        # errors were the task runs' to report; unadopted ones were never run as tasks
+        await asyncio.gather(*started, return_exceptions=True)
+
+
+async def produce_image(spec: PieceSpec, avatar: AvatarRef, staging_root: str) -> GeneratedImage:
+    """One piece's image: the staged one if it exists, else the chain's, staged."""
     staging = ImageStaging(Path(staging_root), spec.batch_id)
     already = staging.existing(spec.piece_id)
     if already is not None:
