@@ -93,11 +93,14 @@ async def run(scenario: Scenario, specs: list[PieceSpec], images: dict[str, str]
         claude.hook_overrides = {s.piece_id: HOOK.format(n=s.index) for s in specs}
         hook_settings = HookSettings(
             ANTHROPIC_API_KEY=KEY_A, ANTHROPIC_BASE_URL=claude.url,
-            HOOK_BATCH_SIZE=scenario.batch_size, HOOK_USE_MESSAGE_BATCHES=scenario.message_batches,
-            HOOK_MESSAGE_BATCH_POLL_SECONDS=0.05, HOOK_TIMEOUT_SECONDS=5,
+            HOOK_BATCH_SIZE=scenario.batch_size, HOOK_MESSAGE_BATCH_POLL_SECONDS=0.05,
+            HOOK_TIMEOUT_SECONDS=5,
             HOOK_MAX_CONCURRENT=5,
         )
-        writer = AnthropicHookWriter(hook_settings, catalog=catalog, time_budget_seconds=30)
+        writer = AnthropicHookWriter(
+            hook_settings, catalog=catalog, time_budget_seconds=30,
+            use_message_batches=scenario.message_batches,
+        )
         hooks = await writer.write(specs, avatar, Platform.INSTAGRAM)
 
         mod_settings = ModerationSettings(

@@ -30,7 +30,10 @@ async def scheduled_batches(
     num_pieces: int = 50,
     platform: str = "instagram",
     tier_distribution: dict[str, float] | None = None,
+    hook_mode: str = "auto",
 ) -> dict[str, str]:
+    """`hook_mode` "auto": nobody waits on these batches, so their hooks go out as one
+    half-price Message Batch each (direct calls for what it does not finish in time)."""
     with session_scope() as session:
         avatars = [
             (a.id, a.name, bool(a.lora_weights_url))
@@ -48,6 +51,7 @@ async def scheduled_batches(
                 num_pieces=num_pieces,
                 platform=platform,
                 tier_distribution=tier_distribution,
+                hook_mode=hook_mode,
             )
             for avatar_id, _ in ready
         ),

@@ -111,6 +111,9 @@ def batch_run(
     prompt: Annotated[list[str] | None, typer.Option("--prompt", help="custom prompt")] = None,
     tier: Annotated[list[str] | None, typer.Option("--tier", help="tier per custom prompt")] = None,
     seed: Annotated[int | None, typer.Option("--seed")] = None,
+    hook_mode: Annotated[
+        str, typer.Option("--hook-mode", help="direct, message-batches (half price) or auto")
+    ] = "direct",
 ) -> None:
     """Run one content batch for an avatar, with a progress bar."""
     from tasks.validate import validate_batch_request
@@ -127,6 +130,7 @@ def batch_run(
             custom_prompts=prompt or None,
             custom_tiers=tier or None,
             seed=seed,
+            hook_mode=hook_mode,
         )
         validate_batch_request(request)
     except BatchRequestError as exc:
@@ -168,6 +172,7 @@ def _run_with_progress(request: BatchRequest):  # type: ignore[no-untyped-def]
                     custom_prompts=request.custom_prompts,
                     custom_tiers=request.custom_tiers,
                     seed=request.seed,
+                    hook_mode=request.hook_mode,
                 )
             )
         except BatchRequestError as exc:

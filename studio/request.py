@@ -11,6 +11,7 @@ from typing import Any
 
 from pydantic import BaseModel, Field
 
+from studio.hooks.modes import HOOK_MODES
 from studio.types import TIERS, Platform
 
 MAX_PIECES = 500
@@ -47,6 +48,7 @@ class BatchRequest(BaseModel):
     custom_prompts: list[str] | None = None
     custom_tiers: list[str] | None = None
     seed: int | None = None
+    hook_mode: str = "direct"
 
 
 def parse_tier_distribution(value: Any) -> TierDistribution:
@@ -107,6 +109,11 @@ def validate_request(request: BatchRequest) -> BatchRequest:
             "platform",
             f"unknown platform {request.platform!r}; use one of "
             + ", ".join(p.value for p in Platform),
+        )
+    if request.hook_mode not in HOOK_MODES:
+        raise BatchRequestError(
+            "hook_mode",
+            f"unknown hook mode {request.hook_mode!r}; use one of " + ", ".join(HOOK_MODES),
         )
     if request.custom_prompts is not None:
         if len(request.custom_prompts) != request.num_pieces:

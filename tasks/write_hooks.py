@@ -1,8 +1,10 @@
-"""Step 3: captions, one writer call per group of at most 10 pieces.
+"""Step 3: captions, one writer call per group of at most 10 pieces, or (a scheduled
+batch's hook_mode "message-batches") one call for the whole batch that sends every
+group as one Message Batch.
 
 The writer never raises for API trouble: it retries, opens its breaker and falls back
 to template hooks per piece (each marked), so Prefect's retries here only cover
-unexpected errors. The timeout leaves room for the Message Batches option's budget.
+unexpected errors. The flow lengthens the timeout by the Message Batch's time budget.
 """
 
 from __future__ import annotations
@@ -10,11 +12,9 @@ from __future__ import annotations
 from prefect import task
 
 from studio.hooks.registry import build_hook_writer
-from studio.hooks.settings import HookSettings
 from studio.types import AvatarRef, HookBatch, PieceSpec, Platform
 
-_HOOKS = HookSettings()
-TIMEOUT_SECONDS = 120 + (_HOOKS.message_batch_budget_seconds if _HOOKS.use_message_batches else 0)
+TIMEOUT_SECONDS = 120
 
 
 @task(
@@ -24,6 +24,14 @@ TIMEOUT_SECONDS = 120 + (_HOOKS.message_batch_budget_seconds if _HOOKS.use_messa
     timeout_seconds=TIMEOUT_SECONDS,
     tags=["hook-generation"],
 )
-async def write_hooks(specs: list[PieceSpec], avatar: AvatarRef, platform: str) -> HookBatch:
-    writer = build_hook_writer()
+async def write_hooks(
+    specs: list[PieceSpec],
+    avatar: AvatarRef,
+    platform: str,
+    message_batches: bool = False,
+    time_budget_seconds: float | None = None,
+) -> HookBatch:
+    writer = build_hook_writer(
+        use_message_batches=message_batches, time_budget_seconds=time_budget_seconds
+    )
     return await writer.write(specs, avatar, Platform(platform))

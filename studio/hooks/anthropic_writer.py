@@ -11,8 +11,9 @@ Issue 3):
   calling; the pieces of a failed group, and any piece whose hook is missing or
   unusable in an answer, get a template hook marked `source="template"`;
 - the cost is priced from the usage each response reports;
-- for scheduled batches, the Message Batches API (half price) when it finishes within
-  the time budget (see `message_batches.py`), direct calls otherwise.
+- with `use_message_batches` (a scheduled batch's hook_mode, see `modes.py`), all the
+  groups go out as ONE Message Batch (half price); the groups it does not finish within
+  the time budget go out as direct calls (see `message_batches.py`).
 The API key goes to the client only: it is never logged, and errors are reported by
 their type name and HTTP status, never with their message (which may echo a request).
 """
@@ -74,7 +75,7 @@ class AnthropicHookWriter:
         settings: HookSettings,
         *,
         catalog: Mapping[str, str] | None = None,
-        use_message_batches: bool | None = None,
+        use_message_batches: bool = False,
         time_budget_seconds: float | None = None,
         breaker: CircuitBreaker | None = None,
     ) -> None:
@@ -82,9 +83,7 @@ class AnthropicHookWriter:
             raise ValueError("AnthropicHookWriter needs ANTHROPIC_API_KEY")
         self.settings = settings
         self.catalog = dict(catalog or {})
-        self.use_message_batches = (
-            settings.use_message_batches if use_message_batches is None else use_message_batches
-        )
+        self.use_message_batches = use_message_batches
         self.time_budget_seconds = (
             settings.message_batch_budget_seconds
             if time_budget_seconds is None

@@ -2,10 +2,12 @@
 
 A scheduled batch can afford minutes for its captions, and the Batches API bills every
 token at a discount. But it promises results within 24 hours, not seconds, so the
-writer sends one batch request per group, polls within the time budget, and gives the
-groups back to direct calls when it runs out (cancelling the batch so it is not billed
-further) or when a request errored or expired. A budget too short for even two polls
-skips the Batches API altogether.
+writer sends ONE Message Batch for the whole content batch, with one request per group
+of pieces (custom_id `group-<n>`), polls it within the time budget and, when the budget
+runs out, cancels it (so it is not billed further), keeps the results of the groups
+that had already finished and gives the others back to direct calls, as it does for a
+request that errored or expired. A budget too short for even two polls skips the
+Batches API altogether.
 """
 
 from __future__ import annotations
@@ -83,33 +85,64 @@ async def run_message_batch(
             if clock() + poll > deadline:
                 logger.warning(
                     "Hook generation via message batch timed out | Error: BatchNotEnded | "
-                    "Groups: %d | Using direct calls",
+                    "Groups: %d | Cancelling, unfinished groups use direct calls",
                     len(groups),
                 )
-                await _cancel(client, batch_id)
-                return outcome
+                outcome.calls += 1
+                batch = await _cancel(client, batch_id)
+                if batch is None or batch.processing_status != "ended":
+                    return outcome
+                break
             await asyncio.sleep(poll)
             batch = await retried(lambda: client.messages.batches.retrieve(batch_id))
-        outcome.calls += 2  # results() retrieves the batch again, then reads the JSONL
-        decoder = await client.messages.batches.results(batch_id)
-        async for line in decoder:
-            index = int(line.custom_id.rsplit("-", 1)[1])
-            if line.result.type == "succeeded":
-                outcome.results[index] = writer.read_message(
-                    line.result.message,
-                    groups[index],
-                    discount=settings.message_batch_discount,
-                )
+        await _read_results(client, writer, groups, outcome, batch_id)
     except Exception as exc:  # any failure: the groups without results go direct
         logger.warning(
             "Hook generation via message batch failed | Error: %s | Using direct calls",
             describe_error(exc),
         )
+    finally:
+        if outcome.batch_id:
+            logger.info(
+                "Hook generation via message batch | Groups finished: %d/%d | Direct: %d",
+                len(outcome.results), len(groups), len(groups) - len(outcome.results),
+            )
     return outcome
 
 
-async def _cancel(client: AsyncAnthropic, batch_id: str) -> None:
+async def _read_results(
+    client: AsyncAnthropic,
+    writer: AnthropicHookWriter,
+    groups: list[list[PieceSpec]],
+    outcome: BatchOutcome,
+    batch_id: str,
+) -> None:
+    """Keep every succeeded request's hooks, priced at the batch discount."""
+    outcome.calls += 2  # results() retrieves the batch again, then reads the JSONL
+    decoder = await client.messages.batches.results(batch_id)
+    async for line in decoder:
+        index = int(line.custom_id.rsplit("-", 1)[1])
+        if line.result.type == "succeeded" and 0 <= index < len(groups):
+            outcome.results[index] = writer.read_message(
+                line.result.message,
+                groups[index],
+                discount=writer.settings.message_batch_discount,
+            )
+
+
+async def _cancel(client: AsyncAnthropic, batch_id: str) -> Any | None:
+    """Cancel, returning the batch as the cancel left it; None when the cancel failed.
+
+    A failed cancel is not retried: the batch then finishes unused (and is billed for
+    what it processed), which costs less than holding the content batch any longer.
+    """
+    from studio.hooks.anthropic_writer import describe_error
+
     try:
-        await client.messages.batches.cancel(batch_id)
-    except Exception as exc:  # best effort: an uncancelled batch only finishes unused
-        logger.info("Message batch cancel failed | Error: %s", type(exc).__name__)
+        return await client.messages.batches.cancel(batch_id)
+    except Exception as exc:
+        logger.warning(
+            "Message batch cancel failed | Error: %s | Batch: %s | Using direct calls",
+            describe_error(exc), batch_id,
+        )
+        return None

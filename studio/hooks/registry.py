@@ -54,14 +54,25 @@ def _announce(message: str) -> None:
         logger.info(message)
 
 
-def build_hook_writer(settings: HookSettings | None = None) -> HookWriter:
+def build_hook_writer(
+    settings: HookSettings | None = None,
+    *,
+    use_message_batches: bool = False,
+    time_budget_seconds: float | None = None,
+) -> HookWriter:
+    """`use_message_batches`: send every group of the call as one Message Batch within
+    `time_budget_seconds` (ignored by the template stand-in, which calls nothing)."""
     settings = settings or HookSettings()
     if not settings.configured:
         _announce("Hook writer | Using: template stand-in (ANTHROPIC_API_KEY not set)")
         return TemplateHookWriter()
     _announce(f"Hook writer | Using: anthropic | Model: {settings.model}")
     return AnthropicHookWriter(
-        settings, catalog=library_catalog(), breaker=shared_breaker(settings)
+        settings,
+        catalog=library_catalog(),
+        breaker=shared_breaker(settings),
+        use_message_batches=use_message_batches,
+        time_budget_seconds=time_budget_seconds,
     )
 
 
@@ -74,7 +85,6 @@ def hook_writer_status(settings: HookSettings | None = None) -> dict[str, object
         "writer": "anthropic",
         "stand_in": False,
         "model": settings.model,
-        "message_batches": settings.use_message_batches,
         "breaker_open": breaker.is_open,
         "consecutive_failures": breaker.consecutive_failures,
     }

@@ -33,9 +33,13 @@ class HookSettings(BaseSettings):
     breaker_threshold: int = Field(default=5, alias="HOOK_BREAKER_THRESHOLD", ge=1)
     breaker_reset_seconds: float = Field(default=60.0, alias="HOOK_BREAKER_RESET_SECONDS", ge=0)
 
-    use_message_batches: bool = Field(default=False, alias="HOOK_USE_MESSAGE_BATCHES")
+    # Message Batches (the batch's `hook_mode`, see modes.py): the longest a batch waits
+    # on one, and the time kept back for the steps after hooks (safety, upload, save)
     message_batch_budget_seconds: float = Field(
         default=300.0, alias="HOOK_MESSAGE_BATCH_BUDGET_SECONDS", ge=0
+    )
+    message_batch_margin_seconds: float = Field(
+        default=120.0, alias="HOOK_MESSAGE_BATCH_MARGIN_SECONDS", ge=0
     )
     message_batch_poll_seconds: float = Field(
         default=10.0, alias="HOOK_MESSAGE_BATCH_POLL_SECONDS", gt=0

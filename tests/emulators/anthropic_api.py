@@ -8,8 +8,11 @@ It speaks the real shapes, so the official `anthropic` client is pointed at it w
   read afterwards when it has at least `min_cacheable_tokens`; tokens are estimated at
   four characters each);
 - POST /v1/messages/batches, GET .../{id}, POST .../{id}/cancel, GET .../{id}/results
-  (JSONL, one `{"custom_id", "result"}` line per request); a batch ends
-  `batch_processing_seconds` after creation unless `batch_never_ends`;
+  (JSONL, one `{"custom_id", "result"}` line per request); each request finishes
+  `batch_processing_seconds` after creation, except those in `batch_slow` (custom ids),
+  or all with `batch_never_ends`; the batch ends when every request has. A cancel ends
+  it at once: finished requests keep their results, the others are `canceled`.
+  `cancel_fails = status` makes the cancel endpoint answer that error;
 - errors as `{"type": "error", "error": {"type", "message"}}` with the real statuses:
   429 rate_limit_error (with `retry-after`), 529 overloaded_error, 500 api_error, 401.
 
@@ -71,6 +74,8 @@ class AnthropicEmulator(Emulator):
         self.batch_processing_seconds = 0.0
         self.batch_never_ends = False
         self.batch_errored: set[str] = set()
+        self.batch_slow: set[str] = set()
+        self.cancel_fails: int | None = None
         self.requests: list[dict[str, Any]] = []
         self.batches: dict[str, dict[str, Any]] = {}
         self._cache: set[str] = set()
@@ -207,21 +212,29 @@ class AnthropicEmulator(Emulator):
             self._remember(new_key)
             return web.json_response(message, headers={"request-id": f"req_{message['id']}"})
 
+    def _finished(self, batch: dict[str, Any], custom_id: str) -> bool:
+        if self.batch_never_ends or custom_id in self.batch_slow:
+            return False
+        return time.time() - batch["created"] >= self.batch_processing_seconds
+
     def _batch_view(self, batch: dict[str, Any], base: str) -> dict[str, Any]:
-        now = time.time()
-        ended = batch["canceled"] or (
-            not self.batch_never_ends and now - batch["created"] >= self.batch_processing_seconds
-        )
-        n = len(batch["requests"])
-        counts = {"processing": n, "succeeded": 0, "errored": 0, "canceled": 0, "expired": 0}
-        if ended:
-            if batch["canceled"]:
-                counts.update(processing=0, canceled=n)
-            else:
-                errored = sum(1 for r in batch["requests"] if r["custom_id"] in self.batch_errored)
-                counts.update(processing=0, errored=errored, succeeded=n - errored)
-        iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(batch["created"]))
-        expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(batch["created"] + 86400))
+        ids = [r["custom_id"] for r in batch["requests"]]
+        if batch["canceled"] is None:
+            finished = [i for i in ids if self._finished(batch, i)]
+        else:
+            finished = [i for i in ids if i in batch["canceled"]]
+        ended = batch["canceled"] is not None or len(finished) == len(ids)
+        errored = sum(1 for i in finished if i in self.batch_errored)
+        counts = {
+            "processing": 0 if ended else len(ids) - len(finished),
+            "succeeded": len(finished) - errored if ended else 0,
+            "errored": errored if ended else 0,
+            "canceled": len(ids) - len(finished) if ended else 0,
+            "expired": 0,
+        }
+        created = batch["created"]
+        iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))
+        expires = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created + 86400))
         return {
             "id": batch["id"],
             "type": "message_batch",
@@ -230,7 +243,7 @@ class AnthropicEmulator(Emulator):
             "created_at": iso,
             "expires_at": expires,
             "ended_at": iso if ended else None,
-            "cancel_initiated_at": iso if batch["canceled"] else None,
+            "cancel_initiated_at": iso if batch["canceled"] is not None else None,
             "archived_at": None,
             "results_url": f"{base}/v1/messages/batches/{batch['id']}/results" if ended else None,
         }
@@ -244,8 +257,9 @@ class AnthropicEmulator(Emulator):
             return self._error(status, "emulated failure", self.behaviour.retry_after)
         body = await request.json()
         batch_id = f"msgbatch_emu_{next(self._ids):06d}"
+        # "canceled": None while running, else the custom ids finished before the cancel
         batch = {"id": batch_id, "requests": body["requests"], "created": time.time(),
-                 "canceled": False}
+                 "canceled": None}
         with self._lock:
             self.batches[batch_id] = batch
         return web.json_response(self._batch_view(batch, self.url))
@@ -265,7 +279,12 @@ class AnthropicEmulator(Emulator):
         batch = self._find(request)
         if batch is None:
             return self._error(404, "batch not found")
-        batch["canceled"] = True
+        if self.cancel_fails is not None:
+            return self._error(self.cancel_fails, "emulated cancel failure")
+        if batch["canceled"] is None:
+            batch["canceled"] = {
+                r["custom_id"] for r in batch["requests"] if self._finished(batch, r["custom_id"])
+            }
         return web.json_response(self._batch_view(batch, self.url))
 
     async def batch_results(self, request: web.Request) -> web.Response:
@@ -276,7 +295,7 @@ class AnthropicEmulator(Emulator):
         lines = []
         for entry in batch["requests"]:
             custom_id = entry["custom_id"]
-            if batch["canceled"]:
+            if batch["canceled"] is not None and custom_id not in batch["canceled"]:
                 result: dict[str, Any] = {"type": "canceled"}
             elif custom_id in self.batch_errored:
                 result = {"type": "errored", "error": {"type": "error", "error": {

@@ -33,6 +33,7 @@ def invoke(*args: str):
         (["--avatar", "demo", "--pieces", "2", "--prompt", "one"], "custom_prompts"),
         (["--avatar", "demo", "--pieces", "1", "--prompt", "a", "--tier", "gold"], "custom_tiers"),
         (["--avatar", "untrained"], "avatar_id"),
+        (["--avatar", "demo", "--hook-mode", "cheap"], "hook_mode"),
     ],
 )
 def test_bad_input_exits_2_and_writes_nothing(studio_env, demo_avatar, args, field) -> None:
