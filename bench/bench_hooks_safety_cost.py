@@ -135,8 +135,10 @@ async def main() -> None:
             images[s.piece_id] = str(path)
         print(f"{len(specs)} pieces (30 capa1 / 15 capa2 / 5 capa3), spec baseline "
               f"hooks+safety ${SPEC_LOW:.2f}-{SPEC_HIGH:.2f}\n")
+        hooks_usd: dict[str, float] = {}
         for scenario in SCENARIOS:
             r = await run(scenario, specs, images)
+            hooks_usd[scenario.name] = r["hooks_usd"]
             total = r["hooks_usd"] + r["safety_usd"]
             t = r["tokens"]
             print(f"- {scenario.name}")
@@ -146,6 +148,9 @@ async def main() -> None:
             print(f"  safety: {r['moderation_calls']} moderation calls -> ${r['safety_usd']:.4f}")
             print(f"  total ${total:.4f} = {total / SPEC_LOW:.2f}x of $0.15, "
                   f"{total / SPEC_HIGH:.2f}x of $0.25\n")
+        direct, batched = hooks_usd[SCENARIOS[1].name], hooks_usd[SCENARIOS[3].name]
+        print(f"hooks, hook_mode message-batches / direct: ${batched:.4f} / ${direct:.4f} "
+              f"= {batched / direct:.2f}")
 
 
 if __name__ == "__main__":
