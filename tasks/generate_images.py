@@ -113,6 +113,7 @@ async def images_started_early(
             _early[key] = loop.create_task(produce_image(spec, avatar, staging_root))
             started.append(_early[key])
     try:
+        await _first_slots_granted()
         yield
     except asyncio.CancelledError:  # the run is being cancelled: so are its calls
         for early in started:
@@ -123,6 +124,22 @@ async def images_started_early(
             _early.pop(key, None)
         # errors were the task runs' to report; unadopted ones were never run as tasks
         await asyncio.gather(*started, return_exceptions=True)
+
+
+async def _first_slots_granted(timeout: float = 1.0) -> None:
+    """Wait (briefly) until the early images' first slots are granted.
+
+    The chunk subflows' registration is several API calls per chunk and is off the
+    critical path now; sent at the same moment as the first lease increments, it
+    delays them (a busy Prefect server answers in arrival order).
+    """
+    if _slots is None:
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    await asyncio.sleep(0.005)  # let the early images ask for their slots
+    while _slots.requesting() and loop.time() < deadline:
+        await asyncio.sleep(0.005)
 
 
 async def produce_image(spec: PieceSpec, avatar: AvatarRef, staging_root: str) -> GeneratedImage:

@@ -38,8 +38,9 @@ from dataclasses import dataclass
 from uuid import UUID
 
 import httpx
-from prefect.client.orchestration import get_client
+from prefect.client.orchestration import PrefectClient, get_client
 from prefect.context import AsyncClientContext
+from prefect.settings import PREFECT_API_URL
 
 from studio.providers.slots import ReleaseSignal, SlotBusy
 
@@ -71,8 +72,11 @@ class LeasePool:
         poll_seconds: float = 0.2,
         linger_seconds: float = 1.0,
         released: ReleaseSignal | None = None,
+        api: ApiClients | None = None,
     ) -> None:
         self.provider = provider
+        self._owns_api = api is None
+        self._api = api or ApiClients()
         self.linger_seconds = linger_seconds
         self._released = released or ReleaseSignal()
         self.name = limit_name(provider)
@@ -178,19 +182,22 @@ class LeasePool:
 
     async def _acquire_loop(self) -> None:
         """Get leases from the server for local waiters, polling briefly while it is full."""
-        while (wanted := min(self._live_waiters(), self.cap - self.held - self._pending)) > 0:
-            results = await asyncio.gather(
-                *(self._increment() for _ in range(wanted)), return_exceptions=True
-            )
-            for result in results:
-                if isinstance(result, Lease):
-                    self._grant(result)
-                elif isinstance(result, BaseException):
-                    logger.warning(
-                        "Could not reach the Prefect API for %s (%s); retrying",
-                        self.name, type(result).__name__,
-                    )
-            if any(not isinstance(result, Lease) for result in results):
+        while min(self._live_waiters(), self.cap - self.held - self._pending) > 0:
+            # one increment at a time, each lease to a waiter as soon as it is granted:
+            # concurrent increments of one limit wait on each other on the server (a lock
+            # on the limit; seconds with SQLite), so sent together they all came back
+            # when the last did
+            try:
+                result = await self._increment()
+            except Exception as exc:
+                logger.warning(
+                    "Could not reach the Prefect API for %s (%s); retrying",
+                    self.name, type(exc).__name__,
+                )
+                result = None
+            if result is not None:
+                self._grant(result)
+            else:
                 await asyncio.sleep(self.poll_seconds)
 
     def _grant(self, lease: Lease) -> None:
@@ -205,7 +212,7 @@ class LeasePool:
         """One increment-with-lease call: a lease, or None when the limit is full (423)."""
         self._pending += 1
         try:
-            async with get_client() as client:
+            async with self._api.client() as client:
                 response = await client.increment_concurrency_slots_with_lease(
                     names=[self.name], slots=1, mode="concurrency",
                     lease_duration=self.lease_seconds,
@@ -231,7 +238,7 @@ class LeasePool:
 
     async def _release_on_server(self, lease_id: UUID) -> None:
         try:
-            async with get_client() as client:
+            async with self._api.client() as client:
                 await client.release_concurrency_slots_with_lease(lease_id=lease_id)
         except Exception:  # the lease expires on its own; never fail an image for this
             logger.warning("Could not release lease on %s; it will expire", self.name)
@@ -260,6 +267,60 @@ class LeasePool:
         """Wait for background releases (tests and short-lived processes call this)."""
         while self._background:
             await asyncio.gather(*tuple(self._background), return_exceptions=True)
+        if self._owns_api:
+            await self._api.aclose()
+
+
+class ApiClients:
+    """One Prefect API client per event loop and API URL for a pool's lease calls.
+
+    `get_client()` outside a run builds a new client each time, which costs ~20 ms of
+    CPU (its TLS context) before the request even leaves: ten slots asked for at the
+    start of a step queued 200 ms of that in front of the first provider call. The
+    client is detached from any run (it outlives runs) and closed by `aclose`.
+    """
+
+    def __init__(self) -> None:
+        self._clients: weakref.WeakKeyDictionary[
+            asyncio.AbstractEventLoop, tuple[str, asyncio.Task[PrefectClient]]
+        ] = weakref.WeakKeyDictionary()
+        self._closing: set[asyncio.Task[None]] = set()
+
+    @contextlib.asynccontextmanager
+    async def client(self) -> AsyncIterator[PrefectClient]:
+        loop = asyncio.get_running_loop()
+        url = str(PREFECT_API_URL.value())
+        cached = self._clients.get(loop)
+        broken = cached is not None and cached[1].done() and (
+            cached[1].cancelled() or cached[1].exception() is not None
+        )
+        if cached is None or cached[0] != url or broken:  # first use, or settings changed
+            if cached is not None:
+                self._close_later(cached[1])
+            opening = loop.create_task(_open_client(), context=_detached_context())
+            cached = self._clients[loop] = (url, opening)
+        yield await asyncio.shield(cached[1])
+
+    def _close_later(self, opening: asyncio.Task[PrefectClient]) -> None:
+        async def close() -> None:
+            with contextlib.suppress(Exception):
+                await (await opening).__aexit__(None, None, None)
+
+        task = asyncio.get_running_loop().create_task(close())
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def aclose(self) -> None:
+        cached = self._clients.pop(asyncio.get_running_loop(), None)
+        if cached is not None:
+            self._close_later(cached[1])
+        await asyncio.gather(*tuple(self._closing), return_exceptions=True)
+
+
+async def _open_client() -> PrefectClient:
+    client = get_client()
+    await client.__aenter__()
+    return client
 
 
 def _detached_context() -> contextvars.Context:
@@ -291,6 +352,7 @@ class PrefectSlots:
         self.lease_seconds = lease_seconds
         self.max_hold_seconds = max_hold_seconds
         self.poll_seconds = poll_seconds
+        self._api = ApiClients()
         self._pools: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, dict[str, LeasePool]
         ] = weakref.WeakKeyDictionary()
@@ -314,6 +376,7 @@ class PrefectSlots:
                 provider, self.caps[provider], lease_seconds=self.lease_seconds,
                 max_hold_seconds=self.max_hold_seconds, poll_seconds=self.poll_seconds,
                 linger_seconds=self.linger_seconds, released=self._signal(),
+                api=self._api,
             )
         return pools[provider]
 
@@ -330,7 +393,17 @@ class PrefectSlots:
         pools = self._pools.get(asyncio.get_running_loop(), {})
         await asyncio.gather(*(pool.release_idle() for pool in pools.values()))
 
+    def requesting(self) -> int:
+        """Increments of this loop's pools on the wire or wanted (waiters not yet served)."""
+        pools = self._pools.get(asyncio.get_running_loop(), {})
+        return sum(
+            pool._pending + min(pool._live_waiters(), pool.cap - pool.held)
+            for pool in pools.values()
+        )
+
     async def drain(self) -> None:
+        """Wait for background lease work, then close this loop's API client."""
         pools = self._pools.get(asyncio.get_running_loop(), {})
         for pool in pools.values():
             await pool.drain()
+        await self._api.aclose()
