@@ -36,6 +36,9 @@ MINOR_TERMS = (
 AMBIGUOUS_MINOR_TERMS = ("minor", "minors", "kid", "kids", "young-looking")
 
 
+STANDALONE_NUMBER = re.compile(r"\b\d+\b")
+
+
 @lru_cache(maxsize=1)
 def _profanity() -> Profanity:
     checker = Profanity()
@@ -54,7 +57,10 @@ def flagged_categories(text: str, tier: str = "capa1") -> list[str]:
         for category, terms in CATEGORY_TERMS.items()
         if any(_has(lowered, term) for term in terms)
     }
-    if _profanity().contains_profanity(text):
+    # standalone numbers are dropped first: the word list's leetspeak variants otherwise
+    # read counts as letters ("shot 4 of the set" matched a listed word); digits inside
+    # words ("sh1t") still count
+    if _profanity().contains_profanity(STANDALONE_NUMBER.sub(" ", text)):
         flagged.add("profanity")
     def mentions(terms: tuple[str, ...]) -> bool:
         return any(re.search(rf"\b{re.escape(t)}\b", lowered) for t in terms)

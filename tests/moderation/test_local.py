@@ -39,3 +39,9 @@ async def test_the_local_stand_in_applies_the_same_rules():
     }
     assert report.calls == 0 and report.cost_usd == 0
     assert all(v.checked_by == "local" for v in report.verdicts.values())
+
+
+def test_counts_are_not_read_as_leetspeak_letters():
+    # the word list's leetspeak variants once turned "shot 4 of" into a listed word
+    assert flagged_categories("Fresh look, new energy, shot 4 of the set.") == []
+    assert "profanity" in flagged_categories("what the sh1t")
