@@ -419,6 +419,11 @@ def report(run: Run, caps: dict[str, int]) -> dict[str, float]:
           f"(task {task_overhead * 1000:.1f} ms + calls {call_overhead / pieces * 1000:.1f} ms)"
           f"; CPU {run.cpu_client / pieces * 1000:.1f} ms in this process"
           f" + {run.cpu_server / pieces * 1000:.1f} ms in the Prefect server")
+    per_provider = defaultdict(list)
+    for call in calls:
+        per_provider[call.provider].append(max(call.observed - call.latency, 0.0) * 1000)
+    print("call overhead by provider:      " + ", ".join(
+        f"{p} {sum(v) / len(v):.1f} ms x {len(v)}" for p, v in sorted(per_provider.items())))
     delays = sorted(run.chain_start_delay) or [0.0]
     print(f"chain start after step start:   {delays[0] * 1000:8.1f} ms first, "
           f"{delays[-1] * 1000:.1f} ms last (piece may start its provider calls)")

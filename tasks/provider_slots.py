@@ -89,6 +89,7 @@ class LeasePool:
         self._waiters: deque[asyncio.Future[Lease]] = deque()
         self._idle: list[Lease] = []  # lingering leases, newest last
         self._acquirer: asyncio.Task[None] | None = None
+        self._wire = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
         self._missing_warned = False
         #: counters for tests and the benchmark
@@ -212,7 +213,9 @@ class LeasePool:
         """One increment-with-lease call: a lease, or None when the limit is full (423)."""
         self._pending += 1
         try:
-            async with self._api.client() as client:
+            # one increment of this limit on the wire at a time (see _acquire_loop); the
+            # speed strategy's try_acquire goes through here too
+            async with self._wire, self._api.client() as client:
                 response = await client.increment_concurrency_slots_with_lease(
                     names=[self.name], slots=1, mode="concurrency",
                     lease_duration=self.lease_seconds,
