@@ -106,6 +106,12 @@ class LeasePool:
         finally:
             self.release(lease)
 
+    def may_be_free(self) -> bool:
+        """What try_acquire checks before asking the server (no round trip)."""
+        if self._idle:
+            return True
+        return not self._live_waiters() and self.held + self._pending < self.cap
+
     async def try_acquire(self) -> Lease:
         """A lease only if one is free right now (one round trip at most), else SlotBusy."""
         if (lease := self._take_idle()) is not None:
@@ -369,6 +375,10 @@ class PrefectSlots:
     async def wait_for_release(self, timeout: float) -> None:
         """Any pool of this loop freed a slot, or `timeout` passed (other processes)."""
         await self._signal().wait(timeout)
+
+    def may_be_free(self, provider: str) -> bool:
+        pool = self.pool(provider)
+        return pool is None or pool.may_be_free()
 
     def pool(self, provider: str) -> LeasePool | None:
         if provider not in self.caps:

@@ -162,6 +162,9 @@ class ProviderChain:
                     reasons[provider.name] = "circuit open"
                     remaining.remove(provider)
                     continue
+                may_be_free = getattr(self.slot, "may_be_free", None)
+                if may_be_free is not None and not may_be_free(provider.name):
+                    continue  # saturated: skip the attempt machinery (CPU at a batch's start)
                 try:
                     result = await self._run(provider, spec, avatar, counter, first_wait=False)
                 except SlotBusy:

@@ -32,6 +32,11 @@ class SlotFactory(Protocol):
         """Return when any slot may have been freed, or after `timeout` seconds."""
         ...
 
+    def may_be_free(self, provider: str) -> bool:
+        """False when a non-waiting slot request would surely be SlotBusy right now (a
+        cheap local check the speed strategy makes before trying)."""
+        ...
+
 
 class ReleaseSignal:
     """Wakes ONE image waiting for "some slot was freed" per release (speed routing).
@@ -74,6 +79,10 @@ class LocalSlots:
 
     async def wait_for_release(self, timeout: float) -> None:
         await self._released.wait(timeout)
+
+    def may_be_free(self, provider: str) -> bool:
+        semaphore = self._semaphores.get(provider)
+        return semaphore is None or not semaphore.locked()
 
     @contextlib.asynccontextmanager
     async def __call__(self, provider: str, *, wait: bool = True) -> AsyncIterator[None]:
