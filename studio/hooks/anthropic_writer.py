@@ -29,7 +29,7 @@ from typing import Any
 
 from anthropic import AsyncAnthropic
 
-from studio.hooks.breaker import CircuitBreaker
+from studio.breaker import CircuitBreaker
 from studio.hooks.fallback import template_hook
 from studio.hooks.message_batches import run_message_batch
 from studio.hooks.parsing import parse_hooks

@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import logging
 
+from studio.breaker import CircuitBreaker
 from studio.hooks.anthropic_writer import AnthropicHookWriter
 from studio.hooks.base import HookWriter
-from studio.hooks.breaker import CircuitBreaker
 from studio.hooks.settings import HookSettings
 from studio.hooks.template_writer import TemplateHookWriter
 

@@ -8,8 +8,8 @@ are left out. With COMFYUI_FALLBACK_ON_ERROR=false a ComfyUI failure is final.
 
 from __future__ import annotations
 
+from studio.breaker import CircuitBreaker
 from studio.providers.base import ImageProvider
-from studio.providers.breaker import CircuitBreaker
 from studio.providers.chain import ProviderChain, ProviderPolicy
 from studio.providers.comfyui import ComfyUIProvider
 from studio.providers.modal_endpoint import ModalSDXLProvider

@@ -21,8 +21,8 @@ from dataclasses import dataclass, field
 
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
+from studio.breaker import CircuitBreaker
 from studio.providers.base import ImageProvider, ProviderError, ProviderImage
-from studio.providers.breaker import CircuitBreaker
 from studio.providers.slots import LocalSlots, SlotBusy, SlotFactory
 from studio.types import AvatarRef, PieceSpec
 

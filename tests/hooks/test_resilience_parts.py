@@ -7,7 +7,7 @@ import pytest
 from anthropic import AuthenticationError, RateLimitError
 from tenacity import RetryCallState
 
-from studio.hooks.breaker import CircuitBreaker
+from studio.breaker import CircuitBreaker
 from studio.hooks.retrying import BackoffHonouringRetryAfter, is_transient, retry_after_seconds
 
 
@@ -21,7 +21,7 @@ class Clock:
 
 def test_breaker_opens_after_threshold_and_half_opens_after_reset():
     clock = Clock()
-    breaker = CircuitBreaker(threshold=5, reset_seconds=60, clock=clock)
+    breaker = CircuitBreaker(failure_threshold=5, recovery_seconds=60, clock=clock)
     for _ in range(4):
         breaker.record_failure()
     assert breaker.allow()
@@ -35,7 +35,7 @@ def test_breaker_opens_after_threshold_and_half_opens_after_reset():
 
 
 def test_a_success_resets_the_count():
-    breaker = CircuitBreaker(threshold=2)
+    breaker = CircuitBreaker(failure_threshold=2)
     breaker.record_failure()
     breaker.record_success()
     breaker.record_failure()

@@ -7,7 +7,7 @@ import logging
 
 import pytest
 
-from studio.providers.breaker import BreakerState, CircuitBreaker
+from studio.breaker import BreakerState, CircuitBreaker
 from studio.providers.chain import ChainExhausted, ProviderChain, ProviderPolicy
 from studio.providers.comfyui import ComfyUIProvider
 from studio.providers.modal_endpoint import ModalSDXLProvider

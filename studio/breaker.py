@@ -1,4 +1,5 @@
-"""A circuit breaker per provider (spec: "Circuit Breaker Pattern").
+"""The circuit breaker (spec: "Circuit Breaker Pattern", Common Issue 3), one per
+image provider and one for the hook API.
 
 After `failure_threshold` consecutive failures the circuit opens and the chain skips
 the provider at once instead of spending a timeout on it; after `recovery_seconds` it
@@ -38,6 +39,15 @@ class CircuitBreaker:
         self._failures = 0
         self._opened_at: float | None = None
         self._trial_in_flight = False
+
+    @property
+    def is_open(self) -> bool:
+        """Open or half-open: the last `failure_threshold` calls failed."""
+        return self.state is not BreakerState.CLOSED
+
+    @property
+    def consecutive_failures(self) -> int:
+        return self._failures
 
     @property
     def state(self) -> BreakerState:
