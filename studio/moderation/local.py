@@ -3,7 +3,7 @@
 It scores text only (the hook and the prompt), in the moderation endpoint's category
 names, so the same policy applies whichever moderator ran:
 - offensive language comes from the `better-profanity` word list (a maintained package
-  with leetspeak handling), reported as the local category `profanity`, which the
+  matched per word, digits read as letters), reported as the local category `profanity`, which the
   policy treats like `sexual`: not public-safe, so it never leaves as capa1;
 - the categories the policy hard-blocks come from short lists of neutral trigger terms
   below; `sexual/minors` is reported for any term that means a minor (the avatars are
@@ -16,8 +16,7 @@ from __future__ import annotations
 
 import re
 from functools import lru_cache
-
-from better_profanity import Profanity
+from importlib import resources
 
 from studio.moderation.base import ModerationItem, ModerationScores
 
@@ -29,21 +28,49 @@ CATEGORY_TERMS: dict[str, tuple[str, ...]] = {
 }
 # terms that always mean a minor (avatars are adults: such a piece is never wanted)
 MINOR_TERMS = (
-    "underage", "under age", "child", "children", "teen", "teens", "teenage", "teenager",
-    "schoolgirl", "schoolboy", "preteen",
+    "underage",
+    "under age",
+    "child",
+    "children",
+    "teen",
+    "teens",
+    "teenage",
+    "teenager",
+    "schoolgirl",
+    "schoolboy",
+    "preteen",
 )
 # terms that may mean something else ("minor tweaks", "kids these days")
 AMBIGUOUS_MINOR_TERMS = ("minor", "minors", "kid", "kids", "young-looking")
 
 
-STANDALONE_NUMBER = re.compile(r"\b\d+\b")
+# better-profanity's maintained word list, matched per word: its own censor() scans
+# every list variant per text (~30 ms a piece), a set lookup per word costs microseconds
+LEET = str.maketrans(
+    {"0": "o", "1": "i", "3": "e", "4": "a", "5": "s", "7": "t", "@": "a", "$": "s", "!": "i"}
+)
+WORD = re.compile(r"[a-z0-9@$!]+")
 
 
 @lru_cache(maxsize=1)
-def _profanity() -> Profanity:
-    checker = Profanity()
-    checker.load_censor_words()
-    return checker
+def _profane_phrases() -> tuple[frozenset[str], int]:
+    text = resources.files("better_profanity").joinpath("profanity_wordlist.txt").read_text()
+    phrases = frozenset(line.strip().lower() for line in text.splitlines() if line.strip())
+    return phrases, max(len(p.split()) for p in phrases)
+
+
+def contains_profanity(text: str) -> bool:
+    """Any listed word or phrase, also spelled with digits for letters ("sh1t").
+
+    Standalone numbers stay numbers, so "shot 4 of the set" is not read as a listed word.
+    """
+    phrases, longest = _profane_phrases()
+    words = [w if w.isdigit() else w.translate(LEET) for w in WORD.findall(text.lower())]
+    for size in range(1, longest + 1):
+        for i in range(len(words) - size + 1):
+            if " ".join(words[i : i + size]) in phrases:
+                return True
+    return False
 
 
 def _has(text: str, term: str) -> bool:
@@ -57,11 +84,9 @@ def flagged_categories(text: str, tier: str = "capa1") -> list[str]:
         for category, terms in CATEGORY_TERMS.items()
         if any(_has(lowered, term) for term in terms)
     }
-    # standalone numbers are dropped first: the word list's leetspeak variants otherwise
-    # read counts as letters ("shot 4 of the set" matched a listed word); digits inside
-    # words ("sh1t") still count
-    if _profanity().contains_profanity(STANDALONE_NUMBER.sub(" ", text)):
+    if contains_profanity(text):
         flagged.add("profanity")
+
     def mentions(terms: tuple[str, ...]) -> bool:
         return any(re.search(rf"\b{re.escape(t)}\b", lowered) for t in terms)
 
