@@ -50,6 +50,7 @@ from studio.types import (
 from tasks.check_safety import check_safety
 from tasks.generate_images import image_chain, images_started_early
 from tasks.progress import load_batch_progress, record_plan, record_progress, stored_batch_request
+from tasks.provider_tags import moderation_tags, storage_tags
 from tasks.save import finish_batch, register_batch, save_pieces
 from tasks.select_templates import select_templates
 from tasks.statistics import calculate_statistics
@@ -308,7 +309,8 @@ async def _check_safety(
                 niche=spec.niche,
             )
         )
-    return await check_safety(items, seed=specs[0].batch_id, enabled=enabled)
+    check = check_safety.with_options(tags=moderation_tags())
+    return await check(items, seed=specs[0].batch_id, enabled=enabled)
 
 
 async def _upload(
@@ -331,4 +333,5 @@ async def _upload(
     ]
     if not items:
         return {}
-    return await upload_pieces(items, upload_to_storage=enabled)
+    upload = upload_pieces.with_options(tags=storage_tags())
+    return await upload(items, upload_to_storage=enabled)

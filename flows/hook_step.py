@@ -24,6 +24,7 @@ from studio.hooks.template_writer import TemplateHookWriter
 from studio.request import BatchRequest
 from studio.settings import get_settings
 from studio.types import AvatarRef, HookBatch, PieceSpec, Platform
+from tasks.provider_tags import hook_tags
 from tasks.write_hooks import TIMEOUT_SECONDS, write_hooks
 
 log = logging.getLogger("studio.batch")
@@ -81,14 +82,18 @@ async def _one_message_batch(
         margin=settings.message_batch_margin_seconds,
         cap=settings.message_batch_budget_seconds,
     )
-    log.info(
-        "Hook generation via message batch | Pieces: %d | Budget: %.0fs", len(specs), budget
-    )
+    log.info("Hook generation via message batch | Pieces: %d | Budget: %.0fs", len(specs), budget)
     # no task retry: a second submission would pay for the same hooks twice
-    task = write_hooks.with_options(timeout_seconds=TIMEOUT_SECONDS + budget, retries=0)
+    task = write_hooks.with_options(
+        timeout_seconds=TIMEOUT_SECONDS + budget, retries=0, tags=hook_tags()
+    )
     state = await task(
-        specs, avatar, request.platform,
-        message_batches=True, time_budget_seconds=budget, return_state=True,
+        specs,
+        avatar,
+        request.platform,
+        message_batches=True,
+        time_budget_seconds=budget,
+        return_state=True,
     )
     if state.is_completed():
         return await state.result()
@@ -100,9 +105,10 @@ async def _per_group(
     groups: list[list[PieceSpec]], avatar: AvatarRef, request: BatchRequest
 ) -> list[HookBatch]:
     # the first group goes alone: it writes the cached prompt prefix the others then read
-    states = [await write_hooks(groups[0], avatar, request.platform, return_state=True)]
+    write = write_hooks.with_options(tags=hook_tags())
+    states = [await write(groups[0], avatar, request.platform, return_state=True)]
     states += await asyncio.gather(
-        *(write_hooks(group, avatar, request.platform, return_state=True) for group in groups[1:])
+        *(write(group, avatar, request.platform, return_state=True) for group in groups[1:])
     )
     fallback = TemplateHookWriter()
     batches = []

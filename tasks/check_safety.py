@@ -22,7 +22,6 @@ from studio.types import SafetyReport
     retries=1,
     retry_delay_seconds=[5],
     timeout_seconds=180,
-    tags=["safety-check"],
 )
 async def check_safety(
     items: list[ModerationItem], seed: str = "", enabled: bool = True

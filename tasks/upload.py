@@ -39,7 +39,6 @@ class UploadItem(BaseModel):
     retries=3,
     retry_delay_seconds=[1, 4, 10],
     timeout_seconds=60,
-    tags=["storage-upload"],
 )
 async def upload_pieces(
     items: list[UploadItem], upload_to_storage: bool = True
@@ -65,7 +64,7 @@ async def upload_pieces(
     name="sync-local-uploads",
     retries=0,
     timeout_seconds=1800,
-    tags=["storage-upload"],
+    tags=["provider:r2"],
 )
 def sync_local_uploads(page_size: int = 100, max_pieces: int | None = None) -> SyncReport:
     """Move pieces kept locally during an outage up to R2 (see studio/storage/sync.py)."""

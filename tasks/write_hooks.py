@@ -22,7 +22,6 @@ TIMEOUT_SECONDS = 120
     retries=1,
     retry_delay_seconds=[5],
     timeout_seconds=TIMEOUT_SECONDS,
-    tags=["hook-generation"],
 )
 async def write_hooks(
     specs: list[PieceSpec],
