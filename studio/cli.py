@@ -11,7 +11,6 @@ import json
 from typing import Annotated
 
 import typer
-from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
@@ -21,6 +20,7 @@ apply_prefect_defaults()
 
 from studio.avatars import CADENCES, add_avatar, list_avatars  # noqa: E402
 from studio.cli_limits import limits_app  # noqa: E402
+from studio.cli_output import batch_failed, console, refuse  # noqa: E402
 from studio.request import BatchRequest, BatchRequestError, parse_tier_distribution  # noqa: E402
 
 app = typer.Typer(help="Content batch pipeline for AI-avatar studios.", no_args_is_help=True)
@@ -29,13 +29,6 @@ batch_app = typer.Typer(help="Run content batches.", no_args_is_help=True)
 app.add_typer(avatar_app, name="avatar")
 app.add_typer(batch_app, name="batch")
 app.add_typer(limits_app, name="limits")
-console = Console()
-err = Console(stderr=True)
-
-
-def _refuse(exc: BatchRequestError) -> None:
-    err.print(f"[red]error[/red] {exc.field}: {exc.message}")
-    raise typer.Exit(code=2)
 
 
 @app.command()
@@ -77,7 +70,7 @@ def avatar_add(
             avatar = add_avatar(session, name, niche.lower(), lora, cadence, not inactive)
             console.print(f"added avatar {avatar.name} ({avatar.id})")
     except BatchRequestError as exc:
-        _refuse(exc)
+        refuse(exc)
 
 
 @avatar_app.command("list")
@@ -134,7 +127,7 @@ def batch_run(
         )
         validate_batch_request(request)
     except BatchRequestError as exc:
-        _refuse(exc)
+        refuse(exc)
         return
     result = _run_with_progress(request)
     _print_result(result)
@@ -176,10 +169,9 @@ def _run_with_progress(request: BatchRequest):  # type: ignore[no-untyped-def]
                 )
             )
         except BatchRequestError as exc:
-            _refuse(exc)
+            refuse(exc)
         except Exception as exc:
-            err.print(f"[red]batch failed[/red]: {type(exc).__name__}: {exc}")
-            raise typer.Exit(code=1) from None
+            batch_failed(exc)
         finally:
             progress.unsubscribe(listener)
 
@@ -207,7 +199,7 @@ def stats(avatar: Annotated[str, typer.Option("--avatar", help="avatar id or nam
     with session_scope() as session:
         found = find_avatar(session, avatar)
         if found is None:
-            _refuse(BatchRequestError("avatar", f"no avatar with id or name {avatar!r}"))
+            refuse(BatchRequestError("avatar", f"no avatar with id or name {avatar!r}"))
             return
         console.print_json(json.dumps(avatar_stats(session, found.id)))
 

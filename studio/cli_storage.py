@@ -10,10 +10,9 @@ import json
 from typing import Annotated
 
 import typer
-from rich.console import Console
 
-console = Console()
-err = Console(stderr=True)
+from studio.cli_output import batch_failed, console, refuse
+from studio.request import BatchRequestError
 
 
 def resume_batch(batch_id: str):  # type: ignore[no-untyped-def]
@@ -35,16 +34,12 @@ def batch_resume(
     batch_id: Annotated[str, typer.Argument(help="id of the batch to resume")],
 ) -> None:
     """Resume a batch that crashed or was killed: only unfinished pieces are worked on."""
-    from studio.request import BatchRequestError
-
     try:
         result = resume_batch(batch_id)
     except BatchRequestError as exc:
-        err.print(f"[red]error[/red] {exc.field}: {exc.message}")
-        raise typer.Exit(code=2) from None
+        refuse(exc)
     except Exception as exc:
-        err.print(f"[red]batch failed[/red]: {type(exc).__name__}: {exc}")
-        raise typer.Exit(code=1) from None
+        batch_failed(exc)
     console.print(
         f"[bold]batch {result.batch_id}[/bold] resumed: {result.published}/{result.requested}"
         f" published, {result.rejected} rejected, {result.failed} failed,"
@@ -107,8 +102,7 @@ def pieces(
     with session_scope() as session:
         found = find_avatar(session, avatar)
         if found is None:
-            err.print(f"[red]error[/red] avatar: no avatar with id or name {avatar!r}")
-            raise typer.Exit(code=2)
+            refuse(BatchRequestError("avatar", f"no avatar with id or name {avatar!r}"))
         cursor = PageCursor.decode(after) if after else None
         page = list_pieces(session, found.id, after=cursor, page_size=page_size)
         table = Table("created", "piece", "tier", "status", "url")
