@@ -120,3 +120,43 @@ class ContentPiece(Base):
     content_type: Mapped[str | None] = mapped_column(String(50), nullable=True)
     #: kept locally after a remote-store failure; the storage-sync flow clears it
     needs_sync: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+
+
+class CostLedgerEntry(Base):
+    """One provider call that is or may be billed: an image attempt, a hook call (a group
+    of pieces), a moderation call. Written before the call (reserved) and settled after
+    (billed or released, with its outcome), so the money a batch spent is a sum of rows
+    even when an output was lost or its piece failed later (see studio/ledger/).
+
+    One row per call, not per piece: a hook call covering ten pieces is one charge, so
+    `piece_ids` lists what it covered and `piece_id` is set only for single-piece calls;
+    a sum over rows never counts a charge twice. No foreign keys: a billed call is kept
+    even when its batch row was never written.
+    """
+
+    __tablename__ = "cost_ledger"
+    __table_args__ = (
+        Index("idx_cost_ledger_batch_kind", "batch_id", "kind"),
+        Index("idx_cost_ledger_avatar_created", "avatar_id", "created_at"),
+        Index("idx_cost_ledger_piece_provider", "piece_id", "provider"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    batch_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    avatar_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    piece_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    piece_ids: Mapped[list[str]] = mapped_column(JSON, default=list)
+    #: image, hook or moderation
+    kind: Mapped[str] = mapped_column(String(20))
+    provider: Mapped[str] = mapped_column(String(30))
+    job_id: Mapped[str | None] = mapped_column(String(200), nullable=True)
+    #: what the row counts: the reserved price while in flight, the billed price after
+    price_usd: Mapped[float] = mapped_column(Float, default=0.0)
+    #: a planning figure beside the billed one (the spec's $0.001 per moderation call)
+    estimate_usd: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: reserved (in flight), billed, released (never reached billing: not counted)
+    status: Mapped[str] = mapped_column(String(10))
+    #: ok, failed, lost, timeout, cancelled, budget, recovered, abandoned; NULL in flight
+    outcome: Mapped[str | None] = mapped_column(String(20), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    settled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
