@@ -5,6 +5,15 @@ weights URL in its LoRA input (REPLICATE_LORA_INPUT, `lora_weights` for
 black-forest-labs/flux-dev-lora). Creation uses `Prefer: wait` so a fast prediction
 comes back in one round trip; otherwise the client polls.
 
+The output may be a list of files or one file, each an `https://` delivery URL or (in
+sync mode) a `data:` URI: the SDK's `FileOutput` reads both, so no hand-written fetching
+(httpx alone refuses `data:`, which once lost every sync-mode image after it was paid
+for). Any other shape fails the attempt as "unexpected output shape: ..." (retryable).
+
+Money: a prediction is billed once created, so its id goes to `job.created(...)` the
+moment the create answer arrives, and a retry with `job.resume_job_id` fetches that
+prediction (and its output) before it would create, and pay for, another one.
+
 The client's own retry transport never retries a POST, so a 429 on create would fail
 the attempt although Replicate says exactly when to come back: `ThrottleRetry` wraps
 the transport and re-sends a throttled POST after its Retry-After.
@@ -13,21 +22,66 @@ the transport and re-sends a throttled POST after its Retry-After.
 from __future__ import annotations
 
 import asyncio
+import binascii
 import email.utils
 import logging
 import time
+from typing import Any
 
 import httpx
 import replicate
-from replicate.exceptions import ModelError, ReplicateError
+from pydantic.v1 import ValidationError
+from replicate.exceptions import ReplicateError
+from replicate.helpers import FileOutput, transform_output
+from replicate.prediction import Prediction
 
-from studio.providers.base import ProviderError, ProviderImage
+from studio.providers.base import BilledJob, NoJobTracking, ProviderError, ProviderImage
 from studio.providers.comfyui import seed_for
 from studio.types import AvatarRef, PieceSpec
 
 logger = logging.getLogger("studio.providers")
 
 NOT_RETRYABLE = {400, 401, 402, 403, 404, 422}
+#: statuses a prediction ends in; "aborted" (ended before it started, e.g. a deadline)
+#: is newer than replicate 1.0.7's model, see `_reload`
+TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
+#: a job in one of these never delivers: a retry creates a new one
+DEAD = frozenset({"failed", "canceled", "aborted"})
+#: a delivery URL that answers these no longer holds the file (retention ended)
+GONE = frozenset({404, 410})
+
+IMAGE_MAGIC = (
+    (b"\x89PNG\r\n\x1a\n", "image/png"),
+    (b"\xff\xd8\xff", "image/jpeg"),
+    (b"GIF8", "image/gif"),
+)
+
+
+def sniff_image(data: bytes) -> str | None:
+    """The image type from the file's first bytes; None when it is not an image."""
+    for magic, content_type in IMAGE_MAGIC:
+        if data.startswith(magic):
+            return content_type
+    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
+        return "image/webp"
+    return None
+
+
+def describe_shape(value: Any) -> str:
+    """A short name for an output value, for error messages (never the value itself)."""
+    if isinstance(value, list):
+        return "empty list" if not value else f"list whose first item is {describe_shape(value[0])}"
+    if isinstance(value, str):
+        if not value:
+            return "an empty string"
+        return "a string that is neither a URL nor a data URI"
+    if value is None:
+        return "no output"
+    return f"a {type(value).__name__}"
+
+
+class OutputGone(Exception):
+    """A finished prediction whose output can no longer be had (a retry must re-create)."""
 
 
 def retry_after_seconds(value: str | None, default: float = 1.0) -> float:
@@ -104,15 +158,14 @@ class ReplicateFluxProvider:
         self._client = replicate.Client(
             api_token=api_token,
             base_url=base_url,
-            timeout=httpx.Timeout(30.0, connect=10.0),
+            timeout=httpx.Timeout(60.0, connect=10.0),
             transport=transport,
         )
         self._client.poll_interval = poll_interval
-        # files are fetched without the API token: delivery URLs need none
-        self._files = httpx.AsyncClient(timeout=httpx.Timeout(60.0, connect=10.0))
 
     async def aclose(self) -> None:
-        await self._files.aclose()
+        # the SDK builds its async httpx client lazily and offers no close of its own
+        await self._client._async_client.aclose()
 
     def _input(self, spec: PieceSpec, avatar: AvatarRef) -> dict[str, object]:
         return {
@@ -125,35 +178,140 @@ class ReplicateFluxProvider:
             "output_format": "png",
         }
 
-    async def generate(self, spec: PieceSpec, avatar: AvatarRef) -> ProviderImage:
+    async def generate(
+        self, spec: PieceSpec, avatar: AvatarRef, job: BilledJob | None = None
+    ) -> ProviderImage:
+        job = job or NoJobTracking()
         if not avatar.lora_weights_url:
             raise ProviderError(self.name, "avatar has no LoRA weights", retryable=False)
+        if job.resume_job_id:
+            resumed = await self._resume(job.resume_job_id)
+            if resumed is not None:
+                try:
+                    return await self._finish(resumed)
+                except OutputGone:
+                    logger.info(
+                        "provider_resume provider=replicate job=%s outcome=output-gone",
+                        resumed.id,
+                    )
+        prediction = await self._create_billed(self._input(spec, avatar), job)
         try:
-            prediction = await self._create(self._input(spec, avatar))
+            return await self._finish(prediction)
+        except OutputGone:
+            raise ProviderError(self.name, "output file gone right after the prediction") from None
+
+    async def _create_billed(self, inputs: dict[str, object], job: BilledJob) -> Prediction:
+        try:
+            prediction = await self._create(inputs)
         except ReplicateError as exc:
             raise ProviderError(
                 self.name,
-                f"create answered HTTP {exc.status}: {exc.title or 'error'}",
+                f"create answered HTTP {exc.status}: {_problem_text(exc)}",
                 retryable=exc.status not in NOT_RETRYABLE,
             ) from None
+        except ValidationError:
+            raise ProviderError(self.name, "create answered an unknown prediction shape") from None
         except httpx.HTTPError as exc:
             raise ProviderError(self.name, f"create failed: {type(exc).__name__}") from None
+        job.created(prediction.id)  # billed from here on, whatever happens to the output
+        return prediction
+
+    async def _resume(self, prediction_id: str) -> Prediction | None:
+        """The earlier prediction when it can still deliver; None when it is gone or dead."""
         try:
-            await prediction.async_wait()
-            if prediction.status != "succeeded":
-                raise ModelError(prediction)
-            return await self._download(prediction.output)
+            prediction = await self._client.predictions.async_get(prediction_id)
+        except ReplicateError as exc:
+            if exc.status in GONE:
+                outcome = "gone"
+            elif exc.status in NOT_RETRYABLE:
+                raise ProviderError(
+                    self.name, f"resume answered HTTP {exc.status}: {_problem_text(exc)}",
+                    retryable=False,
+                ) from None
+            else:
+                raise ProviderError(self.name, f"resume answered HTTP {exc.status}") from None
+        except ValidationError:
+            outcome = "unknown-status"
+        except httpx.HTTPError as exc:
+            raise ProviderError(self.name, f"resume failed: {type(exc).__name__}") from None
+        else:
+            if prediction.status not in DEAD:
+                logger.info(
+                    "provider_resume provider=replicate job=%s outcome=%s",
+                    prediction_id, prediction.status,
+                )
+                return prediction
+            outcome = prediction.status
+        logger.info("provider_resume provider=replicate job=%s outcome=%s", prediction_id, outcome)
+        return None
+
+    async def _finish(self, prediction: Prediction) -> ProviderImage:
+        """Wait for the prediction and read its output file; cancel it if we give up."""
+        try:
+            status = await self._wait(prediction)
+            if status != "succeeded":
+                raise ProviderError(self.name, f"prediction {status}")
+            return await self._read_output(prediction.output)
         except asyncio.CancelledError:
             await asyncio.shield(self._cancel(prediction.id))
             raise
-        except ModelError:
-            raise ProviderError(self.name, f"prediction {prediction.status}") from None
         except ReplicateError as exc:
             raise ProviderError(self.name, f"poll answered HTTP {exc.status}") from None
         except httpx.HTTPError as exc:
             raise ProviderError(self.name, f"poll failed: {type(exc).__name__}") from None
 
-    async def _create(self, inputs: dict[str, object]) -> replicate.prediction.Prediction:
+    async def _wait(self, prediction: Prediction) -> str:
+        """Until the prediction ends; its final status (`prediction` is updated in place)."""
+        status = prediction.status
+        while status not in TERMINAL:
+            await asyncio.sleep(self._client.poll_interval)
+            status = await self._reload(prediction)
+        return status
+
+    async def _reload(self, prediction: Prediction) -> str:
+        """The SDK's reload, except for statuses replicate 1.0.7's model refuses.
+
+        Workaround of replicate/replicate-python#460 (status "aborted" added after
+        1.0.7): the model's status Literal raises a pydantic ValidationError on it, so
+        the raw answer's status is read instead and the prediction ends there.
+        """
+        try:
+            await prediction.async_reload()
+        except ValidationError:
+            response = await self._client._async_request("GET", f"/v1/predictions/{prediction.id}")
+            status = str(response.json().get("status"))
+            return status if status in TERMINAL else "aborted"
+        return prediction.status
+
+    async def _read_output(self, output: object) -> ProviderImage:
+        """The first output file through the SDK's FileOutput (https:, http: or data:)."""
+        first = output[0] if isinstance(output, list) and output else output
+        if not isinstance(first, str) or not first.startswith(("https://", "http://", "data:")):
+            raise ProviderError(self.name, f"unexpected output shape: {describe_shape(output)}")
+        decoded = transform_output(first, self._client)
+        # the SDK wraps only https: and data:; a Replicate-compatible endpoint may use http:
+        file = decoded if isinstance(decoded, FileOutput) else FileOutput(first, self._client)
+        try:
+            data = await file.aread()
+        except (binascii.Error, ValueError):
+            raise ProviderError(
+                self.name, "unexpected output shape: data URI that is not base64"
+            ) from None
+        except httpx.HTTPStatusError as exc:
+            status = exc.response.status_code
+            if status in GONE:
+                raise OutputGone from None
+            raise ProviderError(self.name, f"output download answered HTTP {status}") from None
+        except httpx.HTTPError as exc:
+            raise ProviderError(
+                self.name, f"output download failed: {type(exc).__name__}"
+            ) from None
+        content_type = sniff_image(data)
+        if content_type is None:
+            raise ProviderError(self.name, "unexpected output shape: file that is not an image")
+        return ProviderImage(data, content_type, self.price_usd)
+
+    async def _create(self, inputs: dict[str, object]) -> Prediction:
         if ":" in self.model:
             _, version = self.model.split(":", 1)
             return await self._client.predictions.async_create(
@@ -164,19 +322,15 @@ class ReplicateFluxProvider:
             model=(owner, name), input=inputs, wait=self.wait_seconds
         )
 
-    async def _download(self, output: object) -> ProviderImage:
-        url = output[0] if isinstance(output, list) and output else output
-        if not isinstance(url, str) or not url:
-            raise ProviderError(self.name, "prediction succeeded without an output file")
-        response = await self._files.get(url)
-        if response.status_code != 200:
-            raise ProviderError(self.name, f"output download answered HTTP {response.status_code}")
-        content_type = response.headers.get("content-type", "image/png").split(";")[0]
-        return ProviderImage(response.content, content_type, self.price_usd)
-
     async def _cancel(self, prediction_id: str) -> None:
         """Best effort: stop a prediction we no longer wait for, so it is not billed on."""
         try:
             await asyncio.wait_for(self._client.predictions.async_cancel(prediction_id), 2.0)
-        except (ReplicateError, httpx.HTTPError, TimeoutError):
+        except (ReplicateError, ValidationError, httpx.HTTPError, TimeoutError):
             pass
+
+
+def _problem_text(exc: ReplicateError) -> str:
+    """title and detail of an RFC 7807 problem body, cut short (they quote no secrets)."""
+    text = " - ".join(part for part in (exc.title, exc.detail) if part) or "error"
+    return text if len(text) <= 200 else text[:197] + "..."

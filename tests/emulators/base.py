@@ -7,7 +7,13 @@ processes) reach it by URL exactly as they would reach the real service.
 `Behaviour` holds the switches a test flips (latency range, failure rate, 429s, hang)
 and draws every random decision from one seeded RNG so runs are reproducible.
 `Counters` counts requests and the in-flight gauge with its PEAK, thread-safely, because
-the server thread writes while the test thread reads.
+the server thread writes while the test thread reads. `Emulator.billed_jobs` counts what
+the real provider would bill (created predictions, executed prompts, accepted calls), so
+a test can say "paid once" at the provider's side, not from the client's own account.
+
+Switch style: a switch is a plain attribute (or a `*_next` deque/counter consumed one
+request at a time) on the emulator or its `Behaviour`; every documented response
+variant has one (see tests/emulators/README.md).
 
 Both aiohttp `web.Application`s and ASGI apps (starlette/fastapi) are accepted.
 """
@@ -250,6 +256,15 @@ class Emulator:
         self.behaviour = behaviour or Behaviour()
         self.counters = Counters()
         self._server: LoopbackServer | None = None
+
+    def bill(self) -> None:
+        """Record one job the real provider would charge for."""
+        self.counters.hit("billed")
+
+    @property
+    def billed_jobs(self) -> int:
+        """Jobs the real provider would have billed since the last counters reset."""
+        return self.counters.requests("billed")
 
     def build_app(self) -> web.Application | Callable[..., Any]:
         raise NotImplementedError

@@ -2,32 +2,49 @@
 
 - POST /v1/models/{owner}/{name}/predictions and POST /v1/predictions {"version", "input"}
     201 prediction JSON; with `Prefer: wait[=n]` the answer is held until the prediction
-    finishes or n seconds (60 by default) pass, as the real API does
-    401/404/422/429 as RFC 7807 problem details {"title", "detail", "status"};
-    429 carries `Retry-After` (seconds)
+    finishes or n seconds (60 by default) pass, as the real API does, so the answer may
+    come before the end (status starting/processing, output null) or after it
+    401/404/422/429 as RFC 7807 problem details (application/problem+json)
+    {"title", "detail", "status"}; 429 carries `Retry-After` (seconds)
 - GET /v1/predictions/{id}: prediction JSON {id, model, version, input, output, error,
-  status: starting|processing|succeeded|failed|canceled, logs, metrics, urls, ...}
+  status: starting|processing|succeeded|failed|canceled|aborted, logs, metrics, urls, ...}
 - POST /v1/predictions/{id}/cancel
 - GET /files/{id}/out-0.png: the output file (replicate.delivery stand-in)
 
-Switches: latency, failure_rate (status "failed"), throttle_rate / throttle_next with
-retry_after (429 on create), hang (stays "processing").
+Switches (one per documented variant, see tests/emulators/README.md):
+- `Behaviour`: latency, failure_rate (status "failed"), throttle_rate / throttle_next with
+  retry_after (429 on create), hang (stays "processing");
+- `output_form`: "list" (default, `["<url>"]`) or "string" (`"<url>"`);
+- `output_scheme`: "http" (a delivery URL served here, default) or "data" (a base64
+  `data:image/png;...` URI, what sync mode may answer);
+- `sync_wait_cap`: seconds after which a `Prefer: wait` answer is given even though the
+  prediction is still running (None: the header's own n);
+- `end_next`: statuses ("canceled", "aborted", "failed") the next predictions end with;
+- `file_fail_next` / `file_fail_status`: the next output downloads answer that status
+  (after the prediction succeeded: a lost download);
+- `output_override`: a value used verbatim as the output of succeeded predictions (for
+  shapes the documentation does not list: "", [], 42, "not-a-url", {"image": ...});
+- `forget(pid)`: the prediction is gone (404), as after Replicate's retention ends.
+`billed_jobs` counts created predictions (Replicate bills each one that runs).
 """
 
 from __future__ import annotations
 
 import asyncio
+import base64
 import datetime as dt
 import math
 import re
 import secrets
+from collections import deque
 from typing import Any
 
 from aiohttp import web
 
 from tests.emulators.base import Behaviour, Emulator, png_bytes
 
-TERMINAL = {"succeeded", "failed", "canceled"}
+TERMINAL = {"succeeded", "failed", "canceled", "aborted"}
+_UNSET: Any = object()
 
 
 def _now() -> str:
@@ -36,7 +53,8 @@ def _now() -> str:
 
 def _problem(status: int, title: str, detail: str, **headers: str) -> web.Response:
     return web.json_response(
-        {"title": title, "detail": detail, "status": status}, status=status, headers=headers
+        {"title": title, "detail": detail, "status": status}, status=status, headers=headers,
+        content_type="application/problem+json",
     )
 
 
@@ -59,6 +77,29 @@ class ReplicateEmulator(Emulator):
         self._done: dict[str, asyncio.Event] = {}
         #: one (key, latency, failed) per generation; key = the input's seed
         self.records: list[tuple[str, float, bool]] = []
+        # --- response-variant switches (module docstring) ---
+        self.output_form = "list"
+        self.output_scheme = "http"
+        self.sync_wait_cap: float | None = None
+        self.end_next: deque[str] = deque()
+        self.file_fail_next = 0
+        self.file_fail_status = 500
+        self.output_override: Any = _UNSET
+
+    def forget(self, pid: str) -> None:
+        """The prediction is gone: GET answers 404, its file too."""
+        self.predictions.pop(pid, None)
+        self.files.pop(pid, None)
+
+    def _output(self, pid: str, base: str) -> Any:
+        if self.output_override is not _UNSET:
+            return self.output_override
+        if self.output_scheme == "data":
+            encoded = base64.b64encode(self.files[pid]).decode("ascii")
+            url = f"data:image/png;base64,{encoded}"
+        else:
+            url = f"{base}/files/{pid}/out-0.png"
+        return [url] if self.output_form == "list" else url
 
     def build_app(self) -> web.Application:
         app = web.Application()
@@ -130,9 +171,12 @@ class ReplicateEmulator(Emulator):
             },
         }
         self.predictions[pid] = prediction
+        self.bill()
         self._done[pid] = asyncio.Event()
         self._tasks[pid] = asyncio.create_task(self._run(pid, base))
         wait = self._prefer_wait(request.headers.get("Prefer", ""))
+        if wait and self.sync_wait_cap is not None:
+            wait = min(wait, self.sync_wait_cap)
         if wait:
             try:
                 await asyncio.wait_for(self._done[pid].wait(), timeout=wait)
@@ -150,6 +194,8 @@ class ReplicateEmulator(Emulator):
     async def _run(self, pid: str, base: str) -> None:
         prediction = self.predictions[pid]
         latency, fail = self.behaviour.draw()
+        ending = self.end_next.popleft() if self.end_next else None
+        fail = fail or ending == "failed"
         self.records.append((str(prediction["input"].get("seed", "")), latency, fail))
         try:
             async with self.counters.generating():
@@ -160,7 +206,10 @@ class ReplicateEmulator(Emulator):
         except asyncio.CancelledError:
             prediction["status"] = "canceled"
         else:
-            if fail:
+            if ending in ("canceled", "aborted"):
+                self.counters.hit(ending)
+                prediction["status"] = ending
+            elif fail:
                 self.counters.hit("failed")
                 prediction["status"] = "failed"
                 prediction["error"] = "Prediction failed: the model raised an error"
@@ -168,7 +217,7 @@ class ReplicateEmulator(Emulator):
                 self.counters.hit("succeeded")
                 self.files[pid] = png_bytes(f"replicate-{pid}", self.image_size)
                 prediction["status"] = "succeeded"
-                prediction["output"] = [f"{base}/files/{pid}/out-0.png"]
+                prediction["output"] = self._output(pid, base)
                 prediction["metrics"] = {"predict_time": latency}
         prediction["completed_at"] = _now()
         self._done[pid].set()
@@ -199,6 +248,10 @@ class ReplicateEmulator(Emulator):
 
     async def _file(self, request: web.Request) -> web.Response:
         self.counters.hit("file")
+        if self.file_fail_next > 0:
+            self.file_fail_next -= 1
+            self.counters.hit("file_failed")
+            return web.Response(status=self.file_fail_status, text="delivery failed")
         data = self.files.get(request.match_info["id"])
         if data is None:
             return web.Response(status=404)
