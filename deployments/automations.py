@@ -1,26 +1,40 @@
-"""Create the spec's alerts as Prefect automations.
+"""The spec's alerts as Prefect automations, kept on the server by name.
 
 The content-batch flow emits `studio.alert.<name>` events when a threshold of the
 spec's "Alert Thresholds" table is breached, and Prefect emits
-`prefect.flow-run.Failed` when a step fails. These automations turn both into a
+`prefect.flow-run.Failed` when a batch fails. These automations turn both into a
 notification through a notification block saved in Prefect (Slack, email, ...):
 
-    python -m deployments.automations --notify-block <block-document-id>
+    studio automations apply [--notify-block <block-document-id>]
+    python -m deployments.automations [--notify-block ...]     # the same command
 
-Without a block they are created with no action, so the UI's automation log still
-shows every trigger.
+`apply` is idempotent: an automation is found by its name and updated in place, never
+created twice (duplicates left by older versions are removed), so it can run on every
+deploy. Without `--notify-block` the block the automations already notify is kept;
+with none anywhere they get no action, and the UI's automation log still shows every
+trigger.
+
+To add an automation, append an `AutomationDefinition` to `DEFINITIONS` (or a
+`studio.alert.*` event to `ALERTS`); its name is its identity on the server.
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
+import sys
+from dataclasses import dataclass, field
+from datetime import timedelta
+from typing import Any
 from uuid import UUID
 
-from prefect.automations import Automation
-from prefect.events.actions import Action, DoNothing, SendNotification
-from prefect.events.schemas.automations import EventTrigger, Posture
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.objects import StateType
+from prefect.client.schemas.sorting import AutomationSort
+from prefect.events.actions import Action, ChangeFlowRunState, DoNothing, SendNotification
+from prefect.events.filters import AutomationFilter, AutomationFilterName
+from prefect.events.schemas.automations import Automation, AutomationCore, EventTrigger, Posture
+from prefect.events.schemas.events import ResourceSpecification
 
+#: `studio.alert.<key>` events (studio/alerts.py) and the title of their automation
 ALERTS = {
     "batch-slow": "Batch duration above 10 min",
     "provider-success-low": "Provider success below 80%",
@@ -30,56 +44,174 @@ ALERTS = {
     "database-slow": "Database save above 5 s",
 }
 
+#: a run silent this long (three missed 30 s heartbeats) is a zombie
+ZOMBIE_AFTER_SECONDS = 90
 
-def _action(block_id: UUID | None, subject: str) -> Action:
-    if block_id is None:
-        return DoNothing()
-    return SendNotification(
-        block_document_id=block_id,
-        subject=f"[studio] {subject}",
-        body="{{ event.event }} on {{ event.resource.id }}: {{ event.payload }}",
+NOTIFICATION_BODY = "{{ event.event }} on {{ event.resource.id }}: {{ event.payload }}"
+
+
+@dataclass(frozen=True)
+class AutomationDefinition:
+    """One automation `apply` keeps on the server.
+
+    `name` is its identity there (apply updates the automation of that name);
+    `subject` heads the notification sent when a block is configured; `actions` are
+    extra actions that run with or without a block (e.g. changing a run's state).
+    """
+
+    name: str
+    subject: str
+    trigger: EventTrigger
+    description: str = ""
+    actions: tuple[Action, ...] = field(default_factory=tuple)
+
+    def build(self, block_id: UUID | None) -> AutomationCore:
+        actions: list[Any] = list(self.actions)
+        if block_id is not None:
+            actions.append(
+                SendNotification(
+                    block_document_id=block_id,
+                    subject=f"[studio] {self.subject}",
+                    body=NOTIFICATION_BODY,
+                )
+            )
+        return AutomationCore(
+            name=self.name,
+            description=self.description,
+            trigger=self.trigger,
+            actions=actions or [DoNothing()],
+        )
+
+
+def alert_definition(event: str, title: str) -> AutomationDefinition:
+    """An automation on one `studio.alert.<event>` event, reacting to each one."""
+    return AutomationDefinition(
+        name=f"studio: {title}",
+        subject=title,
+        description=f"The spec's alert threshold: {title} (event studio.alert.{event}).",
+        trigger=EventTrigger(
+            expect={f"studio.alert.{event}"}, posture=Posture.Reactive, threshold=1
+        ),
     )
 
 
-def build_automations(block_id: UUID | None = None) -> list[Automation]:
-    automations = [
-        Automation(
-            name=f"studio: {title}",
-            trigger=EventTrigger(
-                expect={f"studio.alert.{name}"}, posture=Posture.Reactive, threshold=1
+DEFINITIONS: list[AutomationDefinition] = [
+    *(alert_definition(event, title) for event, title in ALERTS.items()),
+    AutomationDefinition(
+        name="studio: content batch failed",
+        subject="A content batch failed",
+        description="A run of the content-batch flow ended Failed.",
+        trigger=EventTrigger(
+            expect={"prefect.flow-run.Failed"},
+            match_related={
+                "prefect.resource.role": "flow",
+                "prefect.resource.name": "content-batch",
+            },
+            posture=Posture.Reactive,
+            threshold=1,
+        ),
+    ),
+    # crash detection (issue 10): Prefect's documented zombie-run pattern. A flow run
+    # sends `prefect.flow-run.heartbeat` every PREFECT_FLOWS_HEARTBEAT_FREQUENCY (30 s,
+    # prefect.yaml); one that sends none for ZOMBIE_AFTER_SECONDS and did not end is
+    # marked Crashed, which the crash-recovery flow then resumes.
+    AutomationDefinition(
+        name="studio: zombie flow runs crashed",
+        subject="A flow run stopped sending heartbeats and was marked Crashed",
+        description="Marks a Running flow run Crashed when its heartbeats stop (90 s).",
+        trigger=EventTrigger(
+            after={"prefect.flow-run.heartbeat"},
+            expect={
+                "prefect.flow-run.heartbeat",
+                "prefect.flow-run.Completed",
+                "prefect.flow-run.Failed",
+                "prefect.flow-run.Cancelled",
+                "prefect.flow-run.Crashed",
+            },
+            match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
+            for_each={"prefect.resource.id"},
+            posture=Posture.Proactive,
+            threshold=1,
+            within=timedelta(seconds=ZOMBIE_AFTER_SECONDS),
+        ),
+        actions=(
+            ChangeFlowRunState(
+                state=StateType.CRASHED,
+                message=f"No heartbeat for {ZOMBIE_AFTER_SECONDS} s: the flow-run process "
+                "is gone (marked Crashed by the zombie-run automation)",
             ),
-            actions=[_action(block_id, title)],
-        )
-        for name, title in ALERTS.items()
-    ]
-    automations.append(
-        Automation(
-            name="studio: content batch failed",
-            trigger=EventTrigger(
-                expect={"prefect.flow-run.Failed"},
-                match_related={
-                    "prefect.resource.role": "flow",
-                    "prefect.resource.name": "content-batch",
-                },
-                posture=Posture.Reactive,
-                threshold=1,
-            ),
-            actions=[_action(block_id, "A content batch failed")],
-        )
+        ),
+    ),
+]
+
+
+def build_automations(block_id: UUID | None = None) -> list[AutomationCore]:
+    return [definition.build(block_id) for definition in DEFINITIONS]
+
+
+def _comparable(automation: AutomationCore) -> dict[str, Any]:
+    """What `apply` owns of an automation, without server-made ids and timestamps."""
+    dumped = automation.model_dump(
+        mode="json", include={"description", "trigger", "actions", "actions_on_trigger",
+                              "actions_on_resolve"}
     )
-    return automations
+    dumped["trigger"].pop("id", None)
+    return dumped
 
 
-async def create_automations(block_id: UUID | None = None) -> list[UUID]:
-    created = []
-    for automation in build_automations(block_id):
-        created.append((await automation.acreate()).id)
-    return created
+def _block_in_use(automations: list[Automation]) -> UUID | None:
+    for automation in automations:
+        for action in automation.actions:
+            if isinstance(action, SendNotification):
+                return action.block_document_id
+    return None
 
 
-if __name__ == "__main__":  # pragma: no cover
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--notify-block", type=UUID, default=None)
-    args = parser.parse_args()
-    ids = asyncio.run(create_automations(args.notify_block))
-    print(f"created {len(ids)} automations")
+async def apply_automations(
+    client: PrefectClient,
+    block_id: UUID | None = None,
+    definitions: list[AutomationDefinition] | None = None,
+) -> dict[str, str]:
+    """Create or update every definition by name; returns what was done, per name.
+
+    One read of the existing automations (by name), then one call per change; an
+    automation already as defined is left untouched, and extra copies of a name (from
+    older versions that created instead of updating) are deleted, the newest kept.
+    """
+    definitions = DEFINITIONS if definitions is None else definitions
+    names = [d.name for d in definitions]
+    found = await client.read_automations(
+        automations=AutomationFilter(name=AutomationFilterName(any_=names)),
+        sort=AutomationSort.CREATED_DESC,
+    )
+    by_name: dict[str, list[Automation]] = {}
+    for automation in found:  # newest first: the newest copy is kept
+        by_name.setdefault(automation.name, []).append(automation)
+    block_id = block_id or _block_in_use(found)
+
+    outcome: dict[str, str] = {}
+    for definition in definitions:
+        desired = definition.build(block_id)
+        existing = by_name.get(definition.name, [])
+        if not existing:
+            await client.create_automation(desired)
+            outcome[definition.name] = "created"
+            continue
+        keep, *duplicates = existing
+        for duplicate in duplicates:
+            await client.delete_automation(duplicate.id)
+        if _comparable(keep) == _comparable(desired):
+            what = "unchanged"
+        else:
+            await client.update_automation(keep.id, desired)
+            what = "updated"
+        if duplicates:
+            what += f", {len(duplicates)} duplicate(s) removed"
+        outcome[definition.name] = what
+    return outcome
+
+
+if __name__ == "__main__":  # pragma: no cover - the same code as `studio automations apply`
+    from studio.cli_automations import automations_app
+
+    automations_app(["apply", *sys.argv[1:]], prog_name="python -m deployments.automations")
