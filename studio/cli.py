@@ -19,6 +19,7 @@ from studio.runtime_env import apply_prefect_defaults
 apply_prefect_defaults()
 
 from studio.avatars import CADENCES, add_avatar, list_avatars  # noqa: E402
+from studio.cli_automations import automations_app  # noqa: E402
 from studio.cli_limits import limits_app  # noqa: E402
 from studio.cli_output import batch_failed, console, refuse  # noqa: E402
 from studio.request import BatchRequest, BatchRequestError, parse_tier_distribution  # noqa: E402
@@ -29,6 +30,7 @@ batch_app = typer.Typer(help="Run content batches.", no_args_is_help=True)
 app.add_typer(avatar_app, name="avatar")
 app.add_typer(batch_app, name="batch")
 app.add_typer(limits_app, name="limits")
+app.add_typer(automations_app, name="automations")
 
 
 @app.command()
