@@ -10,6 +10,13 @@ was rejected (for example the LoRA file is not installed): trying again cannot h
 so it is not retryable.
 If the caller gives up (timeout), the prompt is deleted from ComfyUI's queue so the
 GPU is not left working for nobody.
+
+ComfyUI is free, but a queued prompt is a GPU run: its prompt_id goes to
+`job.created(...)` as soon as /prompt accepts it, and a retry with `job.resume_job_id`
+reads that prompt's /history (or waits for it while it is still in /queue) before it
+queues another. Answers of a shape ComfyUI does not document (no prompt_id, a finished
+prompt without images, an image without a file name) fail the attempt, retryably, as
+"unexpected output shape: ...".
 """
 
 from __future__ import annotations
@@ -27,7 +34,7 @@ import httpx
 import websockets
 from websockets.exceptions import WebSocketException
 
-from studio.providers.base import ProviderError, ProviderImage
+from studio.providers.base import BilledJob, NoJobTracking, ProviderError, ProviderImage
 from studio.types import AvatarRef, PieceSpec
 
 NEGATIVE_PROMPT = "blurry, low quality, distorted, watermark, text"
@@ -115,6 +122,10 @@ def _rejection(body: Any) -> str:
     return f"prompt rejected ({kind})" + (f": {'; '.join(parts)}" if parts else "")
 
 
+class _OutputGone(Exception):
+    """A finished prompt whose image file is no longer served (a retry must re-queue)."""
+
+
 class ComfyUIProvider:
     name = "comfyui"
     stand_in = False
@@ -143,9 +154,16 @@ class ComfyUIProvider:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def generate(self, spec: PieceSpec, avatar: AvatarRef) -> ProviderImage:
+    async def generate(
+        self, spec: PieceSpec, avatar: AvatarRef, job: BilledJob | None = None
+    ) -> ProviderImage:
+        job = job or NoJobTracking()
         if not avatar.lora_weights_url:
             raise ProviderError(self.name, "avatar has no LoRA weights", retryable=False)
+        if job.resume_job_id:
+            resumed = await self._resume(job.resume_job_id)
+            if resumed is not None:
+                return resumed
         graph = sdxl_lora_graph(
             spec, lora_file_name(avatar.lora_weights_url), checkpoint=self.checkpoint
         )
@@ -156,6 +174,7 @@ class ComfyUIProvider:
                 prompt_id = await self._submit(graph, client_id)
             except httpx.HTTPError as exc:
                 raise ProviderError(self.name, f"submit failed: {type(exc).__name__}") from None
+            job.created(prompt_id)
             try:
                 entry = None
                 if events is not None:
@@ -163,6 +182,8 @@ class ComfyUIProvider:
                 if entry is None:
                     entry = await self._wait_for(prompt_id)
                 return await self._fetch_image(entry)
+            except _OutputGone:
+                raise ProviderError(self.name, "view answered HTTP 404") from None
             except asyncio.CancelledError:
                 await asyncio.shield(self._forget(prompt_id))
                 raise
@@ -230,16 +251,59 @@ class ComfyUIProvider:
             raise ProviderError(self.name, _rejection(body), retryable=False)
         if response.status_code != 200:
             raise ProviderError(self.name, f"POST /prompt answered HTTP {response.status_code}")
-        return str(response.json()["prompt_id"])
+        try:
+            prompt_id = response.json().get("prompt_id")
+        except (ValueError, AttributeError):
+            prompt_id = None
+        if not isinstance(prompt_id, str) or not prompt_id:
+            raise ProviderError(
+                self.name, "unexpected output shape: /prompt answer without a prompt_id"
+            )
+        return prompt_id
+
+    async def _resume(self, prompt_id: str) -> ProviderImage | None:
+        """The image of an earlier prompt; None when ComfyUI no longer has it or it failed."""
+        try:
+            entry = await self._history_entry(prompt_id)
+            if entry is None:
+                if not await self._queued(prompt_id):
+                    return None  # gone (ComfyUI restarted, or the history was cleared)
+                entry = await self._wait_for(prompt_id)
+            elif (entry.get("status") or {}).get("status_str") == "error":
+                return None
+            return await self._fetch_image(entry)
+        except _OutputGone:
+            return None
+        except httpx.HTTPError as exc:
+            raise ProviderError(self.name, f"resume failed: {type(exc).__name__}") from None
+
+    async def _history_entry(self, prompt_id: str) -> dict[str, Any] | None:
+        response = await self._client.get(f"/history/{prompt_id}")
+        if response.status_code != 200:
+            raise ProviderError(self.name, f"history answered HTTP {response.status_code}")
+        try:
+            entry = response.json().get(prompt_id)
+        except (ValueError, AttributeError):
+            raise ProviderError(self.name, "unexpected output shape: history not JSON") from None
+        return entry if isinstance(entry, dict) and entry else None
+
+    async def _queued(self, prompt_id: str) -> bool:
+        """Whether the prompt is still running or waiting in ComfyUI's queue."""
+        response = await self._client.get("/queue")
+        if response.status_code != 200:
+            raise ProviderError(self.name, f"queue answered HTTP {response.status_code}")
+        body = response.json()
+        for key in ("queue_running", "queue_pending"):
+            for item in body.get(key) or []:
+                if isinstance(item, list) and len(item) > 1 and item[1] == prompt_id:
+                    return True
+        return False
 
     async def _wait_for(self, prompt_id: str) -> dict[str, Any]:
         """Poll /history, quickly at first (most prompts take under 2 s), then steadily."""
         delay = min(0.02, self.poll_interval)
         while True:
-            response = await self._client.get(f"/history/{prompt_id}")
-            if response.status_code != 200:
-                raise ProviderError(self.name, f"history answered HTTP {response.status_code}")
-            entry = response.json().get(prompt_id)
+            entry = await self._history_entry(prompt_id)
             if entry:
                 status = entry.get("status") or {}
                 if status.get("status_str") == "error":
@@ -250,8 +314,17 @@ class ComfyUIProvider:
             delay = min(delay * 2, self.poll_interval)
 
     async def _fetch_image(self, entry: dict[str, Any]) -> ProviderImage:
-        for output in (entry.get("outputs") or {}).values():
-            for image in output.get("images", []):
+        """The first image of the finished prompt, by filename, subfolder and type."""
+        outputs = entry.get("outputs")
+        if not isinstance(outputs, dict):
+            raise ProviderError(self.name, "unexpected output shape: history without outputs")
+        for output in outputs.values():
+            images = output.get("images") if isinstance(output, dict) else None
+            for image in images or []:
+                if not isinstance(image, dict) or not image.get("filename"):
+                    raise ProviderError(
+                        self.name, "unexpected output shape: image without a filename"
+                    )
                 response = await self._client.get(
                     "/view",
                     params={
@@ -260,11 +333,13 @@ class ComfyUIProvider:
                         "type": image.get("type", "output"),
                     },
                 )
+                if response.status_code == 404:
+                    raise _OutputGone
                 if response.status_code != 200:
                     raise ProviderError(self.name, f"view answered HTTP {response.status_code}")
                 content_type = response.headers.get("content-type", "image/png").split(";")[0]
                 return ProviderImage(response.content, content_type, self.price_usd)
-        raise ProviderError(self.name, "prompt finished without an image")
+        raise ProviderError(self.name, "unexpected output shape: history entry without images")
 
     async def _forget(self, prompt_id: str) -> None:
         """Best effort: drop the prompt from ComfyUI's queue after we stopped waiting."""
@@ -276,7 +351,11 @@ class ComfyUIProvider:
 
 def _execution_error(status: dict[str, Any]) -> str:
     for message in status.get("messages", []):
-        if isinstance(message, list) and message and message[0] == "execution_error":
-            info = message[1] if len(message) > 1 else {}
+        if not isinstance(message, list) or not message:
+            continue
+        info = message[1] if len(message) > 1 and isinstance(message[1], dict) else {}
+        if message[0] == "execution_error":
             return f"{info.get('node_type', '?')}: {info.get('exception_type', 'error')}"
+        if message[0] == "execution_interrupted":
+            return f"{info.get('node_type', '?')}: interrupted"
     return "unknown"

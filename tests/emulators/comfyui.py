@@ -7,15 +7,29 @@
 - GET /history/{prompt_id}: `{}` until the prompt finished, then
     {prompt_id: {"prompt": [...], "outputs": {node_id: {"images": [...]}},
                  "status": {"status_str": "success"|"error", "completed", "messages"}}}
-- GET /view?filename=&subfolder=&type=output: the PNG bytes
+- GET /view?filename=&subfolder=&type=output|temp|input: the PNG bytes (404 unless all
+  three match the file)
+- GET /queue: {"queue_running": [[number, prompt_id, ...]], "queue_pending": [...]}
 - POST /queue {"delete": [prompt_id]}: drops a queued/running prompt (client gave up)
 - GET /ws?clientId=...: the event stream of the prompts that client submitted:
-    {"type": "status"} on connect, then per prompt "execution_start", "executing"
-    (node ids), "executed"/"execution_success" or "execution_error", and last
-    {"type": "executing", "data": {"node": null, "prompt_id"}} once history is stored
+    {"type": "status"} on connect, then per prompt "execution_start", "execution_cached"
+    (nodes served from cache), "executing" (node ids), "progress" and binary preview
+    frames, "executed"/"execution_success" or "execution_error"/"execution_interrupted",
+    and last {"type": "executing", "data": {"node": null, "prompt_id"}} once history is
+    stored
 
-Switches (see `Behaviour`): latency, failure_rate (execution_error in history), hang
-(prompt never finishes); `extra["missing_loras"]`: LoRA file names to reject with 400.
+Switches (one per documented variant, see tests/emulators/README.md): `Behaviour`
+latency, failure_rate (execution_error), hang (prompt never finishes);
+`extra["missing_loras"]`: LoRA file names to reject with 400 node_errors;
+`websocket_enabled`; `image_type` ("output" or "temp") and `subfolder` of the saved
+image; `previews` (progress events and binary preview frames); `cached_next` (the next
+prompts are served wholly from cache: no "executed" event, outputs only in /history);
+`interrupt_next`; `legacy_history` (history entries without "status");
+`prompt_answer_override` (a /prompt answer without prompt_id); `outputs_override`
+(history outputs of a shape ComfyUI does not document, e.g. no images);
+`view_fail_next`/`view_fail_status` (a lost download); `restart()` (history and queue
+are gone, as after a ComfyUI restart). `billed_jobs` counts executed prompts
+(ComfyUI is free; the count says how many GPU runs were asked for).
 """
 
 from __future__ import annotations
@@ -38,7 +52,9 @@ class ComfyUIEmulator(Emulator):
         super().__init__(behaviour)
         self.image_size = image_size
         self.history: dict[str, dict[str, Any]] = {}
+        #: file name -> bytes of every image saved (whatever its folder)
         self.files: dict[str, bytes] = {}
+        self._stored: dict[tuple[str, str, str], bytes] = {}
         self.prompts: list[dict[str, Any]] = []
         self._jobs: dict[str, asyncio.Task[None]] = {}
         self._number = itertools.count()
@@ -47,6 +63,27 @@ class ComfyUIEmulator(Emulator):
         self.websocket_enabled = True
         #: one (key, latency, failed) per generation; key = the SaveImage filename_prefix
         self.records: list[tuple[str, float, bool]] = []
+        # --- response-variant switches (module docstring) ---
+        self.image_type = "output"
+        self.subfolder = ""
+        self.previews = False
+        self.cached_next = 0
+        self.interrupt_next = 0
+        self.legacy_history = False
+        self.outputs_override: dict[str, Any] | None = None
+        self.view_fail_next = 0
+        self.view_fail_status = 500
+        #: answered by POST /prompt instead of {"prompt_id", "number", "node_errors"}
+        self.prompt_answer_override: Any = None
+        self._queue: dict[str, int] = {}
+
+    def restart(self) -> None:
+        """ComfyUI restarted: running prompts, the queue and the history are gone."""
+        for job in list(self._jobs.values()):
+            job.get_loop().call_soon_threadsafe(job.cancel)
+        self._jobs.clear()
+        self._queue.clear()
+        self.history.clear()
 
     def build_app(self) -> web.Application:
         app = web.Application()
@@ -54,6 +91,7 @@ class ComfyUIEmulator(Emulator):
         app.router.add_get("/history/{prompt_id}", self._get_history)
         app.router.add_get("/view", self._view)
         app.router.add_post("/queue", self._post_queue)
+        app.router.add_get("/queue", self._get_queue)
         app.router.add_get("/system_stats", self._system_stats)
         app.router.add_get("/ws", self._websocket)
         return app
@@ -128,9 +166,12 @@ class ComfyUIEmulator(Emulator):
         if error is not None:
             self.counters.hit("rejected")
             return web.json_response({"error": error, "node_errors": node_errors}, status=400)
+        if self.prompt_answer_override is not None:
+            return web.json_response(self.prompt_answer_override)
         prompt_id = body.get("prompt_id") or str(uuid.uuid4())
         number = next(self._number)
         self.prompts.append(graph)
+        self._queue[prompt_id] = number
         output_node = next(n for n, v in graph.items() if v.get("class_type") in OUTPUT_NODES)
         client_id = str(body.get("client_id", ""))
         self._jobs[prompt_id] = asyncio.create_task(
@@ -143,6 +184,16 @@ class ComfyUIEmulator(Emulator):
         if socket is not None and not socket.closed:
             try:
                 await socket.send_json({"type": kind, "data": data})
+            except (ConnectionError, RuntimeError):
+                pass
+
+    async def _send_preview(self, client_id: str) -> None:
+        """A binary frame as server.py sends it: event type 1 (PREVIEW_IMAGE), format 2."""
+        socket = self._sockets.get(client_id)
+        if socket is not None and not socket.closed:
+            frame = (1).to_bytes(4, "big") + (2).to_bytes(4, "big") + png_bytes("preview", 8)
+            try:
+                await socket.send_bytes(frame)
             except (ConnectionError, RuntimeError):
                 pass
 
@@ -172,25 +223,50 @@ class ComfyUIEmulator(Emulator):
     ) -> None:
         latency, fail = self.behaviour.draw()
         prefix = str(graph[output_node].get("inputs", {}).get("filename_prefix", ""))
+        cached = self.cached_next > 0
+        interrupted = self.interrupt_next > 0 and not cached
+        self.cached_next -= 1 if cached else 0
+        self.interrupt_next -= 1 if interrupted else 0
+        if cached:
+            latency, fail = 0.0, False
         self.records.append((prefix, latency, fail))
         started = int(time.time() * 1000)
+        self.bill()
         await self._send(client_id, "execution_start", {"prompt_id": prompt_id,
                                                          "timestamp": started})
-        await self._send(client_id, "executing", {"node": "3", "display_node": "3",
-                                                   "prompt_id": prompt_id})
+        await self._send(client_id, "execution_cached", {
+            "nodes": sorted(graph) if cached else [], "prompt_id": prompt_id,
+            "timestamp": started,
+        })
+        if not cached:
+            await self._send(client_id, "executing", {"node": "3", "display_node": "3",
+                                                       "prompt_id": prompt_id})
         async with self.counters.generating():
             try:
                 await self.behaviour.wait_while_hung()
+                if self.previews and not cached:
+                    for step in (1, 2):
+                        await self._send(client_id, "progress", {
+                            "value": step, "max": 2, "prompt_id": prompt_id, "node": "3",
+                        })
+                        await self._send_preview(client_id)
                 await asyncio.sleep(latency)
             except asyncio.CancelledError:
+                self._queue.pop(prompt_id, None)
                 return
         messages: list[Any] = [["execution_start", {"prompt_id": prompt_id, "timestamp": started}]]
         entry: dict[str, Any] = {
-            "prompt": [number, prompt_id, graph, {}, [output_node]],
+            "prompt": [number, prompt_id, graph, {"client_id": client_id}, [output_node]],
             "outputs": {},
             "meta": {},
         }
-        if fail:
+        if interrupted:
+            self.counters.hit("interrupted")
+            info = {"prompt_id": prompt_id, "node_id": "3", "node_type": "KSampler",
+                    "executed": []}
+            messages.append(["execution_interrupted", info])
+            entry["status"] = {"status_str": "error", "completed": False, "messages": messages}
+        elif fail:
             self.counters.hit("failed")
             messages.append(
                 [
@@ -212,25 +288,32 @@ class ComfyUIEmulator(Emulator):
         else:
             self.counters.hit("succeeded")
             filename = f"ComfyUI_{number:05d}_.png"
-            self.files[filename] = png_bytes(f"comfyui-{prompt_id}", self.image_size)
-            entry["outputs"] = {
-                output_node: {
-                    "images": [{"filename": filename, "subfolder": "", "type": "output"}]
-                }
-            }
+            key = (self.image_type, self.subfolder, filename)
+            self.files[filename] = self._stored[key] = png_bytes(
+                f"comfyui-{prompt_id}", self.image_size
+            )
+            image = {"filename": filename, "subfolder": self.subfolder, "type": self.image_type}
+            entry["outputs"] = {output_node: {"images": [image]}}
+            if self.outputs_override is not None:
+                entry["outputs"] = self.outputs_override
             messages.append(["execution_success", {"prompt_id": prompt_id}])
             entry["status"] = {"status_str": "success", "completed": True, "messages": messages}
             entry["meta"] = {output_node: {"node_id": output_node, "display_node": output_node}}
-        if fail:
-            await self._send(client_id, "execution_error", messages[-1][1])
+        if self.legacy_history:
+            entry.pop("status", None)
+            entry.pop("meta", None)
+        if interrupted or fail:
+            await self._send(client_id, messages[-1][0], messages[-1][1])
         else:
-            await self._send(client_id, "executed", {
-                "node": output_node, "display_node": output_node,
-                "output": entry["outputs"][output_node], "prompt_id": prompt_id,
-            })
+            if not cached and output_node in entry["outputs"]:
+                await self._send(client_id, "executed", {
+                    "node": output_node, "display_node": output_node,
+                    "output": entry["outputs"][output_node], "prompt_id": prompt_id,
+                })
             await self._send(client_id, "execution_success", {"prompt_id": prompt_id})
         self.history[prompt_id] = entry
         self._jobs.pop(prompt_id, None)
+        self._queue.pop(prompt_id, None)
         await self._send(client_id, "executing", {"node": None, "prompt_id": prompt_id})
 
     async def _get_history(self, request: web.Request) -> web.Response:
@@ -241,10 +324,18 @@ class ComfyUIEmulator(Emulator):
 
     async def _view(self, request: web.Request) -> web.Response:
         self.counters.hit("view")
-        filename = request.query.get("filename", "")
-        if request.query.get("type", "output") != "output" or filename not in self.files:
+        if self.view_fail_next > 0:
+            self.view_fail_next -= 1
+            self.counters.hit("view_failed")
+            return web.Response(status=self.view_fail_status)
+        key = (
+            request.query.get("type", "output"),
+            request.query.get("subfolder", ""),
+            request.query.get("filename", ""),
+        )
+        if key not in self._stored:
             return web.Response(status=404)
-        return web.Response(body=self.files[filename], content_type="image/png")
+        return web.Response(body=self._stored[key], content_type="image/png")
 
     async def _post_queue(self, request: web.Request) -> web.Response:
         self.counters.hit("queue")
@@ -254,6 +345,11 @@ class ComfyUIEmulator(Emulator):
             if job is not None:
                 job.cancel()
         return web.Response(status=200)
+
+    async def _get_queue(self, request: web.Request) -> web.Response:
+        self.counters.hit("queue.get")
+        running = [[n, pid, {}, {}, []] for pid, n in self._queue.items()]
+        return web.json_response({"queue_running": running, "queue_pending": []})
 
     async def _system_stats(self, request: web.Request) -> web.Response:
         return web.json_response({"system": {"comfyui_version": "emulator"}, "devices": []})
