@@ -2,21 +2,42 @@
 
 The endpoint is protected by Modal's proxy auth: the token pair goes in the
 `Modal-Key`/`Modal-Secret` headers. Modal answers a request that runs longer than
-150 s with `303 See Other` to a result URL that must be fetched (possibly again and
-again), so redirects are followed. Body (our endpoint's contract): prompt,
-negative_prompt, lora_url, seed, width, height, num_inference_steps -> image bytes.
+150 s with `303 See Other` to a result URL (`?__modal_function_call_id=fc-...`) that
+"can be reloaded without triggering a new request" and may answer 303 again. Body (our
+endpoint's contract): prompt, negative_prompt, lora_url, seed, width, height,
+num_inference_steps -> image bytes.
+
+Redirects are followed here, not by httpx, because the first 303 carries the job id:
+the function call is billed from the moment the endpoint accepted the request, so
+`job.created(...)` is told then (with the call id when Modal gave one), and a retry with
+`job.resume_job_id` reloads that call's result URL before it would pay for a new call.
+A 200 whose body is not an image fails as "unexpected output shape: ..." (retryable).
 """
 
 from __future__ import annotations
 
+import logging
+from urllib.parse import parse_qs, urlparse
+
 import httpx
 
-from studio.providers.base import ProviderError, ProviderImage
+from studio.providers.base import BilledJob, NoJobTracking, ProviderError, ProviderImage
 from studio.providers.comfyui import NEGATIVE_PROMPT, seed_for
+from studio.providers.replicate_flux import sniff_image
 from studio.types import AvatarRef, PieceSpec
+
+logger = logging.getLogger("studio.providers")
 
 #: statuses where asking again cannot help (auth, missing endpoint, bad body)
 NOT_RETRYABLE = {400, 401, 403, 404, 405, 422}
+REDIRECTS = {301, 302, 303, 307, 308}
+CALL_ID = "__modal_function_call_id"
+#: transport failures before the request reached the endpoint: nothing was billed
+NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
+
+
+class _ResultGone(Exception):
+    """The call's result URL no longer knows it (or the call failed): make a new call."""
 
 
 class ModalSDXLProvider:
@@ -31,6 +52,7 @@ class ModalSDXLProvider:
         token_secret: str | None = None,
         price_usd: float = 0.01,
         timeout: float = 300.0,
+        max_redirects: int = 20,
         client: httpx.AsyncClient | None = None,
     ) -> None:
         headers = {}
@@ -38,10 +60,10 @@ class ModalSDXLProvider:
             headers = {"Modal-Key": token_id, "Modal-Secret": token_secret}
         self.endpoint = endpoint
         self.price_usd = price_usd
+        self.max_redirects = max_redirects
         self._client = client or httpx.AsyncClient(
             headers=headers,
-            follow_redirects=True,
-            max_redirects=20,
+            follow_redirects=False,
             timeout=httpx.Timeout(timeout, connect=10.0),
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
         )
@@ -49,9 +71,19 @@ class ModalSDXLProvider:
     async def aclose(self) -> None:
         await self._client.aclose()
 
-    async def generate(self, spec: PieceSpec, avatar: AvatarRef) -> ProviderImage:
+    async def generate(
+        self, spec: PieceSpec, avatar: AvatarRef, job: BilledJob | None = None
+    ) -> ProviderImage:
+        job = job or NoJobTracking()
         if not avatar.lora_weights_url:
             raise ProviderError(self.name, "avatar has no LoRA weights", retryable=False)
+        if job.resume_job_id:
+            try:
+                return await self._resume(job.resume_job_id)
+            except _ResultGone:
+                logger.info(
+                    "provider_resume provider=modal job=%s outcome=gone", job.resume_job_id
+                )
         body = {
             "prompt": spec.prompt,
             "negative_prompt": NEGATIVE_PROMPT,
@@ -63,19 +95,76 @@ class ModalSDXLProvider:
         }
         try:
             response = await self._client.post(self.endpoint, json=body)
-        except httpx.TooManyRedirects:
-            raise ProviderError(self.name, "result still pending after too many 303s") from None
-        except httpx.HTTPError as exc:
+        except NOT_SENT as exc:
             raise ProviderError(self.name, f"request failed: {type(exc).__name__}") from None
+        except httpx.HTTPError as exc:
+            job.created(None)  # sent: the call may be running (and billed) without an answer
+            raise ProviderError(self.name, f"request failed: {type(exc).__name__}") from None
+        if response.status_code in REDIRECTS:
+            job.created(self._job_id(response))
+        elif response.status_code < 400 or (
+            response.status_code >= 500 and not _from_front_door(response)
+        ):
+            job.created(None)  # the function ran (or may have): billed, nothing to resume
+        try:
+            return await self._result(response)
+        except _ResultGone:
+            raise ProviderError(self.name, "result URL answered HTTP 404") from None
+
+    def _job_id(self, response: httpx.Response) -> str:
+        """The call id from the 303's result URL, or the URL itself when it has none."""
+        location = str(response.url.join(response.headers.get("location", "")))
+        ids = parse_qs(urlparse(location).query).get(CALL_ID)
+        return ids[0] if ids else location
+
+    def _result_url(self, job_id: str) -> httpx.URL:
+        if job_id.startswith(("http://", "https://")):
+            return httpx.URL(job_id)
+        return httpx.URL(self.endpoint).copy_merge_params({CALL_ID: job_id})
+
+    async def _resume(self, job_id: str) -> ProviderImage:
+        try:
+            response = await self._client.get(self._result_url(job_id))
+        except httpx.HTTPError as exc:
+            raise ProviderError(self.name, f"resume failed: {type(exc).__name__}") from None
+        if response.status_code == 500:
+            raise _ResultGone  # that call failed: a new one may succeed
+        return await self._result(response)
+
+    async def _result(self, response: httpx.Response) -> ProviderImage:
+        """Follow 303s to the result and read the image (the response is the first answer)."""
+        redirects = 0
+        while response.status_code in REDIRECTS:
+            redirects += 1
+            if redirects > self.max_redirects:
+                raise ProviderError(
+                    self.name, f"result still pending after {self.max_redirects} 303s"
+                )
+            url = response.url.join(response.headers.get("location", ""))
+            try:
+                response = await self._client.get(url)
+            except httpx.HTTPError as exc:
+                raise ProviderError(
+                    self.name, f"result request failed: {type(exc).__name__}"
+                ) from None
         status = response.status_code
+        if status == 404 and (redirects or CALL_ID in response.url.params):
+            raise _ResultGone
         if status != 200:
             raise ProviderError(
                 self.name,
                 f"endpoint answered HTTP {status}"
-                + (f" after {len(response.history)} redirect(s)" if response.history else ""),
+                + (f" after {redirects} redirect(s)" if redirects else ""),
                 retryable=status not in NOT_RETRYABLE,
             )
-        content_type = response.headers.get("content-type", "").split(";")[0]
-        if not content_type.startswith("image/"):
-            raise ProviderError(self.name, f"endpoint answered {content_type or 'no'} content")
+        content_type = sniff_image(response.content)
+        if content_type is None:
+            declared = response.headers.get("content-type", "").split(";")[0] or "no content type"
+            shape = "empty body" if not response.content else f"{declared} body, not an image"
+            raise ProviderError(self.name, f"unexpected output shape: {shape}")
         return ProviderImage(response.content, content_type, self.price_usd)
+
+
+def _from_front_door(response: httpx.Response) -> bool:
+    """Modal's HTTP proxy prefixes its own errors `modal-http:`; those ran no function."""
+    return response.text.lstrip().startswith("modal-http:")

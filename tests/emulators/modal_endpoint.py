@@ -6,20 +6,29 @@ It behaves like Modal's HTTP front door for a `@modal.fastapi_endpoint` with
   ("modal-http: missing credentials for proxy authorization");
 - a request still running after `redirect_after` seconds (Modal: 150 s) is answered
   `303 See Other` with `Location: <endpoint>/?__modal_function_call_id=fc-...`; a GET on
-  that URL waits again and answers the result or another 303;
+  that URL waits again and answers the result or another 303; the result URL "can be
+  reloaded without triggering a new request", so a finished call answers again;
 - a failing function call answers 500 "Internal Server Error"; a bad body answers 422
-  with FastAPI's `{"detail": [...]}`.
+  with FastAPI's `{"detail": [...]}`; an unknown call id answers 404.
 
 The endpoint contract (ours): POST JSON {prompt, negative_prompt, lora_url, seed, width,
 height, num_inference_steps} -> 200 image/png.
 
-Switches: latency, failure_rate, hang, `redirect_after` (seconds; 0 = always redirect).
+Switches (one per documented variant, see tests/emulators/README.md): latency,
+failure_rate, hang, `redirect_after` (seconds; 0 = always redirect); `fail_next(*statuses)`
+(the next POSTs answer these statuses from the front door, no call made);
+`result_fail_next`/`result_fail_status` (the next result-URL GETs fail: a lost result);
+`content_type` (of the 200 body, e.g. "application/octet-stream"); `body_override`
+(a 200 body of a shape the contract does not list: b"", JSON, HTML); `forget_calls()`
+(results expired). `billed_jobs` counts function calls made (POSTs that passed proxy
+auth and body validation).
 """
 
 from __future__ import annotations
 
 import asyncio
 import uuid
+from collections import deque
 
 from aiohttp import web
 
@@ -51,6 +60,20 @@ class ModalEndpointEmulator(Emulator):
         self._calls: dict[str, asyncio.Task[bytes]] = {}
         #: one (key, latency, failed) per generation; key = the body's seed
         self.records: list[tuple[str, float, bool]] = []
+        # --- response-variant switches (module docstring) ---
+        self.errors_next: deque[int] = deque()
+        self.result_fail_next = 0
+        self.result_fail_status = 502
+        self.content_type = "image/png"
+        self.body_override: bytes | None = None
+
+    def fail_next(self, *statuses: int) -> None:
+        """The next POSTs answer these statuses before any function call is made."""
+        self.errors_next.extend(statuses)
+
+    def forget_calls(self) -> None:
+        """Every result is gone: result URLs answer 404."""
+        self._calls.clear()
 
     def build_app(self) -> web.Application:
         app = web.Application()
@@ -93,15 +116,18 @@ class ModalEndpointEmulator(Emulator):
             location = f"{request.url.origin()}/?__modal_function_call_id={call_id}"
             return web.Response(status=303, headers={"Location": location})
         except _Failed:
-            self._calls.pop(call_id, None)
             return web.Response(status=500, text="Internal Server Error")
-        self._calls.pop(call_id, None)
-        return web.Response(body=data, content_type="image/png")
+        if self.body_override is not None:
+            return web.Response(body=self.body_override, content_type=self.content_type)
+        return web.Response(body=data, content_type=self.content_type)
 
     async def _post(self, request: web.Request) -> web.Response:
         self.counters.hit("post")
         if not self._authorised(request):
             return self._unauthorised()
+        if self.errors_next:
+            status = self.errors_next.popleft()
+            return web.Response(status=status, text=f"modal-http: emulated {status}")
         try:
             body = await request.json()
         except ValueError:
@@ -114,6 +140,7 @@ class ModalEndpointEmulator(Emulator):
             ]
             return web.json_response({"detail": detail}, status=422)
         self.bodies.append(body)
+        self.bill()
         call_id = f"fc-{uuid.uuid4().hex[:26]}"
         self._calls[call_id] = asyncio.create_task(
             self._generate(call_id, str(body.get("seed", "")))
@@ -125,6 +152,10 @@ class ModalEndpointEmulator(Emulator):
         if not self._authorised(request):
             return self._unauthorised()
         call_id = request.query.get("__modal_function_call_id", "")
+        if self.result_fail_next > 0:
+            self.result_fail_next -= 1
+            self.counters.hit("result_failed")
+            return web.Response(status=self.result_fail_status, text="Bad Gateway")
         if call_id not in self._calls:
             return web.Response(status=404, text="modal-http: function call not found")
         return await self._answer(request, call_id)
