@@ -1,16 +1,24 @@
 """The scheduled fan-out: one content batch per active avatar whose cadence is due.
 
 Daily, weekly and monthly deployments run this flow with their cadence and the spec's
-batch size for it; each avatar's batch is its own `content-batch` subflow, so one
-avatar's failure is visible in the UI without stopping the others.
+batch size for it. Each due avatar's batch becomes a run of the `content-batch/on-demand`
+deployment, so any worker of the pool can take any batch (the batches of one schedule
+slot spread over every worker instead of running in the process that took the fan-out).
+See `scheduled_batches` for how it names, deduplicates and waits for them.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from typing import Any
 
 from prefect import flow
+from prefect.client.orchestration import get_client
+from prefect.deployments import run_deployment
+from prefect.exceptions import ObjectNotFound
+from prefect.runtime import flow_run
+from prefect.settings import get_current_settings
 
 from flows.content_batch import content_batch
 from studio.avatars import list_avatars
@@ -19,9 +27,39 @@ from studio.types import BatchResult
 
 log = logging.getLogger("studio.batch")
 
+#: the deployment each scheduled batch runs as (prefect.yaml and deployments/serve.py)
+BATCH_DEPLOYMENT = "content-batch/on-demand"
+
 
 class SomeBatchesFailed(Exception):
-    pass
+    """In-process fallback only: some avatars' batches failed (each is its own subflow)."""
+
+
+class SomeBatchesNotSubmitted(Exception):
+    """The API refused or lost some submissions; retrying the fan-out submits only those."""
+
+
+def batch_run_name(avatar_name: str, num_pieces: int) -> str:
+    return f"content-batch-{avatar_name}-{num_pieces}"
+
+
+def batch_idempotency_key(cadence: str, slot: str, avatar_id: str) -> str:
+    """One key per schedule slot and avatar: a retried or re-delivered fan-out of the same
+    slot gets the run it created the first time back from the server instead of a new one."""
+    return f"scheduled-batches:{cadence}:{slot}:{avatar_id}"
+
+
+def due_avatars(cadence: str) -> list[tuple[str, str]]:
+    """(id, name) of the active avatars of this cadence that have LoRA weights, by name."""
+    with session_scope() as session:
+        avatars = [
+            (a.id, a.name, bool(a.lora_weights_url))
+            for a in list_avatars(session, cadence=cadence, active_only=True)
+        ]
+    for _, name, trained in avatars:
+        if not trained:
+            log.warning("Skipping avatar %s: no lora_weights_url yet", name)
+    return [(avatar_id, name) for avatar_id, name, trained in avatars if trained]
 
 
 @flow(name="scheduled-batches", flow_run_name="{cadence}-batches")
@@ -29,31 +67,106 @@ async def scheduled_batches(
     cadence: str = "daily",
     num_pieces: int = 50,
     platform: str = "instagram",
-    tier_distribution: dict[str, float] | None = None,
+    tier_distribution: Any = None,
     hook_mode: str = "auto",
 ) -> dict[str, str]:
-    """`hook_mode` "auto": nobody waits on these batches, so their hooks go out as one
-    half-price Message Batch each (direct calls for what it does not finish in time)."""
-    with session_scope() as session:
-        avatars = [
-            (a.id, a.name, bool(a.lora_weights_url))
-            for a in list_avatars(session, cadence=cadence, active_only=True)
-        ]
-    ready = [(avatar_id, name) for avatar_id, name, trained in avatars if trained]
-    for _, name, trained in avatars:
-        if not trained:
-            log.warning("Skipping avatar %s: no lora_weights_url yet", name)
+    """Start one `content-batch` deployment run per due avatar and return.
+
+    Each run is named `content-batch-<avatar name>-<pieces>`, linked to this run as its
+    child (it shows under this run in the UI), and carries an idempotency key made of the
+    cadence, this run's scheduled start (the schedule slot, which a retry keeps) and the
+    avatar id, so retrying this fan-out starts no batch twice; only avatars whose
+    submission failed get a run the second time.
+
+    How it waits: it does not. It submits the runs (one at a time, a few API calls each,
+    in avatar-name order so a retry lines up with the first attempt) and completes.
+    A parent that waited would hold a worker process, and a slot of the pool's or queue's
+    concurrency limit, for the whole length of its longest batch, and under a limit of N
+    slots N waiting fan-outs would starve their own children. Nothing is lost by not
+    waiting: each batch reports its own outcome (its state, its logs and artifact, the
+    "content batch failed" automation), and the UI shows them all under this run.
+
+    Without a `content-batch/on-demand` deployment on the API (the ephemeral API, a
+    `python -c` call, tests), the batches run here as in-process subflows, with a warning
+    that says how to spread them; `python -m deployments.serve` has the deployment, so
+    its served process takes the runs.
+
+    `hook_mode` "auto": nobody waits on these batches, so their hooks go out as one
+    half-price Message Batch each (direct calls for what it does not finish in time).
+    """
+    ready = due_avatars(cadence)
     log.info("Scheduled %s batches: %d avatars due", cadence, len(ready))
+    parameters: dict[str, Any] = {
+        "num_pieces": num_pieces,
+        "platform": platform,
+        "hook_mode": hook_mode,
+    }
+    if tier_distribution is not None:
+        parameters["tier_distribution"] = _as_json(tier_distribution)
+    if not ready:
+        return {}
+    if not await _deployment_exists(BATCH_DEPLOYMENT):
+        log.warning(
+            "No %s deployment on %s: running %d batches in this process; run "
+            "`prefect deploy --all` so that workers take them",
+            BATCH_DEPLOYMENT,
+            get_current_settings().api.url or "the ephemeral API",
+            len(ready),
+        )
+        return await _run_in_process(ready, parameters)
+    slot = flow_run.scheduled_start_time.isoformat()
+    return await submit_batches(cadence, slot, ready, parameters)
+
+
+async def _deployment_exists(name: str) -> bool:
+    async with get_client() as client:
+        try:
+            await client.read_deployment_by_name(name)
+        except ObjectNotFound:
+            return False
+    return True
+
+
+async def submit_batches(
+    cadence: str, slot: str, ready: list[tuple[str, str]], parameters: dict[str, Any]
+) -> dict[str, str]:
+    summary: dict[str, str] = {}
+    refused: dict[str, str] = {}
+    for avatar_id, name in ready:  # sequential: stable order of the parent's task keys
+        run_name = batch_run_name(name, parameters["num_pieces"])
+        try:
+            child = await run_deployment(
+                BATCH_DEPLOYMENT,
+                parameters={"avatar_id": avatar_id, **parameters},
+                flow_run_name=run_name,
+                idempotency_key=batch_idempotency_key(cadence, slot, avatar_id),
+                tags=["scheduled", cadence],
+                as_subflow=True,
+                timeout=0,
+            )
+        except Exception as exc:  # one refusal must not keep the other avatars' batches
+            refused[name] = f"{type(exc).__name__}: {exc}"
+            log.error("Batch not submitted | Avatar: %s | Reason: %s", name, refused[name])
+            continue
+        summary[name] = f"{run_name} ({child.id})"
+        log.info("Batch submitted | Avatar: %s | Run: %s | Id: %s", name, run_name, child.id)
+    if refused:
+        raise SomeBatchesNotSubmitted(
+            f"{len(refused)} of {len(ready)} batches not submitted ({refused}); "
+            "retry this run to submit them (the others are not submitted twice)"
+        )
+    return summary
+
+
+async def _run_in_process(
+    ready: list[tuple[str, str]], parameters: dict[str, Any]
+) -> dict[str, str]:
     results = await asyncio.gather(
         *(
-            content_batch(
-                avatar_id=avatar_id,
-                num_pieces=num_pieces,
-                platform=platform,
-                tier_distribution=tier_distribution,
-                hook_mode=hook_mode,
-            )
-            for avatar_id, _ in ready
+            content_batch.with_options(
+                flow_run_name=batch_run_name(name, parameters["num_pieces"])
+            )(avatar_id=avatar_id, **parameters)
+            for avatar_id, name in ready
         ),
         return_exceptions=True,
     )
@@ -68,3 +181,9 @@ async def scheduled_batches(
     if failed:
         raise SomeBatchesFailed(f"batches failed for {', '.join(failed)}: {summary}")
     return summary
+
+
+def _as_json(value: Any) -> Any:
+    """Typed parameter values (pydantic models) as the JSON the deployment run takes."""
+    dump = getattr(value, "model_dump", None)
+    return dump(mode="json") if callable(dump) else value
