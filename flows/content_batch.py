@@ -19,6 +19,7 @@ from prefect.runtime import flow_run
 from blocks import apply_registered_blocks
 from flows.batch_artifact import publish_batch_artifact
 from flows.batch_events import emit_batch_events
+from flows.batch_state_hooks import BATCH_STATE_HOOKS, record_resume
 from flows.hook_step import write_batch_hooks
 from flows.image_chunk import image_chunk
 from studio import batchlog, progress
@@ -29,6 +30,7 @@ from studio.outcomes import (
     PUBLISHABLE,
     batch_row_values,
     build_result,
+    hold_degraded,
     piece_outcomes,
     piece_row,
     stand_in_marks,
@@ -49,7 +51,12 @@ from studio.types import (
 )
 from tasks.check_safety import check_safety
 from tasks.generate_images import image_chain, images_started_early
-from tasks.progress import load_batch_progress, record_plan, record_progress, stored_batch_request
+from tasks.progress import (
+    load_batch_progress,
+    record_plan,
+    record_progress,
+    resumable_batch_request,
+)
 from tasks.provider_tags import moderation_tags, storage_tags
 from tasks.save import finish_batch, register_batch, save_pieces
 from tasks.select_templates import select_templates
@@ -74,6 +81,7 @@ def chunked(items: list[Any], size: int) -> list[list[Any]]:
     log_prints=False,
     timeout_seconds=get_settings().batch_generation_timeout,
     retries=0,
+    **BATCH_STATE_HOOKS,  # a timed-out, crashed or cancelled run still writes its row
 )
 async def content_batch(
     avatar_id: str,
@@ -120,7 +128,9 @@ async def content_batch(
         hook_mode=hook_mode,
     )
     if resume_batch_id:  # resume (storage): the stored request wins, the batch id is reused
-        request = BatchRequest.model_validate(stored_batch_request(resume_batch_id))
+        # unknown, complete or another avatar's batch: refused here, before any spend
+        config = resumable_batch_request(resume_batch_id, avatar_id)
+        request = BatchRequest.model_validate(config)
         batch_id = resume_batch_id
     validated = validate_batch(request)
     avatar = validated.avatar
@@ -135,6 +145,8 @@ async def content_batch(
     done = load_batch_progress(batch_id)  # resume: what an earlier run of this batch finished
     specs = done.specs if done else select_templates(request, avatar, batch_id)
     register_batch(batch_id, avatar.id, request.model_dump(mode="json"), len(specs))
+    if resume_batch_id and flow_run.get_id():
+        record_resume(batch_id, flow_run.get_id(), list(flow_run.get_tags()))
     if done is None:
         record_plan(avatar.id, batch_id, specs)
         done = BatchProgress(batch_id=batch_id)
@@ -161,6 +173,12 @@ async def content_batch(
             f"Avg per image: {avg:.2f}s",
         )
     )
+    degraded = sum(1 for image in images.values() if image.degraded)
+    if degraded:
+        log.warning(
+            "Degraded images | Degraded: %d | Fresh: %d | cached assets, not new pieces",
+            degraded, len(images) - degraded,
+        )
     for failure in failures.values():
         log.error(
             "Image generation failed | Piece: %s | Reason: %s", failure.piece_id, failure.reason
@@ -185,6 +203,11 @@ async def content_batch(
     t0 = time.perf_counter()
     todo = [spec for spec in made if spec.piece_id not in done.verdicts]
     safety = await _check_safety(todo, hooks.hooks, images, request.safety_check)
+    held = hold_degraded(images, safety.verdicts, settings.publish_degraded)
+    safety.verdicts.update(held)  # a cached image is not new: held for review by default
+    if held:
+        log.warning("Degraded pieces held for review | Count: %d | PUBLISH_DEGRADED=false",
+                    len(held))
     record_progress("checked", list(safety.verdicts.values()))
     safety.verdicts = {**done.verdicts, **safety.verdicts}
     steps["safety_check"] = time.perf_counter() - t0

@@ -32,6 +32,31 @@ log = logging.getLogger("studio.batch")
 #: verdicts whose pieces are uploaded and published
 PUBLISHABLE = {"passed", "retiered", "skipped"}
 
+#: why a degraded piece is held (PUBLISH_DEGRADED=false, the default)
+DEGRADED_REASON = "degraded: image is a cached asset of an earlier batch (PUBLISH_DEGRADED=false)"
+
+
+def hold_degraded(
+    images: dict[str, GeneratedImage],
+    verdicts: dict[str, SafetyVerdict],
+    publish_degraded: bool,
+) -> dict[str, SafetyVerdict]:
+    """The verdicts that hold degraded pieces for review instead of publishing them.
+
+    Why: a cached asset reused when every provider failed is a repeat of an earlier
+    batch's image; published as new it would be counted (and shown) as fresh content.
+    """
+    if publish_degraded:
+        return {}
+    held = {}
+    for piece_id, verdict in verdicts.items():
+        image = images.get(piece_id)
+        if image is not None and image.degraded and verdict.status in PUBLISHABLE:
+            held[piece_id] = verdict.model_copy(
+                update={"status": "pending_review", "reason": DEGRADED_REASON}
+            )
+    return held
+
 
 def piece_outcomes(
     specs: list[PieceSpec],
@@ -70,6 +95,7 @@ def piece_outcomes(
                 storage_key=obj.key if obj else None,
                 cost_usd=image.cost_usd if image else 0.0,
                 reason=reason,
+                degraded=bool(image and image.degraded),
             )
         )
     return outcomes
@@ -121,6 +147,7 @@ def piece_row(
         "url": outcome.url,
         "cost_usd": outcome.cost_usd,
         "stand_ins": stand_ins.get(outcome.piece_id, []),
+        "degraded": outcome.degraded,
     }
 
 
@@ -174,6 +201,7 @@ def build_result(
         cost_breakdown=breakdown,
         stand_ins=labels,
         pieces=outcomes,
+        degraded=sum(1 for o in outcomes if o.degraded),
     )
 
 
@@ -189,4 +217,5 @@ def batch_row_values(result: BatchResult) -> dict[str, Any]:
         "failed": result.failed,
         "pending_review": result.pending_review,
         "stand_ins": result.stand_ins,
+        "degraded": result.degraded,
     }

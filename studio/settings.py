@@ -37,6 +37,13 @@ class Settings(BaseSettings):
     image_chunk_size: int = Field(default=10, alias="IMAGE_CHUNK_SIZE", ge=1, le=10)
     min_success_ratio: float = Field(default=0.8, alias="MIN_SUCCESS_RATIO", ge=0, le=1)
 
+    #: publish pieces whose image is a cached asset; default: hold them for review
+    publish_degraded: bool = Field(default=False, alias="PUBLISH_DEGRADED")
+    #: automatic resumes of a crashed or timed-out batch before it is marked failed
+    auto_resume_max_attempts: int = Field(default=3, alias="AUTO_RESUME_MAX_ATTEMPTS", ge=0)
+    #: a private bucket for staged images when the content bucket has a public domain
+    r2_staging_bucket: str | None = Field(default=None, alias="R2_STAGING_BUCKET")
+
     @property
     def resolved_database_url(self) -> str:
         """The default is a SQLite file under STUDIO_HOME, so a fresh clone needs no server."""

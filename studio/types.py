@@ -72,6 +72,12 @@ class GeneratedImage(BaseModel):
     cost_usd: float = 0.0
     stand_in: bool = False
     attempts: int = 1
+    #: the provider's id of the billed job that made it (None for stand-ins, cache)
+    provider_job_id: str | None = None
+    #: a cached asset of an earlier batch, reused when every provider failed: not new
+    degraded: bool = False
+    #: where the image is staged in the object store's private area, when one is used
+    staged_key: str | None = None
 
 
 class ImageFailure(BaseModel):
@@ -136,6 +142,8 @@ class PieceOutcome(BaseModel):
     storage_key: str | None = None
     cost_usd: float = 0.0
     reason: str | None = None
+    #: the image is a cached asset, not a fresh one (see GeneratedImage.degraded)
+    degraded: bool = False
 
 
 class BatchResult(BaseModel):
@@ -154,3 +162,5 @@ class BatchResult(BaseModel):
     cost_breakdown: dict[str, float]
     stand_ins: list[str]
     pieces: list[PieceOutcome]
+    #: pieces made from a cached asset, counted apart from fresh ones
+    degraded: int = 0

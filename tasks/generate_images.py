@@ -18,13 +18,15 @@ from pathlib import Path
 
 from prefect import task
 
+from studio.db import progress as db_progress
+from studio.db.engine import session_scope
 from studio.providers.asset_cache import AssetCache
 from studio.providers.build import caps
 from studio.providers.chain import ChainExhausted, ProviderChain
 from studio.providers.registry import build_image_chain
 from studio.providers.settings import PROVIDER_NAMES, ProviderSettings
 from studio.settings import get_settings
-from studio.staging import ImageStaging
+from studio.staging import ImageStaging, open_staging
 from studio.types import AvatarRef, GeneratedImage, PieceSpec
 from tasks.provider_slots import PrefectSlots
 
@@ -143,15 +145,33 @@ async def _first_slots_granted(timeout: float = 1.0) -> None:
 
 
 async def produce_image(spec: PieceSpec, avatar: AvatarRef, staging_root: str) -> GeneratedImage:
-    """One piece's image: the staged one if it exists, else the chain's, staged."""
-    staging = ImageStaging(Path(staging_root), spec.batch_id)
-    already = staging.existing(spec.piece_id)
-    if already is not None:
-        return already
+    """One piece's image: the staged one if it exists, else the chain's, staged.
+
+    The image is recorded as generated in the database the moment it is staged (not at
+    the end of the step), so a process killed mid-step loses only the images in flight.
+    """
+    staging = await asyncio.to_thread(open_staging, staging_root, spec.batch_id)
+    already = await asyncio.to_thread(staging.existing, spec.piece_id)
+    if already is None:
+        already = await _make_image(spec, avatar, staging)
+    await asyncio.to_thread(_record_generated, already)
+    return already
+
+
+def _record_generated(image: GeneratedImage) -> None:
+    """One forward-only UPDATE (planned -> generated); the step's final record repeats it."""
+    try:
+        with session_scope() as session:
+            db_progress.record_images(session, [image])
+    except Exception as exc:  # the end-of-step record_progress retries it
+        log.warning("Image not recorded yet | Piece: %s | %s", image.piece_id, exc)
+
+
+async def _make_image(spec: PieceSpec, avatar: AvatarRef, staging: ImageStaging) -> GeneratedImage:
     try:
         result = await image_chain().generate(spec, avatar)
     except ChainExhausted as exc:
-        return _degrade(spec, avatar, staging, exc)
+        return await asyncio.to_thread(_degrade, spec, avatar, staging, exc)
     image = GeneratedImage(
         piece_id=spec.piece_id,
         provider=result.provider,
@@ -161,8 +181,9 @@ async def produce_image(spec: PieceSpec, avatar: AvatarRef, staging_root: str) -
         cost_usd=result.cost_usd,
         stand_in=result.stand_in,
         attempts=result.attempts,
+        provider_job_id=getattr(result, "job_id", None),  # set by billed providers (ledger)
     )
-    staged = staging.save(image, result.image.data)
+    staged = await asyncio.to_thread(staging.save, image, result.image.data)
     if not result.stand_in:
         asset_cache().remember(avatar.id, spec.template_id, Path(staged.path))
     return staged
@@ -185,5 +206,6 @@ def _degrade(
         content_type="image/png",
         cost_usd=0.0,
         attempts=exc.attempts,
+        degraded=True,
     )
     return staging.save(image, cached)

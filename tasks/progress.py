@@ -10,7 +10,7 @@ from typing import Any
 
 from prefect import task
 
-from studio.db import progress
+from studio.db import batch_endings, progress
 from studio.db.engine import session_scope
 from studio.db.models import Batch
 from studio.request import BatchRequestError
@@ -51,6 +51,13 @@ def record_progress(
         return 0
     with session_scope() as session:
         return _RECORDERS[step](session, items)  # type: ignore[operator]
+
+
+def resumable_batch_request(batch_id: str, avatar_id: str | None) -> dict[str, Any]:
+    """The stored request of a batch `avatar_id` may resume; refused (BatchRequestError,
+    naming the id) when unknown, already complete or another avatar's."""
+    with session_scope() as session:
+        return batch_endings.resumable_config(session, batch_id, avatar_id)
 
 
 def stored_batch_request(batch_id: str) -> dict[str, Any]:

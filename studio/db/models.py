@@ -74,6 +74,10 @@ class Batch(Base):
     pending_review: Mapped[int] = mapped_column(Integer, default=0)
     stand_ins: Mapped[list[str]] = mapped_column(JSON, default=list)
     error: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: migration 0004: every run that resumed this batch ({run_id, by, at, resumes})
+    resumes: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    #: migration 0004: pieces made from a cached asset, counted apart from fresh ones
+    degraded: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     started_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     finished_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
 
@@ -120,6 +124,8 @@ class ContentPiece(Base):
     content_type: Mapped[str | None] = mapped_column(String(50), nullable=True)
     #: kept locally after a remote-store failure; the storage-sync flow clears it
     needs_sync: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: migration 0004: the image is a cached asset of an earlier batch, not a fresh one
+    degraded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
 
 
 class CostLedgerEntry(Base):

@@ -107,7 +107,17 @@ def test_kill_at_image_step_then_resume(demo_home, tmp_path) -> None:
     assert _run(env, probes, batch_id, "--crash-at", "image:4") == -signal.SIGKILL
     first = _lines(probes / "renders.log")
     assert len(first) == 3  # killed at the 4th render: three images exist and are staged
-    assert _statuses(batch_id) == Counter({"planned": PIECES})  # the plan was durable
+    # the plan was durable, and so was each image the moment it was staged
+    assert _statuses(batch_id) == Counter({"generated": 3, "planned": PIECES - 3})
+    with session_scope() as session:
+        generated = set(
+            session.scalars(
+                select(ContentPiece.id).where(
+                    ContentPiece.batch_id == batch_id, ContentPiece.status == "generated"
+                )
+            )
+        )
+    assert generated == set(first)
 
     assert _run(env, probes, batch_id, "--resume") == 0
     renders = Counter(_lines(probes / "renders.log"))
@@ -189,6 +199,7 @@ def test_kill_at_upload_step_then_resume(postgres_home, s3_server, s3_bucket, tm
 async def test_resuming_a_finished_batch_changes_nothing(demo_home) -> None:
     from flows.content_batch import content_batch
     from studio.providers import registry
+    from studio.request import BatchRequestError
 
     first = await content_batch(avatar_id="demo", num_pieces=6, seed=3)
     rendered = registry._PREVIEW.rendered
@@ -199,10 +210,9 @@ async def test_resuming_a_finished_batch_changes_nothing(demo_home) -> None:
                 select(ContentPiece).where(ContentPiece.batch_id == first.batch_id)
             )
         }
-    again = await content_batch(avatar_id="demo", resume_batch_id=first.batch_id)
+    with pytest.raises(BatchRequestError, match=f"batch '{first.batch_id}' is already complete"):
+        await content_batch(avatar_id="demo", resume_batch_id=first.batch_id)
     assert registry._PREVIEW.rendered == rendered
-    assert again.batch_id == first.batch_id
-    assert again.published == first.published
     with session_scope() as session:
         after = {
             r.id: (r.status, r.url, r.checksum)
