@@ -57,3 +57,26 @@ def emit_batch_events(
             },
         )
     return alerts
+
+
+def emit_budget_reached(result: BatchResult, refused_calls: int) -> None:
+    """`studio.alert.budget-reached`: a budget stopped billed calls of this batch."""
+    from studio.ledger.settings import LedgerSettings
+
+    budgets = LedgerSettings()
+    emit_event(
+        event="studio.alert.budget-reached",
+        resource={
+            "prefect.resource.id": f"studio.batch.{result.batch_id}",
+            "prefect.resource.name": f"content-batch {result.avatar_name}",
+            "studio.avatar.id": result.avatar_id,
+        },
+        payload={
+            "level": "warning",
+            "message": "a spending budget stopped billed provider calls",
+            "spent_usd": result.cost_usd,
+            "batch_budget_usd": budgets.batch_budget_usd,
+            "avatar_daily_budget_usd": budgets.avatar_daily_budget_usd,
+            "refused_calls": refused_calls,
+        },
+    )

@@ -18,7 +18,7 @@ from prefect.runtime import flow_run
 
 from blocks import apply_registered_blocks
 from flows.batch_artifact import publish_batch_artifact
-from flows.batch_events import emit_batch_events
+from flows.batch_events import emit_batch_events, emit_budget_reached
 from flows.batch_state_hooks import BATCH_STATE_HOOKS, record_resume
 from flows.hook_step import write_batch_hooks
 from flows.image_chunk import image_chunk
@@ -51,6 +51,7 @@ from studio.types import (
 )
 from tasks.check_safety import check_safety
 from tasks.generate_images import image_chain, images_started_early
+from tasks.ledger import ledger_cost
 from tasks.progress import (
     load_batch_progress,
     record_plan,
@@ -263,6 +264,7 @@ async def content_batch(
     result = build_result(
         batch_id, avatar, request, outcomes, steps, started, hooks, safety, stand_ins
     )
+    result, cost = ledger_cost(result)  # cost: what the ledger says providers billed
     finish_batch(batch_id, batch_row_values(result))
     log.info(
         batchlog.batch_complete(avatar.id, result.total_seconds, result.published, result.cost_usd)
@@ -275,6 +277,8 @@ async def content_batch(
         # a hit rate over a handful of lookups (a fresh process) says nothing yet
         cache_hit_percent=float(cache["hit_rate_percent"]) if cache["total_calls"] >= 20 else None,
     )
+    if cost.refused_calls:
+        emit_budget_reached(result, cost.refused_calls)
     delivered = (result.requested - result.failed) / max(result.requested, 1)
     if delivered < settings.min_success_ratio:
         raise BatchBelowMinimum(

@@ -9,6 +9,7 @@ from sqlalchemy.orm import Session
 
 from studio.db.models import Avatar, Batch, ContentPiece
 from studio.db.queries import avatar_summary
+from studio.ledger.totals import avatar_cost
 
 
 def avatar_stats(session: Session, avatar_id: str) -> dict[str, Any]:
@@ -23,6 +24,8 @@ def avatar_stats(session: Session, avatar_id: str) -> dict[str, Any]:
         **pieces,
         "batches": int(batches),
         "batches_cost_usd": round(float(batch_cost), 4),
+        # what providers billed, from the cost ledger (every billed call, by provider/day)
+        "billed": avatar_cost(session, avatar_id),
     }
 
 

@@ -20,9 +20,10 @@ from prefect import task
 
 from studio.db import progress as db_progress
 from studio.db.engine import session_scope
+from studio.ledger.jobs import ImageCallLedger
 from studio.providers.asset_cache import AssetCache
 from studio.providers.build import caps
-from studio.providers.chain import ChainExhausted, ProviderChain
+from studio.providers.chain import BUDGET, ChainExhausted, ProviderChain
 from studio.providers.registry import build_image_chain
 from studio.providers.settings import PROVIDER_NAMES, ProviderSettings
 from studio.settings import get_settings
@@ -49,7 +50,7 @@ def image_chain() -> ProviderChain:
             poll_seconds=settings.slot_poll_seconds,
             linger_seconds=settings.slot_linger_seconds,
         )
-        _chain = build_image_chain(settings, slot=_slots)
+        _chain = build_image_chain(settings, slot=_slots, ledger=ImageCallLedger())
     return _chain
 
 
@@ -193,6 +194,8 @@ def _degrade(
     spec: PieceSpec, avatar: AvatarRef, staging: ImageStaging, exc: ChainExhausted
 ) -> GeneratedImage:
     cached = asset_cache().lookup(avatar.id, spec.template_id)
+    if cached is None and exc.budget:  # a budget stopped the billed providers
+        raise ImageGenerationFailed(BUDGET) from None
     if cached is None:
         raise ImageGenerationFailed(f"piece {spec.index}: {exc}") from None
     log.warning(

@@ -7,6 +7,7 @@ from pydantic import BaseModel
 
 from studio.avatars import resolve_avatar
 from studio.db.engine import session_scope
+from studio.ledger.validation import validate_cost_settings
 from studio.request import BatchRequest, validate_request
 from studio.types import AvatarRef
 
@@ -18,6 +19,7 @@ class ValidatedBatch(BaseModel):
 
 def validate_batch_request(request: BatchRequest) -> ValidatedBatch:
     """Plain function too, so the CLI can refuse bad input (exit 2) without a flow run."""
+    validate_cost_settings()  # budgets and prices: refused before anything is spent
     validate_request(request)
     with session_scope() as session:
         avatar = resolve_avatar(session, request.avatar_id)

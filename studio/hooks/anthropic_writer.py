@@ -10,7 +10,10 @@ Issue 3):
   fails counts towards a circuit breaker, which after 5 consecutive failures stops
   calling; the pieces of a failed group, and any piece whose hook is missing or
   unusable in an answer, get a template hook marked `source="template"`;
-- the cost is priced from the usage each response reports;
+- the cost is priced from the usage each response reports, and every call is written to
+  the cost ledger (`ledger`, studio/ledger/calls.py): reserved at an upper estimate
+  before it is made (a budget may refuse it: that group gets template hooks, which are
+  free) and settled at the reported usage's price;
 - with `use_message_batches` (a scheduled batch's hook_mode, see `modes.py`), all the
   groups go out as ONE Message Batch (half price); the groups it does not finish within
   the time budget go out as direct calls (see `message_batches.py`).
@@ -38,6 +41,9 @@ from studio.hooks.pricing import TokenUsage, usage_cost
 from studio.hooks.prompt import catalogue_text, message_params
 from studio.hooks.retrying import call_with_retries, status_of
 from studio.hooks.settings import HookSettings
+from studio.ledger.calls import CallCharge, HookCallLedger
+from studio.ledger.jobs import BudgetRefused
+from studio.ledger.pricing import hook_call_estimate
 from studio.types import AvatarRef, Hook, HookBatch, PieceSpec, Platform
 
 logger = logging.getLogger("studio.hooks")
@@ -78,6 +84,7 @@ class AnthropicHookWriter:
         use_message_batches: bool = False,
         time_budget_seconds: float | None = None,
         breaker: CircuitBreaker | None = None,
+        ledger: HookCallLedger | None = None,
     ) -> None:
         if not settings.configured:
             raise ValueError("AnthropicHookWriter needs ANTHROPIC_API_KEY")
@@ -91,6 +98,21 @@ class AnthropicHookWriter:
         )
         self.breaker = breaker or CircuitBreaker(
             settings.breaker_threshold, settings.breaker_reset_seconds
+        )
+        #: where each call is reserved and settled (None: not recorded, e.g. a tool)
+        self.ledger = ledger
+        self._owner: tuple[str | None, str] = (None, "")  # (batch id, avatar id) of write()
+
+    async def reserve_charge(
+        self, specs: Sequence[PieceSpec], params: Sequence[dict[str, Any]], discount: float = 1.0
+    ) -> CallCharge | None:
+        """Reserve the calls' estimate in the ledger; raises BudgetRefused over budget."""
+        if self.ledger is None:
+            return None
+        estimate = sum(hook_call_estimate(p, self.settings, discount) for p in params)
+        batch_id, avatar_id = self._owner
+        return await self.ledger.reserve(
+            [s.piece_id for s in specs], batch_id or specs[0].batch_id, avatar_id, estimate
         )
 
     def _client(self) -> AsyncAnthropic:
@@ -134,6 +156,11 @@ class AnthropicHookWriter:
     ) -> GroupResult:
         if not self.breaker.allow():
             return GroupResult(error="CircuitOpen")
+        try:
+            charge = await self.reserve_charge(group, [params])
+        except BudgetRefused:
+            self.breaker.release_trial()  # not a call
+            return GroupResult(error="budget")
         attempts = 0
 
         async def attempt() -> Any:
@@ -157,10 +184,15 @@ class AnthropicHookWriter:
             )
         except Exception as exc:  # any SDK or transport failure falls back per group
             self.breaker.record_failure()
+            if charge is not None:
+                await charge.failed()
             return GroupResult(calls=attempts, error=describe_error(exc))
         self.breaker.record_success()
         result = self.read_message(message, group)
         result.calls = attempts
+        if charge is not None:  # billed as answered, whether or not its hooks parse
+            charge.created(getattr(message, "id", None))
+            await charge.billed(result.usage.cost_usd)
         return result
 
     async def _direct(
@@ -187,6 +219,7 @@ class AnthropicHookWriter:
     ) -> HookBatch:
         started = time.monotonic()
         platform = Platform(platform)
+        self._owner = (specs[0].batch_id if specs else None, avatar.id)
         groups = self._groups(specs)
         catalogue = catalogue_text(specs, self.catalog)
         params = [self._params(group, avatar, platform, catalogue) for group in groups]

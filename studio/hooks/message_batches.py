@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from studio.hooks.retrying import call_with_retries
+from studio.ledger.jobs import BudgetRefused
 
 if TYPE_CHECKING:
     from anthropic import AsyncAnthropic
@@ -78,8 +79,16 @@ async def run_message_batch(
             backoff_max=settings.backoff_max_seconds,
         )
 
+    try:  # the ledger row of the Message Batch (all groups), reserved at its estimate
+        charge = await writer.reserve_charge(
+            [s for group in groups for s in group], params, settings.message_batch_discount
+        )
+    except BudgetRefused:
+        return outcome  # the groups go direct, where the budget decides per group
     try:
         batch = await retried(lambda: client.messages.batches.create(requests=requests))
+        if charge is not None:
+            charge.created(batch.id)
         batch_id = outcome.batch_id = batch.id
         while batch.processing_status != "ended":
             if clock() + poll > deadline:
@@ -96,12 +105,16 @@ async def run_message_batch(
             await asyncio.sleep(poll)
             batch = await retried(lambda: client.messages.batches.retrieve(batch_id))
         await _read_results(client, writer, groups, outcome, batch_id)
+        if charge is not None:  # billed for the requests that succeeded, at the discount
+            await charge.billed(sum(r.usage.cost_usd for r in outcome.results.values()))
     except Exception as exc:  # any failure: the groups without results go direct
         logger.warning(
             "Hook generation via message batch failed | Error: %s | Using direct calls",
             describe_error(exc),
         )
     finally:
+        if charge is not None and not charge.settled:  # results never read: see ledger.calls
+            await asyncio.shield(charge.failed())
         if outcome.batch_id:
             logger.info(
                 "Hook generation via message batch | Groups finished: %d/%d | Direct: %d",

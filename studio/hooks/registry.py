@@ -16,6 +16,7 @@ from studio.hooks.anthropic_writer import AnthropicHookWriter
 from studio.hooks.base import HookWriter
 from studio.hooks.settings import HookSettings
 from studio.hooks.template_writer import TemplateHookWriter
+from studio.ledger.calls import HookCallLedger
 
 logger = logging.getLogger("studio.hooks")
 
@@ -73,6 +74,7 @@ def build_hook_writer(
         breaker=shared_breaker(settings),
         use_message_batches=use_message_batches,
         time_budget_seconds=time_budget_seconds,
+        ledger=HookCallLedger(),  # every call recorded and budgeted (studio/ledger)
     )
 
 

@@ -8,6 +8,10 @@ with a different number of results than inputs, are retried with backoff honouri
 retry-after; when the texts cannot be scored the whole call raises
 `ModerationUnavailable`, and a piece whose image cannot be scored is left out of the
 answer, so the policy holds those pieces for review instead of passing them unchecked.
+
+Every answered call is written to the cost ledger (`ledger`) with the pieces it scored:
+at $0, what OpenAI bills for the endpoint, with the spec's per-call figure as estimate;
+the step's calls go in one statement when `score` ends.
 """
 
 from __future__ import annotations
@@ -23,6 +27,8 @@ from typing import Any
 from openai import AsyncOpenAI
 
 from studio.hooks.retrying import call_with_retries, status_of
+from studio.ledger.calls import ModerationCalls
+from studio.ledger.store import CostLedger
 from studio.moderation.base import ModerationItem, ModerationScores
 from studio.moderation.settings import ModerationSettings
 
@@ -67,11 +73,14 @@ class OpenAIModerator:
     name = "openai"
     stand_in = False
 
-    def __init__(self, settings: ModerationSettings) -> None:
+    def __init__(self, settings: ModerationSettings, ledger: CostLedger | None = None) -> None:
         if not settings.configured:
             raise ValueError("OpenAIModerator needs OPENAI_API_KEY")
         self.settings = settings
         self.calls = 0
+        #: where answered calls are recorded (None: not recorded, e.g. a tool)
+        self.ledger = ledger
+        self._answered: ModerationCalls | None = None
 
     @property
     def cost_usd(self) -> float:
@@ -88,11 +97,14 @@ class OpenAIModerator:
         )
 
     async def _create(
-        self, client: AsyncOpenAI, payload: Any, what: str, expected: int
+        self, client: AsyncOpenAI, payload: Any, what: str, expected: int,
+        pieces: Sequence[str] = (),
     ) -> Any:
         async def attempt() -> Any:
             self.calls += 1
             response = await client.moderations.create(model=self.settings.model, input=payload)
+            if self._answered is not None:
+                self._answered.add(pieces, job_id=getattr(response, "id", None))
             if len(response.results) != expected:
                 raise ResultCountMismatch(f"{len(response.results)} results for {expected}")
             return response
@@ -121,7 +133,8 @@ class OpenAIModerator:
             try:
                 async with gate:
                     response = await self._create(
-                        client, [i.text for i in chunk], "text", len(chunk)
+                        client, [i.text for i in chunk], "text", len(chunk),
+                        [i.piece_id for i in chunk],
                     )
             except Exception as exc:
                 logger.error(
@@ -143,7 +156,7 @@ class OpenAIModerator:
         async with gate:
             try:
                 payload = [{"type": "image_url", "image_url": {"url": data_url(item.image_path)}}]
-                response = await self._create(client, payload, "image", 1)
+                response = await self._create(client, payload, "image", 1, [item.piece_id])
             except Exception as exc:
                 logger.warning(
                     "Moderation unavailable | Error: %s | Input: image | Piece: %s",
@@ -157,6 +170,17 @@ class OpenAIModerator:
         if not items:
             return {}
         gate = asyncio.Semaphore(self.settings.max_concurrent)
+        if self.ledger is not None:
+            self._answered = ModerationCalls(self.ledger, self.settings.price_per_call_usd)
+        try:
+            return await self._score(items, gate)
+        finally:
+            if self._answered is not None:
+                await asyncio.shield(self._answered.flush())
+
+    async def _score(
+        self, items: list[ModerationItem], gate: asyncio.Semaphore
+    ) -> dict[str, ModerationScores]:
         async with self._client() as client:
             with_images = [i for i in items if i.image_path]
             image_task = asyncio.gather(*(self._image(client, gate, i) for i in with_images))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 
+from studio.ledger.store import CostLedger
 from studio.moderation.base import Moderator
 from studio.moderation.local import LocalModerator
 from studio.moderation.openai_moderator import OpenAIModerator
@@ -31,7 +32,7 @@ def build_moderator(settings: ModerationSettings | None = None) -> Moderator:
         _announce("Moderator | Using: local stand-in, text only (OPENAI_API_KEY not set)")
         return LocalModerator()
     _announce(f"Moderator | Using: openai | Model: {settings.model}")
-    return OpenAIModerator(settings)
+    return OpenAIModerator(settings, ledger=CostLedger())  # calls recorded (studio/ledger)
 
 
 def build_safety_review(settings: ModerationSettings | None = None) -> SafetyReview:

@@ -2,13 +2,17 @@
 
 The order comes from LORA_INFERENCE_PROVIDER_ORDER when set, else from
 PROVIDER_STRATEGY (spec: "Provider Chain Tuning"); providers that are not configured
-are left out. With COMFYUI_FALLBACK_ON_ERROR=false a ComfyUI failure is final.
+are left out. With COMFYUI_FALLBACK_ON_ERROR=false a ComfyUI failure is final. Under
+cost-optimized the free provider is tried 1 + COST_OPTIMIZED_FREE_RETRIES times before a
+billed one.
 `fallback` (the offline preview) is used only when no real provider is configured.
 """
 
 from __future__ import annotations
 
 from studio.breaker import CircuitBreaker
+from studio.ledger.jobs import ImageCallLedger
+from studio.ledger.pricing import PriceTable
 from studio.providers.base import ImageProvider
 from studio.providers.chain import ProviderChain, ProviderPolicy
 from studio.providers.comfyui import ComfyUIProvider
@@ -70,10 +74,18 @@ def build_provider(name: str, settings: ProviderSettings) -> ImageProvider:
     raise ValueError(f"unknown provider {name!r}")
 
 
+def max_attempts(settings: ProviderSettings, name: str) -> int:
+    """Attempts at one provider; the cost strategy retries the free one before paying."""
+    attempts = settings.max_attempts(name)
+    if settings.strategy is ProviderStrategy.COST and settings.price_usd(name) == 0:
+        attempts = max(attempts, 1 + settings.cost_optimized_free_retries)
+    return attempts
+
+
 def policies(settings: ProviderSettings) -> dict[str, ProviderPolicy]:
     return {
         name: ProviderPolicy(
-            max_attempts=settings.max_attempts(name),
+            max_attempts=max_attempts(settings, name),
             backoff_factor=settings.backoff_factor(name),
             backoff_unit=settings.backoff_unit_seconds,
             timeout=settings.timeout(name),
@@ -91,7 +103,9 @@ def build_provider_chain(
     *,
     slot: SlotFactory | None = None,
     fallback: ImageProvider | None = None,
+    ledger: ImageCallLedger | None = None,
 ) -> ProviderChain:
+    """`ledger`: where billed attempts are written and budgets checked (None: nowhere)."""
     providers = [build_provider(name, settings) for name in provider_order(settings)]
     if not providers and fallback is not None:
         providers = [fallback]
@@ -110,6 +124,8 @@ def build_provider_chain(
         caps=caps(settings),
         breakers=breakers,
         secrets=settings.secret_values(),
+        ledger=ledger,
+        prices=PriceTable.from_settings(settings).usd_per_image,
     )
 
 

@@ -9,11 +9,21 @@ a saturated one; when all are saturated it queues in order like the other strate
 Every attempt is logged on "studio.providers" as a `provider_attempt` line with piece,
 provider, attempt, duration and outcome, so the spec's `grep provider_attempt` works.
 Messages pass through `redact` so a secret never reaches a log or an exception.
+
+Money: with a ledger (`studio.ledger.jobs.ImageCallLedger`), every attempt at a provider
+with a price opens a ledger job inside its slot, right before the call: the job reserves
+the price against the budgets (a refusal skips the provider with the reason `budget`,
+and the image goes on to the next provider, a free one if the order has it) and carries
+the id of an earlier billed job of this piece whose output was lost, so the provider
+fetches it instead of buying again; the provider reports its billing through the job,
+and the chain settles it with the attempt's outcome. Free providers write nothing.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -22,7 +32,14 @@ from dataclasses import dataclass, field
 from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait_exponential
 
 from studio.breaker import CircuitBreaker
-from studio.providers.base import ImageProvider, ProviderError, ProviderImage
+from studio.ledger.jobs import BudgetRefused, ImageCallLedger, LedgerJob
+from studio.providers.base import (
+    BilledJob,
+    ImageProvider,
+    NoJobTracking,
+    ProviderError,
+    ProviderImage,
+)
 from studio.providers.slots import LocalSlots, SlotBusy, SlotFactory
 from studio.types import AvatarRef, PieceSpec
 
@@ -59,6 +76,8 @@ class ChainResult:
     cost_usd: float
     #: providers that failed before the one that served, with their reasons
     failures: dict[str, str] = field(default_factory=dict)
+    #: the serving provider's job id, when it reported one (kept with the piece)
+    job_id: str | None = None
 
 
 class ChainExhausted(Exception):
@@ -70,6 +89,15 @@ class ChainExhausted(Exception):
         detail = "; ".join(f"{p}: {r}" for p, r in self.reasons.items()) or "no provider"
         super().__init__(f"all image providers failed ({detail})")
 
+    @property
+    def budget(self) -> bool:
+        """True when a budget stopped a billed provider: the piece's reason is `budget`."""
+        return BUDGET in self.reasons.values()
+
+
+#: the reason of a provider skipped because its price would pass a budget
+BUDGET = "budget"
+
 
 def redact(text: str, secrets: Iterable[str]) -> str:
     for secret in secrets:
@@ -79,7 +107,7 @@ def redact(text: str, secrets: Iterable[str]) -> str:
 
 
 class _Skipped(Exception):
-    """The provider was not called (breaker open); not a failure of the provider."""
+    """The provider was not called (breaker open, budget); not a failure of the provider."""
 
 
 class ProviderChain:
@@ -95,8 +123,14 @@ class ProviderChain:
         secrets: Sequence[str] = (),
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         speed_poll_seconds: float = 0.2,
+        ledger: ImageCallLedger | None = None,
+        prices: Mapping[str, float] | None = None,
     ) -> None:
         self.providers = list(providers)
+        #: where billed attempts are written and budgets checked; None: nothing recorded
+        self.ledger = ledger
+        #: price per image by provider; default: the provider's own `price_usd`
+        self.prices = dict(prices or {})
         #: with speed routing, how often to re-check slots freed by other processes
         self.speed_poll_seconds = speed_poll_seconds
         self.policies = dict(policies or {})
@@ -117,9 +151,20 @@ class ProviderChain:
         clone = ProviderChain(
             self.providers, self.policies, speed=self.speed, slot=slot,
             breakers=self.breakers, secrets=self._secrets, sleep=self._sleep,
-            speed_poll_seconds=self.speed_poll_seconds,
+            speed_poll_seconds=self.speed_poll_seconds, ledger=self.ledger, prices=self.prices,
         )
         return clone
+
+    def with_ledger(self, ledger: ImageCallLedger | None) -> ProviderChain:
+        """The same chain (breakers shared) writing its billed attempts to `ledger`."""
+        clone = self.with_slot(self.slot)
+        clone.ledger = ledger
+        return clone
+
+    def price(self, provider: ImageProvider) -> float:
+        if provider.name in self.prices:
+            return float(self.prices[provider.name])
+        return float(getattr(provider, "price_usd", 0.0) or 0.0)
 
     def policy(self, name: str) -> ProviderPolicy:
         return self.policies.get(name, ProviderPolicy())
@@ -195,13 +240,13 @@ class ProviderChain:
 
     def _done(
         self,
-        result: tuple[ProviderImage, float],
+        result: tuple[ProviderImage, float, str | None],
         provider: ImageProvider,
         counter: _Counter,
         started: float,
         reasons: dict[str, str],
     ) -> ChainResult:
-        image, call_seconds = result
+        image, call_seconds, job_id = result
         return ChainResult(
             image=image,
             provider=provider.name,
@@ -211,6 +256,7 @@ class ProviderChain:
             call_seconds=call_seconds,
             cost_usd=image.cost_usd,
             failures=reasons,
+            job_id=job_id,
         )
 
     async def _run(
@@ -221,7 +267,7 @@ class ProviderChain:
         counter: _Counter,
         *,
         first_wait: bool,
-    ) -> tuple[ProviderImage, float]:
+    ) -> tuple[ProviderImage, float, str | None]:
         """All attempts on one provider: tenacity retries retryable errors with backoff."""
         policy = self.policy(provider.name)
         retrying = AsyncRetrying(
@@ -247,7 +293,7 @@ class ProviderChain:
         number: int,
         counter: _Counter,
         wait: bool,
-    ) -> tuple[ProviderImage, float]:
+    ) -> tuple[ProviderImage, float, str | None]:
         breaker = self.breakers[provider.name]
         if not breaker.would_allow():  # do not queue for a slot of a provider we would skip
             self._log(spec, provider.name, number, 0.0, "skipped", "circuit open")
@@ -256,34 +302,64 @@ class ProviderChain:
             if not breaker.allow():
                 self._log(spec, provider.name, number, 0.0, "skipped", "circuit open")
                 raise _Skipped("circuit open")
+            job = await self._open_job(spec, avatar, provider, number, breaker)
+            handle: BilledJob = job if job is not None else _JobIdOnly()
             counter.calls += 1
             started = time.perf_counter()
             try:
                 async with asyncio.timeout(policy.timeout):
-                    image = await provider.generate(spec, avatar)
+                    image = await _call(provider, spec, avatar, handle)
             except TimeoutError:
                 elapsed = time.perf_counter() - started
                 breaker.record_failure()
+                await _settle(job, "timeout", delivered=False)
                 self._log(spec, provider.name, number, elapsed, "timeout", f"{policy.timeout:g}s")
                 raise ProviderError(provider.name, f"timed out after {policy.timeout:g}s") from None
             except ProviderError as exc:
                 elapsed = time.perf_counter() - started
                 breaker.record_failure()
+                await _settle(job, "failed", delivered=False)
                 self._log(spec, provider.name, number, elapsed, "error", self._reason(exc))
                 raise
             except asyncio.CancelledError:
                 breaker.release_trial()
+                if job is not None:  # the run is going away: write the row before it does
+                    await asyncio.shield(_settle(job, "cancelled", delivered=False))
                 raise
             except Exception as exc:  # a bug or an unexpected client error: contain it
                 elapsed = time.perf_counter() - started
                 breaker.record_failure()
+                await _settle(job, "failed", delivered=False)
                 reason = f"unexpected {type(exc).__name__}"
                 self._log(spec, provider.name, number, elapsed, "error", reason)
                 raise ProviderError(provider.name, reason) from None
+            await _settle(job, "ok", delivered=True)
         elapsed = time.perf_counter() - started
         breaker.record_success()
         self._log(spec, provider.name, number, elapsed, "ok", None)
-        return image, elapsed
+        return image, elapsed, handle.job_id if hasattr(handle, "job_id") else None
+
+    async def _open_job(
+        self,
+        spec: PieceSpec,
+        avatar: AvatarRef,
+        provider: ImageProvider,
+        number: int,
+        breaker: CircuitBreaker,
+    ) -> LedgerJob | None:
+        """The attempt's ledger job (reserved), None for a free provider or no ledger."""
+        price = self.price(provider)
+        if self.ledger is None or price <= 0:
+            return None
+        try:
+            return await self.ledger.open(
+                batch_id=spec.batch_id, avatar_id=avatar.id, piece_id=spec.piece_id,
+                provider=provider.name, price_usd=price,
+            )
+        except BudgetRefused:
+            breaker.release_trial()  # not a call: a half-open breaker keeps its trial
+            self._log(spec, provider.name, number, 0.0, "skipped", BUDGET)
+            raise _Skipped(BUDGET) from None
 
     def _log(
         self,
@@ -302,6 +378,38 @@ class ProviderChain:
             line += f' reason="{redact(reason, self._secrets)}"'
         level = logging.INFO if outcome == "ok" else logging.WARNING
         logger.log(level, line)
+
+
+async def _call(
+    provider: ImageProvider, spec: PieceSpec, avatar: AvatarRef, job: BilledJob
+) -> ProviderImage:
+    if _takes_job(type(provider)):
+        return await provider.generate(spec, avatar, job=job)
+    return await provider.generate(spec, avatar)  # a provider predating the BilledJob seam
+
+
+@functools.cache
+def _takes_job(kind: type) -> bool:
+    """Whether a provider class's `generate` accepts the `job` of the BilledJob seam."""
+    try:
+        return "job" in inspect.signature(kind.generate).parameters
+    except (TypeError, ValueError):
+        return False
+
+
+class _JobIdOnly(NoJobTracking):
+    """A free call's handle: nothing to bill, but the job id is kept with the result."""
+
+    def __init__(self) -> None:
+        self.job_id: str | None = None
+
+    def created(self, job_id: str | None) -> None:
+        self.job_id = job_id
+
+
+async def _settle(job: LedgerJob | None, outcome: str, *, delivered: bool) -> None:
+    if job is not None:
+        await job.settle(outcome, delivered=delivered)
 
 
 class _Counter:

@@ -7,6 +7,7 @@ nothing configured, the offline preview renderer is the only provider.
 
 from __future__ import annotations
 
+from studio.ledger.jobs import ImageCallLedger
 from studio.providers.build import build_provider_chain, provider_order
 from studio.providers.chain import ChainExhausted, ChainResult, ProviderChain
 from studio.providers.preview import PreviewRenderer
@@ -19,9 +20,14 @@ _PREVIEW = PreviewRenderer()
 
 
 def build_image_chain(
-    settings: ProviderSettings | None = None, *, slot: SlotFactory | None = None
+    settings: ProviderSettings | None = None,
+    *,
+    slot: SlotFactory | None = None,
+    ledger: ImageCallLedger | None = None,
 ) -> ProviderChain:
-    return build_provider_chain(settings or ProviderSettings(), slot=slot, fallback=_PREVIEW)
+    return build_provider_chain(
+        settings or ProviderSettings(), slot=slot, fallback=_PREVIEW, ledger=ledger
+    )
 
 
 def provider_availability(settings: ProviderSettings | None = None) -> dict[str, dict[str, object]]:

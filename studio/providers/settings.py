@@ -105,10 +105,23 @@ class ProviderSettings(BaseSettings):
         60.0, ge=0, validation_alias="PROVIDER_BREAKER_RECOVERY_SECONDS"
     )
 
-    # prices per image in USD (spec: ComfyUI free, Modal $0.01, Replicate $0.01-0.05)
-    comfyui_price_usd: float = Field(0.0, ge=0, validation_alias="COMFYUI_PRICE_USD")
-    modal_price_usd: float = Field(0.01, ge=0, validation_alias="MODAL_PRICE_USD")
-    replicate_price_usd: float = Field(0.03, ge=0, validation_alias="REPLICATE_PRICE_USD")
+    # prices per image in USD (spec: ComfyUI free, Modal $0.01, Replicate $0.01-0.05);
+    # the price table with the source of each figure is studio/ledger/pricing.py
+    comfyui_price_usd: float = Field(
+        0.0, ge=0, allow_inf_nan=False, validation_alias="COMFYUI_PRICE_USD"
+    )
+    modal_price_usd: float = Field(
+        0.01, ge=0, allow_inf_nan=False, validation_alias="MODAL_PRICE_USD"
+    )
+    replicate_price_usd: float = Field(
+        0.03, ge=0, allow_inf_nan=False, validation_alias="REPLICATE_PRICE_USD"
+    )
+
+    #: PROVIDER_STRATEGY=cost-optimized: how many more times the free provider (ComfyUI)
+    #: is tried before a billed one (a 70%-reliable ComfyUI then serves 91% of images)
+    cost_optimized_free_retries: int = Field(
+        1, ge=0, validation_alias="COST_OPTIMIZED_FREE_RETRIES"
+    )
 
     @field_validator("provider_order", mode="before")
     @classmethod

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from studio.ledger.pricing import PriceTable
 from studio.providers.build import build_provider_chain, provider_order
-from studio.providers.pricing import PriceTable
 from studio.providers.settings import ProviderSettings, ProviderStrategy
 
 ALL = {
