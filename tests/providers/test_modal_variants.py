@@ -6,6 +6,8 @@ let through to the function).
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
 
 from studio.providers.base import ProviderError
@@ -40,11 +42,14 @@ async def test_303_to_a_result_url_that_303s_again_gives_the_call_id(
     modal: ModalEndpointEmulator, provider, spec, avatar
 ):
     modal.redirect_after = 0.05
-    modal.behaviour.latency = (0.3, 0.3)
+    modal.behaviour.hang = True  # until the POST and one GET were answered 303
     job = RecordingJob()
-    image = await provider.generate(spec, avatar, job)
+    task = asyncio.create_task(provider.generate(spec, avatar, job))
+    while modal.counters.requests("redirect") < 2:
+        await asyncio.sleep(0.01)
+    modal.behaviour.hang = False
+    image = await task
     assert image.data.startswith(PNG)
-    assert modal.counters.requests("redirect") >= 2  # the POST and at least one GET
     assert len(job.created_ids) == 1 and job.created_ids[0].startswith("fc-")
     assert modal.billed_jobs == 1
 
@@ -69,7 +74,7 @@ async def test_lost_result_is_recovered_by_call_id_without_a_second_call(
     modal: ModalEndpointEmulator, provider, spec, avatar
 ):
     modal.redirect_after = 0.02
-    modal.behaviour.latency = (0.1, 0.1)
+    modal.behaviour.latency = (0.3, 0.3)
     modal.result_fail_next = 1  # the GET of the result URL fails after the 303
     first = RecordingJob()
     with pytest.raises(ProviderError) as caught:
@@ -88,7 +93,7 @@ async def test_resume_makes_a_new_call_only_when_the_old_one_cannot_deliver(
     modal: ModalEndpointEmulator, provider, spec, avatar, how
 ):
     modal.redirect_after = 0.02
-    modal.behaviour.latency = (0.1, 0.1)
+    modal.behaviour.latency = (0.3, 0.3)
     first = RecordingJob()
     if how == "failed":
         modal.behaviour.failure_rate = 1.0

@@ -72,8 +72,8 @@ async def test_sync_mode_answered_before_the_end_is_polled(
 async def test_a_dead_prediction_fails_retryable_and_stays_billed(
     replicate_api: ReplicateEmulator, provider, spec, avatar, ending
 ):
-    replicate_api.behaviour.latency = (0.1, 0.1)
-    replicate_api.sync_wait_cap = 0.01
+    replicate_api.behaviour.latency = (0.5, 0.5)
+    replicate_api.sync_wait_cap = 0.01  # answered while running: the end comes by polling
     replicate_api.end_next.append(ending)
     job = RecordingJob()
     with pytest.raises(ProviderError) as caught:
