@@ -49,10 +49,29 @@ from studio.types import AvatarRef, Hook, HookBatch, PieceSpec, Platform
 logger = logging.getLogger("studio.hooks")
 
 
+#: stop reasons of an answer that ended before the model finished writing
+CUT_SHORT = frozenset({"max_tokens", "model_context_window_exceeded", "pause_turn"})
+
+
 def describe_error(exc: BaseException) -> str:
-    """Type name and status only: SDK messages can quote request bodies or headers."""
+    """Type name, status, the API's error type and request id; never the SDK's message.
+
+    SDK messages can quote request bodies or headers; the error body's `error.type`
+    (e.g. overloaded_error) and the `request-id` header are what support asks for.
+    """
     status = status_of(exc)
-    return f"{type(exc).__name__} (HTTP {status})" if status else type(exc).__name__
+    if not status:
+        return type(exc).__name__
+    parts = []
+    body = getattr(exc, "body", None)
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict) and isinstance(error.get("type"), str):
+        parts.append(error["type"])
+    request_id = getattr(exc, "request_id", None)
+    if isinstance(request_id, str) and request_id:
+        parts.append(f"request {request_id}")
+    extra = f" [{', '.join(parts)}]" if parts else ""
+    return f"{type(exc).__name__} (HTTP {status}){extra}"
 
 
 def response_text(message: Any) -> str:
@@ -144,12 +163,25 @@ class AnthropicHookWriter:
     def read_message(
         self, message: Any, group: Sequence[PieceSpec], *, discount: float = 1.0
     ) -> GroupResult:
+        """The group's hooks from one answer, as its stop_reason allows.
+
+        A refusal's text is never used (it may hold a partial answer the model
+        withdrew): every piece gets its template hook with the reason logged. An answer
+        cut short (max_tokens, a full context window, a paused turn) keeps the hooks
+        that survive repair; the rest fall back per piece. The tokens are billed either way.
+        """
+        usage = usage_cost(message.usage, self.settings, discount=discount)
+        stop_reason = getattr(message, "stop_reason", None)
+        if stop_reason == "refusal":
+            return GroupResult(usage=usage, error="Refusal (stop_reason refusal)")
         parsed = parse_hooks(response_text(message), [s.piece_id for s in group])
-        return GroupResult(
-            texts=parsed.texts,
-            usage=usage_cost(message.usage, self.settings, discount=discount),
-            repaired=parsed.repaired,
-        )
+        if stop_reason in CUT_SHORT:
+            logger.warning(
+                "Hook generation cut short | Stop reason: %s | Written: %d/%d | "
+                "Fallback: template",
+                stop_reason, len(parsed.texts), len(group),
+            )
+        return GroupResult(texts=parsed.texts, usage=usage, repaired=parsed.repaired)
 
     async def _call_group(
         self, client: AsyncAnthropic, group: Sequence[PieceSpec], params: dict[str, Any]

@@ -8,7 +8,8 @@ It speaks the real shapes, so the official `anthropic` client is pointed at it w
   read afterwards when it has at least `min_cacheable_tokens`; tokens are estimated at
   four characters each);
 - POST /v1/messages/batches, GET .../{id}, POST .../{id}/cancel, GET .../{id}/results
-  (JSONL, one `{"custom_id", "result"}` line per request); each request finishes
+  (JSONL, one `{"custom_id", "result"}` line per request: succeeded, errored (ids in
+  `batch_errored`), expired (ids in `batch_expired`) or canceled); each request finishes
   `batch_processing_seconds` after creation, except those in `batch_slow` (custom ids),
   or all with `batch_never_ends`; the batch ends when every request has. A cancel ends
   it at once: finished requests keep their results, the others are `canceled`.
@@ -21,6 +22,14 @@ in the last user message and answers `{"hooks": [{"piece_id", "text"}, ...]}` wi
 neutral hook per id. `hook_overrides[id]` replaces a text (None omits the id), and
 `malformed` switches the whole answer to a broken form ("fenced", "prose", "truncated",
 "garbage", "missing_half", "empty_text", "wrong_types").
+
+`stop_reason_next` (a deque) makes the next answers end with a documented stop_reason
+other than end_turn, each in its documented shape: "max_tokens" (the text cut at
+`max_tokens`, here 60 % of it), "stop_sequence" (`stop_sequence` set to the matched
+"\n\n###"), "tool_use" (a `tool_use` block after the text), "pause_turn" (an
+unfinished turn: the text so far), "refusal" (a partial text that must not be used) and
+"model_context_window_exceeded" (cut like max_tokens). `billed_jobs` counts answered
+messages (Anthropic bills the tokens of every answer, whatever its stop_reason).
 """
 
 from __future__ import annotations
@@ -74,8 +83,10 @@ class AnthropicEmulator(Emulator):
         self.batch_processing_seconds = 0.0
         self.batch_never_ends = False
         self.batch_errored: set[str] = set()
+        self.batch_expired: set[str] = set()
         self.batch_slow: set[str] = set()
         self.cancel_fails: int | None = None
+        self.stop_reason_next: deque[str] = deque()
         self.requests: list[dict[str, Any]] = []
         self.batches: dict[str, dict[str, Any]] = {}
         self._cache: set[str] = set()
@@ -160,15 +171,33 @@ class AnthropicEmulator(Emulator):
     ) -> tuple[dict[str, Any], str | None]:
         usage, new_key = self._usage(params)
         text = self._answer_text(params)
-        usage["output_tokens"] = estimate_tokens(text)
+        with self._lock:
+            stop_reason = self.stop_reason_next.popleft() if self.stop_reason_next else "end_turn"
+        content: list[dict[str, Any]] = [{"type": "text", "text": text}]
+        stop_sequence = None
+        if stop_reason in ("max_tokens", "model_context_window_exceeded"):
+            content = [{"type": "text", "text": text[: int(len(text) * 0.6)]}]
+        elif stop_reason == "stop_sequence":
+            stop_sequence = "\n\n###"
+        elif stop_reason == "tool_use":
+            content.append({"type": "tool_use", "id": f"toolu_emu_{next(self._ids):06d}",
+                            "name": "lookup_template", "input": {"template_id": "t-1"}})
+        elif stop_reason == "pause_turn":
+            content = [{"type": "text", "text": text[: int(len(text) * 0.8)]}]
+        elif stop_reason == "refusal":
+            content = [{"type": "text", "text": text[: int(len(text) * 0.5)]}]
+        usage["output_tokens"] = estimate_tokens(
+            "".join(str(b.get("text", "")) for b in content)
+        )
+        self.bill()
         message = {
             "id": f"msg_emu_{next(self._ids):06d}",
             "type": "message",
             "role": "assistant",
             "model": params.get("model", "claude-emulated"),
-            "content": [{"type": "text", "text": text}],
-            "stop_reason": "end_turn",
-            "stop_sequence": None,
+            "content": content,
+            "stop_reason": stop_reason,
+            "stop_sequence": stop_sequence,
             "usage": {**usage, "service_tier": service_tier},
         }
         return message, new_key
@@ -224,13 +253,16 @@ class AnthropicEmulator(Emulator):
         else:
             finished = [i for i in ids if i in batch["canceled"]]
         ended = batch["canceled"] is not None or len(finished) == len(ids)
-        errored = sum(1 for i in finished if i in self.batch_errored)
+        expired = sum(1 for i in finished if i in self.batch_expired)
+        errored = sum(
+            1 for i in finished if i in self.batch_errored and i not in self.batch_expired
+        )
         counts = {
             "processing": 0 if ended else len(ids) - len(finished),
-            "succeeded": len(finished) - errored if ended else 0,
+            "succeeded": len(finished) - errored - expired if ended else 0,
             "errored": errored if ended else 0,
             "canceled": len(ids) - len(finished) if ended else 0,
-            "expired": 0,
+            "expired": expired if ended else 0,
         }
         created = batch["created"]
         iso = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(created))
@@ -297,13 +329,18 @@ class AnthropicEmulator(Emulator):
             custom_id = entry["custom_id"]
             if batch["canceled"] is not None and custom_id not in batch["canceled"]:
                 result: dict[str, Any] = {"type": "canceled"}
+            elif custom_id in self.batch_expired:
+                result = {"type": "expired"}
             elif custom_id in self.batch_errored:
                 result = {"type": "errored", "error": {"type": "error", "error": {
                     "type": "api_error", "message": "emulated request error"}}}
             else:
-                message, new_key = self._message(entry["params"], "batch")
-                self._remember(new_key)
-                result = {"type": "succeeded", "message": message}
+                answered = batch.setdefault("answers", {})
+                if custom_id not in answered:  # billed once, however often results are read
+                    message, new_key = self._message(entry["params"], "batch")
+                    self._remember(new_key)
+                    answered[custom_id] = message
+                result = {"type": "succeeded", "message": answered[custom_id]}
             lines.append(json.dumps({"custom_id": custom_id, "result": result}))
         return web.Response(
             body=("\n".join(lines) + "\n").encode(), content_type="application/binary"
