@@ -20,15 +20,13 @@ from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 from prefect.settings import get_current_settings
 
+from deployments.batch_runs import BATCH_DEPLOYMENT
 from flows.content_batch import content_batch
 from studio.avatars import list_avatars
 from studio.db.engine import session_scope
 from studio.types import BatchResult
 
 log = logging.getLogger("studio.batch")
-
-#: the deployment each scheduled batch runs as (prefect.yaml and deployments/serve.py)
-BATCH_DEPLOYMENT = "content-batch/on-demand"
 
 
 class SomeBatchesFailed(Exception):
@@ -137,7 +135,8 @@ async def submit_batches(
         try:
             child = await run_deployment(
                 BATCH_DEPLOYMENT,
-                parameters={"avatar_id": avatar_id, **parameters},
+                # by name: the worker names the run from it (content-batch-<name>-<pieces>)
+                parameters={"avatar_id": name, **parameters},
                 flow_run_name=run_name,
                 idempotency_key=batch_idempotency_key(cadence, slot, avatar_id),
                 tags=["scheduled", cadence],
@@ -165,8 +164,8 @@ async def _run_in_process(
         *(
             content_batch.with_options(
                 flow_run_name=batch_run_name(name, parameters["num_pieces"])
-            )(avatar_id=avatar_id, **parameters)
-            for avatar_id, name in ready
+            )(avatar_id=name, **parameters)
+            for _, name in ready
         ),
         return_exceptions=True,
     )

@@ -108,7 +108,8 @@ async def test_fan_out_starts_one_deployment_run_per_due_avatar(studio_env) -> N
         assert run.parameters["num_pieces"] == 3 and run.parameters["hook_mode"] == "auto"
         assert run.idempotency_key.startswith("scheduled-batches:weekly:")
         assert {"scheduled", "weekly"} <= set(run.tags)
-        assert name.removeprefix("content-batch-").removesuffix("-3") in summary
+        avatar = name.removeprefix("content-batch-").removesuffix("-3")
+        assert avatar in summary and run.parameters["avatar_id"] == avatar
     with session_scope() as session:
         assert session.scalar(select(func.count()).select_from(Batch)) == 0
 

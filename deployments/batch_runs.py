@@ -1,0 +1,108 @@
+"""Batches sent to the workers through the Prefect API, and read back.
+
+`studio batch submit` creates a run of the `content-batch/on-demand` deployment (the
+same one the scheduled fan-out uses), so whichever worker of the pool is free takes it;
+`studio batch status` reads the run's state and its newest spec log lines.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+from uuid import UUID
+
+from prefect.client.orchestration import PrefectClient
+from prefect.client.schemas.actions import DeploymentFlowRunCreate
+from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.sorting import LogSort
+from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
+
+from deployments.api import api_url
+
+#: the deployment a batch runs as (prefect.yaml, deployments/serve.py, flows/scheduled.py)
+BATCH_DEPLOYMENT = "content-batch/on-demand"
+
+
+class NoBatchDeployment(Exception):
+    def __init__(self) -> None:
+        super().__init__(
+            f"no deployment {BATCH_DEPLOYMENT} on {api_url()}; register it with "
+            "`prefect deploy --all` (or serve it with `python -m deployments.serve`)"
+        )
+
+
+class RunRefused(Exception):
+    """The server refused the run's parameters (its schema); `detail` is its reason."""
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+@dataclass(frozen=True)
+class SubmittedBatch:
+    run: FlowRun
+    #: True when the idempotency key matched a run submitted before: nothing new started
+    existing: bool
+
+
+async def submit_batch(
+    client: PrefectClient,
+    parameters: dict[str, Any],
+    run_name: str,
+    idempotency_key: str | None = None,
+) -> SubmittedBatch:
+    """One run of the batch deployment; the server answers 200 instead of 201 when the
+    idempotency key already has a run, which is then returned unchanged."""
+    try:
+        deployment = await client.read_deployment_by_name(BATCH_DEPLOYMENT)
+    except ObjectNotFound:
+        raise NoBatchDeployment() from None
+    body = DeploymentFlowRunCreate(
+        name=run_name, parameters=parameters, idempotency_key=idempotency_key
+    ).model_dump(mode="json", exclude_unset=True)
+    try:
+        response = await client.request(
+            "POST",
+            "/deployments/{id}/create_flow_run",
+            path_params={"id": deployment.id},
+            json=body,
+        )
+    except PrefectHTTPStatusError as exc:
+        if exc.response.status_code in (400, 409, 422):
+            raise RunRefused(_detail(exc)) from None
+        raise
+    return SubmittedBatch(
+        run=FlowRun.model_validate(response.json()), existing=response.status_code == 200
+    )
+
+
+async def read_run(client: PrefectClient, run_id: str) -> FlowRun | None:
+    try:
+        return await client.read_flow_run(UUID(run_id))
+    except (ValueError, ObjectNotFound):
+        return None
+
+
+async def newest_log_messages(client: PrefectClient, run_id: UUID, limit: int = 200) -> list[str]:
+    """The run's own log messages, newest first (the spec's step lines are among them)."""
+    logs = await client.read_logs(
+        log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[run_id])),
+        limit=limit,
+        sort=LogSort.TIMESTAMP_DESC,
+    )
+    return [entry.message for entry in logs]
+
+
+def batch_id_of(run: FlowRun) -> str:
+    """A run's batch: the one it resumes or was given, else the run's own id."""
+    params = run.parameters or {}
+    return str(params.get("resume_batch_id") or params.get("batch_id") or run.id)
+
+
+def _detail(exc: PrefectHTTPStatusError) -> str:
+    try:
+        return str(exc.response.json().get("detail") or exc.response.text)
+    except ValueError:
+        return exc.response.text

@@ -1,0 +1,169 @@
+"""`studio batch submit` and `studio batch status`: batches run by the workers.
+
+`submit` takes `batch run`'s options and validation (bad input exits 2 before the API
+is called, nothing is sent) plus `--idempotency-key`, and creates a run of the
+`content-batch/on-demand` deployment: whichever worker of the pool is free takes it.
+`status` prints a run's (or batch's) state, step and counts. No Prefect server at the
+configured URL: exit 1, naming the URL.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Annotated, Any
+
+import typer
+
+from studio.batch_status import BatchStatus, read_rows, step_from_log
+from studio.cli_output import console, err, refuse
+from studio.request import BatchRequest, BatchRequestError, parse_tier_distribution
+
+
+def submit(
+    avatar: Annotated[str, typer.Option("--avatar", help="avatar id or name")],
+    pieces: Annotated[int, typer.Option("--pieces")] = 50,
+    platform: Annotated[str, typer.Option("--platform")] = "instagram",
+    tiers: Annotated[str, typer.Option("--tiers", help="capa1,capa2,capa3 ratios")] = "0.6,0.3,0.1",
+    hooks: Annotated[bool, typer.Option("--hooks/--no-hooks")] = True,
+    safety: Annotated[bool, typer.Option("--safety/--no-safety")] = True,
+    upload: Annotated[bool, typer.Option("--upload/--no-upload")] = True,
+    prompt: Annotated[list[str] | None, typer.Option("--prompt", help="custom prompt")] = None,
+    tier: Annotated[list[str] | None, typer.Option("--tier", help="tier per custom prompt")] = None,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    hook_mode: Annotated[
+        str, typer.Option("--hook-mode", help="direct, message-batches (half price) or auto")
+    ] = "direct",
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(
+            "--idempotency-key",
+            help="submitting again with the same key returns the first run instead of a new one",
+        ),
+    ] = None,
+) -> None:
+    """Send one content batch to the workers (the content-batch/on-demand deployment)."""
+    from tasks.validate import validate_batch_request
+
+    try:
+        request = BatchRequest(
+            avatar_id=avatar,
+            num_pieces=pieces,
+            tier_distribution=parse_tier_distribution(tiers),
+            platform=platform,
+            include_hooks=hooks,
+            safety_check=safety,
+            upload_to_storage=upload,
+            custom_prompts=prompt or None,
+            custom_tiers=tier or None,
+            seed=seed,
+            hook_mode=hook_mode,
+        )
+        validated = validate_batch_request(request)
+    except BatchRequestError as exc:
+        refuse(exc)
+        return
+    # the avatar by name: the run (and its name, content-batch-<name>-<pieces>) reads as such
+    parameters = deployment_parameters(request, validated.avatar.name)
+    run_name = f"content-batch-{validated.avatar.name}-{request.num_pieces}"
+    submitted = _call_server(_submit(parameters, run_name, idempotency_key))
+    from deployments.api import api_url, flow_run_link
+
+    run = submitted.run
+    if submitted.existing:
+        console.print(
+            f"already submitted with idempotency key {idempotency_key!r}: nothing new started"
+        )
+    console.print(f"run {run.id} ({run.name}) on {api_url()}, state {run.state_name}")
+    console.print(flow_run_link(run.id))
+
+
+def deployment_parameters(request: BatchRequest, avatar: str) -> dict[str, Any]:
+    """The flow's parameters for `request`; unset optional ones are left to the flow."""
+    parameters: dict[str, Any] = {
+        "avatar_id": avatar,
+        "num_pieces": request.num_pieces,
+        "tier_distribution": request.tier_distribution.as_dict(),
+        "platform": request.platform,
+        "include_hooks": request.include_hooks,
+        "safety_check": request.safety_check,
+        "upload_to_storage": request.upload_to_storage,
+        "hook_mode": request.hook_mode,
+    }
+    optional = {
+        "custom_prompts": request.custom_prompts,
+        "custom_tiers": request.custom_tiers,
+        "seed": request.seed,
+    }
+    parameters.update({k: v for k, v in optional.items() if v is not None})
+    return parameters
+
+
+async def _submit(parameters: dict[str, Any], run_name: str, key: str | None):  # type: ignore[no-untyped-def]
+    from deployments.api import server_client
+    from deployments.batch_runs import submit_batch
+
+    async with server_client() as client:
+        return await submit_batch(client, parameters, run_name, key)
+
+
+def status(
+    run_or_batch_id: Annotated[str, typer.Argument(help="a flow run id or a batch id")],
+) -> None:
+    """Print a batch's Prefect state, the step it is at and its pieces' counts."""
+    from studio.db.engine import session_scope
+
+    report, server_problem = asyncio.run(_read_run(run_or_batch_id))
+    with session_scope() as session:
+        has_rows = read_rows(session, report)
+    if report.run_id is None and not has_rows:
+        if server_problem:
+            _unreachable(server_problem)
+        refuse(BatchRequestError("id", f"no flow run or batch with id {run_or_batch_id!r}"))
+    for line in report.lines():
+        console.print(line, highlight=False, soft_wrap=True)
+    if server_problem:
+        err.print(f"[yellow]prefect[/yellow]: {server_problem}")
+
+
+async def _read_run(run_or_batch_id: str) -> tuple[BatchStatus, str | None]:
+    from deployments.api import ServerUnreachable, flow_run_link, server_client
+    from deployments.batch_runs import batch_id_of, newest_log_messages, read_run
+
+    report = BatchStatus(batch_id=run_or_batch_id)
+    try:
+        async with server_client() as client:
+            run = await read_run(client, run_or_batch_id)
+            if run is not None:
+                report.batch_id = batch_id_of(run)
+                report.run_id, report.run_name = str(run.id), run.name
+                report.state = run.state.name if run.state else None
+                report.state_message = run.state.message if run.state else None
+                report.link = flow_run_link(run.id)
+                report.step = step_from_log(await newest_log_messages(client, run.id))
+    except ServerUnreachable as exc:
+        return report, str(exc)
+    return report, None
+
+
+def _call_server(work):  # type: ignore[no-untyped-def]
+    """Run one API conversation; report an unreachable server, a missing deployment (1)
+    or parameters the server's schema refused (2) the way every command does."""
+    from deployments.api import ServerUnreachable
+    from deployments.batch_runs import NoBatchDeployment, RunRefused
+
+    try:
+        return asyncio.run(work)
+    except (ServerUnreachable, NoBatchDeployment) as exc:
+        _unreachable(str(exc))
+    except RunRefused as exc:
+        refuse(BatchRequestError("parameters", f"refused by the server: {exc.detail}"))
+
+
+def _unreachable(message: str) -> None:
+    err.print(f"[red]error[/red] {message}")
+    raise typer.Exit(code=1)
+
+
+def register(batch_app: typer.Typer) -> None:
+    batch_app.command("submit")(submit)
+    batch_app.command("status")(status)
