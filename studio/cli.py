@@ -221,6 +221,10 @@ from studio.cli_storage import register as _register_storage  # noqa: E402
 
 _register_storage(app, batch_app)  # batch resume, storage-sync, seed-history
 
+from studio.cli_submit import register as _register_submit  # noqa: E402
+
+_register_submit(batch_app)  # batch submit, batch status (runs the workers take)
+
 
 if __name__ == "__main__":  # pragma: no cover
     app()
