@@ -37,6 +37,7 @@ from prefect.client.schemas.filters import (
     FlowRunFilterTags,
 )
 from prefect.client.schemas.objects import FlowRun
+from prefect.client.schemas.sorting import FlowRunSort
 
 from flows.batch_state_hooks import AUTO_RESUME_TAG, RESUMES_TAG_PREFIX, batch_id_of
 from studio.db import batch_endings
@@ -69,7 +70,8 @@ async def crash_recovery(
                 state=FlowRunFilterState(name=FlowRunFilterStateName(any_=INTERRUPTED_STATES)),
                 expected_start_time=FlowRunFilterExpectedStartTime(after_=since),
             ),
-            limit=500,
+            sort=FlowRunSort.EXPECTED_START_TIME_DESC,
+            limit=200,  # the API's maximum page: the latest 200 interrupted runs
         )
         by_batch: dict[str, list[FlowRun]] = {}
         for run in ended:
