@@ -15,6 +15,9 @@ malformed but well-formed reply), `miscount_always`, `image_miscount[marker] = d
 (the same for a matching image only),
 the shared `Behaviour` (latency, 429 throttling with retry-after, hang), an API key
 check, and counters `moderations.text` / `moderations.image` with an in-flight peak.
+`legacy_shape` answers as the older text-moderation models do: no
+`category_applied_input_types`, and `illicit`/`illicit/violent` null. The endpoint is
+free, so `billed_jobs` stays 0 (see tests/emulators/README.md).
 """
 
 from __future__ import annotations
@@ -55,6 +58,7 @@ class OpenAIModerationEmulator(Emulator):
         self.miscounts: deque[int] = deque()
         self.miscount_always: int | None = None
         self.image_miscount: dict[str, int] = {}
+        self.legacy_shape = False
         self.requests: list[dict[str, Any]] = []
         self._ids = itertools.count(1)
         self._lock = threading.Lock()
@@ -97,6 +101,16 @@ class OpenAIModerationEmulator(Emulator):
             "category_scores": {c: (0.97 if c in flags else 0.0012) for c in CATEGORIES},
             "category_applied_input_types": applied,
         }
+
+    @staticmethod
+    def _legacy(result: dict[str, Any]) -> dict[str, Any]:
+        """The text-moderation-00x shape: no applied input types, no illicit scores."""
+        legacy = {k: v for k, v in result.items() if k != "category_applied_input_types"}
+        for key in ("categories", "category_scores"):
+            legacy[key] = {
+                c: (None if c.startswith("illicit") else v) for c, v in result[key].items()
+            }
+        return legacy
 
     def _text_flags(self, text: str) -> set[str]:
         return {c for marker, cats in self.text_flags.items() if marker in text for c in cats}
@@ -167,6 +181,8 @@ class OpenAIModerationEmulator(Emulator):
             else:
                 results = [self._result(self._text_flags(str(t)), {"text"}) for t in items]
             results = self._miscount(results, [str(i["image_url"]["url"]) for i in images])
+            if self.legacy_shape:
+                results = [self._legacy(r) for r in results]
         return web.json_response({
             "id": f"modr-emu-{next(self._ids)}",
             "model": body.get("model") or "omni-moderation-latest",
