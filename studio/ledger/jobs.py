@@ -45,7 +45,7 @@ def warn_budget_reached(batch_id: str | None, reservation: Reservation) -> None:
         return
     _WARNED.add(key)
     log.warning(
-        "Budget reached | Batch: %s | Spent: $%.4f | Budget: $%.4f",
+        "Budget reached | Batch: %s | Spent: $%.2f | Budget: $%.2f",
         key, reservation.spent_usd or 0.0, reservation.budget_usd or 0.0,
     )
 

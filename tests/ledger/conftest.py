@@ -34,6 +34,8 @@ class SeamProvider:
         self.created_jobs: list[str] = []
         self.fetched: list[str] = []
         self.lose: set[str] = set()
+        self.lose_index: set[int] = set()
+        self.job_of_index: dict[int, str] = {}
         self.expired: set[str] = set()
         self.refuse_create = False
 
@@ -48,8 +50,10 @@ class SeamProvider:
             raise ProviderError(self.name, "create answered HTTP 422", retryable=False)
         job_id = f"{self.name}-job-{len(self.created_jobs)}"
         self.created_jobs.append(job_id)
+        self.job_of_index[spec.index] = job_id
         job.created(job_id)
-        if spec.piece_id in self.lose:
+        if spec.piece_id in self.lose or spec.index in self.lose_index:
             self.lose.discard(spec.piece_id)
+            self.lose_index.discard(spec.index)
             raise ProviderError(self.name, "output download failed")
         return ProviderImage(PNG, "image/png", self.price_usd)

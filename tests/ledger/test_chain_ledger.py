@@ -137,7 +137,7 @@ async def test_budget_stops_billed_calls_and_sends_the_rest_to_a_free_provider(
     assert len(paid.created_jobs) == 2
     assert billed_total(batch) == pytest.approx(0.06)
     lines = [r.getMessage() for r in caplog.records if "Budget reached" in r.getMessage()]
-    assert lines == [f"Budget reached | Batch: {batch} | Spent: $0.0600 | Budget: $0.0700"]
+    assert lines == [f"Budget reached | Batch: {batch} | Spent: $0.06 | Budget: $0.07"]
 
 
 @pytest.fixture
