@@ -295,3 +295,35 @@ async def test_speed_waits_for_whichever_provider_frees_first(
     assert third.provider == "modal"  # Modal freed its slot first; no queueing on ComfyUI
     assert (await second).provider == "modal"
     assert (await first).provider == "comfyui"
+
+
+async def test_cost_strategy_retries_the_free_provider_before_a_billed_one(
+    comfyui: ComfyUIEmulator, modal: ModalEndpointEmulator, avatar, monkeypatch
+):
+    from studio.providers.build import build_provider_chain
+    from studio.providers.settings import ProviderSettings
+
+    for key, value in {
+        "PROVIDER_STRATEGY": "cost-optimized", "COMFYUI_ENABLED": "true",
+        "COMFYUI_ENDPOINT": comfyui.url, "COMFYUI_POLL_INTERVAL": "0.01",
+        "MODAL_SDXL_ENDPOINT": modal.url, "MODAL_TOKEN_ID": MODAL_KEY,
+        "MODAL_TOKEN_SECRET": MODAL_SECRET, "PROVIDER_BACKOFF_UNIT": "0",
+    }.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("LORA_INFERENCE_PROVIDER_ORDER", raising=False)
+    monkeypatch.delenv("REPLICATE_API_TOKEN", raising=False)
+    chain = build_provider_chain(ProviderSettings(_env_file=None))
+    assert chain.names == ["comfyui", "modal"] and chain.policy("comfyui").max_attempts == 2
+    comfyui.behaviour.failure_rate = 1.0
+    result = await chain.generate(make_spec(0), avatar)
+    assert result.provider == "modal" and result.attempts == 3  # comfyui twice, then paid
+    assert comfyui.counters.requests("failed") == 2
+
+    def free_attempts() -> int:
+        return build_provider_chain(ProviderSettings(_env_file=None)).policy("comfyui").max_attempts
+
+    monkeypatch.setenv("COST_OPTIMIZED_FREE_RETRIES", "0")
+    assert free_attempts() == 1
+    monkeypatch.setenv("PROVIDER_STRATEGY", "default")
+    monkeypatch.delenv("COST_OPTIMIZED_FREE_RETRIES")
+    assert free_attempts() == 1
