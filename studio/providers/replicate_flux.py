@@ -188,7 +188,7 @@ class ReplicateFluxProvider:
             resumed = await self._resume(job.resume_job_id)
             if resumed is not None:
                 try:
-                    return await self._finish(resumed)
+                    return await self._finish(resumed, sync_answer=False)
                 except OutputGone:
                     logger.info(
                         "provider_resume provider=replicate job=%s outcome=output-gone",
@@ -196,7 +196,7 @@ class ReplicateFluxProvider:
                     )
         prediction = await self._create_billed(self._input(spec, avatar), job)
         try:
-            return await self._finish(prediction)
+            return await self._finish(prediction, sync_answer=True)
         except OutputGone:
             raise ProviderError(self.name, "output file gone right after the prediction") from None
 
@@ -235,7 +235,11 @@ class ReplicateFluxProvider:
         except httpx.HTTPError as exc:
             raise ProviderError(self.name, f"resume failed: {type(exc).__name__}") from None
         else:
-            if prediction.status not in DEAD:
+            if prediction.status == "succeeded" and (
+                prediction.output is None or getattr(prediction, "data_removed", False)
+            ):
+                outcome = "data-removed"  # Replicate's one-hour clean-up ran
+            elif prediction.status not in DEAD:
                 logger.info(
                     "provider_resume provider=replicate job=%s outcome=%s",
                     prediction_id, prediction.status,
@@ -245,9 +249,16 @@ class ReplicateFluxProvider:
         logger.info("provider_resume provider=replicate job=%s outcome=%s", prediction_id, outcome)
         return None
 
-    async def _finish(self, prediction: Prediction) -> ProviderImage:
-        """Wait for the prediction and read its output file; cancel it if we give up."""
+    async def _finish(self, prediction: Prediction, *, sync_answer: bool) -> ProviderImage:
+        """Wait for the prediction and read its output file; cancel it if we give up.
+
+        A sync-mode answer may carry every output file while its status still says
+        "processing" (Replicate answers as soon as the files exist; the SDK's `run`
+        takes them then too), so those are read without polling to the end.
+        """
         try:
+            if sync_answer and prediction.status == "processing" and prediction.output:
+                return await self._read_output(prediction.output)
             status = await self._wait(prediction)
             if status != "succeeded":
                 raise ProviderError(self.name, f"prediction {status}")

@@ -24,7 +24,12 @@ Switches (one per documented variant, see tests/emulators/README.md):
   (after the prediction succeeded: a lost download);
 - `output_override`: a value used verbatim as the output of succeeded predictions (for
   shapes the documentation does not list: "", [], 42, "not-a-url", {"image": ...});
-- `forget(pid)`: the prediction is gone (404), as after Replicate's retention ends.
+- `files_before_end`: seconds a prediction stays "processing" after its files are ready;
+  the held sync answer comes back at once with status "processing" and `output` set
+  ("Replicate will respond with the files as soon as they are all available");
+- `remove_data(pid)`: the hour of data retention passed: the prediction answers with
+  `output: null`, `data_removed: true`, its file 404s;
+- `forget(pid)`: the prediction is gone (404).
 `billed_jobs` counts created predictions (Replicate bills each one that runs).
 """
 
@@ -85,6 +90,14 @@ class ReplicateEmulator(Emulator):
         self.file_fail_next = 0
         self.file_fail_status = 500
         self.output_override: Any = _UNSET
+        self.files_before_end: float | None = None
+        self._ready: dict[str, asyncio.Event] = {}
+
+    def remove_data(self, pid: str) -> None:
+        """Replicate's automatic clean-up: inputs, output and files removed, prediction kept."""
+        prediction = self.predictions[pid]
+        prediction.update({"output": None, "data_removed": True, "logs": ""})
+        self.files.pop(pid, None)
 
     def forget(self, pid: str) -> None:
         """The prediction is gone: GET answers 404, its file too."""
@@ -173,13 +186,14 @@ class ReplicateEmulator(Emulator):
         self.predictions[pid] = prediction
         self.bill()
         self._done[pid] = asyncio.Event()
+        self._ready[pid] = asyncio.Event()
         self._tasks[pid] = asyncio.create_task(self._run(pid, base))
         wait = self._prefer_wait(request.headers.get("Prefer", ""))
         if wait and self.sync_wait_cap is not None:
             wait = min(wait, self.sync_wait_cap)
         if wait:
             try:
-                await asyncio.wait_for(self._done[pid].wait(), timeout=wait)
+                await asyncio.wait_for(self._ready[pid].wait(), timeout=wait)
             except TimeoutError:
                 pass
         return web.json_response(prediction, status=201)
@@ -216,11 +230,15 @@ class ReplicateEmulator(Emulator):
             else:
                 self.counters.hit("succeeded")
                 self.files[pid] = png_bytes(f"replicate-{pid}", self.image_size)
-                prediction["status"] = "succeeded"
                 prediction["output"] = self._output(pid, base)
+                if self.files_before_end is not None:
+                    self._ready[pid].set()  # the held answer goes out while "processing"
+                    await asyncio.sleep(self.files_before_end)
+                prediction["status"] = "succeeded"
                 prediction["metrics"] = {"predict_time": latency}
         prediction["completed_at"] = _now()
         self._done[pid].set()
+        self._ready[pid].set()
         self._tasks.pop(pid, None)
 
     async def _get(self, request: web.Request) -> web.Response:

@@ -68,6 +68,18 @@ async def test_sync_mode_answered_before_the_end_is_polled(
     assert len(job.created_ids) == 1 and replicate_api.billed_jobs == 1
 
 
+async def test_sync_answer_with_files_while_still_processing_is_read_at_once(
+    replicate_api: ReplicateEmulator, provider, spec, avatar
+):
+    """Replicate answers "as soon as the files are all available", status "processing"."""
+    replicate_api.files_before_end = 5.0  # it would say "succeeded" only 5 s later
+    replicate_api.output_scheme = "data"
+    image = await asyncio.wait_for(provider.generate(spec, avatar, RecordingJob()), 2)
+    assert image.data.startswith(PNG)
+    assert replicate_api.counters.requests("get") == 0
+    assert next(iter(replicate_api.predictions.values()))["status"] == "processing"
+
+
 @pytest.mark.parametrize("ending", ["failed", "canceled", "aborted"])
 async def test_a_dead_prediction_fails_retryable_and_stays_billed(
     replicate_api: ReplicateEmulator, provider, spec, avatar, ending
@@ -194,16 +206,19 @@ async def test_resume_waits_for_a_prediction_still_running(
     assert replicate_api.billed_jobs == 1
 
 
-@pytest.mark.parametrize("how", ["gone", "failed", "canceled"])
+@pytest.mark.parametrize("how", ["gone", "data-removed", "failed", "canceled"])
 async def test_resume_creates_a_new_job_only_when_the_old_one_cannot_deliver(
     replicate_api: ReplicateEmulator, provider, spec, avatar, how
 ):
-    if how != "gone":
+    if how in ("failed", "canceled"):
         replicate_api.end_next.append(how)
     first = RecordingJob()
     if how == "gone":
         await provider.generate(spec, avatar, first)
-        replicate_api.forget(first.created_ids[0])  # retention ended
+        replicate_api.forget(first.created_ids[0])  # 404
+    elif how == "data-removed":
+        await provider.generate(spec, avatar, first)
+        replicate_api.remove_data(first.created_ids[0])  # the one-hour clean-up
     else:
         with pytest.raises(ProviderError):
             await provider.generate(spec, avatar, first)
