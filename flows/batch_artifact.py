@@ -1,24 +1,34 @@
-"""The batch's table artifact: every piece's outcome, readable in the Prefect UI."""
+"""The batch's artifacts, readable in the Prefect UI: a table of every piece's outcome
+(with its link and image provider) and a gallery of thumbnails (studio/gallery.py)."""
 
 from __future__ import annotations
 
 import re
+from collections.abc import Mapping
 
-from prefect.artifacts import acreate_table_artifact
+from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 
+from studio.gallery import gallery_markdown
 from studio.types import BatchResult
 
 
-async def publish_batch_artifact(result: BatchResult) -> None:
+async def publish_batch_artifact(
+    result: BatchResult, image_paths: Mapping[str, str] | None = None
+) -> None:
+    """`image_paths`: piece id -> staged image, for the gallery's thumbnails.
+
+    A piece's link is the URL its store gave it (studio/storage: capa1 public,
+    capa2/capa3 presigned GETs that expire; `file://` for the local store)."""
     table = [
         {
             "piece": o.index,
             "status": o.status.value,
             "tier": o.tier,
             "template": o.template_id or "custom",
-            "provider": o.provider or "-",
+            "image_provider": o.provider or "-",
             "cost_usd": round(o.cost_usd, 4),
             "reason": o.reason or "",
+            "link": o.url or "",
             "degraded": "degraded" if o.degraded else "",
         }
         for o in result.pieces
@@ -33,4 +43,9 @@ async def publish_batch_artifact(result: BatchResult) -> None:
     slug = re.sub(r"[^a-z0-9]+", "-", result.avatar_name.lower()).strip("-") or "avatar"
     await acreate_table_artifact(
         table=table, key=f"content-batch-{slug}"[:60], description=description
+    )
+    await acreate_markdown_artifact(
+        markdown=gallery_markdown(result, image_paths or {}),
+        key=f"gallery-{slug}"[:60],
+        description=f"Gallery of batch {result.batch_id} for {result.avatar_name}",
     )

@@ -11,10 +11,12 @@ import asyncio
 import logging
 import time
 import uuid
-from typing import Any
+from typing import Annotated, Any
 
 from prefect import flow
 from prefect.runtime import flow_run
+from prefect.states import Completed, Failed, State
+from pydantic import Field
 
 from blocks import apply_registered_blocks
 from flows.batch_artifact import publish_batch_artifact
@@ -22,7 +24,10 @@ from flows.batch_events import emit_batch_events, emit_budget_reached
 from flows.batch_state_hooks import BATCH_STATE_HOOKS, record_resume
 from flows.hook_step import write_batch_hooks
 from flows.image_chunk import image_chunk
+from flows.image_progress import tracked_images
+from flows.run_logs import attach_run_logs
 from studio import batchlog, progress
+from studio.batch_verdict import failure_summary
 from studio.catalog import template_library
 from studio.db.progress import BatchProgress
 from studio.moderation.base import ModerationItem
@@ -35,7 +40,18 @@ from studio.outcomes import (
     piece_row,
     stand_in_marks,
 )
-from studio.request import BatchRequest, parse_tier_distribution
+from studio.request import (
+    BatchRequest,
+    BatchRequestError,
+    HookModeParam,
+    PiecesParam,
+    PlatformParam,
+    PromptsParam,
+    TierShares,
+    TierSharesParam,
+    TiersParam,
+    parse_tier_distribution,
+)
 from studio.settings import get_settings
 from studio.types import (
     AvatarRef,
@@ -63,7 +79,7 @@ from tasks.save import finish_batch, register_batch, save_pieces
 from tasks.select_templates import select_templates
 from tasks.statistics import calculate_statistics
 from tasks.upload import UploadItem, upload_pieces
-from tasks.validate import validate_batch
+from tasks.validate import BatchRefusal, validate_batch
 
 log = logging.getLogger("studio.batch")
 
@@ -76,6 +92,67 @@ def chunked(items: list[Any], size: int) -> list[list[Any]]:
     return [items[i : i + size] for i in range(0, len(items), size)]
 
 
+# the operator-facing parameters besides studio/request.py's shared ones; the last three
+# are set by the pipeline itself (retries, resumes, tests) and say so
+AvatarParam = Annotated[
+    str,
+    Field(
+        min_length=1,
+        description="The avatar's id or name (`studio avatars list`); it must have LoRA weights.",
+    ),
+]
+HooksParam = Annotated[bool, Field(description="Write a caption (hook) for every piece.")]
+SafetyParam = Annotated[bool, Field(description="Moderate every piece before it is published.")]
+UploadParam = Annotated[
+    bool, Field(description="Upload to the object store (off: keep files in the local store).")
+]
+SeedParam = Annotated[
+    int | None,
+    Field(
+        description=(
+            "Internal, leave empty: seeds template selection so a test or a re-run picks "
+            "the same templates."
+        )
+    ),
+]
+BatchIdParam = Annotated[
+    str | None,
+    Field(
+        description=(
+            "Internal, leave empty: the batch's id (defaults to this run's id, so a retry "
+            "of the run continues the same batch)."
+        )
+    ),
+]
+ResumeParam = Annotated[
+    str | None,
+    Field(
+        description=(
+            "Only to finish a crashed batch: its batch id. Its stored request and plan are "
+            "used and only unfinished pieces are made; the other parameters are ignored."
+        )
+    ),
+]
+
+
+def _batch_request(*, resume_batch_id: str | None, **params: Any) -> BatchRequest:
+    """The request to run; a resume's stored request wins (refused if it cannot resume)."""
+    if resume_batch_id:
+        # unknown, complete or another avatar's batch: refused here, before any spend
+        config = resumable_batch_request(resume_batch_id, params["avatar_id"])
+        return BatchRequest.model_validate(config)
+    params["tier_distribution"] = parse_tier_distribution(params["tier_distribution"])
+    return BatchRequest(**params)
+
+
+def _refused(refusal: BatchRefusal) -> State:
+    """One log line and a "Refused" state: a request refused is no failed batch."""
+    log.error("Batch refused | %s: %s", refusal.field, refusal.message)
+    return Failed(
+        name="Refused", message=f"{refusal.field}: {refusal.message}", data=refusal.error()
+    )
+
+
 @flow(
     name="content-batch",
     flow_run_name="content-batch-{avatar_id}-{num_pieces}",
@@ -85,19 +162,19 @@ def chunked(items: list[Any], size: int) -> list[list[Any]]:
     **BATCH_STATE_HOOKS,  # a timed-out, crashed or cancelled run still writes its row
 )
 async def content_batch(
-    avatar_id: str,
-    num_pieces: int = 50,
-    tier_distribution: dict[str, float] | None = None,
-    platform: str = "instagram",
-    include_hooks: bool = True,
-    safety_check: bool = True,
-    upload_to_storage: bool = True,
-    custom_prompts: list[str] | None = None,
-    custom_tiers: list[str] | None = None,
-    seed: int | None = None,
-    batch_id: str | None = None,
-    resume_batch_id: str | None = None,
-    hook_mode: str = "direct",
+    avatar_id: AvatarParam,
+    num_pieces: PiecesParam = 50,
+    tier_distribution: TierSharesParam = TierShares(),
+    platform: PlatformParam = "instagram",
+    include_hooks: HooksParam = True,
+    safety_check: SafetyParam = True,
+    upload_to_storage: UploadParam = True,
+    custom_prompts: PromptsParam = None,
+    custom_tiers: TiersParam = None,
+    hook_mode: HookModeParam = "direct",
+    seed: SeedParam = None,
+    batch_id: BatchIdParam = None,
+    resume_batch_id: ResumeParam = None,
 ) -> BatchResult:
     """Make `num_pieces` ready-to-publish pieces for one avatar.
 
@@ -111,29 +188,41 @@ async def content_batch(
     `hook_mode`: "direct" (on-demand), "message-batches" (hooks as one half-price
     Message Batch within the time the batch has left) or "auto" (message batches when a
     schedule started the run); see studio/hooks/modes.py.
+
+    A request the parameter schema lets through but that cannot run (ratios not summing
+    to 1, prompts not one per piece, an unknown or untrained avatar, a broken resume)
+    ends the run "Refused" (a Failed state: not the failed-batch automation's
+    `prefect.flow-run.Failed`) with its message, before anything is spent. A batch below
+    min_success_ratio ends Failed with what failed where; a direct call raises
+    BatchRequestError / BatchBelowMinimum for those.
     """
     await apply_registered_blocks()  # endpoints/keys saved as Prefect blocks, if any
     settings = get_settings()
     batchlog.configure_logging(settings.log_file, settings.log_level)
-    request = BatchRequest(
-        avatar_id=avatar_id,
-        num_pieces=num_pieces,
-        tier_distribution=parse_tier_distribution(tier_distribution),
-        platform=platform,
-        include_hooks=include_hooks and settings.hook_generation_enabled,
-        safety_check=safety_check,
-        upload_to_storage=upload_to_storage and settings.upload_to_storage_enabled,
-        custom_prompts=custom_prompts,
-        custom_tiers=custom_tiers,
-        seed=seed,
-        hook_mode=hook_mode,
-    )
-    if resume_batch_id:  # resume (storage): the stored request wins, the batch id is reused
-        # unknown, complete or another avatar's batch: refused here, before any spend
-        config = resumable_batch_request(resume_batch_id, avatar_id)
-        request = BatchRequest.model_validate(config)
+    attach_run_logs()  # studio.* records to this run's Prefect logs, in every mode
+    try:
+        request = _batch_request(
+            avatar_id=avatar_id,
+            num_pieces=num_pieces,
+            tier_distribution=tier_distribution,
+            platform=platform,
+            include_hooks=include_hooks and settings.hook_generation_enabled,
+            safety_check=safety_check,
+            upload_to_storage=upload_to_storage and settings.upload_to_storage_enabled,
+            custom_prompts=custom_prompts,
+            custom_tiers=custom_tiers,
+            seed=seed,
+            hook_mode=hook_mode,
+            resume_batch_id=resume_batch_id,
+        )
+    except BatchRequestError as exc:
+        return _refused(BatchRefusal(field=exc.field, message=exc.message))  # type: ignore[return-value]
+    if resume_batch_id:
         batch_id = resume_batch_id
-    validated = validate_batch(request)
+    checked = validate_batch(request)
+    if isinstance(checked, BatchRefusal):
+        return _refused(checked)  # type: ignore[return-value]
+    validated = checked
     avatar = validated.avatar
     batch_id = batch_id or flow_run.get_id() or str(uuid.uuid4())
     started = time.perf_counter()
@@ -266,10 +355,20 @@ async def content_batch(
     )
     result, cost = ledger_cost(result)  # cost: what the ledger says providers billed
     finish_batch(batch_id, batch_row_values(result))
-    log.info(
-        batchlog.batch_complete(avatar.id, result.total_seconds, result.published, result.cost_usd)
-    )
-    await publish_batch_artifact(result)
+    ending = _ending(result, settings.min_success_ratio)
+    if result.status == "failed":
+        log.error(
+            batchlog.batch_failed(
+                avatar.id, result.total_seconds, result.published, result.cost_usd, ending
+            )
+        )
+    else:
+        log.info(
+            batchlog.batch_complete(
+                avatar.id, result.total_seconds, result.published, result.cost_usd
+            )
+        )
+    await publish_batch_artifact(result, {p: image.path for p, image in images.items()})
     cache = template_library().cache_stats()
     emit_batch_events(
         result,
@@ -279,13 +378,30 @@ async def content_batch(
     )
     if cost.refused_calls:
         emit_budget_reached(result, cost.refused_calls)
-    delivered = (result.requested - result.failed) / max(result.requested, 1)
-    if delivered < settings.min_success_ratio:
-        raise BatchBelowMinimum(
-            f"only {result.requested - result.failed}/{result.requested} pieces were made "
-            f"(min_success_ratio {settings.min_success_ratio}); see the image-chunk runs"
-        )
+    if result.status == "failed":  # the pieces made are saved; the run says what failed
+        return Failed(message=ending, data=BatchBelowMinimum(ending))  # type: ignore[return-value]
+    if result.failed:  # a Completed run that still says which pieces failed, and why
+        return Completed(message=ending, data=result)  # type: ignore[return-value]
+    # nothing to add: the plain value (a State returned after an in-run flow retry makes
+    # a direct call re-raise the first attempt's exception: Prefect 3.9 keeps it)
     return result
+
+
+def _ending(result: BatchResult, min_success_ratio: float) -> str:
+    """The final state's message: what was delivered and, if any, what failed where."""
+    made = result.requested - result.failed
+    failed = failure_summary(result.pieces)
+    if result.status == "failed":
+        return (
+            f"{made}/{result.requested} pieces made, below min_success_ratio "
+            f"{min_success_ratio}: {failed}"
+        )
+    parts = [
+        f"{result.published}/{result.requested} published",
+        f"{result.rejected} rejected",
+        f"{result.pending_review} pending review",
+    ]
+    return ", ".join(parts) + (f"; {failed}" if failed else "")
 
 
 async def _generate_images(
@@ -295,20 +411,38 @@ async def _generate_images(
     staging_root = str(get_settings().work_dir.resolve())
     image_chain()  # build providers once, before chunks start in parallel
     chunks = chunked(specs, chunk_size)
+    batch_id = specs[0].batch_id if specs else ""
     # the provider calls start now; each chunk's task runs adopt them as they register
-    async with images_started_early(specs, avatar, staging_root):
-        results = await asyncio.gather(
-            *(image_chunk(i, chunk, avatar, staging_root) for i, chunk in enumerate(chunks))
+    async with (
+        images_started_early(specs, avatar, staging_root),
+        tracked_images(batch_id, len(specs)),
+    ):
+        states = await asyncio.gather(
+            *(
+                image_chunk(i, chunk, avatar, staging_root, return_state=True)
+                for i, chunk in enumerate(chunks)
+            )
         )
     images: dict[str, GeneratedImage] = {}
     failures: dict[str, ImageFailure] = {}
-    for chunk_result in results:
-        for item in chunk_result:
+    for chunk, state in zip(chunks, states, strict=True):
+        for item in await _chunk_items(chunk, state):
             if isinstance(item, GeneratedImage):
                 images[item.piece_id] = item
             else:
                 failures[item.piece_id] = item
     return images, failures
+
+
+async def _chunk_items(chunk: list[PieceSpec], state: State) -> list[Any]:
+    """A chunk's images and failures, from its state: a chunk with failed pieces ends
+    Failed (flows/image_chunk.py) yet carries every item; one that crashed carries
+    none, and all its pieces failed with its message."""
+    items = await state.result(raise_on_failure=False)
+    if isinstance(items, list):
+        return items
+    reason = state.message or f"image chunk ended {state.name}"
+    return [ImageFailure(piece_id=spec.piece_id, reason=reason) for spec in chunk]
 
 
 async def _check_safety(

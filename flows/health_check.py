@@ -1,7 +1,13 @@
 """A flow that runs the spec's health check on a schedule, so the Prefect UI shows
-(and automations can alert on) a degraded database, cache or provider."""
+(and automations can alert on) a degraded database, cache or provider.
+
+The artifact is markdown tables an operator reads at a glance: one row per check
+with its status and details, and one row per image provider.
+"""
 
 from __future__ import annotations
+
+from typing import Any
 
 from prefect import flow
 from prefect.artifacts import acreate_markdown_artifact
@@ -13,13 +19,77 @@ class Unhealthy(Exception):
     pass
 
 
+def _value(value: Any) -> str:
+    if value is None:
+        return "—"
+    if isinstance(value, bool):
+        return "yes" if value else "no"
+    if isinstance(value, list | tuple):
+        return ", ".join(str(v) for v in value) or "—"
+    return str(value).replace("|", "\\|")
+
+
+def _details(check: dict[str, Any], prefix: str = "") -> list[str]:
+    parts = []
+    for key, value in check.items():
+        if key == "status" and not prefix:
+            continue
+        if isinstance(value, dict):
+            parts.extend(_details(value, f"{prefix}{key}."))
+        else:
+            parts.append(f"{prefix}{key}: {_value(value)}")
+    return parts
+
+
+def _status(check: dict[str, Any]) -> str:
+    if "status" in check:
+        return str(check["status"])
+    return "stand-in" if check.get("stand_in") else "ok"
+
+
+def health_markdown(report: dict[str, Any]) -> str:
+    checks: dict[str, Any] = report["checks"]
+    lines = [
+        f"# Health: {report['status']}",
+        "",
+        "| Check | Status | Details |",
+        "| --- | --- | --- |",
+    ]
+    for name, check in checks.items():
+        if name == "providers":
+            continue
+        details = "; ".join(_details(check)) if isinstance(check, dict) else _value(check)
+        status = _status(check) if isinstance(check, dict) else ""
+        lines.append(f"| {name} | {status} | {details} |")
+    providers = {
+        k: v
+        for k, v in checks.get("providers", {}).items()
+        if isinstance(v, dict) and k != "strategy"
+    }
+    if providers:
+        columns = ["available", "configured", "position", "max_concurrent", "price_usd", "stand_in"]
+        lines += ["", "## Image providers", ""]
+        lines.append("| Provider | " + " | ".join(c.replace("_", " ") for c in columns) + " |")
+        lines.append("| --- |" + " --- |" * len(columns))
+        for name, provider in providers.items():
+            row = [_value(provider.get(c)) for c in columns]
+            lines.append(f"| {name} | " + " | ".join(row) + " |")
+        strategy = checks["providers"].get("strategy")
+        if isinstance(strategy, dict):
+            order = " → ".join(strategy.get("order", [])) or "—"
+            lines += ["", f"Routing: **{strategy.get('name', '?')}**, order {order}"]
+    return "\n".join(lines)
+
+
 @flow(name="health-check")
 async def health_check() -> dict:
     report = health_report()
-    lines = [f"# Health: {report['status']}", ""]
-    for name, check in report["checks"].items():
-        lines.append(f"- **{name}**: {check}")
-    await acreate_markdown_artifact(markdown="\n".join(lines), key="studio-health")
+    await acreate_markdown_artifact(markdown=health_markdown(report), key="studio-health")
     if report["status"] != "healthy":
-        raise Unhealthy(str(report["checks"]))
+        failing = [
+            f"{name}: {check.get('error') or check.get('status')}"
+            for name, check in report["checks"].items()
+            if isinstance(check, dict) and check.get("status") not in (None, "healthy")
+        ]
+        raise Unhealthy("; ".join(failing) or str(report["status"]))
     return report

@@ -2,7 +2,10 @@
 
 A chunk is its own flow run so the Prefect UI shows which chunk of which batch
 failed; a piece whose image task fails after its retries comes back as an
-ImageFailure rather than failing the chunk, so the rest of the batch goes on.
+ImageFailure rather than failing the others, so the rest of the batch goes on. A
+chunk with failed pieces ends Failed, its message naming them and why, and its
+state still carries every item (images and failures): the batch reads it with
+`return_state=True` and keeps what was made.
 """
 
 from __future__ import annotations
@@ -10,10 +13,33 @@ from __future__ import annotations
 import asyncio
 
 from prefect import flow
+from prefect.states import Completed, Failed, State
 
+from flows.image_progress import image_progress
 from studio import progress
 from studio.types import AvatarRef, GeneratedImage, ImageFailure, PieceSpec
 from tasks.generate_images import generate_image, release_idle_slots
+
+#: failed pieces a chunk's state message names one by one
+NAMED_FAILURES = 3
+
+
+def chunk_state(chunk_index: int, items: list[GeneratedImage | ImageFailure]) -> State:
+    """Completed when every piece has its image, else Failed naming the failed pieces."""
+    failures = [item for item in items if isinstance(item, ImageFailure)]
+    made = len(items) - len(failures)
+    if not failures:
+        return Completed(message=f"{made}/{len(items)} images made", data=items)
+    named = "; ".join(
+        f"piece {f.piece_id[:8]}: {' '.join(f.reason.split())[:160]}"
+        for f in failures[:NAMED_FAILURES]
+    )
+    if len(failures) > NAMED_FAILURES:
+        named += f"; and {len(failures) - NAMED_FAILURES} more"
+    return Failed(
+        message=f"chunk {chunk_index}: {len(failures)}/{len(items)} images failed: {named}",
+        data=items,
+    )
 
 
 @flow(name="image-chunk", flow_run_name="image-chunk-{chunk_index}", log_prints=False)
@@ -23,22 +49,28 @@ async def image_chunk(
     avatar: AvatarRef,
     staging_root: str,
 ) -> list[GeneratedImage | ImageFailure]:
+    tracker = image_progress(specs[0].batch_id) if specs else None
+
     async def one(spec: PieceSpec) -> GeneratedImage | ImageFailure:
         state = await generate_image(spec, avatar, staging_root, return_state=True)
         if state.is_completed():
-            result: GeneratedImage = await state.result()
+            result: GeneratedImage | ImageFailure = await state.result()
         else:
             message = state.message or "image generation failed"
             try:
                 await state.result()
             except Exception as exc:
                 message = str(exc)
-            return ImageFailure(piece_id=spec.piece_id, reason=message)
-        progress.advance("images")
+            result = ImageFailure(piece_id=spec.piece_id, reason=message)
+        if isinstance(result, GeneratedImage):
+            progress.advance("images")
+        if tracker is not None:
+            tracker.advance(failed=isinstance(result, ImageFailure))
         return result
 
     try:
-        return list(await asyncio.gather(*(one(spec) for spec in specs)))
+        items = list(await asyncio.gather(*(one(spec) for spec in specs)))
     finally:
         # a worker process may exit right after: leave no provider slot held behind
         await release_idle_slots()
+    return chunk_state(chunk_index, items)  # type: ignore[return-value]

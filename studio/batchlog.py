@@ -69,5 +69,10 @@ def batch_complete(avatar_id: str, seconds: float, pieces: int, cost_usd: float)
     )
 
 
-def batch_failed(avatar_id: str, seconds: float, reason: str) -> str:
-    return f"[BATCH FAILED] Avatar: {avatar_id} | Total Duration: {seconds:.2f}s | Reason: {reason}"
+def batch_failed(avatar_id: str, seconds: float, pieces: int, cost_usd: float, reason: str) -> str:
+    """A batch below min_success_ratio: the [BATCH COMPLETE] fields, then why, so the
+    spec's `[BATCH COMPLETE]` recipes count only batches that delivered."""
+    return (
+        f"[BATCH FAILED] Avatar: {avatar_id} | Total Duration: {seconds:.2f}s"
+        f" | Pieces: {pieces} | Cost: ${cost_usd:.2f} | Reason: {reason}"
+    )

@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import logging
 import time
-from typing import Any
+from typing import Any, Literal
 
+from studio.batch_verdict import meets_minimum
 from studio.request import BatchRequest
 from studio.settings import get_settings
 from studio.types import (
@@ -189,7 +190,7 @@ def build_result(
         batch_id=batch_id,
         avatar_id=avatar.id,
         avatar_name=avatar.name,
-        status="completed",
+        status=batch_status(request.num_pieces, count(PieceStatus.FAILED)),
         requested=request.num_pieces,
         published=count(PieceStatus.PUBLISHED),
         rejected=count(PieceStatus.REJECTED),
@@ -205,10 +206,15 @@ def build_result(
     )
 
 
+def batch_status(requested: int, failed: int) -> Literal["completed", "failed"]:
+    """Below min_success_ratio a batch has failed, whatever it saved (exact fractions)."""
+    ratio = get_settings().min_success_ratio
+    return "completed" if meets_minimum(requested - failed, requested, ratio) else "failed"
+
+
 def batch_row_values(result: BatchResult) -> dict[str, Any]:
-    ok = result.failed / max(result.requested, 1) <= 1 - get_settings().min_success_ratio
     return {
-        "status": "completed" if ok else "failed",
+        "status": result.status,
         "step_seconds": result.step_seconds,
         "cost_breakdown": result.cost_breakdown,
         "cost_usd": result.cost_usd,

@@ -7,14 +7,16 @@ request that cannot succeed; every refusal names the field and how to fix it.
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, model_validator
 
 from studio.hooks.modes import HOOK_MODES
-from studio.types import TIERS, Platform
+from studio.types import TIERS, Platform, Tier
 
 MAX_PIECES = 500
+#: a custom prompt longer than this is a pasted document, not a picture's description
+MAX_PROMPT_CHARS = 1000
 
 
 class BatchRequestError(ValueError):
@@ -24,6 +26,10 @@ class BatchRequestError(ValueError):
         super().__init__(f"{field}: {message}")
         self.field = field
         self.message = message
+
+    def __reduce__(self) -> tuple[type[BatchRequestError], tuple[str, str]]:
+        # a refused run's state carries this error; Prefect may pickle it to persist it
+        return (type(self), (self.field, self.message))
 
 
 class TierDistribution(BaseModel):
@@ -51,10 +57,112 @@ class BatchRequest(BaseModel):
     hook_mode: str = "direct"
 
 
+# --- the flows' parameters, typed so Prefect's parameter schema (and so the deployment's
+# run form and `create_flow_run`'s schema enforcement) says what JSON Schema can say.
+# What it cannot say (ratios summing to 1, one prompt per piece, the avatar) is checked
+# by `validate_request` and the validate task.
+
+PlatformName = Literal["instagram", "tiktok", "twitter", "patreon", "onlyfans"]
+HookMode = Literal["direct", "message-batches", "auto"]
+
+PiecesParam = Annotated[
+    int,
+    Field(
+        ge=1,
+        le=MAX_PIECES,
+        description=(
+            f"How many pieces to make (1..{MAX_PIECES}). The spec's sizes: 10 on demand, "
+            "50 daily (the flow's default), 20 weekly, 100 monthly."
+        ),
+    ),
+]
+PlatformParam = Annotated[
+    PlatformName, Field(description="Where the pieces will be posted; sets the hooks' style.")
+]
+HookModeParam = Annotated[
+    HookMode,
+    Field(
+        description=(
+            "How hooks reach Claude: `direct` (fast, on-demand), `message-batches` (one "
+            "half-price Message Batch within the batch's time budget) or `auto` "
+            "(message batches when a schedule started the run)."
+        )
+    ),
+]
+PromptsParam = Annotated[
+    list[Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]] | None,
+    Field(
+        min_length=1,
+        max_length=MAX_PIECES,
+        description=(
+            "Your own image prompts instead of the template library: exactly one per piece "
+            f"(so as many as num_pieces), each 1..{MAX_PROMPT_CHARS} characters. "
+            "Leave empty to use templates."
+        ),
+    ),
+]
+TiersParam = Annotated[
+    list[Tier] | None,
+    Field(
+        min_length=1,
+        max_length=MAX_PIECES,
+        description=(
+            "The access tier of each custom prompt, in order (needs custom_prompts, one per "
+            "prompt). Leave empty to spread custom prompts by tier_distribution."
+        ),
+    ),
+]
+
+
+class TierShares(BaseModel):
+    """The operator's form of the tier distribution: three named shares summing to 1."""
+
+    capa1: float = Field(
+        0.6, ge=0, le=1, description="Share of capa1 pieces (safe for social media), 0..1."
+    )
+    capa2: float = Field(
+        0.3,
+        ge=0,
+        le=1,
+        description="Share of capa2 pieces (suggestive, premium subscribers), 0..1.",
+    )
+    capa3: float = Field(
+        0.1, ge=0, le=1, description="Share of capa3 pieces (explicit, high tier only), 0..1."
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _other_forms(cls, value: Any) -> Any:
+        """Python callers may still pass the spec's `capa1_ratio` keys, a 3-list or
+        "0.6,0.3,0.1"; the schema shows only the named form."""
+        if isinstance(value, TierDistribution | str | list | tuple) or (
+            isinstance(value, dict) and any(str(k).endswith("_ratio") for k in value)
+        ):
+            return parse_tier_distribution(value).as_dict()
+        return value
+
+    def to_distribution(self) -> TierDistribution:
+        return TierDistribution(
+            capa1_ratio=self.capa1, capa2_ratio=self.capa2, capa3_ratio=self.capa3
+        )
+
+
+TierSharesParam = Annotated[
+    TierShares,
+    Field(
+        description=(
+            "Shares of the three access tiers, each 0..1, summing to 1 (default 0.6 / 0.3 / 0.1)."
+        )
+    ),
+]
+
+
 def parse_tier_distribution(value: Any) -> TierDistribution:
     """Accept the spec's dict form, a {capa1: x} form, a 3-list or "0.6,0.3,0.1"."""
     if isinstance(value, TierDistribution):
         return value
+    if isinstance(value, TierShares):
+        return value.to_distribution()
     if value is None:
         return TierDistribution()
     if isinstance(value, str):

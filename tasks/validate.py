@@ -8,13 +8,23 @@ from pydantic import BaseModel
 from studio.avatars import resolve_avatar
 from studio.db.engine import session_scope
 from studio.ledger.validation import validate_cost_settings
-from studio.request import BatchRequest, validate_request
+from studio.request import BatchRequest, BatchRequestError, validate_request
 from studio.types import AvatarRef
 
 
 class ValidatedBatch(BaseModel):
     request: BatchRequest
     avatar: AvatarRef
+
+
+class BatchRefusal(BaseModel):
+    """Why a request was refused: the field to fix and how."""
+
+    field: str
+    message: str
+
+    def error(self) -> BatchRequestError:
+        return BatchRequestError(self.field, self.message)
 
 
 def validate_batch_request(request: BatchRequest) -> ValidatedBatch:
@@ -26,4 +36,11 @@ def validate_batch_request(request: BatchRequest) -> ValidatedBatch:
     return ValidatedBatch(request=request, avatar=avatar)
 
 
-validate_batch = task(name="validate", retries=0, timeout_seconds=30)(validate_batch_request)
+@task(name="validate", retries=0, timeout_seconds=30)
+def validate_batch(request: BatchRequest) -> ValidatedBatch | BatchRefusal:
+    """A refusal is this task's answer, not its failure: returned rather than raised, so
+    Prefect logs no traceback for it and the flow ends in its "Refused" state."""
+    try:
+        return validate_batch_request(request)
+    except BatchRequestError as exc:
+        return BatchRefusal(field=exc.field, message=exc.message)

@@ -6,6 +6,7 @@ import re
 from pathlib import Path
 
 import pytest
+from prefect.exceptions import ParameterTypeError
 from sqlalchemy import func, select
 
 from flows.content_batch import content_batch
@@ -77,14 +78,33 @@ async def test_custom_prompts_and_tiers(studio_env, demo_avatar) -> None:
 @pytest.mark.parametrize(
     "kwargs, field",
     [
-        ({"avatar_id": "nobody"}, "avatar_id"),
         ({"num_pieces": 0}, "num_pieces"),
         ({"num_pieces": 501}, "num_pieces"),
-        ({"tier_distribution": {"capa1": 0.5, "capa2": 0.3, "capa3": 0.1}}, "tier_distribution"),
         ({"tier_distribution": {"capa1": 1.2, "capa2": -0.1, "capa3": -0.1}}, "tier_distribution"),
         ({"platform": "myspace"}, "platform"),
-        ({"num_pieces": 2, "custom_prompts": ["only one"]}, "custom_prompts"),
+        ({"hook_mode": "fast"}, "hook_mode"),
         ({"num_pieces": 1, "custom_prompts": ["a"], "custom_tiers": ["gold"]}, "custom_tiers"),
+        ({"num_pieces": 1, "custom_prompts": [""]}, "custom_prompts"),
+    ],
+)
+async def test_what_the_schema_says_is_refused_before_the_flow_runs(
+    studio_env, demo_avatar, kwargs, field
+) -> None:
+    """Prefect validates the typed parameters before the flow body starts."""
+    args = {"avatar_id": "demo", "num_pieces": 5, **kwargs}
+    with pytest.raises(ParameterTypeError, match=field):
+        await content_batch(**args)
+    _assert_nothing_written(studio_env)
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [
+        ({"avatar_id": "nobody"}, "avatar_id"),
+        ({"tier_distribution": {"capa1": 0.5, "capa2": 0.3, "capa3": 0.1}}, "tier_distribution"),
+        ({"tier_distribution": {"capa1": 0.6, "capa2": 0.6, "capa3": 0.1}}, "tier_distribution"),
+        ({"num_pieces": 2, "custom_prompts": ["only one"]}, "custom_prompts"),
+        ({"num_pieces": 1, "custom_tiers": ["capa1"]}, "custom_tiers"),
     ],
 )
 async def test_bad_input_refused_before_anything_is_written(
@@ -95,6 +115,9 @@ async def test_bad_input_refused_before_anything_is_written(
         await content_batch(**args)
     assert exc.value.field == field
     _assert_nothing_written(studio_env)
+    state = await content_batch(**args, return_state=True)
+    assert state.is_failed() and state.name == "Refused"
+    assert state.message.startswith(f"{field}: ")
 
 
 async def test_avatar_without_lora_refused(studio_env) -> None:

@@ -1,0 +1,98 @@
+"""A progress artifact on the batch's run, moved on while its images are made.
+
+The image step is most of a batch's time; the artifact (Prefect's progress artifact,
+on the batch run's Artifacts tab) says how far it is without opening the chunks.
+Each update is an API call, so it moves in steps of `STEP_PERCENT` and at the end,
+in the background: an update that fails is skipped, never a reason to fail a batch.
+Chunks run in the batch's process and event loop, so they find the batch's tracker
+by batch id.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from uuid import UUID
+
+from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifact
+
+log = logging.getLogger(__name__)
+
+STEP_PERCENT = 10
+
+_trackers: dict[str, ImageProgress] = {}
+
+
+class ImageProgress:
+    def __init__(self, artifact_id: UUID | None, total: int) -> None:
+        self.artifact_id = artifact_id
+        self.total = total
+        self.done = 0
+        self.failed = 0
+        self._shown = 0.0
+        self._updates: set[asyncio.Task[None]] = set()
+
+    @property
+    def percent(self) -> float:
+        return 100.0 * self.done / self.total if self.total else 100.0
+
+    def description(self) -> str:
+        made = self.done - self.failed
+        return f"Images: {made}/{self.total} made, {self.failed} failed"
+
+    def advance(self, *, failed: bool = False) -> None:
+        self.done += 1
+        self.failed += int(failed)
+        if self.done == self.total or self.percent - self._shown >= STEP_PERCENT:
+            self._update()
+
+    def _update(self) -> None:
+        if self.artifact_id is None:
+            return
+        self._shown = self.percent
+        task = asyncio.get_running_loop().create_task(
+            _send(self.artifact_id, self.percent, self.description())
+        )
+        self._updates.add(task)
+        task.add_done_callback(self._updates.discard)
+
+    async def finish(self) -> None:
+        if self._shown < self.percent or self.done < self.total:
+            self._update()
+        if self._updates:
+            await asyncio.gather(*self._updates, return_exceptions=True)
+
+
+async def _send(artifact_id: UUID, percent: float, description: str) -> None:
+    try:
+        await aupdate_progress_artifact(
+            artifact_id=artifact_id, progress=percent, description=description
+        )
+    except Exception as exc:  # a missed update is not worth a failed batch
+        log.debug("progress artifact update skipped: %s", exc)
+
+
+def image_progress(batch_id: str) -> ImageProgress | None:
+    """The tracker of a batch whose image step runs in this process, if any."""
+    return _trackers.get(batch_id)
+
+
+@asynccontextmanager
+async def tracked_images(batch_id: str, total: int) -> AsyncIterator[ImageProgress]:
+    """Create the batch's progress artifact for `total` images and track it meanwhile."""
+    artifact_id: UUID | None = None
+    try:
+        artifact_id = await acreate_progress_artifact(
+            progress=0.0, description=f"Images: 0/{total} made"
+        )
+    except Exception as exc:  # e.g. outside a run: no artifact, the batch goes on
+        log.debug("no progress artifact: %s", exc)
+    tracker = ImageProgress(artifact_id, total)
+    _trackers[batch_id] = tracker
+    try:
+        yield tracker
+    finally:
+        _trackers.pop(batch_id, None)
+        await tracker.finish()
