@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from typing import Annotated, Any, Literal
 
 from prefect import flow
 from prefect.client.orchestration import get_client
@@ -19,11 +19,19 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 from prefect.settings import get_current_settings
+from pydantic import Field
 
 from deployments.batch_runs import BATCH_DEPLOYMENT
 from flows.content_batch import content_batch
 from studio.avatars import list_avatars
 from studio.db.engine import session_scope
+from studio.request import (
+    HookModeParam,
+    PiecesParam,
+    PlatformParam,
+    TierShares,
+    TierSharesParam,
+)
 from studio.types import BatchResult
 
 log = logging.getLogger("studio.batch")
@@ -62,11 +70,14 @@ def due_avatars(cadence: str) -> list[tuple[str, str]]:
 
 @flow(name="scheduled-batches", flow_run_name="{cadence}-batches")
 async def scheduled_batches(
-    cadence: str = "daily",
-    num_pieces: int = 50,
-    platform: str = "instagram",
-    tier_distribution: Any = None,
-    hook_mode: str = "auto",
+    cadence: Annotated[
+        Literal["daily", "weekly", "monthly"],
+        Field(description="Which avatars are due: those whose cadence this is."),
+    ] = "daily",
+    num_pieces: PiecesParam = 50,
+    platform: PlatformParam = "instagram",
+    tier_distribution: TierSharesParam = TierShares(),
+    hook_mode: HookModeParam = "auto",
 ) -> dict[str, str]:
     """Start one `content-batch` deployment run per due avatar and return.
 
