@@ -231,3 +231,42 @@ def test_resume_of_unknown_batch_is_refused(prefect_api, studio_env) -> None:
     result = CliRunner().invoke(app, ["batch", "resume", "no-such-batch"])
     assert result.exit_code == 2
     assert "no batch with id 'no-such-batch'" in result.output
+
+
+def test_kill_at_image_step_then_resume_on_another_host(
+    postgres_home, s3_server, tmp_path
+) -> None:
+    """Host A dies mid image step; host B (its own STUDIO_HOME, empty disk) resumes from
+    the shared database and the private S3 staging: no finished image is made again."""
+    probes = tmp_path / "probes"
+    probes.mkdir()
+    batch_id = str(uuid.uuid4())
+    content, private = s3_server.new_bucket("content"), s3_server.new_bucket("staging")
+    store = {
+        "R2_ENDPOINT_URL": s3_server.endpoint_url,
+        "R2_ACCESS_KEY_ID": s3_server.access_key,
+        "R2_SECRET_ACCESS_KEY": s3_server.secret_key,
+        "R2_BUCKET_NAME": content,
+        "R2_PUBLIC_URL": s3_server.public_url(content),
+        "R2_STAGING_BUCKET": private,
+    }
+    host_a = _child_env(postgres_home, store)
+    home_b = tmp_path / "host-b"
+    host_b = {**host_a, "STUDIO_HOME": str(home_b), "PREFECT_HOME": str(home_b / "prefect")}
+
+    assert _run(host_a, probes, batch_id, "--crash-at", "image:5") == -signal.SIGKILL
+    first = _lines(probes / "renders.log")
+    assert len(first) == 4
+    assert _statuses(batch_id) == Counter({"generated": 4, "planned": PIECES - 4})
+
+    assert _run(host_b, probes, batch_id, "--resume") == 0
+    renders = Counter(_lines(probes / "renders.log"))
+    assert len(renders) == PIECES and max(renders.values()) == 1  # none bought twice
+    rows = _assert_one_row_per_piece(batch_id)
+    # host B fetched host A's images from the staging bucket instead of buying them
+    assert all((home_b / "work" / batch_id / f"{p}.json").exists() for p in first)
+    published = [r for r in rows if r.status == "published"]
+    listing = s3_server.client().list_objects_v2(Bucket=content).get("Contents", [])
+    assert sorted(o["Key"] for o in listing) == sorted(r.storage_key for r in published)
+    staged = s3_server.client().list_objects_v2(Bucket=private).get("Contents", [])
+    assert len(staged) == 2 * PIECES  # one image and one metadata object per piece
