@@ -35,6 +35,7 @@ import websockets
 from websockets.exceptions import WebSocketException
 
 from studio.providers.base import BilledJob, NoJobTracking, ProviderError, ProviderImage
+from studio.providers.shapes import UnexpectedShape
 from studio.types import AvatarRef, PieceSpec
 
 NEGATIVE_PROMPT = "blurry, low quality, distorted, watermark, text"
@@ -256,9 +257,7 @@ class ComfyUIProvider:
         except (ValueError, AttributeError):
             prompt_id = None
         if not isinstance(prompt_id, str) or not prompt_id:
-            raise ProviderError(
-                self.name, "unexpected output shape: /prompt answer without a prompt_id"
-            )
+            raise UnexpectedShape(self.name, "/prompt answer without a prompt_id")
         return prompt_id
 
     async def _resume(self, prompt_id: str) -> ProviderImage | None:
@@ -272,8 +271,8 @@ class ComfyUIProvider:
             elif (entry.get("status") or {}).get("status_str") == "error":
                 return None
             return await self._fetch_image(entry)
-        except _OutputGone:
-            return None
+        except (_OutputGone, UnexpectedShape):
+            return None  # its image is gone, or would be as unusable on every re-read
         except httpx.HTTPError as exc:
             raise ProviderError(self.name, f"resume failed: {type(exc).__name__}") from None
 
@@ -284,7 +283,7 @@ class ComfyUIProvider:
         try:
             entry = response.json().get(prompt_id)
         except (ValueError, AttributeError):
-            raise ProviderError(self.name, "unexpected output shape: history not JSON") from None
+            raise UnexpectedShape(self.name, "history that is not JSON") from None
         return entry if isinstance(entry, dict) and entry else None
 
     async def _queued(self, prompt_id: str) -> bool:
@@ -317,14 +316,12 @@ class ComfyUIProvider:
         """The first image of the finished prompt, by filename, subfolder and type."""
         outputs = entry.get("outputs")
         if not isinstance(outputs, dict):
-            raise ProviderError(self.name, "unexpected output shape: history without outputs")
+            raise UnexpectedShape(self.name, "history without outputs")
         for output in outputs.values():
             images = output.get("images") if isinstance(output, dict) else None
             for image in images or []:
                 if not isinstance(image, dict) or not image.get("filename"):
-                    raise ProviderError(
-                        self.name, "unexpected output shape: image without a filename"
-                    )
+                    raise UnexpectedShape(self.name, "image without a filename")
                 response = await self._client.get(
                     "/view",
                     params={
@@ -339,7 +336,7 @@ class ComfyUIProvider:
                     raise ProviderError(self.name, f"view answered HTTP {response.status_code}")
                 content_type = response.headers.get("content-type", "image/png").split(";")[0]
                 return ProviderImage(response.content, content_type, self.price_usd)
-        raise ProviderError(self.name, "unexpected output shape: history entry without images")
+        raise UnexpectedShape(self.name, "history entry without images")
 
     async def _forget(self, prompt_id: str) -> None:
         """Best effort: drop the prompt from ComfyUI's queue after we stopped waiting."""

@@ -23,7 +23,7 @@ import httpx
 
 from studio.providers.base import BilledJob, NoJobTracking, ProviderError, ProviderImage
 from studio.providers.comfyui import NEGATIVE_PROMPT, seed_for
-from studio.providers.replicate_flux import sniff_image
+from studio.providers.shapes import UnexpectedShape, sniff_image
 from studio.types import AvatarRef, PieceSpec
 
 logger = logging.getLogger("studio.providers")
@@ -80,9 +80,12 @@ class ModalSDXLProvider:
         if job.resume_job_id:
             try:
                 return await self._resume(job.resume_job_id)
-            except _ResultGone:
+            except (_ResultGone, UnexpectedShape) as exc:
+                # gone, failed, or a body that would be as unusable on every reload
+                outcome = "gone" if isinstance(exc, _ResultGone) else "bad-shape"
                 logger.info(
-                    "provider_resume provider=modal job=%s outcome=gone", job.resume_job_id
+                    "provider_resume provider=modal job=%s outcome=%s",
+                    job.resume_job_id, outcome,
                 )
         body = {
             "prompt": spec.prompt,
@@ -161,7 +164,7 @@ class ModalSDXLProvider:
         if content_type is None:
             declared = response.headers.get("content-type", "").split(";")[0] or "no content type"
             shape = "empty body" if not response.content else f"{declared} body, not an image"
-            raise ProviderError(self.name, f"unexpected output shape: {shape}")
+            raise UnexpectedShape(self.name, shape)
         return ProviderImage(response.content, content_type, self.price_usd)
 
 

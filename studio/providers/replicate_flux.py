@@ -37,6 +37,7 @@ from replicate.prediction import Prediction
 
 from studio.providers.base import BilledJob, NoJobTracking, ProviderError, ProviderImage
 from studio.providers.comfyui import seed_for
+from studio.providers.shapes import UnexpectedShape, sniff_image
 from studio.types import AvatarRef, PieceSpec
 
 logger = logging.getLogger("studio.providers")
@@ -49,23 +50,6 @@ TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
 DEAD = frozenset({"failed", "canceled", "aborted"})
 #: a delivery URL that answers these no longer holds the file (retention ended)
 GONE = frozenset({404, 410})
-
-IMAGE_MAGIC = (
-    (b"\x89PNG\r\n\x1a\n", "image/png"),
-    (b"\xff\xd8\xff", "image/jpeg"),
-    (b"GIF8", "image/gif"),
-)
-
-
-def sniff_image(data: bytes) -> str | None:
-    """The image type from the file's first bytes; None when it is not an image."""
-    for magic, content_type in IMAGE_MAGIC:
-        if data.startswith(magic):
-            return content_type
-    if data[:4] == b"RIFF" and data[8:12] == b"WEBP":
-        return "image/webp"
-    return None
-
 
 def describe_shape(value: Any) -> str:
     """A short name for an output value, for error messages (never the value itself)."""
@@ -189,10 +173,12 @@ class ReplicateFluxProvider:
             if resumed is not None:
                 try:
                     return await self._finish(resumed, sync_answer=False)
-                except OutputGone:
+                except (OutputGone, UnexpectedShape) as exc:
+                    # gone, or an output that would be as unusable on every re-fetch
+                    outcome = "output-gone" if isinstance(exc, OutputGone) else "bad-shape"
                     logger.info(
-                        "provider_resume provider=replicate job=%s outcome=output-gone",
-                        resumed.id,
+                        "provider_resume provider=replicate job=%s outcome=%s",
+                        resumed.id, outcome,
                     )
         prediction = await self._create_billed(self._input(spec, avatar), job)
         try:
@@ -210,7 +196,8 @@ class ReplicateFluxProvider:
                 retryable=exc.status not in NOT_RETRYABLE,
             ) from None
         except ValidationError:
-            raise ProviderError(self.name, "create answered an unknown prediction shape") from None
+            shape = "create answer of an unknown prediction status"
+            raise UnexpectedShape(self.name, shape) from None
         except httpx.HTTPError as exc:
             raise ProviderError(self.name, f"create failed: {type(exc).__name__}") from None
         job.created(prediction.id)  # billed from here on, whatever happens to the output
@@ -298,16 +285,14 @@ class ReplicateFluxProvider:
         """The first output file through the SDK's FileOutput (https:, http: or data:)."""
         first = output[0] if isinstance(output, list) and output else output
         if not isinstance(first, str) or not first.startswith(("https://", "http://", "data:")):
-            raise ProviderError(self.name, f"unexpected output shape: {describe_shape(output)}")
+            raise UnexpectedShape(self.name, describe_shape(output))
         decoded = transform_output(first, self._client)
         # the SDK wraps only https: and data:; a Replicate-compatible endpoint may use http:
         file = decoded if isinstance(decoded, FileOutput) else FileOutput(first, self._client)
         try:
             data = await file.aread()
         except (binascii.Error, ValueError):
-            raise ProviderError(
-                self.name, "unexpected output shape: data URI that is not base64"
-            ) from None
+            raise UnexpectedShape(self.name, "data URI that is not base64") from None
         except httpx.HTTPStatusError as exc:
             status = exc.response.status_code
             if status in GONE:
@@ -319,7 +304,7 @@ class ReplicateFluxProvider:
             ) from None
         content_type = sniff_image(data)
         if content_type is None:
-            raise ProviderError(self.name, "unexpected output shape: file that is not an image")
+            raise UnexpectedShape(self.name, "file that is not an image")
         return ProviderImage(data, content_type, self.price_usd)
 
     async def _create(self, inputs: dict[str, object]) -> Prediction:

@@ -66,6 +66,8 @@ class ModalEndpointEmulator(Emulator):
         self.result_fail_status = 502
         self.content_type = "image/png"
         self.body_override: bytes | None = None
+        #: the body shape of each call, fixed when it was made (a reload answers the same)
+        self._shapes: dict[str, tuple[bytes | None, str]] = {}
 
     def fail_next(self, *statuses: int) -> None:
         """The next POSTs answer these statuses before any function call is made."""
@@ -117,9 +119,8 @@ class ModalEndpointEmulator(Emulator):
             return web.Response(status=303, headers={"Location": location})
         except _Failed:
             return web.Response(status=500, text="Internal Server Error")
-        if self.body_override is not None:
-            return web.Response(body=self.body_override, content_type=self.content_type)
-        return web.Response(body=data, content_type=self.content_type)
+        body, content_type = self._shapes.get(call_id, (None, self.content_type))
+        return web.Response(body=data if body is None else body, content_type=content_type)
 
     async def _post(self, request: web.Request) -> web.Response:
         self.counters.hit("post")
@@ -142,6 +143,7 @@ class ModalEndpointEmulator(Emulator):
         self.bodies.append(body)
         self.bill()
         call_id = f"fc-{uuid.uuid4().hex[:26]}"
+        self._shapes[call_id] = (self.body_override, self.content_type)
         self._calls[call_id] = asyncio.create_task(
             self._generate(call_id, str(body.get("seed", "")))
         )

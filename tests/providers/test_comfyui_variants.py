@@ -170,3 +170,17 @@ async def test_a_prompt_answer_without_prompt_id_is_a_shape_error(
     assert str(caught.value) == (
         "comfyui: unexpected output shape: /prompt answer without a prompt_id"
     )
+
+
+async def test_a_retry_after_a_history_without_images_queues_a_new_prompt(
+    comfyui: ComfyUIEmulator, provider, spec, avatar
+):
+    comfyui.outputs_override = {}
+    first = RecordingJob()
+    with pytest.raises(ProviderError):
+        await provider.generate(spec, avatar, first)
+    comfyui.outputs_override = None
+    retry = first.retry()
+    image = await provider.generate(spec, avatar, retry)
+    assert image.data.startswith(PNG)
+    assert comfyui.billed_jobs == 2 and len(retry.created_ids) == 1

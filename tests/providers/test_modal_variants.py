@@ -180,3 +180,20 @@ async def test_unreachable_endpoint_is_not_billed(spec, avatar):
         await provider.generate(spec, avatar, job)
     assert caught.value.retryable and job.created_ids == []
     await provider.aclose()
+
+
+async def test_a_retry_after_a_bad_body_makes_a_new_call(
+    modal: ModalEndpointEmulator, provider, spec, avatar
+):
+    modal.redirect_after = 0.02
+    modal.behaviour.latency = (0.3, 0.3)  # answered by a 303: the call id is known
+    modal.body_override, modal.content_type = b"<html></html>", "text/html"
+    first = RecordingJob()
+    with pytest.raises(ProviderError):
+        await provider.generate(spec, avatar, first)
+    assert first.created_ids[0].startswith("fc-")
+    modal.body_override, modal.content_type = None, "image/png"
+    retry = first.retry()
+    image = await provider.generate(spec, avatar, retry)
+    assert image.data.startswith(PNG)
+    assert modal.billed_jobs == 2 and len(retry.created_ids) == 1

@@ -255,3 +255,17 @@ async def test_a_prediction_is_billed_once_under_sync_data_uris_for_ten_pieces(
     assert all(i.data.startswith(PNG) for i in images)
     assert replicate_api.billed_jobs == 10
     assert all(len(j.created_ids) == 1 for j in jobs)
+
+
+async def test_a_retry_after_a_bad_shape_buys_a_new_prediction_not_the_same_output(
+    replicate_api: ReplicateEmulator, provider, spec, avatar
+):
+    replicate_api.output_override = []
+    first = RecordingJob()
+    with pytest.raises(ProviderError):
+        await provider.generate(spec, avatar, first)
+    replicate_api.output_override = ["data:image/png;base64,iVBORw0KGgo="]  # a PNG header
+    retry = first.retry()
+    image = await provider.generate(spec, avatar, retry)
+    assert image.content_type == "image/png"
+    assert replicate_api.billed_jobs == 2 and len(retry.created_ids) == 1
