@@ -1,0 +1,287 @@
+"""A real `prefect server start` and a real process worker, as a README reader runs them.
+
+Once per session: a Prefect server in a subprocess (its own PREFECT_HOME, a free port,
+SQLite, the UI at /), the `studio-pool` process work pool, `prefect deploy --all` from
+the repository root, and `prefect worker start --pool studio-pool --type process`.
+Worker and flow-run processes get the project's environment: a temporary STUDIO_HOME
+and a database on the test PostgreSQL; none of the PREFECT_* variables this test
+process set for itself (e.g. PREFECT_LOGGING_EXTRA_LOGGERS), so a run's logs reach
+Prefect the way they do for a user.
+
+Kept fast for CI: the worker asks for work every second, the server's scheduler is off
+(the deployments' schedules would otherwise start health checks and fan-outs of their
+own), and batches are a few pieces.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+BIN = Path(sys.executable).parent
+FINAL = {"COMPLETED", "FAILED", "CRASHED", "CANCELLED"}
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def base_env() -> dict[str, str]:
+    """This machine's environment without any PREFECT_* or studio setting of this process."""
+    studio_keys = {"DATABASE_URL", "STUDIO_HOME", "LOG_FILE"}
+    return {
+        k: v
+        for k, v in os.environ.items()
+        if not k.startswith("PREFECT_") and k not in studio_keys
+    }
+
+
+@dataclass
+class PrefectStack:
+    """The running server and worker, and how to talk to them."""
+
+    api_url: str
+    ui_url: str
+    env: dict[str, str]
+    home: Path
+    database_url: str
+    processes: list[subprocess.Popen] = field(default_factory=list)
+    logs: dict[str, Path] = field(default_factory=dict)
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.api_url, timeout=30)
+
+    def deployment_id(self, name: str) -> str:
+        with self.client() as api:
+            found = api.get(f"/deployments/name/{name}")
+            found.raise_for_status()
+            return found.json()["id"]
+
+    def create_run(self, deployment: str, parameters: dict[str, Any], **extra: Any):
+        """POST /deployments/{id}/create_flow_run, as any REST client would."""
+        with self.client() as api:
+            return api.post(
+                f"/deployments/{self.deployment_id(deployment)}/create_flow_run",
+                json={"parameters": parameters, **extra},
+            )
+
+    def read_run(self, run_id: str) -> dict[str, Any]:
+        with self.client() as api:
+            found = api.get(f"/flow_runs/{run_id}")
+            found.raise_for_status()
+            return found.json()
+
+    def wait_final(self, run_id: str, timeout: float = 240) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout
+        while True:
+            run = self.read_run(run_id)
+            if run["state_type"] in FINAL:
+                return run
+            if time.monotonic() > deadline:
+                raise AssertionError(
+                    f"run {run['name']} still {run['state_type']} after {timeout}s; "
+                    f"worker log tail:\n{self.tail('worker')}"
+                )
+            time.sleep(1)
+
+    def runs(self, flow_runs: dict[str, Any]) -> list[dict[str, Any]]:
+        with self.client() as api:
+            found = api.post("/flow_runs/filter", json={"flow_runs": flow_runs, "limit": 200})
+            found.raise_for_status()
+            return found.json()
+
+    def children(self, run_id: str) -> list[dict[str, Any]]:
+        return self.runs({"parent_flow_run_id": {"any_": [run_id]}})
+
+    def log_messages(self, run_ids: list[str]) -> list[str]:
+        with self.client() as api:
+            found = api.post(
+                "/logs/filter",
+                json={
+                    "logs": {"flow_run_id": {"any_": run_ids}},
+                    "sort": "TIMESTAMP_ASC",
+                    "limit": 200,
+                },
+            )
+            found.raise_for_status()
+            return [entry["message"] for entry in found.json()]
+
+    def wait_logs(
+        self, run_ids: list[str], done: Callable[[list[str]], bool], timeout: float = 30
+    ) -> list[str]:
+        """A run's last logs leave its process as it exits: give them a moment."""
+        deadline = time.monotonic() + timeout
+        while True:
+            messages = self.log_messages(run_ids)
+            if done(messages) or time.monotonic() > deadline:
+                return messages
+            time.sleep(1)
+
+    def tail(self, name: str, lines: int = 40) -> str:
+        path = self.logs.get(name)
+        if not path or not path.exists():
+            return ""
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+
+    def prefect(self, *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "prefect"), "--no-prompt", *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    def studio(self, *args: str, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [str(BIN / "studio"), *args],
+            cwd=ROOT,
+            env=self.env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+
+def _start(name: str, args: list[str], env: dict[str, str], stack: PrefectStack):
+    log_path = stack.home / f"{name}.log"
+    stack.logs[name] = log_path
+    log_file = open(log_path, "wb")  # noqa: SIM115 - lives as long as the process
+    process = subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=log_file, stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    stack.processes.append(process)
+    return process
+
+
+def _wait_healthy(stack: PrefectStack, server: subprocess.Popen, timeout: float = 120) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if server.poll() is not None:
+            raise RuntimeError(f"prefect server exited:\n{stack.tail('server')}")
+        try:
+            if httpx.get(f"{stack.api_url}/health", timeout=2).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.5)
+    raise RuntimeError(f"prefect server not healthy after {timeout}s:\n{stack.tail('server')}")
+
+
+def _stop(processes: list[subprocess.Popen]) -> None:
+    """Stop what this fixture started (each process group by its own id), worker first."""
+    for process in reversed(processes):
+        if process.poll() is None:
+            try:
+                os.killpg(process.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                continue
+    for process in reversed(processes):
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=10)
+
+
+@pytest.fixture(scope="session")
+def prefect_stack(tmp_path_factory, postgres_url) -> Iterator[PrefectStack]:
+    from tests.infra.postgres import create_database
+
+    home = tmp_path_factory.mktemp("prefect-stack")
+    port = free_port()
+    api_url = f"http://127.0.0.1:{port}/api"
+    database_url = create_database(postgres_url)
+    env = {
+        **base_env(),
+        "PREFECT_HOME": str(home / "prefect"),
+        "PREFECT_API_URL": api_url,
+        "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+        "STUDIO_HOME": str(home / "studio"),
+        "LOG_FILE": str(home / "studio" / "logs" / "app.log"),
+        "DATABASE_URL": database_url,
+        # a worker that asks for work every second, and starts a run as soon as it is due
+        "PREFECT_WORKER_QUERY_SECONDS": "1",
+        "PREFECT_WORKER_PREFETCH_SECONDS": "5",
+    }
+    stack = PrefectStack(
+        api_url=api_url, ui_url=f"http://127.0.0.1:{port}", env=env, home=home,
+        database_url=database_url,
+    )
+    server_env = {
+        **env,
+        "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{home}/prefect.db",
+        # the deployments' schedules would start runs of their own during the tests
+        "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
+        "PREFECT_UI_ENABLED": "true",
+    }
+    server_env.pop("PREFECT_API_URL")
+    try:
+        server = _start(
+            "server",
+            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            server_env,
+            stack,
+        )
+        _wait_healthy(stack, server)
+        for step in (
+            stack.studio("init"),
+            stack.prefect("work-pool", "create", "studio-pool", "--type", "process"),
+            stack.prefect("deploy", "--all"),
+        ):
+            assert step.returncode == 0, f"{step.args}: {step.stdout}{step.stderr}"
+        _start(
+            "worker",
+            [str(BIN / "prefect"), "worker", "start", "--pool", "studio-pool",
+             "--type", "process", "--name", "studio-test-worker"],
+            env,
+            stack,
+        )
+        yield stack
+    finally:
+        _stop(stack.processes)
+
+
+@pytest.fixture
+def stack_db(prefect_stack, monkeypatch):
+    """This test process on the stack's studio database (to add avatars, read rows)."""
+    from tests.conftest import use_database
+
+    settings = use_database(
+        monkeypatch, Path(prefect_stack.env["STUDIO_HOME"]), prefect_stack.database_url
+    )
+    yield settings
+    from studio.db.engine import dispose_engines
+
+    dispose_engines()
+
+
+def chromium_executable() -> str | None:
+    """Debian's chromium; installed with apt-get when missing and this user may (CI is root)."""
+    found = shutil.which("chromium") or shutil.which("chromium-browser")
+    if found or shutil.which("apt-get") is None or os.geteuid() != 0:
+        return found
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    for command in (["apt-get", "update", "-q"], ["apt-get", "install", "-y", "-q", "chromium"]):
+        if subprocess.run(command, env=env, capture_output=True, timeout=900).returncode != 0:
+            return None
+    return shutil.which("chromium")
