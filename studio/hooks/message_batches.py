@@ -141,6 +141,20 @@ async def _read_results(
                 groups[index],
                 discount=writer.settings.message_batch_discount,
             )
+        elif 0 <= index < len(groups):  # errored, canceled or expired: that group goes direct
+            logger.info(
+                "Message batch request not answered | Group: %d | Result: %s | "
+                "Using direct calls",
+                index, _result_reason(line.result),
+            )
+
+
+def _result_reason(result: Any) -> str:
+    """The result type, and for `errored` the API's error type (never its message)."""
+    kind = str(getattr(result, "type", "unknown"))
+    error = getattr(getattr(result, "error", None), "error", None)
+    error_type = getattr(error, "type", None)
+    return f"{kind} ({error_type})" if kind == "errored" and error_type else kind
 
 
 async def _cancel(client: AsyncAnthropic, batch_id: str) -> Any | None:

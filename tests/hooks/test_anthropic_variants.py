@@ -131,8 +131,9 @@ async def test_permanent_errors_fall_back_at_once_naming_the_error(
 
 @pytest.mark.parametrize("result", ["errored", "expired"])
 async def test_message_batch_requests_that_errored_or_expired_go_direct(
-    anthropic_emu: AnthropicEmulator, hook_settings, avatar, result
+    anthropic_emu: AnthropicEmulator, hook_settings, avatar, result, caplog
 ):
+    caplog.set_level(logging.INFO, logger="studio.hooks")
     settings = hook_settings.model_copy(
         update={"message_batch_poll_seconds": 0.05, "timeout_seconds": 1.0}
     )
@@ -140,6 +141,8 @@ async def test_message_batch_requests_that_errored_or_expired_go_direct(
     batch = await write(settings, avatar, n=20, use_message_batches=True, time_budget_seconds=10)
     assert batch.failures == 0
     assert anthropic_emu.counters.requests("messages") == 1  # group-0 only, direct
+    reason = "errored (api_error)" if result == "errored" else "expired"
+    assert f"Message batch request not answered | Group: 0 | Result: {reason}" in caplog.text
 
 
 async def test_a_refusal_inside_a_message_batch_falls_back_for_that_group(
