@@ -5,8 +5,11 @@ The hook writer and the moderator run exactly as in a batch, through the officia
 usage the way the Messages API does (four characters a token, prompt caching with a
 minimum cacheable prefix). The cost is computed from that measured usage at the list
 prices in HookSettings (Claude Haiku 4.5: $1 in, $5 out, $1.25 cache write, $0.10 cache
-read per MTok; Message Batches at half) and, for moderation, MODERATION_PRICE_PER_CALL_USD
-(the spec budgets $0.05 for 50 pieces; OpenAI lists the endpoint as free).
+read per MTok; Message Batches at half; see studio/ledger/pricing.py) and, for moderation,
+MODERATION_PRICE_PER_CALL_USD: the spec's planning estimate ($0.05 for 50 pieces). OpenAI
+lists the endpoint as free, so the cost ledger records moderation at $0 billed; the
+figure printed here is the estimate. bench/bench_cost.py prints what the ledger records
+for a whole batch (images included) per provider strategy.
 
 Pieces: 50 from the bundled template library, tiers 60/30/10 (spec example), with hooks
 of a realistic length (about 110 characters). Printed per scenario: calls, tokens,
@@ -145,7 +148,8 @@ async def main() -> None:
             print(f"  hooks: {r['hook_calls']} calls, {r['model_hooks']}/50 from the model, "
                   f"tokens in {t['input']} out {t['output']} cache write {t['cache_write']} "
                   f"read {t['cache_read']} -> ${r['hooks_usd']:.4f}")
-            print(f"  safety: {r['moderation_calls']} moderation calls -> ${r['safety_usd']:.4f}")
+            print(f"  safety: {r['moderation_calls']} moderation calls -> $0 billed (free), "
+                  f"spec estimate ${r['safety_usd']:.4f}")
             print(f"  total ${total:.4f} = {total / SPEC_LOW:.2f}x of $0.15, "
                   f"{total / SPEC_HIGH:.2f}x of $0.25\n")
         direct, batched = hooks_usd[SCENARIOS[1].name], hooks_usd[SCENARIOS[3].name]

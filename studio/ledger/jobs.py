@@ -122,8 +122,7 @@ class ImageCallLedger:
         self, batch_id: str, avatar_id: str, piece_id: str, provider: str, price_usd: float
     ) -> LedgerJob:
         call = CallKey("image", provider, batch_id, avatar_id, (piece_id,))
-        resume = self.ledger.recoverable_job(piece_id, provider)
-        reservation = self.ledger.reserve(call, price_usd)
+        resume, reservation = self.ledger.open_image_call(call, price_usd)  # one transaction
         if not reservation.accepted:
             warn_budget_reached(batch_id, reservation)
             raise BudgetRefused(reservation)

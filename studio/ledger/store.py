@@ -117,31 +117,43 @@ class CostLedger:
         Refused calls get a `released` row with outcome `budget`, so the ledger also says
         what the budget stopped. A call priced $0 is never refused.
         """
+        with session_scope() as session:
+            return self._reserve(session, call, price_usd, estimate_usd)
+
+    def open_image_call(self, call: CallKey, price_usd: float) -> tuple[str | None, Reservation]:
+        """`recoverable_job` and `reserve` for one image attempt, in one transaction."""
+        assert call.piece_id is not None
+        with session_scope() as session:
+            resume = self._recoverable_job(session, call.piece_id, call.provider)
+            return resume, self._reserve(session, call, price_usd, None)
+
+    def _reserve(
+        self, session: Session, call: CallKey, price_usd: float, estimate_usd: float | None
+    ) -> Reservation:
         budgets = self.settings
         row_id = str(uuid.uuid4())
         now = _now()
-        with session_scope() as session:
-            refusal: tuple[str, float, float] | None = None
-            if price_usd > 0 and budgets.any_budget:
-                _lock_avatar(session, call.avatar_id)
-                refusal = self._over_budget(session, call, price_usd, budgets, now)
-            session.execute(
-                _TABLE.insert().values(
-                    id=row_id,
-                    batch_id=call.batch_id,
-                    avatar_id=call.avatar_id,
-                    piece_id=call.piece_id,
-                    piece_ids=list(call.piece_ids),
-                    kind=call.kind,
-                    provider=call.provider,
-                    price_usd=price_usd,
-                    estimate_usd=estimate_usd,
-                    status="released" if refusal else "reserved",
-                    outcome="budget" if refusal else None,
-                    created_at=now,
-                    settled_at=now if refusal else None,
-                )
+        refusal: tuple[str, float, float] | None = None
+        if price_usd > 0 and budgets.any_budget:
+            _lock_avatar(session, call.avatar_id)
+            refusal = self._over_budget(session, call, price_usd, budgets, now)
+        session.execute(
+            _TABLE.insert().values(
+                id=row_id,
+                batch_id=call.batch_id,
+                avatar_id=call.avatar_id,
+                piece_id=call.piece_id,
+                piece_ids=list(call.piece_ids),
+                kind=call.kind,
+                provider=call.provider,
+                price_usd=price_usd,
+                estimate_usd=estimate_usd,
+                status="released" if refusal else "reserved",
+                outcome="budget" if refusal else None,
+                created_at=now,
+                settled_at=now if refusal else None,
             )
+        )
         if refusal is None:
             return Reservation(row_id, True)
         name, budget, spent = refusal
@@ -176,30 +188,34 @@ class CostLedger:
         (a piece runs one attempt at a time): reserved ones are released, billed ones
         marked `lost`, so they are recoverable and no longer count as in flight.
         """
-        now = _now()
         with session_scope() as session:
-            mine = (_TABLE.c.piece_id == piece_id, _TABLE.c.provider == provider)
-            session.execute(
-                update(_TABLE)
-                .where(*mine, _TABLE.c.outcome.is_(None), _TABLE.c.status == "reserved")
-                .values(status="released", outcome="lost", settled_at=now)
+            return self._recoverable_job(session, piece_id, provider)
+
+    @staticmethod
+    def _recoverable_job(session: Session, piece_id: str, provider: str) -> str | None:
+        now = _now()
+        mine = (_TABLE.c.piece_id == piece_id, _TABLE.c.provider == provider)
+        session.execute(
+            update(_TABLE)
+            .where(*mine, _TABLE.c.outcome.is_(None), _TABLE.c.status == "reserved")
+            .values(status="released", outcome="lost", settled_at=now)
+        )
+        session.execute(
+            update(_TABLE)
+            .where(*mine, _TABLE.c.outcome.is_(None), _TABLE.c.status == "billed")
+            .values(outcome="lost", settled_at=now)
+        )
+        return session.scalar(
+            select(_TABLE.c.job_id)
+            .where(
+                *mine,
+                _TABLE.c.status == "billed",
+                _TABLE.c.job_id.is_not(None),
+                _TABLE.c.outcome.in_(RECOVERABLE),
             )
-            session.execute(
-                update(_TABLE)
-                .where(*mine, _TABLE.c.outcome.is_(None), _TABLE.c.status == "billed")
-                .values(outcome="lost", settled_at=now)
-            )
-            return session.scalar(
-                select(_TABLE.c.job_id)
-                .where(
-                    *mine,
-                    _TABLE.c.status == "billed",
-                    _TABLE.c.job_id.is_not(None),
-                    _TABLE.c.outcome.in_(RECOVERABLE),
-                )
-                .order_by(_TABLE.c.created_at.desc())
-                .limit(1)
-            )
+            .order_by(_TABLE.c.created_at.desc())
+            .limit(1)
+        )
 
     # --- during and after a call ---------------------------------------------------
 
