@@ -24,12 +24,14 @@ from studio.ledger.jobs import ImageCallLedger
 from studio.providers.asset_cache import AssetCache
 from studio.providers.build import caps
 from studio.providers.chain import BUDGET, ChainExhausted, ProviderChain
+from studio.providers.lease_census import LeaseCensus
 from studio.providers.registry import build_image_chain
-from studio.providers.settings import PROVIDER_NAMES, ProviderSettings
+from studio.providers.settings import ProviderSettings
 from studio.settings import get_settings
 from studio.staging import ImageStaging, open_staging
 from studio.types import AvatarRef, GeneratedImage, PieceSpec
 from tasks.provider_slots import PrefectSlots
+from tasks.slot_reconcile import census_heal
 
 log = logging.getLogger("studio.providers")
 
@@ -42,13 +44,13 @@ def image_chain() -> ProviderChain:
     global _chain, _slots
     if _chain is None:
         settings = ProviderSettings()
-        longest_call = max(settings.timeout(name) for name in PROVIDER_NAMES)
+        census = LeaseCensus()  # the slots this process holds, for the reconcile
         _slots = PrefectSlots(
             caps(settings),
-            lease_seconds=settings.slot_lease_seconds,
-            max_hold_seconds=max(settings.slot_lease_seconds - longest_call - 60, 0),
             poll_seconds=settings.slot_poll_seconds,
             linger_seconds=settings.slot_linger_seconds,
+            census=census,
+            heal=census_heal(census),
         )
         _chain = build_image_chain(settings, slot=_slots, ledger=ImageCallLedger())
     return _chain

@@ -3,15 +3,20 @@
 Each provider has one global concurrency limit, `provider:<name>` (created by
 `studio limits apply`), so the spec's MAX_CONCURRENT caps hold however many workers
 run batches. A slot is a Prefect *lease* on that limit: it counts against the cap on
-the server until released, and expires by itself if this process dies.
+the server until released. Leases are short and renewed: each lasts `LEASE_SECONDS`
+(60 s, the shortest the server accepts) and is renewed by Prefect's own lease keeper
+(`prefect.concurrency._leases.amaintain_concurrency_lease`, a thread) while this
+process holds it, so a dead process's slots expire within 60 s plus the server's
+repossessor loop (15 s by default) instead of the 900 s leases this module used to take.
 
-Prefect's own `concurrency()` waits for a free slot by sleeping the server's
-Retry-After, which can be seconds, and its acquisitions for one limit are serialised
-per process: a slot freed by a finished image would sit idle for that long. Here each
-process keeps a `LeasePool` per provider instead:
+This module is the one place that works around an engine limitation: Prefect's own
+`concurrency()` does not wake waiters of a limit when a slot is released, in this
+process or another; they sleep the server's Retry-After (seconds, up to 30 s), so a freed
+slot sits idle that long (PrefectHQ/prefect#23183, also #15618), and its acquisitions for
+one limit are serialised per process. Here each process keeps a `LeasePool` per provider:
 
 - a finished call hands its lease straight to the next image waiting in this process
-  (no round trip, no lag) while the lease is young enough to outlive another call;
+  (no round trip, no lag);
 - with no local waiter the lease lingers `linger_seconds` (short) for the next image of
   this process, then goes back to the server for other processes: under load a Prefect
   server answers an increment in seconds (SQLite lock retries), so giving a lease back
@@ -20,8 +25,15 @@ process keeps a `LeasePool` per provider instead:
   `poll_seconds` (short, fixed) instead of the server's Retry-After.
 
 Caps stay exact: every running call holds a lease the server counts, and the pool
-never holds more leases than the cap. If the limit does not exist the pool still caps
-this process at the configured number and warns once.
+never holds more leases than the cap; a lease whose renewal failed (the server lost or
+expired it) is never handed on. If the limit does not exist the pool still caps this
+process at the configured number and warns once.
+
+With a `LeaseCensus` (studio/providers/lease_census.py) every slot is also written to
+the studio database before it is asked for and stamped after it went back, and a pool
+whose waiters the server keeps refusing runs `heal` (tasks/slot_reconcile.py): slots the
+server counts beyond the census are slots no live process holds (a server that lost its
+leases in a restart), and are freed.
 """
 
 from __future__ import annotations
@@ -33,30 +45,44 @@ import logging
 import time
 import weakref
 from collections import deque
-from collections.abc import AsyncIterator, Mapping
-from dataclasses import dataclass
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
 from uuid import UUID
 
 import httpx
 from prefect.client.orchestration import PrefectClient, get_client
+from prefect.concurrency._leases import amaintain_concurrency_lease
 from prefect.context import AsyncClientContext
 from prefect.settings import PREFECT_API_URL
 
+from studio.providers.lease_census import LeaseCensus
 from studio.providers.slots import ReleaseSignal, SlotBusy
 
 logger = logging.getLogger("studio.providers")
 
 LIMIT_PREFIX = "provider:"
+#: a slot's lease: the shortest the Prefect server accepts (it refuses under 60 s)
+LEASE_SECONDS = 60.0
+#: a waiter refused this long asks `heal` to free slots no live process holds
+HEAL_AFTER_SECONDS = 10.0
+
+#: frees slots of a provider's limit that no live lease holds, not counting the caller's
+#: own census row (the slot it is asking for); returns how many it freed
+Heal = Callable[[str, str | None], Awaitable[int]]
 
 
 def limit_name(provider: str) -> str:
     return f"{LIMIT_PREFIX}{provider}"
 
 
-@dataclass
+@dataclass(eq=False)
 class Lease:
     lease_id: UUID | None  # None: the global limit does not exist, only the local cap holds
-    granted_at: float
+    census_id: str | None = None
+    #: set when Prefect's keeper could not renew it: the server may no longer count it
+    lost: bool = False
+    _stop: asyncio.Event = field(default_factory=asyncio.Event)
+    _keeper: asyncio.Task[None] | None = None
 
 
 class LeasePool:
@@ -67,12 +93,14 @@ class LeasePool:
         provider: str,
         cap: int,
         *,
-        lease_seconds: float = 900.0,
-        max_hold_seconds: float = 540.0,
+        lease_seconds: float = LEASE_SECONDS,
         poll_seconds: float = 0.2,
         linger_seconds: float = 1.0,
         released: ReleaseSignal | None = None,
         api: ApiClients | None = None,
+        census: LeaseCensus | None = None,
+        heal: Heal | None = None,
+        heal_after_seconds: float = HEAL_AFTER_SECONDS,
     ) -> None:
         self.provider = provider
         self._owns_api = api is None
@@ -82,8 +110,10 @@ class LeasePool:
         self.name = limit_name(provider)
         self.cap = cap
         self.lease_seconds = lease_seconds
-        self.max_hold_seconds = max_hold_seconds
         self.poll_seconds = poll_seconds
+        self.census = census
+        self.heal = heal
+        self.heal_after_seconds = heal_after_seconds
         self.held = 0
         self._pending = 0  # increments on the wire
         self._waiters: deque[asyncio.Future[Lease]] = deque()
@@ -92,9 +122,11 @@ class LeasePool:
         self._wire = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
         self._missing_warned = False
+        self._census_warned = False
         #: counters for tests and the benchmark
         self.server_grants = 0
         self.handoffs = 0
+        self.healed = 0
 
     # --- public ---
 
@@ -137,9 +169,11 @@ class LeasePool:
             raise
 
     def release(self, lease: Lease) -> None:
-        """Hand the lease to the next local waiter if it is young enough, else return it."""
-        young = time.monotonic() - lease.granted_at < self.max_hold_seconds
-        if young:
+        """Hand the lease to the next local waiter, or let it linger, else return it.
+
+        A lost lease (its renewal failed) goes back: the server may have freed its slot
+        already, so handing it on could pass the cap."""
+        if not lease.lost:
             while self._waiters:
                 waiter = self._waiters.popleft()
                 if not waiter.done():
@@ -155,15 +189,16 @@ class LeasePool:
 
     def _give_back(self, lease: Lease) -> None:
         self.held -= 1
-        if lease.lease_id is not None:
-            self._spawn(self._release_on_server(lease.lease_id))
+        lease._stop.set()
+        if lease.lease_id is not None or lease.census_id is not None:
+            self._spawn(self._release_on_server(lease))
         self._ensure_acquirer()
         self._released.notify()
 
     def _take_idle(self) -> Lease | None:
         while self._idle:
             lease = self._idle.pop()
-            if time.monotonic() - lease.granted_at < self.max_hold_seconds:
+            if not lease.lost:
                 self.handoffs += 1
                 return lease
             self._give_back(lease)
@@ -189,23 +224,62 @@ class LeasePool:
 
     async def _acquire_loop(self) -> None:
         """Get leases from the server for local waiters, polling briefly while it is full."""
-        while min(self._live_waiters(), self.cap - self.held - self._pending) > 0:
-            # one increment at a time, each lease to a waiter as soon as it is granted:
-            # concurrent increments of one limit wait on each other on the server (a lock
-            # on the limit; seconds with SQLite), so sent together they all came back
-            # when the last did
-            try:
-                result = await self._increment()
-            except Exception as exc:
-                logger.warning(
-                    "Could not reach the Prefect API for %s (%s); retrying",
-                    self.name, type(exc).__name__,
-                )
-                result = None
-            if result is not None:
-                self._grant(result)
-            else:
+        refused_since: float | None = None
+        healed_at = 0.0
+        # one census row for the slot being asked for, kept across refusals (a row per
+        # poll would write the database several times a second while the limit is full)
+        asking: str | None = None
+        try:
+            while min(self._live_waiters(), self.cap - self.held - self._pending) > 0:
+                if self.census is not None and asking is None:
+                    asking = await self._census_reserve()
+                # one increment at a time, each lease to a waiter as soon as it is
+                # granted: concurrent increments of one limit wait on each other on the
+                # server (a lock on the limit; seconds with SQLite), so sent together
+                # they all came back when the last did
+                try:
+                    result = await self._increment(asking)
+                except Exception as exc:
+                    asking = None  # the server may have counted it: _increment let it go
+                    logger.warning(
+                        "Could not reach the Prefect API for %s (%s); retrying",
+                        self.name, type(exc).__name__,
+                    )
+                    result = None
+                else:
+                    if result is not None:
+                        asking = None  # the lease's row now
+                if result is not None:
+                    refused_since = None
+                    self._grant(result)
+                    continue
+                now = time.monotonic()
+                refused_since = refused_since or now
+                if self._heal_due(refused_since, healed_at, now):
+                    healed_at = now
+                    await self._heal(asking)
                 await asyncio.sleep(self.poll_seconds)
+        finally:
+            if asking is not None:  # never sent, or refused: the server never counted it
+                self._spawn(self._census_forget(asking))
+
+    def _heal_due(self, refused_since: float, healed_at: float, now: float) -> bool:
+        return (
+            self.heal is not None
+            and now - refused_since >= self.heal_after_seconds
+            and now - healed_at >= self.heal_after_seconds
+        )
+
+    async def _heal(self, asking: str | None) -> None:
+        """Free slots the server counts beyond the census (our own asking row aside: its
+        last increment was refused and no other of this loop is on the wire)."""
+        assert self.heal is not None
+        try:
+            self.healed += await self.heal(self.provider, asking)
+        except Exception as exc:  # healing is best effort; the next round tries
+            logger.warning(
+                "Slot reconcile of %s failed (%s: %s)", self.name, type(exc).__name__, exc
+            )
 
     def _grant(self, lease: Lease) -> None:
         while self._waiters:
@@ -215,10 +289,19 @@ class LeasePool:
                 return
         self.release(lease)  # nobody wants it any more
 
-    async def _increment(self) -> Lease | None:
-        """One increment-with-lease call: a lease, or None when the limit is full (423)."""
+    async def _increment(self, asking: str | None = None) -> Lease | None:
+        """One increment-with-lease call: a lease, or None when the limit is full (423).
+
+        `asking` is the census row of the caller's slot request (the acquire loop keeps
+        one across refusals); without one a row is written here, before the server can
+        count the slot. On a refusal a row made here is deleted (the server counted
+        nothing); on an error it is released (the server may have counted it)."""
         self._pending += 1
+        census_id = asking
+        granted = refused = False
         try:
+            if self.census is not None and census_id is None:
+                census_id = await self._census_reserve()
             # one increment of this limit on the wire at a time (see _acquire_loop); the
             # speed strategy's try_acquire goes through here too
             async with self._wire, self._api.client() as client:
@@ -226,12 +309,19 @@ class LeasePool:
                     names=[self.name], slots=1, mode="concurrency",
                     lease_duration=self.lease_seconds,
                 )
+            granted = True
         except httpx.HTTPStatusError as exc:
             if exc.response.status_code == 423:
+                refused = True
                 return None
             raise
         finally:
             self._pending -= 1
+            if census_id is not None and not granted:
+                if not refused:
+                    self._spawn(self._census_released(census_id))
+                elif asking is None:
+                    self._spawn(self._census_forget(census_id))
         body = response.json()
         self.held += 1
         self.server_grants += 1
@@ -242,15 +332,82 @@ class LeasePool:
                     "Concurrency limit %s does not exist: capping this process only at %d "
                     "(run `studio limits apply`)", self.name, self.cap,
                 )
-            return Lease(None, time.monotonic())
-        return Lease(UUID(body["lease_id"]), time.monotonic())
+            lease = Lease(None, census_id)
+        else:
+            lease = Lease(UUID(body["lease_id"]), census_id)
+            lease._keeper = asyncio.get_running_loop().create_task(
+                self._keep(lease), context=_detached_context()
+            )
+        if census_id is not None:
+            self._spawn(self._census_granted(lease))
+        return lease
 
-    async def _release_on_server(self, lease_id: UUID) -> None:
+    async def _keep(self, lease: Lease) -> None:
+        """Renew the lease with Prefect's keeper until it goes back; mark it lost if the
+        keeper gives up (it cancels this task when renewal fails)."""
+        assert lease.lease_id is not None
         try:
-            async with self._api.client() as client:
-                await client.release_concurrency_slots_with_lease(lease_id=lease_id)
-        except Exception:  # the lease expires on its own; never fail an image for this
-            logger.warning("Could not release lease on %s; it will expire", self.name)
+            async with amaintain_concurrency_lease(
+                lease.lease_id, self.lease_seconds, raise_on_lease_renewal_failure=True
+            ):
+                await lease._stop.wait()
+        except asyncio.CancelledError:
+            if not lease._stop.is_set():
+                lease.lost = True
+                logger.warning(
+                    "Lease on %s could not be renewed; it is given back after its call",
+                    self.name,
+                )
+
+    async def _release_on_server(self, lease: Lease) -> None:
+        if lease.lease_id is not None:
+            try:
+                async with self._api.client() as client:
+                    await client.release_concurrency_slots_with_lease(lease_id=lease.lease_id)
+            except Exception:  # the lease expires on its own; never fail an image for this
+                logger.warning("Could not release lease on %s; it will expire", self.name)
+        if lease.census_id is not None:
+            await self._census_released(lease.census_id)
+
+    async def _census_reserve(self) -> str | None:
+        """A census row for a slot about to be asked for; None if the database is away.
+
+        Without its row the slot is invisible to the reconcile, which could then free it
+        while its call runs: only while this process cannot reach the database that every
+        batch needs anyway, and said in the log. Blocking images on it would be worse."""
+        assert self.census is not None
+        try:
+            return await asyncio.to_thread(self.census.reserve, self.provider)
+        except Exception as exc:
+            if not self._census_warned:
+                self._census_warned = True
+                logger.warning(
+                    "Could not write the lease census for %s (%s): its slots are not "
+                    "protected from the slot reconcile", self.name, type(exc).__name__,
+                )
+            return None
+
+    async def _census_granted(self, lease: Lease) -> None:
+        assert self.census is not None and lease.census_id is not None
+        lease_id = str(lease.lease_id) if lease.lease_id else None
+        try:
+            await asyncio.to_thread(self.census.granted, lease.census_id, lease_id)
+        except Exception as exc:  # the row stays counted as asked for: still live
+            logger.warning("Could not record a lease on %s (%s)", self.name, type(exc).__name__)
+
+    async def _census_forget(self, census_id: str) -> None:
+        assert self.census is not None
+        with contextlib.suppress(Exception):  # a left row only makes the reconcile cautious
+            await asyncio.to_thread(self.census.forget, census_id)
+
+    async def _census_released(self, census_id: str) -> None:
+        assert self.census is not None
+        try:
+            await asyncio.to_thread(self.census.released, census_id)
+        except Exception as exc:  # the row goes stale with the process: never over-freed
+            logger.warning(
+                "Could not record a released lease on %s (%s)", self.name, type(exc).__name__
+            )
 
     def _spawn(self, coro) -> None:  # type: ignore[no-untyped-def]
         task = asyncio.get_running_loop().create_task(coro, context=_detached_context())
@@ -267,8 +424,8 @@ class LeasePool:
         releases = []
         for lease in idle:
             self.held -= 1
-            if lease.lease_id is not None:
-                releases.append(self._release_on_server(lease.lease_id))
+            lease._stop.set()
+            releases.append(self._release_on_server(lease))
         await asyncio.gather(*releases)
         self._ensure_acquirer()
 
@@ -351,16 +508,16 @@ class PrefectSlots:
         self,
         caps: Mapping[str, int],
         *,
-        lease_seconds: float = 900.0,
-        max_hold_seconds: float = 540.0,
         poll_seconds: float = 0.2,
         linger_seconds: float = 1.0,
+        census: LeaseCensus | None = None,
+        heal: Heal | None = None,
     ) -> None:
         self.caps = dict(caps)
         self.linger_seconds = linger_seconds
-        self.lease_seconds = lease_seconds
-        self.max_hold_seconds = max_hold_seconds
         self.poll_seconds = poll_seconds
+        self.census = census
+        self.heal = heal
         self._api = ApiClients()
         self._pools: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, dict[str, LeasePool]
@@ -386,10 +543,9 @@ class PrefectSlots:
         pools = self._pools.setdefault(asyncio.get_running_loop(), {})
         if provider not in pools:
             pools[provider] = LeasePool(
-                provider, self.caps[provider], lease_seconds=self.lease_seconds,
-                max_hold_seconds=self.max_hold_seconds, poll_seconds=self.poll_seconds,
+                provider, self.caps[provider], poll_seconds=self.poll_seconds,
                 linger_seconds=self.linger_seconds, released=self._signal(),
-                api=self._api,
+                api=self._api, census=self.census, heal=self.heal,
             )
         return pools[provider]
 

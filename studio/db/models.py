@@ -166,3 +166,28 @@ class CostLedgerEntry(Base):
     outcome: Mapped[str | None] = mapped_column(String(20), nullable=True)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     settled_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ProviderLease(Base):
+    """One provider slot a pipeline process asked for or holds (studio/providers/lease_census.py).
+
+    Written before the slot is asked of the Prefect server, beaten while the process
+    lives, stamped `released_at` after the slot went back: the census a reconcile
+    compares with the server's count of the limit's slots.
+    """
+
+    __tablename__ = "provider_lease"
+    __table_args__ = (
+        Index("idx_provider_lease_provider_released", "provider", "released_at"),
+        Index("idx_provider_lease_holder", "holder"),
+    )
+
+    id: Mapped[str] = mapped_column(String(36), primary_key=True)
+    provider: Mapped[str] = mapped_column(String(30))
+    #: host:pid of the process that holds it
+    holder: Mapped[str] = mapped_column(String(120))
+    #: the Prefect lease id once granted; NULL while asked for
+    lease_id: Mapped[str | None] = mapped_column(String(36), nullable=True)
+    created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    beat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    released_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)

@@ -79,7 +79,6 @@ class ProviderSettings(BaseSettings):
 
     # how the global caps are held (see tasks/provider_slots.py)
     slot_poll_seconds: float = Field(0.2, gt=0, validation_alias="PROVIDER_SLOT_POLL_SECONDS")
-    slot_lease_seconds: float = Field(900.0, gt=0, validation_alias="PROVIDER_SLOT_LEASE_SECONDS")
     slot_linger_seconds: float = Field(1.0, ge=0, validation_alias="PROVIDER_SLOT_LINGER_SECONDS")
 
     # retries (spec: RETRY_CONFIG); max_attempts counts the first try

@@ -106,3 +106,90 @@ async def test_missing_limit_still_caps_this_process(emulators, caplog):
         await asyncio.gather(*(chain.generate(spec(i), AVATAR) for i in range(6)))
     assert modal.counters.peak == 2
     assert "does not exist" in caplog.text
+
+
+async def test_a_lease_whose_renewal_failed_is_never_handed_on(monkeypatch):
+    await _apply(monkeypatch, 1)
+    pool = LeasePool("modal", 1, poll_seconds=0.02, linger_seconds=5.0)
+    lease = await pool.acquire()
+    assert lease._keeper is not None and not lease.lost  # Prefect's keeper renews it
+    waiting = asyncio.create_task(pool.acquire())
+    await asyncio.sleep(0.05)
+    lease.lost = True  # what the keeper sets when the server no longer knows the lease
+    pool.release(lease)
+    fresh = await asyncio.wait_for(waiting, 10)
+    assert fresh is not lease and pool.server_grants == 2  # a new lease from the server
+    pool.release(fresh)
+    await pool.release_idle()
+    await pool.drain()
+    assert (await read_provider_limits())["provider:modal"]["active_slots"] == 0
+
+
+async def _leak(name: str, slots: int) -> None:
+    """Count slots on the server that no lease holds: what a server that lost its
+    leases in a restart is left with."""
+    from prefect.client.orchestration import get_client
+
+    async with get_client() as client:
+        await client.increment_concurrency_slots(names=[name], slots=slots, mode="concurrency")
+
+
+async def test_reconcile_frees_only_the_slots_no_live_lease_holds(monkeypatch, studio_env):
+    from studio.providers.lease_census import LeaseCensus
+    from tasks.slot_reconcile import reconcile_provider_slots
+
+    await _apply(monkeypatch, 3)
+    census = LeaseCensus()
+    pool = LeasePool("modal", 3, poll_seconds=0.02, linger_seconds=0, census=census)
+    held = await pool.acquire()  # a live call's slot
+    await _leak("provider:modal", 2)
+    assert (await read_provider_limits())["provider:modal"]["active_slots"] == 3
+    results = {r.limit: r for r in await reconcile_provider_slots(census)}
+    assert results["provider:modal"].freed == 2 and results["provider:modal"].live == 1
+    assert (await read_provider_limits())["provider:modal"]["active_slots"] == 1
+    again = {r.limit: r for r in await reconcile_provider_slots(census)}
+    assert again["provider:modal"].freed == 0  # the live lease's slot is never freed
+    pool.release(held)
+    await pool.drain()
+    assert (await read_provider_limits())["provider:modal"]["active_slots"] == 0
+
+
+async def test_a_pool_the_server_keeps_refusing_heals_the_leaked_limit(monkeypatch, studio_env):
+    from studio.providers.lease_census import LeaseCensus
+    from tasks.slot_reconcile import census_heal
+
+    await _apply(monkeypatch, 2)
+    await _leak("provider:modal", 2)  # full, and nobody holds it
+    census = LeaseCensus()
+    pool = LeasePool("modal", 2, poll_seconds=0.02, linger_seconds=0, census=census,
+                     heal=census_heal(census), heal_after_seconds=0.5)
+    lease = await asyncio.wait_for(pool.acquire(), 15)
+    assert pool.healed == 2
+    assert (await read_provider_limits())["provider:modal"]["active_slots"] == 1
+    pool.release(lease)
+    await pool.drain()
+
+
+def test_census_counts_live_processes_and_just_released_slots(studio_env):
+    from datetime import UTC, datetime, timedelta
+
+    from studio.providers import lease_census
+    from studio.providers.lease_census import LeaseCensus
+
+    census = LeaseCensus(holder="host-a:1")
+    dead = LeaseCensus(holder="host-b:2")
+    live_row = census.reserve("comfyui")
+    released_row = census.reserve("comfyui")
+    census.released(released_row)
+    dead.reserve("comfyui")
+    dead.stop()
+    now = datetime.now(UTC)
+    assert census.live("comfyui", at=now) == 3  # the release may be in the server's count
+    later = now + timedelta(seconds=lease_census.RELEASED_GRACE_SECONDS + 1)
+    assert census.live("comfyui", at=later) == 2
+    census.beat()  # host-a lives on; host-b stopped beating
+    stale = now + timedelta(seconds=lease_census.STALE_SECONDS + 1)
+    assert census.live("comfyui", at=stale) == 0  # neither beat within STALE_SECONDS of it
+    census.granted(live_row, None)
+    assert census.purge(at=now + timedelta(seconds=lease_census.KEEP_SECONDS + 1)) == 3
+    census.stop()

@@ -6,15 +6,19 @@ import json
 import os
 import subprocess
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from deployments.concurrency_limits import apply_provider_limits, read_provider_limits
+from studio.providers.lease_census import LeaseCensus
 from studio.providers.settings import ProviderSettings
 
 ROOT = Path(__file__).resolve().parents[2]
 
 
-async def test_caps_hold_across_two_processes(provider_env, emulators, monkeypatch, tmp_path):
+async def test_caps_hold_across_two_processes(
+    provider_env, emulators, studio_env, monkeypatch, tmp_path
+):
     from prefect.settings import PREFECT_API_URL
 
     comfyui, modal, replicate = emulators
@@ -31,6 +35,8 @@ async def test_caps_hold_across_two_processes(provider_env, emulators, monkeypat
         "PREFECT_API_URL": PREFECT_API_URL.value(),
         "PYTHONPATH": str(ROOT),
         "STUDIO_HOME": str(tmp_path / "home"),
+        # one studio database for both, as on several hosts: the lease census is shared
+        "DATABASE_URL": studio_env.resolved_database_url,
         "MODAL_MAX_ATTEMPTS": "1",
     }
     workers = [
@@ -57,3 +63,7 @@ async def test_caps_hold_across_two_processes(provider_env, emulators, monkeypat
     limits = await read_provider_limits()  # the exited processes left no slot held
     assert limits["provider:modal"]["active_slots"] == 0
     assert limits["provider:replicate"]["active_slots"] == 0
+    census = LeaseCensus()  # every slot both processes took is in the census, released
+    rows = [*census.rows("modal"), *census.rows("replicate")]
+    assert rows and all(row.released_at is not None for row in rows)
+    assert census.live("modal", at=datetime.now(UTC) + timedelta(seconds=10)) == 0

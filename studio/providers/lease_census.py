@@ -1,0 +1,184 @@
+"""The pipeline's own count of the provider slots its processes hold, in the studio database.
+
+WHY: a Prefect server counts a global limit's slots in its database but keeps the leases
+that hold them in a lease storage, by default in its own memory. After a restart it knows
+no lease, so a slot whose call ends is never given back (issue 10: `provider:comfyui`
+10 of 10 active with nothing in flight, until reset by hand). The server's API lists no
+leases per limit, so the only count that holds on *any* server is our own:
+
+- a pool writes a row *before* it asks the server for a slot (`reserve`),
+- its process beats every `BEAT_SECONDS` while it lives (one UPDATE per process),
+- it stamps `released_at` *after* the server took the slot back (`released`).
+
+So every slot the server counts for a `provider:*` limit has a live row from before it
+was counted until after it stopped being counted. A reconcile (deployments/
+slot_reconcile.py) reads the server's count first, then `live()`, and frees only the
+difference: a row released a moment ago still counts, a row of a dead process stops
+counting only after `STALE_SECONDS` (longer than Prefect takes to expire its lease by
+itself), so what it frees is never a slot a live call holds.
+
+Clocks: rows are stamped with each host's UTC clock; the margins (seconds) assume hosts
+kept in time by NTP.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import threading
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from datetime import UTC, datetime, timedelta
+
+from sqlalchemy import delete, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from studio.db.models import ProviderLease
+
+log = logging.getLogger("studio.providers")
+
+#: how often a live process stamps its open rows
+BEAT_SECONDS = 15.0
+#: a row not beaten for this long belongs to a dead process. Longer than the worst case
+#: Prefect needs to free a dead process's lease itself (a 60 s lease + its repossessor
+#: loop, 15 s by default), so the reconcile never frees a slot Prefect frees too.
+STALE_SECONDS = 120.0
+#: a row released this recently still counts: the server may have counted the slot
+#: when the reconcile read it
+RELEASED_GRACE_SECONDS = 5.0
+#: released or stale rows older than this are deleted by `purge`
+KEEP_SECONDS = 3600.0
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+class LeaseCensus:
+    """Rows of `provider_lease` for this process (`holder` = host:pid). Blocking calls:
+    the async pool runs them in a thread."""
+
+    def __init__(
+        self,
+        sessions: Callable[[], AbstractContextManager[Session]] | None = None,
+        *,
+        holder: str | None = None,
+        beat_seconds: float = BEAT_SECONDS,
+    ) -> None:
+        if sessions is None:
+            from studio.db.engine import session_scope
+
+            sessions = session_scope
+        self._sessions = sessions
+        self.holder = holder or f"{socket.gethostname()}:{os.getpid()}"
+        self.beat_seconds = beat_seconds
+        self._beating: threading.Thread | None = None
+        self._stop = threading.Event()
+
+    # --- one slot's life ---
+
+    def reserve(self, provider: str) -> str:
+        """A row for a slot about to be asked for; returns its id. Starts the heartbeat."""
+        row_id = str(uuid.uuid4())
+        now = _now()
+        with self._sessions() as session:
+            session.add(ProviderLease(
+                id=row_id, provider=provider, holder=self.holder, created_at=now, beat_at=now,
+            ))
+        self._ensure_beating()
+        return row_id
+
+    def granted(self, row_id: str, lease_id: str | None) -> None:
+        with self._sessions() as session:
+            session.execute(
+                update(ProviderLease).where(ProviderLease.id == row_id)
+                .values(lease_id=lease_id, beat_at=_now())
+            )
+
+    def released(self, row_id: str) -> None:
+        """The server no longer counts this slot (released, refused, or never granted)."""
+        with self._sessions() as session:
+            session.execute(
+                update(ProviderLease).where(ProviderLease.id == row_id)
+                .values(released_at=_now())
+            )
+
+    def forget(self, row_id: str) -> None:
+        """The slot was never counted by the server (refused, or never asked): no row."""
+        with self._sessions() as session:
+            session.execute(delete(ProviderLease).where(ProviderLease.id == row_id))
+
+    # --- the process's heartbeat ---
+
+    def beat(self) -> int:
+        with self._sessions() as session:
+            result = session.execute(
+                update(ProviderLease)
+                .where(ProviderLease.holder == self.holder, ProviderLease.released_at.is_(None))
+                .values(beat_at=_now())
+            )
+            return int(result.rowcount or 0)
+
+    def _ensure_beating(self) -> None:
+        if self._beating is not None and self._beating.is_alive():
+            return
+        self._stop.clear()
+        # a thread, like Prefect's own lease renewal: a busy event loop must not make a
+        # live process's slots look dead
+        self._beating = threading.Thread(
+            target=self._beat_loop, name="provider-lease-census", daemon=True
+        )
+        self._beating.start()
+
+    def _beat_loop(self) -> None:
+        while not self._stop.wait(self.beat_seconds):
+            try:
+                self.beat()
+            except Exception as exc:  # the next beat tries again; STALE_SECONDS is 8 beats
+                log.warning("Could not beat the provider lease census (%s)", type(exc).__name__)
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    # --- what a reconcile reads ---
+
+    def live(
+        self, provider: str, *, at: datetime | None = None, exclude: str | None = None
+    ) -> int:
+        """Slots of `provider` the pipeline may hold at `at` (default now): rows of live
+        processes not released, or released within RELEASED_GRACE_SECONDS; `exclude`
+        is a row its caller knows the server does not count."""
+        at = at or _now()
+        with self._sessions() as session:
+            return int(session.scalar(
+                select(func.count()).select_from(ProviderLease).where(
+                    ProviderLease.provider == provider,
+                    ProviderLease.id != (exclude or ""),
+                    ProviderLease.beat_at >= at - timedelta(seconds=STALE_SECONDS),
+                    or_(
+                        ProviderLease.released_at.is_(None),
+                        ProviderLease.released_at
+                        >= at - timedelta(seconds=RELEASED_GRACE_SECONDS),
+                    ),
+                )
+            ) or 0)
+
+    def purge(self, *, at: datetime | None = None) -> int:
+        """Delete rows released or dead for longer than KEEP_SECONDS."""
+        cutoff = (at or _now()) - timedelta(seconds=KEEP_SECONDS)
+        with self._sessions() as session:
+            result = session.execute(
+                delete(ProviderLease).where(
+                    or_(ProviderLease.released_at < cutoff, ProviderLease.beat_at < cutoff)
+                )
+            )
+            return int(result.rowcount or 0)
+
+    def rows(self, provider: str) -> Iterator[ProviderLease]:
+        """Every row of a provider (tests and `studio server`'s status)."""
+        with self._sessions() as session:
+            yield from session.scalars(
+                select(ProviderLease).where(ProviderLease.provider == provider)
+            ).all()

@@ -1,0 +1,107 @@
+"""Free provider slots that the Prefect server counts but no live process of ours holds.
+
+WHY: a server that loses its leases (the default in-memory lease storage, restarted)
+keeps counting their slots: releases of leases it no longer knows do nothing, and no
+lease is left to expire (issue 10: `provider:comfyui` stayed 10 of 10 for good). Its API
+lists no leases per limit, so the census of the slots we hold is our own
+(studio/providers/lease_census.py). For each `provider:*` limit:
+
+    freed = active_slots (read first) - live census rows (read after)
+
+Every slot the server counts has a live row from before it was asked for until after
+it went back, so `freed` only ever counts slots nobody holds: the cap is never passed.
+It runs where it is needed without an operator: in a lease pool whose waiters the server
+keeps refusing (tasks/provider_slots.py, after 10 s), and every 15 s beside `studio
+server` (studio/cli_server.py), so a leaked slot is back within 60 s on any server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from prefect.client.orchestration import get_client
+from prefect.exceptions import ObjectNotFound
+
+from studio.providers.lease_census import LeaseCensus
+from tasks.provider_slots import LIMIT_PREFIX, limit_name
+
+log = logging.getLogger("studio.providers")
+
+
+@dataclass(frozen=True)
+class Reconciled:
+    limit: str
+    active_slots: int
+    live: int
+    freed: int
+
+
+async def reconcile_limit(
+    census: LeaseCensus, provider: str, *, exclude: str | None = None
+) -> Reconciled | None:
+    """Reconcile one provider's limit; None when the limit does not exist. `exclude`: a
+    census row its caller knows the server does not count (a refused request's)."""
+    name = limit_name(provider)
+    at = datetime.now(UTC)  # before the server's count: rows released after it still count
+    async with get_client() as client:
+        try:
+            limit = await client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            return None
+        live = await asyncio.to_thread(census.live, provider, at=at, exclude=exclude)
+        leaked = limit.active_slots - live
+        if leaked > 0:
+            await client.request(
+                "POST", "/v2/concurrency_limits/decrement",
+                json={"names": [name], "slots": leaked},
+            )
+            log.warning(
+                "Freed %d slot(s) of %s that no live lease holds (%d counted, %d held)",
+                leaked, name, limit.active_slots, live,
+            )
+    return Reconciled(name, limit.active_slots, live, max(leaked, 0))
+
+
+async def reconcile_provider_slots(
+    census: LeaseCensus | None = None, providers: list[str] | None = None
+) -> list[Reconciled]:
+    """Reconcile every `provider:*` limit on the server (or the named providers)."""
+    census = census or LeaseCensus()
+    if providers is None:
+        async with get_client() as client:
+            limits = await client.read_global_concurrency_limits(limit=200)
+        providers = [
+            limit.name.removeprefix(LIMIT_PREFIX)
+            for limit in limits if limit.name.startswith(LIMIT_PREFIX)
+        ]
+    results = [await reconcile_limit(census, provider) for provider in providers]
+    await asyncio.to_thread(census.purge)
+    return [r for r in results if r is not None]
+
+
+def census_heal(census: LeaseCensus):  # type: ignore[no-untyped-def]
+    """The `heal` a lease pool calls when the server keeps refusing its waiters."""
+
+    async def heal(provider: str, asking: str | None) -> int:
+        result = await reconcile_limit(census, provider, exclude=asking)
+        return result.freed if result else 0
+
+    return heal
+
+
+async def reconcile_forever(census: LeaseCensus, every: float = 15.0) -> None:
+    """The loop `studio server` runs beside the Prefect server."""
+    while True:
+        try:
+            await reconcile_provider_slots(census)
+        except Exception as exc:  # the server may still be starting; next round
+            log.debug("slot reconcile skipped (%s)", type(exc).__name__)
+        await asyncio.sleep(every)
+
+
+if __name__ == "__main__":  # python -m tasks.slot_reconcile: one pass, printed
+    for r in asyncio.run(reconcile_provider_slots()):
+        print(f"{r.limit}: {r.active_slots} counted, {r.live} held, {r.freed} freed")
