@@ -146,10 +146,12 @@ class ReplicateFluxProvider:
             transport=transport,
         )
         self._client.poll_interval = poll_interval
+        self._delivery = _DeliveryClient()
 
     async def aclose(self) -> None:
         # the SDK builds its async httpx client lazily and offers no close of its own
         await self._client._async_client.aclose()
+        await self._delivery._async_client.aclose()
 
     def _input(self, spec: PieceSpec, avatar: AvatarRef) -> dict[str, object]:
         return {
@@ -286,9 +288,10 @@ class ReplicateFluxProvider:
         first = output[0] if isinstance(output, list) and output else output
         if not isinstance(first, str) or not first.startswith(("https://", "http://", "data:")):
             raise UnexpectedShape(self.name, describe_shape(output))
-        decoded = transform_output(first, self._client)
+        delivery: Any = self._delivery  # FileOutput needs only the client's _async_client
+        decoded = transform_output(first, delivery)
         # the SDK wraps only https: and data:; a Replicate-compatible endpoint may use http:
-        file = decoded if isinstance(decoded, FileOutput) else FileOutput(first, self._client)
+        file = decoded if isinstance(decoded, FileOutput) else FileOutput(first, delivery)
         try:
             data = await file.aread()
         except (binascii.Error, ValueError):
@@ -324,6 +327,21 @@ class ReplicateFluxProvider:
             await asyncio.wait_for(self._client.predictions.async_cancel(prediction_id), 2.0)
         except (ReplicateError, ValidationError, httpx.HTTPError, TimeoutError):
             pass
+
+
+class _DeliveryClient:
+    """What `FileOutput` reads files through: an httpx client WITHOUT the API token.
+
+    Given the `replicate.Client`, FileOutput would send `Authorization: Bearer <token>`
+    to every output URL; delivery URLs need none, and a Replicate-compatible endpoint
+    may point them at another host, where the token must not go. FileOutput only uses
+    the client's `_async_client`, so this is that and nothing more.
+    """
+
+    def __init__(self) -> None:
+        self._async_client = httpx.AsyncClient(
+            timeout=httpx.Timeout(60.0, connect=10.0), follow_redirects=True
+        )
 
 
 def _problem_text(exc: ReplicateError) -> str:

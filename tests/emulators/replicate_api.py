@@ -91,6 +91,8 @@ class ReplicateEmulator(Emulator):
         self.file_fail_status = 500
         self.output_override: Any = _UNSET
         self.files_before_end: float | None = None
+        #: the Authorization header of each file download (None when absent)
+        self.file_authorizations: list[str | None] = []
         self._ready: dict[str, asyncio.Event] = {}
 
     def remove_data(self, pid: str) -> None:
@@ -266,6 +268,7 @@ class ReplicateEmulator(Emulator):
 
     async def _file(self, request: web.Request) -> web.Response:
         self.counters.hit("file")
+        self.file_authorizations.append(request.headers.get("Authorization"))
         if self.file_fail_next > 0:
             self.file_fail_next -= 1
             self.counters.hit("file_failed")

@@ -45,6 +45,7 @@ async def test_output_list_or_string_of_url_or_data_uri(
     assert replicate_api.billed_jobs == 1
     assert job.created_ids == [next(iter(replicate_api.predictions))]
     assert replicate_api.counters.requests("file") == (1 if scheme == "http" else 0)
+    assert replicate_api.file_authorizations == ([None] if scheme == "http" else [])
 
 
 async def test_sync_mode_answered_after_the_end_needs_no_poll(
