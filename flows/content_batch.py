@@ -16,7 +16,6 @@ from typing import Annotated, Any
 from prefect import flow
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
-from pydantic import Field
 
 from blocks import apply_registered_blocks
 from flows.batch_artifact import publish_batch_artifact
@@ -50,6 +49,7 @@ from studio.request import (
     TierShares,
     TierSharesParam,
     TiersParam,
+    described,
     parse_tier_distribution,
 )
 from studio.settings import get_settings
@@ -96,19 +96,19 @@ def chunked(items: list[Any], size: int) -> list[list[Any]]:
 # are set by the pipeline itself (retries, resumes, tests) and say so
 AvatarParam = Annotated[
     str,
-    Field(
+    described(
         min_length=1,
         description="The avatar's id or name (`studio avatars list`); it must have LoRA weights.",
     ),
 ]
-HooksParam = Annotated[bool, Field(description="Write a caption (hook) for every piece.")]
-SafetyParam = Annotated[bool, Field(description="Moderate every piece before it is published.")]
+HooksParam = Annotated[bool, described(description="Write a caption (hook) for every piece.")]
+SafetyParam = Annotated[bool, described(description="Moderate every piece before it is published.")]
 UploadParam = Annotated[
-    bool, Field(description="Upload to the object store (off: keep files in the local store).")
+    bool, described(description="Upload to the object store (off: keep files in the local store).")
 ]
 SeedParam = Annotated[
     int | None,
-    Field(
+    described(
         description=(
             "Internal, leave empty: seeds template selection so a test or a re-run picks "
             "the same templates."
@@ -117,7 +117,7 @@ SeedParam = Annotated[
 ]
 BatchIdParam = Annotated[
     str | None,
-    Field(
+    described(
         description=(
             "Internal, leave empty: the batch's id (defaults to this run's id, so a retry "
             "of the run continues the same batch)."
@@ -126,7 +126,7 @@ BatchIdParam = Annotated[
 ]
 ResumeParam = Annotated[
     str | None,
-    Field(
+    described(
         description=(
             "Only to finish a crashed batch: its batch id. Its stored request and plan are "
             "used and only unfinished pieces are made; the other parameters are ignored."

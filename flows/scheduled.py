@@ -19,7 +19,6 @@ from prefect.deployments import run_deployment
 from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 from prefect.settings import get_current_settings
-from pydantic import Field
 
 from deployments.batch_runs import BATCH_DEPLOYMENT
 from flows.content_batch import content_batch
@@ -31,6 +30,7 @@ from studio.request import (
     PlatformParam,
     TierShares,
     TierSharesParam,
+    described,
 )
 from studio.types import BatchResult
 
@@ -72,7 +72,7 @@ def due_avatars(cadence: str) -> list[tuple[str, str]]:
 async def scheduled_batches(
     cadence: Annotated[
         Literal["daily", "weekly", "monthly"],
-        Field(description="Which avatars are due: those whose cadence this is."),
+        described(description="Which avatars are due: those whose cadence this is."),
     ] = "daily",
     num_pieces: PiecesParam = 50,
     platform: PlatformParam = "instagram",

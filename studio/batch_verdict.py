@@ -7,6 +7,7 @@ read as a failure (`4/20 <= 1 - 0.8` is false) while Prefect said Completed.
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from fractions import Fraction
 
@@ -14,7 +15,9 @@ from studio.types import PieceOutcome, PieceStatus
 
 #: how many distinct reasons a summary names
 MAIN_REASONS = 3
-REASON_CHARS = 120
+REASON_CHARS = 160
+#: a reason's "piece 7: " prefix, dropped so that equal reasons are counted together
+_PIECE_PREFIX = re.compile(r"^piece \S+: ")
 
 
 def meets_minimum(delivered: int, requested: int, min_success_ratio: float) -> bool:
@@ -35,7 +38,8 @@ def failure_summary(pieces: list[PieceOutcome]) -> str:
     for piece in pieces:
         if piece.status != PieceStatus.FAILED:
             continue
-        reason = " ".join((piece.reason or "unknown").split())[:REASON_CHARS]
+        reason = _PIECE_PREFIX.sub("", " ".join((piece.reason or "unknown").split()))
+        reason = reason[:REASON_CHARS]
         by_step.setdefault(failed_step(piece), Counter())[reason] += 1
     parts = []
     for step, reasons in by_step.items():

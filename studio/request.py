@@ -9,7 +9,7 @@ from __future__ import annotations
 import math
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from studio.hooks.modes import HOOK_MODES
 from studio.types import TIERS, Platform, Tier
@@ -62,12 +62,28 @@ class BatchRequest(BaseModel):
 # What it cannot say (ratios summing to 1, one prompt per piece, the avatar) is checked
 # by `validate_request` and the validate task.
 
+
+def described(*args: Any, description: str, **constraints: Any) -> Any:
+    """A pydantic Field whose description reaches Prefect's parameter schema too.
+
+    Prefect builds a flow's schema with its own Field per parameter (description from
+    the docstring), which replaces the description of a Field inside `Annotated`; a
+    `json_schema_extra` description is merged instead, so the run form shows it.
+    """
+    return Field(
+        *args,
+        description=description,
+        json_schema_extra={"description": description},
+        **constraints,
+    )
+
+
 PlatformName = Literal["instagram", "tiktok", "twitter", "patreon", "onlyfans"]
 HookMode = Literal["direct", "message-batches", "auto"]
 
 PiecesParam = Annotated[
     int,
-    Field(
+    described(
         ge=1,
         le=MAX_PIECES,
         description=(
@@ -77,11 +93,11 @@ PiecesParam = Annotated[
     ),
 ]
 PlatformParam = Annotated[
-    PlatformName, Field(description="Where the pieces will be posted; sets the hooks' style.")
+    PlatformName, described(description="Where the pieces will be posted; sets the hooks' style.")
 ]
 HookModeParam = Annotated[
     HookMode,
-    Field(
+    described(
         description=(
             "How hooks reach Claude: `direct` (fast, on-demand), `message-batches` (one "
             "half-price Message Batch within the batch's time budget) or `auto` "
@@ -91,7 +107,7 @@ HookModeParam = Annotated[
 ]
 PromptsParam = Annotated[
     list[Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]] | None,
-    Field(
+    described(
         min_length=1,
         max_length=MAX_PIECES,
         description=(
@@ -103,7 +119,7 @@ PromptsParam = Annotated[
 ]
 TiersParam = Annotated[
     list[Tier] | None,
-    Field(
+    described(
         min_length=1,
         max_length=MAX_PIECES,
         description=(
@@ -116,6 +132,8 @@ TiersParam = Annotated[
 
 class TierShares(BaseModel):
     """The operator's form of the tier distribution: three named shares summing to 1."""
+
+    model_config = ConfigDict(extra="forbid")  # the schema says: no other keys
 
     capa1: float = Field(
         0.6, ge=0, le=1, description="Share of capa1 pieces (safe for social media), 0..1."
@@ -149,7 +167,7 @@ class TierShares(BaseModel):
 
 TierSharesParam = Annotated[
     TierShares,
-    Field(
+    described(
         description=(
             "Shares of the three access tiers, each 0..1, summing to 1 (default 0.6 / 0.3 / 0.1)."
         )
