@@ -234,7 +234,8 @@ class ReplicateFluxProvider:
                     prediction_id, prediction.status,
                 )
                 return prediction
-            outcome = prediction.status
+            else:
+                outcome = prediction.status
         logger.info("provider_resume provider=replicate job=%s outcome=%s", prediction_id, outcome)
         return None
 
