@@ -184,7 +184,7 @@ async def _make_image(spec: PieceSpec, avatar: AvatarRef, staging: ImageStaging)
         cost_usd=result.cost_usd,
         stand_in=result.stand_in,
         attempts=result.attempts,
-        provider_job_id=getattr(result, "job_id", None),  # set by billed providers (ledger)
+        provider_job_id=result.job_id,  # the billed job (the ledger has it too)
     )
     staged = await asyncio.to_thread(staging.save, image, result.image.data)
     if not result.stand_in:
