@@ -51,8 +51,17 @@ class ResultCountMismatch(RuntimeError):
 
 
 def describe_error(exc: BaseException) -> str:
+    """Type and status, then the API's error `code` and the `x-request-id`; never its message
+    (it can quote the input)."""
     status = status_of(exc)
-    return f"{type(exc).__name__} (HTTP {status})" if status else type(exc).__name__
+    if not status:
+        return type(exc).__name__
+    parts = [str(p) for p in (getattr(exc, "code", None),) if isinstance(p, str) and p]
+    request_id = getattr(exc, "request_id", None)
+    if isinstance(request_id, str) and request_id:
+        parts.append(f"request {request_id}")
+    extra = f" [{', '.join(parts)}]" if parts else ""
+    return f"{type(exc).__name__} (HTTP {status}){extra}"
 
 
 def data_url(path: str) -> str:

@@ -96,7 +96,8 @@ async def test_an_image_the_endpoint_refuses_holds_only_that_piece(
     assert "p000" not in scores  # unscored: the policy holds it for review
     assert {"p001", "p002"} <= set(scores)
     assert (
-        "Moderation unavailable | Error: BadRequestError (HTTP 400) | Input: image" in caplog.text
+        "Moderation unavailable | Error: BadRequestError (HTTP 400) [invalid_request_error, "
+        "request req_emu_" in caplog.text
     )
 
 
