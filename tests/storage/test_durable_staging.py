@@ -18,6 +18,7 @@ from studio.db.engine import session_scope
 from studio.db.models import Batch, ContentPiece
 from studio.db.progress import record_plan
 from studio.types import AvatarRef, PieceSpec
+from tests.tasks.conftest import emulators, provider_env  # noqa: F401 - fixtures
 
 AVATAR = AvatarRef(id="demo", name="demo", niche="fitness", lora_weights_url="https://w/l.st")
 
@@ -142,3 +143,21 @@ def test_durable_staging_is_local_only_with_the_local_store(studio_env, monkeypa
     for key in ("R2_ENDPOINT_URL", "R2_ACCOUNT_ID", "R2_ACCESS_KEY_ID", "R2_SECRET_ACCESS_KEY"):
         monkeypatch.delenv(key, raising=False)
     assert remote_staging() is None
+
+
+async def test_durable_image_row_carries_the_billed_provider_job_id(
+    prefect_api, studio_env, provider_env, emulators  # noqa: F811
+) -> None:
+    from tasks.generate_images import produce_image
+
+    comfyui, modal, replicate = emulators
+    comfyui.behaviour.failure_rate = modal.behaviour.failure_rate = 1.0  # Replicate serves
+    spec = _spec("durable-job")
+    _plan("durable-job", [spec])
+    image = await produce_image(spec, AVATAR, str(studio_env.work_dir))
+    assert image.provider == "replicate" and image.provider_job_id
+    with session_scope() as session:
+        row = session.get(ContentPiece, spec.piece_id)
+        assert row is not None and row.status == "generated"
+        assert row.image_info["provider_job_id"] == image.provider_job_id
+    assert replicate.billed_jobs == 1
