@@ -119,3 +119,26 @@ async def test_budget_below_one_batch_stops_billed_calls_at_the_budget(
     assert len(warned) == 1
     assert f"Batch: {result.batch_id} | Spent: $0.05" in warned[0].getMessage()
     assert "Budget: $0.05" in warned[0].getMessage()
+
+
+async def test_comfyui_down_replicate_sync_data_uris_deliver_every_piece_billed_once(
+    demo, provider_env, emulators, monkeypatch  # noqa: F811
+) -> None:
+    """The issue's "done when": 10/10 through Replicate's sync mode answering `data:`
+    URIs, each piece billed once, and the batch cost equals the billed calls."""
+    from flows.content_batch import content_batch
+
+    comfyui, modal, replicate = emulators
+    comfyui.behaviour.failure_rate = 1.0
+    replicate.output_scheme = "data"
+    monkeypatch.setenv("LORA_INFERENCE_PROVIDER_ORDER", "comfyui,replicate")
+    result = await content_batch(
+        avatar_id=demo, num_pieces=10, custom_prompts=PROMPTS + PROMPTS[:4],
+        upload_to_storage=False,
+    )
+    assert result.requested - result.failed == 10
+    assert replicate.billed_jobs == 10 and modal.counters.requests("post") == 0
+    billed = [r for r in ledger_rows(result.batch_id) if r.status == "billed"]
+    assert len(billed) == 10 and len({r.piece_id for r in billed}) == 10
+    assert result.cost_usd == pytest.approx(0.30) == sum(r.price_usd for r in billed)
+    assert batch_row(result.batch_id).cost_usd == pytest.approx(0.30)

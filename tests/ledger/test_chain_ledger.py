@@ -165,3 +165,32 @@ async def test_budget_below_a_batch_stops_at_the_budget_counted_at_the_emulator(
     assert all(o.budget for o in refused)
     assert modal.counters.requests("post") == 5  # the provider saw exactly the budget
     assert billed_total("batch-modal") == pytest.approx(0.05)
+
+
+@pytest.fixture
+def replicate_api():
+    from tests.emulators.replicate_api import ReplicateEmulator
+
+    with ReplicateEmulator(Behaviour(seed=6), token="r8_ledger") as emulator:
+        yield emulator
+
+
+async def test_a_lost_download_at_replicate_is_recovered_by_id_without_a_second_job(
+    any_database, replicate_api
+) -> None:
+    from studio.providers.replicate_flux import ReplicateFluxProvider
+
+    replicate_api.file_fail_next = 1  # the prediction succeeds, its download fails once
+    provider = ReplicateFluxProvider(
+        "r8_ledger", base_url=replicate_api.url, poll_interval=0.02, price_usd=0.03
+    )
+    chain = ProviderChain([provider], {"replicate": TWICE}, ledger=ledger())
+    spec = piece(0, f"br-{uuid.uuid4().hex[:8]}")
+    result = await chain.generate(spec, AVATAR)
+    assert result.attempts == 2
+    assert replicate_api.billed_jobs == 1  # counted at the provider: bought once
+    first, retry = rows(spec.piece_id)
+    assert (first.status, first.outcome) == ("billed", "recovered")
+    assert first.job_id == result.job_id or retry.job_id == first.job_id
+    assert retry.status == "released"
+    assert billed_total(spec.batch_id) == pytest.approx(0.03)
