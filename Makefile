@@ -5,7 +5,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint install install-test bench clean
+.PHONY: demo test lint install install-test bench clean faults
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,12 @@ demo: install
 test: install-test
 	$(BIN)/ruff check .
 	$(BIN)/pytest
+
+# the slow fault suite (tests/faults): a real `studio server` on PostgreSQL, process
+# workers, S3 and the provider emulators, killed and flooded; prints one [FAULT ...] line
+# per scenario. About 15 minutes on 2 cores; not part of `make test`.
+faults: install-test
+	STUDIO_FAULTS=1 $(BIN)/pytest tests/faults -s -rA -p no:cacheprovider
 
 lint: install-test
 	$(BIN)/ruff check .

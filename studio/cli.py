@@ -225,6 +225,10 @@ from studio.cli_submit import register as _register_submit  # noqa: E402
 
 _register_submit(batch_app)  # batch submit, batch status (runs the workers take)
 
+from studio.cli_server import register as _register_server  # noqa: E402
+
+_register_server(app)  # server: prefect server start with durable leases
+
 
 if __name__ == "__main__":  # pragma: no cover
     app()
