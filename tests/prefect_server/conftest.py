@@ -22,6 +22,7 @@ import socket
 import subprocess
 import sys
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -233,6 +234,8 @@ def prefect_stack(tmp_path_factory, postgres_url) -> Iterator[PrefectStack]:
         # the deployments' schedules would start runs of their own during the tests
         "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
         "PREFECT_UI_ENABLED": "true",
+        # the UI's pages call this API (it would otherwise point at the default port 4200)
+        "PREFECT_UI_API_URL": api_url,
     }
     server_env.pop("PREFECT_API_URL")
     try:
@@ -273,6 +276,51 @@ def stack_db(prefect_stack, monkeypatch):
     from studio.db.engine import dispose_engines
 
     dispose_engines()
+
+
+def failing_image_env(comfyui_url: str) -> dict[str, str]:
+    """Job variables that point one run's image step at a failing ComfyUI only."""
+    return {
+        "COMFYUI_ENABLED": "true",
+        "COMFYUI_ENDPOINT": comfyui_url,
+        "COMFYUI_FALLBACK_ON_ERROR": "false",
+        "COMFYUI_POLL_INTERVAL": "0.05",
+        "LORA_INFERENCE_PROVIDER_ORDER": "comfyui",
+    }
+
+
+@dataclass
+class FailedBatch:
+    run: dict[str, Any]
+    #: prompts the failing ComfyUI received (the worker's run really called it)
+    prompts: int
+
+
+@pytest.fixture(scope="session")
+def failed_batch(prefect_stack) -> FailedBatch:
+    """One batch whose every image fails, run by the worker (shared by the API and UI tests).
+
+    A new avatar, so no cached image of it can stand in; the emulator's every prompt
+    ends in ComfyUI's execution error.
+    """
+    from tests.emulators.base import Behaviour
+    from tests.emulators.comfyui import ComfyUIEmulator
+
+    name = f"unlucky-{uuid.uuid4().hex[:6]}"
+    added = prefect_stack.studio(
+        "avatar", "add", name, "--niche", "travel", "--cadence", "on-demand",
+        "--lora", f"https://w.example/{name}.safetensors",
+    )
+    assert added.returncode == 0, added.stdout + added.stderr
+    with ComfyUIEmulator(Behaviour(seed=5, failure_rate=1.0)) as comfyui:
+        created = prefect_stack.create_run(
+            "content-batch/on-demand",
+            {"avatar_id": name, "num_pieces": 2, "include_hooks": False},
+            job_variables={"env": failing_image_env(comfyui.url)},
+        )
+        assert created.status_code == 201, created.text
+        run = prefect_stack.wait_final(created.json()["id"])
+        return FailedBatch(run=run, prompts=comfyui.counters.requests("prompt"))
 
 
 def chromium_executable() -> str | None:

@@ -14,8 +14,6 @@ import pytest
 
 from studio.avatars import add_avatar
 from studio.db.engine import session_scope
-from tests.emulators.base import Behaviour
-from tests.emulators.comfyui import ComfyUIEmulator
 
 STEP_LINES = [
     "[BATCH START]",
@@ -75,41 +73,10 @@ def test_bad_parameters_are_refused_when_the_run_is_created(prefect_stack, param
     assert len(after) == len(before)  # no run, so no worker submission and no alert
 
 
-@pytest.fixture
-def failing_comfyui():
-    """A ComfyUI whose every prompt ends in an execution error."""
-    with ComfyUIEmulator(Behaviour(seed=5, failure_rate=1.0)) as emulator:
-        yield emulator
-
-
-def failing_image_env(comfyui: ComfyUIEmulator) -> dict[str, str]:
-    """Job variables that point this run's image step at the failing emulator only."""
-    return {
-        "COMFYUI_ENABLED": "true",
-        "COMFYUI_ENDPOINT": comfyui.url,
-        "COMFYUI_FALLBACK_ON_ERROR": "false",
-        "COMFYUI_POLL_INTERVAL": "0.05",
-        "LORA_INFERENCE_PROVIDER_ORDER": "comfyui",
-    }
-
-
-def run_failing_batch(prefect_stack, comfyui: ComfyUIEmulator) -> dict:
-    avatar = new_avatar(prefix="unlucky")  # a new avatar: no cached image to fall back on
-    created = prefect_stack.create_run(
-        "content-batch/on-demand",
-        {"avatar_id": avatar, "num_pieces": 2, "include_hooks": False},
-        job_variables={"env": failing_image_env(comfyui)},
-    )
-    assert created.status_code == 201, created.text
-    return prefect_stack.wait_final(created.json()["id"])
-
-
-def test_failing_image_step_shows_a_failed_chunk_and_batch_failed(
-    prefect_stack, stack_db, failing_comfyui
-):
-    run = run_failing_batch(prefect_stack, failing_comfyui)
+def test_failing_image_step_shows_a_failed_chunk_and_batch_failed(prefect_stack, failed_batch):
+    run = failed_batch.run
     assert run["state_type"] == "FAILED", run["state"]
-    assert failing_comfyui.counters.requests("prompt") >= 2  # the worker's run reached it
+    assert failed_batch.prompts >= 2  # the worker's run called the failing ComfyUI
     chunks = [c for c in prefect_stack.children(run["id"]) if c["name"].startswith("image-chunk")]
     assert chunks, "no image-chunk subflow under the failed batch"
     assert all(c["state_type"] != "COMPLETED" for c in chunks), [

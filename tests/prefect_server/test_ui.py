@@ -1,0 +1,97 @@
+"""The Prefect UI (served by `prefect server start` at /) in a real headless Chromium.
+
+Debian's `chromium` driven by the `playwright` package through `executable_path`
+(playwright's own browser download cannot work offline); the set-up installs chromium
+with apt-get when it is missing and it may, and the tests are skipped, saying why, only
+where neither chromium nor playwright can be had. Screenshots land in /tmp.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.prefect_server.conftest import chromium_executable
+
+SCREENSHOTS = Path(os.environ.get("STUDIO_UI_SCREENSHOTS", "/tmp"))
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[object]:
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("the playwright package is not installed (pip install -e '.[test]')")
+    executable = chromium_executable()
+    if executable is None:
+        pytest.skip("no chromium, and apt-get could not install it here (needs root and apt)")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=executable,
+            headless=True,
+            args=["--no-sandbox", "--disable-dev-shm-usage"],  # root in a container
+        )
+        yield launched
+        launched.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000})
+    opened = context.new_page()
+    opened.set_default_timeout(30_000)
+    yield opened
+    context.close()
+
+
+def test_failed_batch_page_shows_the_failed_chunk_and_its_reason(
+    prefect_stack, failed_batch, page
+) -> None:
+    run = failed_batch.run
+    chunk = next(c for c in prefect_stack.children(run["id"]) if c["name"] == "image-chunk-0")
+    page.goto(f"{prefect_stack.ui_url}/runs/flow-run/{run['id']}", wait_until="networkidle")
+    failed_line = page.get_by_text("[BATCH FAILED]", exact=False).first
+    failed_line.wait_for()  # the Logs tab
+    page.screenshot(path=str(SCREENSHOTS / "studio-ui-failed-batch.png"))
+    failed_line.scroll_into_view_if_needed()
+    page.screenshot(path=str(SCREENSHOTS / "studio-ui-failed-batch-logs.png"))
+    logs = page.inner_text("body")
+    assert run["name"] in logs and "Failed" in logs
+    assert "all image providers failed" in logs  # the reason, in the batch's own logs
+
+    page.get_by_text("Subflow Runs", exact=True).first.click()
+    row = page.get_by_text("image-chunk-0", exact=True).first
+    row.wait_for()
+    listing = page.inner_text("body")
+    assert "image-chunk-0" in listing and "Failed" in listing
+    assert "Completed" not in listing  # no green chunk above the failed batch
+
+    row.click()
+    page.wait_for_url(f"**/runs/flow-run/{chunk['id']}")
+    reason = chunk["state"]["message"]
+    page.get_by_text(reason[:40], exact=False).first.wait_for()
+    page.screenshot(path=str(SCREENSHOTS / "studio-ui-failed-chunk.png"))
+    chunk_page = page.inner_text("body")
+    assert "Failed" in chunk_page and run["name"] in chunk_page  # parent run linked
+    assert "images failed" in reason and reason[:40] in chunk_page
+
+
+def test_on_demand_run_form_explains_its_parameters(prefect_stack, page) -> None:
+    deployment = prefect_stack.deployment_id("content-batch/on-demand")
+    page.goto(
+        f"{prefect_stack.ui_url}/deployments/deployment/{deployment}/run",
+        wait_until="networkidle",
+    )
+    page.get_by_text("num_pieces", exact=False).first.wait_for()
+    page.screenshot(path=str(SCREENSHOTS / "studio-ui-run-form.png"))
+    page.get_by_text("hook_mode", exact=False).first.scroll_into_view_if_needed()
+    page.screenshot(path=str(SCREENSHOTS / "studio-ui-run-form-more.png"))
+    form = page.inner_text("body")
+    for parameter in ("avatar_id", "num_pieces", "tier_distribution", "platform", "hook_mode"):
+        assert parameter in form
+    assert "1..500" in form  # num_pieces' range, from the schema's description
+    for tier in ("Capa1", "Capa2", "Capa3"):  # three named fields, not a raw JSON dict
+        assert tier in form
