@@ -2,7 +2,8 @@
 
 - (fast, in CI) a lease taken before the server is killed -9 is still known after it
   starts again, so its release frees the slot; with plain `prefect server start`
-  (leases in memory) the same release frees nothing: the leak issue 10 measured.
+  (leases in memory) the same release frees nothing: the leak issue 10 measured, which
+  the slot reconcile then frees (no live process holds it).
 - (slow, `make faults`) a slot held by a live process outlives its 60 s lease because
   Prefect renews it; the holder killed -9, the slot is free again within 90 s.
 """
@@ -126,10 +127,17 @@ async def _lease_then_restart_then_release(server: Server) -> int:
 
 @pytest.mark.parametrize(("command", "left"), [("studio", 0), ("prefect", 1)])
 async def test_a_lease_survives_a_server_restart_only_with_studio_server(
-    tmp_path, command, left
+    tmp_path, command, left, studio_env
 ):
+    from studio.providers.lease_census import LeaseCensus
+    from tasks.slot_reconcile import reconcile_provider_slots
+
     with running(tmp_path / command, command) as server:
         assert await _lease_then_restart_then_release(server) == left
+        with api(server.url):  # whatever the server, the reconcile frees the leaked slot
+            freed = {r.limit: r.freed for r in await reconcile_provider_slots(LeaseCensus())}
+            assert freed == {"provider:restart": left}
+            assert await _active("provider:restart") == 0
 
 
 @pytest.mark.faults
