@@ -13,11 +13,13 @@ figures printed are the ledger's sums for the batch (what the providers would bi
 
 Strategies: the default order (comfyui, modal, replicate), quality (modal first), speed
 (the first provider with a free slot), cost-optimized (ComfyUI retried
-COST_OPTIMIZED_FREE_RETRIES=1 time before a billed provider), and cost-optimized with
-hook_mode message-batches. Latencies are the spec's scaled by --scale (cost does not
-depend on them). Printed per strategy: the median of --runs runs, and the ratio of the
-total to the spec's $0.66-0.76 per 50 pieces and to its optimised $0.26-0.40. Goal:
-cost-optimized at or below $0.07.
+COST_OPTIMIZED_FREE_RETRIES=1 time before a billed provider), cost-optimized with
+hook_mode message-batches, and the same with 2 free retries. ComfyUI's failures are
+seeded draws: with one retry a piece pays when both tries fail (9%: 4.5 of 50 on average,
+2-7 from run to run), so use --runs 5 or more for a stable median. Latencies are the
+spec's scaled by --scale (cost does not depend on them). Printed per strategy: the median
+of --runs runs, and the ratio of the total to the spec's $0.66-0.76 per 50 pieces and to
+its optimised $0.26-0.40. Goal: cost-optimized at or below $0.07.
 
 Usage: .venv/bin/python bench/bench_cost.py [--runs 3] [--pieces 50] [--scale 0.01]
 """
@@ -50,12 +52,13 @@ SPEC_IMAGES = {  # provider: (latency range s, failure rate)
     "modal": ((10.0, 15.0), 0.01),
     "replicate": ((8.0, 12.0), 0.0),
 }
-STRATEGIES = [
-    ("default order", "default", "direct"),
-    ("quality", "quality", "direct"),
-    ("speed", "speed", "direct"),
-    ("cost-optimized", "cost-optimized", "direct"),
-    ("cost-optimized + message batches", "cost-optimized", "message-batches"),
+STRATEGIES = [  # label, PROVIDER_STRATEGY, hook_mode, COST_OPTIMIZED_FREE_RETRIES
+    ("default order", "default", "direct", 1),
+    ("quality", "quality", "direct", 1),
+    ("speed", "speed", "direct", 1),
+    ("cost-optimized", "cost-optimized", "direct", 1),
+    ("cost-optimized + message batches", "cost-optimized", "message-batches", 1),
+    ("cost-opt., 2 free retries + batches", "cost-optimized", "message-batches", 2),
 ]
 KEYS = {"modal": ("bench-key", "bench-secret"), "replicate": "r8_bench",
         "anthropic": "sk-ant-bench", "openai": "sk-openai-bench"}
@@ -101,8 +104,11 @@ def emulators(seed: int, scale: float):  # type: ignore[no-untyped-def]
     }
 
 
-def configure(urls: dict[str, str], strategy: str, scale: float, home: Path) -> None:
+def configure(
+    urls: dict[str, str], strategy: str, scale: float, home: Path, free_retries: int
+) -> None:
     os.environ.update({
+        "COST_OPTIMIZED_FREE_RETRIES": str(free_retries),
         "STUDIO_HOME": str(home),
         "LOG_FILE": str(home / "app.log"),
         "COMFYUI_ENABLED": "true",
@@ -132,7 +138,9 @@ def configure(urls: dict[str, str], strategy: str, scale: float, home: Path) -> 
         os.environ.pop(name, None)
 
 
-async def one_batch(strategy: str, hook_mode: str, seed: int, args: argparse.Namespace) -> Cost:
+async def one_batch(
+    strategy: str, hook_mode: str, free_retries: int, seed: int, args: argparse.Namespace
+) -> Cost:
     import tasks.generate_images as generate_images
     from flows.content_batch import content_batch
     from studio.bootstrap import ensure_demo_avatar, initialise
@@ -146,7 +154,8 @@ async def one_batch(strategy: str, hook_mode: str, seed: int, args: argparse.Nam
         server.start()
     try:
         with tempfile.TemporaryDirectory() as tmp:
-            configure({n: s.url for n, s in servers.items()}, strategy, args.scale, Path(tmp))
+            urls = {n: s.url for n, s in servers.items()}
+            configure(urls, strategy, args.scale, Path(tmp), free_retries)
             dispose_engines()
             initialise(reload_settings())
             ensure_demo_avatar()
@@ -198,9 +207,9 @@ async def main(args: argparse.Namespace) -> None:
     logging.getLogger("studio").setLevel(logging.ERROR)
     rows = []
     with prefect_test_harness(server_startup_timeout=120):
-        for label, strategy, hook_mode in STRATEGIES:
+        for label, strategy, hook_mode, free_retries in STRATEGIES:
             costs = [
-                await one_batch(strategy, hook_mode, args.seed + 100 * run, args)
+                await one_batch(strategy, hook_mode, free_retries, args.seed + 100 * run, args)
                 for run in range(args.runs)
             ]
             rows.append((label, costs))
@@ -213,7 +222,7 @@ async def main(args: argparse.Namespace) -> None:
     print("-" * len(header))
     for label, costs in rows:
         total = median(costs, "total")
-        served = costs[len(costs) // 2].images_by_provider
+        served = sorted(costs, key=lambda c: c.total)[len(costs) // 2].images_by_provider
         print(
             f"{label:34} {median(costs, 'images'):8.4f} {median(costs, 'hooks'):8.4f} "
             f"{median(costs, 'moderation'):7.4f} {median(costs, 'moderation_estimate'):7.4f} "
@@ -221,10 +230,12 @@ async def main(args: argparse.Namespace) -> None:
             f"{total / SPEC_OPTIMISED[0]:6.3f}-{total / SPEC_OPTIMISED[1]:.3f}  "
             + ", ".join(f"{k} {v}" for k, v in served.items())
         )
-    best = min(median(c, "total") for label, c in rows if label.startswith("cost-optimized"))
-    plain = median(dict(rows)["cost-optimized"], "total")
-    print(f"\ncost-optimized: ${plain:.4f} (direct hooks), ${best:.4f} best; goal <= ${GOAL:.2f}: "
-          f"{'met' if best <= GOAL else 'NOT met'}; ratio to goal {best / GOAL:.2f}")
+    by_label = dict(rows)
+    for label in ("cost-optimized", "cost-optimized + message batches"):
+        total = median(by_label[label], "total")
+        print(f"\n{label} (defaults): ${total:.4f}, goal <= ${GOAL:.2f}: "
+              f"{'met' if total <= GOAL else 'NOT met'} (ratio to goal {total / GOAL:.2f})", end="")
+    print()
     print("(moder. = billed: OpenAI's moderation endpoint is free; (est.) = the spec's "
           "$0.001 a call, not included in total)")
 

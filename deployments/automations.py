@@ -44,6 +44,9 @@ ALERTS = {
     "database-slow": "Database save above 5 s",
 }
 
+#: `studio.alert.budget-reached`: BATCH_BUDGET_USD or AVATAR_DAILY_BUDGET_USD refused a call
+BUDGET_REACHED = "Spending budget reached"
+
 #: a run silent this long (three missed 30 s heartbeats) is a zombie
 ZOMBIE_AFTER_SECONDS = 90
 
@@ -97,6 +100,8 @@ def alert_definition(event: str, title: str) -> AutomationDefinition:
 
 DEFINITIONS: list[AutomationDefinition] = [
     *(alert_definition(event, title) for event, title in ALERTS.items()),
+    # issue 8: a spending budget stopped billed calls (flows/batch_events.py emits it)
+    alert_definition("budget-reached", BUDGET_REACHED),
     AutomationDefinition(
         name="studio: content batch failed",
         subject="A content batch failed",

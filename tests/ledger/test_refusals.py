@@ -79,3 +79,10 @@ def test_stats_show_billed_cost_by_provider_and_day(demo) -> None:
         "modal": {"calls": 2, "cost_usd": 0.02}, "replicate": {"calls": 1, "cost_usd": 0.03}
     }
     assert list(billed["cost_by_day"].values()) == [pytest.approx(0.05)]
+
+
+def test_a_budget_reached_automation_matches_the_event_the_batch_emits() -> None:
+    from deployments.automations import DEFINITIONS
+
+    budget = [d for d in DEFINITIONS if "studio.alert.budget-reached" in d.trigger.expect]
+    assert len(budget) == 1 and budget[0].trigger.threshold == 1
