@@ -32,7 +32,7 @@ class ImageProgress:
         self.done = 0
         self.failed = 0
         self._shown = 0.0
-        self._updates: set[asyncio.Task[None]] = set()
+        self._last: asyncio.Task[None] | None = None
 
     @property
     def percent(self) -> float:
@@ -52,20 +52,23 @@ class ImageProgress:
         if self.artifact_id is None:
             return
         self._shown = self.percent
-        task = asyncio.get_running_loop().create_task(
-            _send(self.artifact_id, self.percent, self.description())
+        # one update after the other, so a late 90% never lands after the 100%
+        self._last = asyncio.get_running_loop().create_task(
+            _send(self.artifact_id, self.percent, self.description(), after=self._last)
         )
-        self._updates.add(task)
-        task.add_done_callback(self._updates.discard)
 
     async def finish(self) -> None:
         if self._shown < self.percent or self.done < self.total:
             self._update()
-        if self._updates:
-            await asyncio.gather(*self._updates, return_exceptions=True)
+        if self._last is not None:
+            await asyncio.gather(self._last, return_exceptions=True)
 
 
-async def _send(artifact_id: UUID, percent: float, description: str) -> None:
+async def _send(
+    artifact_id: UUID, percent: float, description: str, after: asyncio.Task[None] | None
+) -> None:
+    if after is not None:
+        await asyncio.gather(after, return_exceptions=True)
     try:
         await aupdate_progress_artifact(
             artifact_id=artifact_id, progress=percent, description=description

@@ -1,9 +1,12 @@
 """Defaults for Prefect's environment that this project relies on.
 
-Set before Prefect is imported: `studio` becomes an extra Prefect logger, so the spec's
-log lines reach the run logs in the Prefect UI as well as `logs/app.log`, without
-warnings when the same code runs outside a flow (e.g. `studio health`).
-Explicit environment values always win.
+Set before Prefect is imported (the CLI, tests, `serve`): `studio` becomes an extra
+Prefect logger, so the spec's log lines reach the run logs in the Prefect UI as well as
+`logs/app.log`, without warnings when the same code runs outside a flow (e.g.
+`studio health`). Explicit environment values always win.
+
+Not relied on: in a worker's flow-run process Prefect has set up logging before this
+runs, so flows/run_logs.py attaches Prefect's API log handler itself.
 """
 
 from __future__ import annotations
