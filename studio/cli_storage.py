@@ -18,9 +18,10 @@ from studio.request import BatchRequestError
 def resume_batch(batch_id: str):  # type: ignore[no-untyped-def]
     """Run the content-batch flow again for `batch_id`; finished work is not repeated."""
     from flows.content_batch import content_batch
-    from tasks.progress import stored_batch_request
+    from tasks.progress import resumable_batch_request
 
-    config = stored_batch_request(batch_id)  # unknown id: BatchRequestError before any run
+    # unknown or already complete: BatchRequestError (exit 2) before any run
+    config = resumable_batch_request(batch_id, None)
     return asyncio.run(
         content_batch(
             avatar_id=config["avatar_id"],

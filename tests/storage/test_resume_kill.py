@@ -270,3 +270,15 @@ def test_kill_at_image_step_then_resume_on_another_host(
     assert sorted(o["Key"] for o in listing) == sorted(r.storage_key for r in published)
     staged = s3_server.client().list_objects_v2(Bucket=private).get("Contents", [])
     assert len(staged) == 2 * PIECES  # one image and one metadata object per piece
+
+
+async def test_cli_resume_of_a_complete_batch_is_refused_before_any_run(demo_home) -> None:
+    from typer.testing import CliRunner
+
+    from flows.content_batch import content_batch
+    from studio.cli import app
+
+    done = await content_batch(avatar_id="demo", num_pieces=3, seed=8)
+    result = CliRunner().invoke(app, ["batch", "resume", done.batch_id])
+    assert result.exit_code == 2
+    assert f"batch '{done.batch_id}' is already complete" in " ".join(result.output.split())
