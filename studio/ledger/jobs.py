@@ -13,14 +13,17 @@ chain settles the job when the attempt ends:
 - nothing was reported but an image came back: `billed` (a provider that does not
   report its billing still billed what it delivered).
 
-Database writes run in a worker thread so the event loop keeps serving other images.
+Database writes run in a worker thread so the event loop keeps serving other images. A
+ledger that cannot be written stops the attempt before the provider is called: no call
+is made that the ledger does not hold. An attempt that resumes an earlier job reserves
+its full price too, since the provider may have to buy a new job after all.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from studio.ledger.store import CallKey, CostLedger, Reservation
 
@@ -61,7 +64,7 @@ class LedgerJob:
     price_usd: float
     job_id: str | None = None
     _created: bool = False
-    _pending: asyncio.Future[None] | None = None
+    _pending: list[asyncio.Future[None]] = field(default_factory=list)
 
     def created(self, job_id: str | None) -> None:
         """Called by the provider when it is billed; written at once (in a thread)."""
@@ -74,7 +77,9 @@ class LedgerJob:
         except RuntimeError:
             self.ledger.mark_billed(self.row_id, job_id)
             return
-        self._pending = loop.run_in_executor(None, self.ledger.mark_billed, self.row_id, job_id)
+        self._pending.append(
+            loop.run_in_executor(None, self.ledger.mark_billed, self.row_id, job_id)
+        )
 
     @property
     def _recovers(self) -> bool:
@@ -82,8 +87,8 @@ class LedgerJob:
 
     async def settle(self, outcome: str, *, delivered: bool) -> None:
         """The attempt ended with `outcome`; `delivered` when an image came back."""
-        if self._pending is not None:
-            await self._pending
+        for pending in self._pending:
+            await pending
         await asyncio.to_thread(self._settle_sync, outcome, delivered)
 
     def _settle_sync(self, outcome: str, delivered: bool) -> None:

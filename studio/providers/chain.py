@@ -385,7 +385,7 @@ async def _call(
 ) -> ProviderImage:
     if _takes_job(type(provider)):
         return await provider.generate(spec, avatar, job=job)
-    return await provider.generate(spec, avatar)  # a provider predating the BilledJob seam
+    return await provider.generate(spec, avatar)  # a stand-in without the seam (preview)
 
 
 @functools.cache
