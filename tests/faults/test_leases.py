@@ -10,7 +10,9 @@
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -35,8 +37,9 @@ def _free_port() -> int:
 
 
 class Server:
-    def __init__(self, home: Path, command: str) -> None:
+    def __init__(self, home: Path, command: str, extra: dict[str, str] | None = None) -> None:
         self.home, self.command, self.port = home, command, _free_port()
+        self.extra = extra or {}
         self.url = f"http://127.0.0.1:{self.port}/api"
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -46,6 +49,7 @@ class Server:
                     "PREFECT_SERVER_ANALYTICS_ENABLED": "false", "PYTHONPATH": str(ROOT),
                     "PREFECT_API_URL": self.url})
         env.pop("DATABASE_URL", None)
+        env.update(self.extra)
         return env
 
     def start(self) -> None:
@@ -72,9 +76,9 @@ class Server:
 
 
 @contextmanager
-def running(home: Path, command: str) -> Iterator[Server]:
+def running(home: Path, command: str, extra: dict[str, str] | None = None) -> Iterator[Server]:
     home.mkdir(parents=True, exist_ok=True)
-    server = Server(home, command)
+    server = Server(home, command, extra)
     server.start()
     try:
         yield server
@@ -138,6 +142,40 @@ async def test_a_lease_survives_a_server_restart_only_with_studio_server(
             freed = {r.limit: r.freed for r in await reconcile_provider_slots(LeaseCensus())}
             assert freed == {"provider:restart": left}
             assert await _active("provider:restart") == 0
+
+
+@contextmanager
+def redis_server(home: Path) -> Iterator[str]:
+    """A throwaway Redis (the Debian `redis-server` package) on loopback; its URL."""
+    port = _free_port()
+    home.mkdir(parents=True, exist_ok=True)
+    process = subprocess.Popen(
+        [shutil.which("redis-server") or "redis-server", "--port", str(port), "--save", "",
+         "--appendonly", "no", "--dir", str(home)],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    try:
+        yield f"redis://127.0.0.1:{port}/0"
+    finally:
+        process.kill()
+        process.wait(timeout=10)
+
+
+@pytest.mark.skipif(
+    shutil.which("redis-server") is None or importlib.util.find_spec("prefect_redis") is None,
+    reason="needs redis-server (apt-get install redis-server) and prefect-redis",
+)
+async def test_a_lease_survives_a_server_restart_on_redis_lease_storage(tmp_path):
+    """Several replicas share their leases through Redis: `studio server` keeps a
+    PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE given in the environment."""
+    with redis_server(tmp_path / "redis") as url, running(
+        tmp_path / "studio-redis", "studio",
+        {"PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "prefect_redis.lease_storage",
+         "PREFECT_REDIS_MESSAGING_URL": url},
+    ) as server:
+        assert await _lease_then_restart_then_release(server) == 0
+        assert "prefect_redis.lease_storage" in (server.home / "server.log").read_text()
+        assert not (server.home / "concurrency_leases").exists()  # in Redis, not on disk
 
 
 @pytest.mark.faults
