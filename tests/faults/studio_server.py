@@ -75,13 +75,19 @@ class StudioServerCluster(Cluster):
         )
 
     def runs_of(self, name: str) -> set[str]:
-        """Flow-run ids worker `name` submitted (from its log)."""
+        """Flow-run ids worker `name` ran (from its log): submitted and not aborted (two
+        workers may both pick a run up; the server lets one of them start it)."""
         log = (self.root / f"{name}.log").read_text(errors="replace")
-        marker = f"Worker '{name}' submitting flow run '"
-        return {
-            line.split(marker, 1)[1].split("'", 1)[0]
-            for line in log.splitlines() if marker in line
-        }
+
+        def ids(marker: str) -> set[str]:
+            return {
+                line.split(marker, 1)[1].split("'", 1)[0]
+                for line in log.splitlines() if marker in line
+            }
+
+        return ids(f"Worker '{name}' submitting flow run '") - ids(
+            "Aborted submission of flow run '"
+        )
 
     def lease_files(self) -> list[Path]:
         """Leases the server keeps on disk (filesystem lease storage) right now."""
