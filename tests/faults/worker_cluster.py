@@ -162,12 +162,16 @@ class Cluster:
         self.run(str(BIN / "studio"), "automations", "apply", env=admin)
 
     # -- workers ------------------------------------------------------------------------
-    def start_worker(self, name: str, **overrides: str) -> None:
+    def start_worker(self, name: str, limit: int | None = None, **overrides: str) -> None:
+        """A process worker; `limit`: flow runs it takes at once (`--limit`)."""
         env = self.host_env(name, **overrides)
         log = open(self.root / f"{name}.log", "ab")  # noqa: SIM115
+        command = [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--name", name,
+                   "--type", "process"]
+        if limit is not None:
+            command += ["--limit", str(limit)]
         self.workers[name] = subprocess.Popen(
-            [str(BIN / "prefect"), "worker", "start", "--pool", POOL, "--name", name,
-             "--type", "process"],
+            command,
             cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
 
