@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Mapping
 
@@ -44,8 +45,10 @@ async def publish_batch_artifact(
     await acreate_table_artifact(
         table=table, key=f"content-batch-{slug}"[:60], description=description
     )
+    # decoding and shrinking the images is CPU work (~30 ms each): off the event loop
+    gallery = await asyncio.to_thread(gallery_markdown, result, image_paths or {})
     await acreate_markdown_artifact(
-        markdown=gallery_markdown(result, image_paths or {}),
+        markdown=gallery,
         key=f"gallery-{slug}"[:60],
         description=f"Gallery of batch {result.batch_id} for {result.avatar_name}",
     )
