@@ -354,8 +354,11 @@ async def content_batch(
         batch_id, avatar, request, outcomes, steps, started, hooks, safety, stand_ins
     )
     result, cost = ledger_cost(result)  # cost: what the ledger says providers billed
-    finish_batch(batch_id, batch_row_values(result))
     ending = _ending(result, settings.min_success_ratio)
+    row = batch_row_values(result)
+    if result.status == "failed":
+        row["error"] = ending[:2000]  # the row says why, as the run's state does
+    finish_batch(batch_id, row)
     if result.status == "failed":
         log.error(
             batchlog.batch_failed(

@@ -127,6 +127,7 @@ async def test_all_failing_batch_shows_failed_chunks_and_batch_failed(
         batch = session.scalar(select(Batch))
     assert len(rows) == 12 and all(r.status == "failed" for r in rows)  # all saved
     assert batch is not None and batch.status == "failed"
+    assert batch.error == state.message  # the row and the run say the same
     names = await _events(f"studio.batch.{batch.id}", "studio.batch.failed")
     assert names >= {"studio.batch.failed"} and "studio.batch.completed" not in names
 
