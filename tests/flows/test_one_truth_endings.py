@@ -84,8 +84,8 @@ async def test_one_truth_resume_of_another_avatars_batch_is_refused_and_changes_
     studio_env,
 ) -> None:
     from flows.content_batch import content_batch
-    from studio.bootstrap import ensure_demo_avatar
     from studio.avatars import add_avatar
+    from studio.bootstrap import ensure_demo_avatar
     from studio.providers import registry
 
     ensure_demo_avatar()
