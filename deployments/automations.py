@@ -154,14 +154,25 @@ def build_automations(block_id: UUID | None = None) -> list[AutomationCore]:
     return [definition.build(block_id) for definition in DEFINITIONS]
 
 
-def _comparable(automation: AutomationCore) -> dict[str, Any]:
-    """What `apply` owns of an automation, without server-made ids and timestamps."""
+def _comparable(automation: AutomationCore) -> Any:
+    """What `apply` owns of an automation, without server-made ids; the trigger's sets
+    (`expect`, `after`, `for_each`) dump in each process's own hash order, so lists of
+    strings are compared sorted."""
     dumped = automation.model_dump(
         mode="json", include={"description", "trigger", "actions", "actions_on_trigger",
                               "actions_on_resolve"}
     )
     dumped["trigger"].pop("id", None)
-    return dumped
+    return _order_free(dumped)
+
+
+def _order_free(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _order_free(v) for k, v in value.items()}
+    if isinstance(value, list):
+        items = [_order_free(v) for v in value]
+        return sorted(items) if all(isinstance(v, str) for v in items) else items
+    return value
 
 
 def _block_in_use(automations: list[Automation]) -> UUID | None:

@@ -3,15 +3,19 @@
 
 from __future__ import annotations
 
+import os
 import socket
+import subprocess
+import sys
 import uuid
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 from prefect.blocks.notifications import SlackWebhook
 from prefect.client.orchestration import get_client
 from prefect.events.actions import SendNotification
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 from typer.testing import CliRunner
 
 from deployments.automations import ALERTS, DEFINITIONS, apply_automations
@@ -21,6 +25,7 @@ from studio.cli import app
 from studio.types import BatchResult
 
 runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def result(**overrides) -> BatchResult:
@@ -105,6 +110,23 @@ async def test_apply_removes_duplicates_older_versions_made(no_studio_automation
     found = await studio_automations(no_studio_automations)
     assert [a.name for a in found].count(definition.name) == 1
     assert len(found) == len(DEFINITIONS)
+
+
+def test_apply_from_other_processes_reads_as_unchanged(no_studio_automations) -> None:
+    """Each process dumps a trigger's sets (`expect`...) in its own hash order; the
+    second apply, from another process, must still find nothing to change."""
+    env = {**os.environ, "PREFECT_API_URL": get_current_settings().api.url}
+    outputs = []
+    for seed in ("1", "2"):
+        done = subprocess.run(
+            [sys.executable, "-m", "deployments.automations"],
+            env={**env, "PYTHONHASHSEED": seed}, cwd=ROOT, capture_output=True, text=True,
+            timeout=120, check=False,
+        )
+        assert done.returncode == 0, done.stdout + done.stderr
+        outputs.append(done.stdout)
+    assert outputs[0].count(": created") == len(DEFINITIONS)
+    assert outputs[1].count(": unchanged") == len(DEFINITIONS), outputs[1]
 
 
 async def test_changed_definition_is_updated_in_place(no_studio_automations) -> None:
