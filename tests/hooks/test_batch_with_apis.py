@@ -8,7 +8,10 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
+from studio.db.engine import session_scope
+from studio.db.models import CostLedgerEntry
 from studio.hooks import registry as hooks_registry
 from tests.emulators.anthropic_api import AnthropicEmulator
 from tests.emulators.base import Behaviour
@@ -49,7 +52,15 @@ async def test_a_batch_uses_both_apis_and_prices_what_it_measured(
     assert moderation.counters.requests("moderations.image") == 20
     assert not {"hooks:template", "moderation:local"} & set(result.stand_ins)
     assert result.cost_breakdown["hooks"] > 0
-    assert result.cost_breakdown["safety"] == pytest.approx(21 * 0.001)
+    # moderation is free (the ledger's $0 billed); the spec's $0.001 a call is its estimate
+    assert result.cost_breakdown["safety"] == 0
+    rows = [r for r in _ledger(result.batch_id) if r.kind == "moderation"]
+    assert len(rows) == 21 and sum(r.estimate_usd for r in rows) == pytest.approx(21 * 0.001)
+    hook_rows = [r for r in _ledger(result.batch_id) if r.kind == "hook"]
+    assert len(hook_rows) == 2 and all(r.status == "billed" and r.job_id for r in hook_rows)
+    assert sum(r.price_usd for r in hook_rows) == pytest.approx(
+        result.cost_breakdown["hooks"], abs=1e-6
+    )
     log = Path(studio_env.log_file).read_text()
     assert "Hook generation summary | Success: 20/20 | Template fallback: 0 | Calls: 2" in log
     assert log.count("Hook generation summary") == 1 and log.count("Safety check summary") == 1
@@ -120,3 +131,10 @@ async def test_hook_generation_disabled_skips_the_step(
 
     assert claude.counters.requests("messages") == 0
     assert result.cost_breakdown["hooks"] == 0
+
+
+def _ledger(batch_id: str) -> list[CostLedgerEntry]:
+    with session_scope() as session:
+        return list(
+            session.scalars(select(CostLedgerEntry).where(CostLedgerEntry.batch_id == batch_id))
+        )
