@@ -153,7 +153,7 @@ async def one_batch(
     for server in servers.values():
         server.start()
     try:
-        with tempfile.TemporaryDirectory() as tmp:
+        with tempfile.TemporaryDirectory(ignore_cleanup_errors=True) as tmp:
             urls = {n: s.url for n, s in servers.items()}
             configure(urls, strategy, args.scale, Path(tmp), free_retries)
             dispose_engines()
