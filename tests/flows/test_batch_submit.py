@@ -146,3 +146,13 @@ def test_status_of_a_finished_batch_by_batch_id(studio_env, demo_avatar) -> None
 def test_status_of_an_unknown_id_exits_2(studio_env) -> None:
     result = invoke("batch", "status", str(uuid.uuid4()))
     assert result.exit_code == 2 and "no flow run or batch" in result.output
+
+
+def test_parameters_the_server_schema_refuses_exit_2(studio_env, demo_avatar, batch_deployment):
+    """What only the deployment's schema says (a prompt over 1000 characters) comes back
+    as the server's 409: reported as a refusal, no run created."""
+    before = len(runs_of(batch_deployment))
+    result = invoke("batch", "submit", "--avatar", "demo", "--pieces", "1", "--prompt", "x" * 1001)
+    assert result.exit_code == 2, result.output
+    assert "refused by the server" in result.output and "Traceback" not in result.output
+    assert len(runs_of(batch_deployment)) == before
