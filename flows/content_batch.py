@@ -98,7 +98,7 @@ AvatarParam = Annotated[
     str,
     described(
         min_length=1,
-        description="The avatar's id or name (`studio avatars list`); it must have LoRA weights.",
+        description="The avatar's id or name (`studio avatar list`); it must have LoRA weights.",
     ),
 ]
 HooksParam = Annotated[bool, described(description="Write a caption (hook) for every piece.")]

@@ -251,6 +251,11 @@ def validate_request(request: BatchRequest) -> BatchRequest:
         for i, prompt in enumerate(request.custom_prompts):
             if not prompt or not prompt.strip():
                 raise BatchRequestError("custom_prompts", f"prompt {i + 1} is empty")
+            if len(prompt) > MAX_PROMPT_CHARS:
+                raise BatchRequestError(
+                    "custom_prompts",
+                    f"prompt {i + 1} has {len(prompt)} characters; at most {MAX_PROMPT_CHARS}",
+                )
     if request.custom_tiers is not None:
         if len(request.custom_tiers) != request.num_pieces:
             raise BatchRequestError(

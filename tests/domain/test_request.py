@@ -106,3 +106,11 @@ def test_empty_custom_prompt() -> None:
     with pytest.raises(BatchRequestError) as exc:
         validate_request(request(num_pieces=2, custom_prompts=["a", "  "]))
     assert exc.value.field == "custom_prompts"
+
+
+def test_overlong_custom_prompt() -> None:
+    """The deployment schema caps a prompt at 1000 characters; `batch run` says the same."""
+    with pytest.raises(BatchRequestError) as exc:
+        validate_request(request(num_pieces=2, custom_prompts=["a", "b" * 1001]))
+    assert exc.value.field == "custom_prompts"
+    assert "1001 characters" in exc.value.message
