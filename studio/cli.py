@@ -20,9 +20,23 @@ apply_prefect_defaults()
 
 from studio.avatars import CADENCES, add_avatar, list_avatars  # noqa: E402
 from studio.cli_automations import automations_app  # noqa: E402
+from studio.cli_batch_options import (  # noqa: E402
+    AvatarOption,
+    HookModeOption,
+    HooksOption,
+    PiecesOption,
+    PlatformOption,
+    PromptOption,
+    SafetyOption,
+    SeedOption,
+    TierOption,
+    TiersOption,
+    UploadOption,
+    batch_request,
+)
 from studio.cli_limits import limits_app  # noqa: E402
 from studio.cli_output import batch_failed, console, refuse  # noqa: E402
-from studio.request import BatchRequest, BatchRequestError, parse_tier_distribution  # noqa: E402
+from studio.request import BatchRequest, BatchRequestError  # noqa: E402
 
 app = typer.Typer(help="Content batch pipeline for AI-avatar studios.", no_args_is_help=True)
 avatar_app = typer.Typer(help="Manage avatars.", no_args_is_help=True)
@@ -96,35 +110,25 @@ def avatar_list() -> None:
 
 @batch_app.command("run")
 def batch_run(
-    avatar: Annotated[str, typer.Option("--avatar", help="avatar id or name")],
-    pieces: Annotated[int, typer.Option("--pieces")] = 50,
-    platform: Annotated[str, typer.Option("--platform")] = "instagram",
-    tiers: Annotated[str, typer.Option("--tiers", help="capa1,capa2,capa3 ratios")] = "0.6,0.3,0.1",
-    hooks: Annotated[bool, typer.Option("--hooks/--no-hooks")] = True,
-    safety: Annotated[bool, typer.Option("--safety/--no-safety")] = True,
-    upload: Annotated[bool, typer.Option("--upload/--no-upload")] = True,
-    prompt: Annotated[list[str] | None, typer.Option("--prompt", help="custom prompt")] = None,
-    tier: Annotated[list[str] | None, typer.Option("--tier", help="tier per custom prompt")] = None,
-    seed: Annotated[int | None, typer.Option("--seed")] = None,
-    hook_mode: Annotated[
-        str, typer.Option("--hook-mode", help="direct, message-batches (half price) or auto")
-    ] = "direct",
+    avatar: AvatarOption,
+    pieces: PiecesOption = 50,
+    platform: PlatformOption = "instagram",
+    tiers: TiersOption = "0.6,0.3,0.1",
+    hooks: HooksOption = True,
+    safety: SafetyOption = True,
+    upload: UploadOption = True,
+    prompt: PromptOption = None,
+    tier: TierOption = None,
+    seed: SeedOption = None,
+    hook_mode: HookModeOption = "direct",
 ) -> None:
     """Run one content batch for an avatar, with a progress bar."""
     from tasks.validate import validate_batch_request
 
     try:
-        request = BatchRequest(
-            avatar_id=avatar,
-            num_pieces=pieces,
-            tier_distribution=parse_tier_distribution(tiers),
-            platform=platform,
-            include_hooks=hooks,
-            safety_check=safety,
-            upload_to_storage=upload,
-            custom_prompts=prompt or None,
-            custom_tiers=tier or None,
-            seed=seed,
+        request = batch_request(
+            avatar=avatar, pieces=pieces, platform=platform, tiers=tiers, hooks=hooks,
+            safety=safety, upload=upload, prompt=prompt, tier=tier, seed=seed,
             hook_mode=hook_mode,
         )
         validate_batch_request(request)

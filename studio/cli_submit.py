@@ -15,24 +15,36 @@ from typing import Annotated, Any
 import typer
 
 from studio.batch_status import BatchStatus, read_rows, step_from_log
+from studio.cli_batch_options import (
+    AvatarOption,
+    HookModeOption,
+    HooksOption,
+    PiecesOption,
+    PlatformOption,
+    PromptOption,
+    SafetyOption,
+    SeedOption,
+    TierOption,
+    TiersOption,
+    UploadOption,
+    batch_request,
+)
 from studio.cli_output import console, err, refuse
-from studio.request import BatchRequest, BatchRequestError, parse_tier_distribution
+from studio.request import BatchRequest, BatchRequestError
 
 
 def submit(
-    avatar: Annotated[str, typer.Option("--avatar", help="avatar id or name")],
-    pieces: Annotated[int, typer.Option("--pieces")] = 50,
-    platform: Annotated[str, typer.Option("--platform")] = "instagram",
-    tiers: Annotated[str, typer.Option("--tiers", help="capa1,capa2,capa3 ratios")] = "0.6,0.3,0.1",
-    hooks: Annotated[bool, typer.Option("--hooks/--no-hooks")] = True,
-    safety: Annotated[bool, typer.Option("--safety/--no-safety")] = True,
-    upload: Annotated[bool, typer.Option("--upload/--no-upload")] = True,
-    prompt: Annotated[list[str] | None, typer.Option("--prompt", help="custom prompt")] = None,
-    tier: Annotated[list[str] | None, typer.Option("--tier", help="tier per custom prompt")] = None,
-    seed: Annotated[int | None, typer.Option("--seed")] = None,
-    hook_mode: Annotated[
-        str, typer.Option("--hook-mode", help="direct, message-batches (half price) or auto")
-    ] = "direct",
+    avatar: AvatarOption,
+    pieces: PiecesOption = 50,
+    platform: PlatformOption = "instagram",
+    tiers: TiersOption = "0.6,0.3,0.1",
+    hooks: HooksOption = True,
+    safety: SafetyOption = True,
+    upload: UploadOption = True,
+    prompt: PromptOption = None,
+    tier: TierOption = None,
+    seed: SeedOption = None,
+    hook_mode: HookModeOption = "direct",
     idempotency_key: Annotated[
         str | None,
         typer.Option(
@@ -45,17 +57,9 @@ def submit(
     from tasks.validate import validate_batch_request
 
     try:
-        request = BatchRequest(
-            avatar_id=avatar,
-            num_pieces=pieces,
-            tier_distribution=parse_tier_distribution(tiers),
-            platform=platform,
-            include_hooks=hooks,
-            safety_check=safety,
-            upload_to_storage=upload,
-            custom_prompts=prompt or None,
-            custom_tiers=tier or None,
-            seed=seed,
+        request = batch_request(
+            avatar=avatar, pieces=pieces, platform=platform, tiers=tiers, hooks=hooks,
+            safety=safety, upload=upload, prompt=prompt, tier=tier, seed=seed,
             hook_mode=hook_mode,
         )
         validated = validate_batch_request(request)

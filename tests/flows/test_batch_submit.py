@@ -148,11 +148,27 @@ def test_status_of_an_unknown_id_exits_2(studio_env) -> None:
     assert result.exit_code == 2 and "no flow run or batch" in result.output
 
 
-def test_parameters_the_server_schema_refuses_exit_2(studio_env, demo_avatar, batch_deployment):
-    """What only the deployment's schema says (a prompt over 1000 characters) comes back
-    as the server's 409: reported as a refusal, no run created."""
+def test_an_overlong_prompt_is_refused_before_the_api(studio_env, demo_avatar, batch_deployment):
+    """The CLI checks what the deployment's schema says (a prompt over 1000 characters)
+    itself: exit 2 naming the field, nothing sent, no run."""
     before = len(runs_of(batch_deployment))
     result = invoke("batch", "submit", "--avatar", "demo", "--pieces", "1", "--prompt", "x" * 1001)
     assert result.exit_code == 2, result.output
-    assert "refused by the server" in result.output and "Traceback" not in result.output
+    assert "custom_prompts" in result.output and "Traceback" not in result.output
+    assert len(runs_of(batch_deployment)) == before
+
+
+def test_parameters_the_server_schema_refuses_exit_2(studio_env, demo_avatar, batch_deployment):
+    """Parameters the server's schema refuses (sent as they are, past the CLI's own checks,
+    as an older CLI against a newer deployment would) come back as its 409: reported as a
+    refusal, exit 2, no run created."""
+    import typer
+
+    from studio.cli_submit import _call_server, _submit
+
+    before = len(runs_of(batch_deployment))
+    parameters = {"avatar_id": "demo", "num_pieces": 1, "custom_prompts": ["x" * 1001]}
+    with pytest.raises(typer.Exit) as exited:
+        _call_server(_submit(parameters, "content-batch-demo-1", None))
+    assert exited.value.exit_code == 2
     assert len(runs_of(batch_deployment)) == before

@@ -9,6 +9,7 @@ no file uploaded twice, and exactly one row and one stored object per piece.
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -258,6 +259,8 @@ def test_kill_at_image_step_then_resume_on_another_host(
     first = _lines(probes / "renders.log")
     assert len(first) == 4
     assert _statuses(batch_id) == Counter({"generated": 4, "planned": PIECES - 4})
+    # host A is gone with its disk: the rows name files host B cannot read
+    shutil.rmtree(postgres_home.studio_home / "work")
 
     assert _run(host_b, probes, batch_id, "--resume") == 0
     renders = Counter(_lines(probes / "renders.log"))

@@ -1,0 +1,57 @@
+"""The options `studio batch run` and `studio batch submit` share, and the request they make.
+
+Why one module: both commands must accept the same options and refuse the same bad
+input (exit 2, nothing spent or sent); declared twice, they drift apart.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+import typer
+
+from studio.request import BatchRequest, parse_tier_distribution
+
+AvatarOption = Annotated[str, typer.Option("--avatar", help="avatar id or name")]
+PiecesOption = Annotated[int, typer.Option("--pieces")]
+PlatformOption = Annotated[str, typer.Option("--platform")]
+TiersOption = Annotated[str, typer.Option("--tiers", help="capa1,capa2,capa3 ratios")]
+HooksOption = Annotated[bool, typer.Option("--hooks/--no-hooks")]
+SafetyOption = Annotated[bool, typer.Option("--safety/--no-safety")]
+UploadOption = Annotated[bool, typer.Option("--upload/--no-upload")]
+PromptOption = Annotated[list[str] | None, typer.Option("--prompt", help="custom prompt")]
+TierOption = Annotated[list[str] | None, typer.Option("--tier", help="tier per custom prompt")]
+SeedOption = Annotated[int | None, typer.Option("--seed")]
+HookModeOption = Annotated[
+    str, typer.Option("--hook-mode", help="direct, message-batches (half price) or auto")
+]
+
+
+def batch_request(
+    *,
+    avatar: str,
+    pieces: int,
+    platform: str,
+    tiers: str,
+    hooks: bool,
+    safety: bool,
+    upload: bool,
+    prompt: list[str] | None,
+    tier: list[str] | None,
+    seed: int | None,
+    hook_mode: str,
+) -> BatchRequest:
+    """The request the options describe; raises BatchRequestError naming a bad field."""
+    return BatchRequest(
+        avatar_id=avatar,
+        num_pieces=pieces,
+        tier_distribution=parse_tier_distribution(tiers),
+        platform=platform,
+        include_hooks=hooks,
+        safety_check=safety,
+        upload_to_storage=upload,
+        custom_prompts=prompt or None,
+        custom_tiers=tier or None,
+        seed=seed,
+        hook_mode=hook_mode,
+    )
