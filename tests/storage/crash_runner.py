@@ -8,8 +8,9 @@ Probes (test-only, installed by patching classes in this process):
 - every piece sent to the hook writer / to moderation goes to DIR/hooks.log / checks.log;
 - every PutObject that gets a response appends the key to DIR/puts.log.
 Renders and remote puts are serialised, so "crash at the K-th" means exactly K-1 done:
-at the K-th render the runner first waits until the K-1 finished images are staged,
-then sends itself SIGKILL (a real kill -9: no cleanup, no finally blocks).
+at the K-th render the runner first waits until the K-1 finished images are staged
+and recorded as generated (the record is written in a thread after staging), then
+sends itself SIGKILL (a real kill -9: no cleanup, no finally blocks).
 """
 
 from __future__ import annotations
@@ -34,6 +35,24 @@ def _kill_self() -> None:
     os.kill(os.getpid(), signal.SIGKILL)
 
 
+def _recorded_generated(piece_ids: list[str]) -> bool:
+    """Every finished image's row says `generated` (recorded in a thread after staging)."""
+    if not piece_ids:
+        return True
+    from sqlalchemy import func, select
+
+    from studio.db.engine import session_scope
+    from studio.db.models import ContentPiece
+
+    with session_scope() as session:
+        count = session.scalar(
+            select(func.count())
+            .select_from(ContentPiece)
+            .where(ContentPiece.id.in_(piece_ids), ContentPiece.status == "generated")
+        )
+    return count == len(piece_ids)
+
+
 def _install_render_probe(probe_dir: Path, crash_at: int | None, staging: Path) -> None:
     from studio.providers.preview import PreviewRenderer
 
@@ -50,8 +69,9 @@ def _install_render_probe(probe_dir: Path, crash_at: int | None, staging: Path) 
             if crash_at is not None and calls["n"] == crash_at:
                 done = renders.read_text().split() if renders.exists() else []
                 deadline = time.monotonic() + 60
-                while time.monotonic() < deadline and not all(
-                    (staging / f"{piece}.json").exists() for piece in done
+                while time.monotonic() < deadline and not (
+                    all((staging / f"{piece}.json").exists() for piece in done)
+                    and _recorded_generated(done)
                 ):
                     await asyncio.sleep(0.05)
                 _kill_self()
