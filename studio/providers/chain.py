@@ -22,8 +22,6 @@ and the chain settles it with the attempt's outcome. Free providers write nothin
 from __future__ import annotations
 
 import asyncio
-import functools
-import inspect
 import logging
 import time
 from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
@@ -308,7 +306,7 @@ class ProviderChain:
             started = time.perf_counter()
             try:
                 async with asyncio.timeout(policy.timeout):
-                    image = await _call(provider, spec, avatar, handle)
+                    image = await provider.generate(spec, avatar, job=handle)
             except TimeoutError:
                 elapsed = time.perf_counter() - started
                 breaker.record_failure()
@@ -378,23 +376,6 @@ class ProviderChain:
             line += f' reason="{redact(reason, self._secrets)}"'
         level = logging.INFO if outcome == "ok" else logging.WARNING
         logger.log(level, line)
-
-
-async def _call(
-    provider: ImageProvider, spec: PieceSpec, avatar: AvatarRef, job: BilledJob
-) -> ProviderImage:
-    if _takes_job(type(provider)):
-        return await provider.generate(spec, avatar, job=job)
-    return await provider.generate(spec, avatar)  # a stand-in without the seam (preview)
-
-
-@functools.cache
-def _takes_job(kind: type) -> bool:
-    """Whether a provider class's `generate` accepts the `job` of the BilledJob seam."""
-    try:
-        return "job" in inspect.signature(kind.generate).parameters
-    except (TypeError, ValueError):
-        return False
 
 
 class _JobIdOnly(NoJobTracking):

@@ -14,7 +14,7 @@ import textwrap
 
 from PIL import Image, ImageDraw, ImageFont
 
-from studio.providers.base import ProviderImage
+from studio.providers.base import BilledJob, ProviderImage
 from studio.types import AvatarRef, PieceSpec
 
 SIZE = 1024
@@ -28,7 +28,10 @@ class PreviewRenderer:
         #: how many images this renderer drew; tests read it to prove nothing is drawn twice
         self.rendered = 0
 
-    async def generate(self, spec: PieceSpec, avatar: AvatarRef) -> ProviderImage:
+    async def generate(
+        self, spec: PieceSpec, avatar: AvatarRef, job: BilledJob | None = None
+    ) -> ProviderImage:
+        """A local drawing: nothing is billed, so `job` is never told of one."""
         data = await asyncio.to_thread(render_preview, spec, avatar)
         self.rendered += 1
         return ProviderImage(data=data, content_type="image/png", cost_usd=0.0)

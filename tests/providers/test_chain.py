@@ -260,7 +260,7 @@ class LeakyProvider:
     name = "modal"
     stand_in = False
 
-    async def generate(self, spec, avatar):
+    async def generate(self, spec, avatar, job=None):
         from studio.providers.base import ProviderError
 
         raise ProviderError("modal", f"upstream said: bad key {MODAL_SECRET}")

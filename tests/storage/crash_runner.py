@@ -61,7 +61,7 @@ def _install_render_probe(probe_dir: Path, crash_at: int | None, staging: Path) 
     calls = {"n": 0}
     renders = probe_dir / "renders.log"
 
-    async def probed(self, spec, avatar):  # type: ignore[no-untyped-def]
+    async def probed(self, spec, avatar, job=None):  # type: ignore[no-untyped-def]
         while not lock.acquire(blocking=False):  # poll: waiting threads would starve to_thread
             await asyncio.sleep(0.01)
         try:
@@ -75,7 +75,7 @@ def _install_render_probe(probe_dir: Path, crash_at: int | None, staging: Path) 
                 ):
                     await asyncio.sleep(0.05)
                 _kill_self()
-            result = await original(self, spec, avatar)
+            result = await original(self, spec, avatar, job)
             _append(renders, spec.piece_id)
             return result
         finally:
