@@ -14,11 +14,17 @@ import signal
 import subprocess
 import time
 import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from tests.faults.worker_cluster import BIN, POOL, REPLICATE_TOKEN, ROOT, Cluster, free_port
+from tests.faults.worker_cluster import (
+    BIN,
+    POOL,
+    ROOT,
+    Cluster,
+    free_port,
+    started_cluster,
+)
 
 CAPS = {"comfyui": 10, "replicate": 5}
 
@@ -95,34 +101,15 @@ class StudioServerCluster(Cluster):
         return sorted(folder.glob("*.json")) if folder.exists() else []
 
 
-@contextlib.contextmanager
 def studio_cluster(
     root: Path, postgres_url: str, s3: Any, *, comfyui_latency=(1.5, 2.5),
     replicate_latency=(1.0, 2.0),
-) -> Iterator[StudioServerCluster]:
-    from tests.emulators.base import Behaviour
-    from tests.emulators.comfyui import ComfyUIEmulator
-    from tests.emulators.replicate_api import ReplicateEmulator
-    from tests.infra.postgres import create_database
-
-    prefect_db = create_database(postgres_url).replace("+psycopg", "+asyncpg", 1)
-    studio_db = create_database(postgres_url)
-    comfyui = ComfyUIEmulator(Behaviour(seed=201, latency=comfyui_latency))
-    replicate = ReplicateEmulator(
-        Behaviour(seed=202, latency=replicate_latency), token=REPLICATE_TOKEN
+) -> contextlib.AbstractContextManager[StudioServerCluster]:
+    """The cluster of tests/faults/worker_cluster.py, its server started by `studio server`."""
+    return started_cluster(
+        root, postgres_url, s3, cluster_class=StudioServerCluster, seed=201,
+        comfyui_latency=comfyui_latency, replicate_latency=replicate_latency,
     )
-    with comfyui, replicate:
-        cluster = StudioServerCluster(
-            root=root, prefect_db=prefect_db, studio_db=studio_db, s3=s3,
-            content_bucket=s3.new_bucket("content"), staging_bucket=s3.new_bucket("staging"),
-            comfyui=comfyui, replicate=replicate,
-        )
-        try:
-            cluster.start_server()
-            cluster.set_up()
-            yield cluster
-        finally:
-            cluster.stop()
 
 
 def jobs_billed(cluster: Cluster) -> int:

@@ -10,21 +10,18 @@ slot is held at the end. Slow (about 3-6 minutes on 2 cores): `make faults`.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 
 import pytest
 
 from tests.faults.studio_server import CAPS, jobs_billed, peaks, studio_cluster
-from tests.faults.worker_cluster import batch_facts, print_fault_row
+from tests.faults.worker_cluster import (
+    FAULT_SUITE,
+    batch_facts,
+    print_fault_row,
+)
 
-pytestmark = [
-    pytest.mark.faults,
-    pytest.mark.skipif(
-        not os.environ.get("STUDIO_FAULTS"),
-        reason="slow fault suite: make faults (STUDIO_FAULTS=1)",
-    ),
-]
+pytestmark = FAULT_SUITE
 
 BATCHES = 20
 PIECES = 10

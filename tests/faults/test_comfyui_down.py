@@ -9,24 +9,19 @@ leave no slot held. Slow (about 2-3 minutes): `make faults`.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 
 import pytest
 
 from tests.faults.worker_cluster import (
+    FAULT_SUITE,
     batch_facts,
     dead_endpoint,
     print_fault_row,
     started_cluster,
 )
 
-pytestmark = [
-    pytest.mark.skipif(
-        not os.environ.get("STUDIO_FAULTS"),
-        reason="slow fault suite: make faults (STUDIO_FAULTS=1)",
-    ),
-]
+pytestmark = FAULT_SUITE
 
 PIECES = 10
 BATCHES = 4

@@ -11,22 +11,20 @@ slot is held 90 s after the batches end. Slow (about 2-4 minutes): `make faults`
 
 from __future__ import annotations
 
-import asyncio
-import os
 import time
 
 import pytest
 
 from tests.faults.studio_server import CAPS, jobs_billed, peaks, studio_cluster
-from tests.faults.worker_cluster import batch_facts, generated_count, print_fault_row
+from tests.faults.worker_cluster import (
+    FAULT_SUITE,
+    batch_facts,
+    generated_count,
+    print_fault_row,
+    wait_for,
+)
 
-pytestmark = [
-    pytest.mark.faults,
-    pytest.mark.skipif(
-        not os.environ.get("STUDIO_FAULTS"),
-        reason="slow fault suite: make faults (STUDIO_FAULTS=1)",
-    ),
-]
+pytestmark = FAULT_SUITE
 
 BATCHES = 3
 PIECES = 20
@@ -37,16 +35,6 @@ SLOTS_FREE_WITHIN_S = 90  # the issue's "no provider slot is held 90 s after"
 def cluster(tmp_path, postgres_url, s3_server):
     with studio_cluster(tmp_path / "cluster", postgres_url, s3_server) as started:
         yield started
-
-
-async def _wait_for(what: str, check, timeout: float, every: float = 0.5):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await check()
-        if value:
-            return value
-        await asyncio.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 async def test_server_killed_and_restarted_mid_image_step(cluster) -> None:
@@ -61,7 +49,7 @@ async def test_server_killed_and_restarted_mid_image_step(cluster) -> None:
     async def mid_image_step() -> bool:
         return 5 <= await made() < BATCHES * PIECES - 15
 
-    await _wait_for("the image steps to be under way", mid_image_step, 300, every=0.1)
+    await wait_for("the image steps to be under way", mid_image_step, 300, every=0.1)
     made_at_kill = await made()
     leases_at_kill = len(cluster.lease_files())
     cluster.kill_server()
@@ -74,7 +62,7 @@ async def test_server_killed_and_restarted_mid_image_step(cluster) -> None:
             batch_facts(cluster, b)["status"] in ("completed", "failed") for b in batch_ids
         )
 
-    await _wait_for("every batch to finish", all_done, 600, every=2)
+    await wait_for("every batch to finish", all_done, 600, every=2)
     done_at = time.monotonic()
     async with cluster.client() as client:
 
@@ -83,7 +71,7 @@ async def test_server_killed_and_restarted_mid_image_step(cluster) -> None:
             return held if not any(held.values()) else None
 
         try:
-            await _wait_for("every provider slot to be free", slots_free,
+            await wait_for("every provider slot to be free", slots_free,
                             SLOTS_FREE_WITHIN_S, every=1)
             freed_after = time.monotonic() - done_at
         except AssertionError:

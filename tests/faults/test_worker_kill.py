@@ -12,26 +12,22 @@ object per piece. Slow (about 3-5 minutes): `make faults`.
 from __future__ import annotations
 
 import asyncio
-import os
 import time
 import uuid
 
 import pytest
 
 from tests.faults.worker_cluster import (
+    FAULT_SUITE,
     Cluster,
     batch_facts,
     generated_count,
     print_fault_row,
     started_cluster,
+    wait_for,
 )
 
-pytestmark = [
-    pytest.mark.skipif(
-        not os.environ.get("STUDIO_FAULTS"),
-        reason="slow fault suite: make faults (STUDIO_FAULTS=1)",
-    ),
-]
+pytestmark = FAULT_SUITE
 
 PIECES = 30
 RECOVERY_DEADLINE_S = 600  # the "within 10 minutes"
@@ -42,16 +38,6 @@ CAPS = {"comfyui": 10, "replicate": 5}
 def cluster(tmp_path, postgres_url, s3_server):
     with started_cluster(tmp_path / "cluster", postgres_url, s3_server) as started:
         yield started
-
-
-async def _wait_for(what: str, check, timeout: float, every: float = 0.5):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = await check()
-        if value:
-            return value
-        await asyncio.sleep(every)
-    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
 
 
 def _jobs(cluster: Cluster) -> int:
@@ -75,14 +61,14 @@ async def test_worker_killed_mid_image_step_is_recovered_by_the_other_worker(clu
         async def running_on_a() -> bool:
             return cluster.worker_running("worker-a", run_id)
 
-        await _wait_for("worker-a to start the batch", running_on_a, 180)
+        await wait_for("worker-a to start the batch", running_on_a, 180)
         cluster.start_worker("worker-b")  # the other host, up while A works
 
         async def mid_image_step() -> bool:
             made = generated_count(cluster, batch_id)
             return 6 <= made < PIECES - 6
 
-        await _wait_for("the image step to be under way", mid_image_step, 240, every=0.1)
+        await wait_for("the image step to be under way", mid_image_step, 240, every=0.1)
         made_at_kill = generated_count(cluster, batch_id)
         asked_at_kill = _submitted(cluster)
         cluster.kill_worker("worker-a")
@@ -93,13 +79,13 @@ async def test_worker_killed_mid_image_step_is_recovered_by_the_other_worker(clu
             run = await client.read_flow_run(uuid.UUID(run_id))
             return bool(run.state and run.state.is_crashed())
 
-        await _wait_for("the lost run to be marked Crashed", lost_run_crashed, 300, every=2)
+        await wait_for("the lost run to be marked Crashed", lost_run_crashed, 300, every=2)
         crashed_after = time.monotonic() - killed_at
 
         async def batch_done() -> bool:
             return batch_facts(cluster, batch_id)["status"] in ("completed", "failed")
 
-        await _wait_for("the batch to be finished", batch_done, RECOVERY_DEADLINE_S, every=2)
+        await wait_for("the batch to be finished", batch_done, RECOVERY_DEADLINE_S, every=2)
         recovered_after = time.monotonic() - killed_at
         await asyncio.sleep(2)  # the resume run's last calls (artifact, state) settle
         facts = batch_facts(cluster, batch_id)

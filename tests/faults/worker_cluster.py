@@ -14,6 +14,7 @@ the duration (`cluster.client()`), and read the shared database directly.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import os
 import signal
@@ -28,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import psutil
+import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
@@ -237,8 +239,38 @@ def _env_of(process: psutil.Process) -> dict[str, str]:
         return {}
 
 
+#: every fault test module's marks: slow, so only under `make faults` (STUDIO_FAULTS=1)
+FAULT_SUITE = [
+    pytest.mark.faults,
+    pytest.mark.skipif(
+        not os.environ.get("STUDIO_FAULTS"),
+        reason="slow fault suite: make faults (STUDIO_FAULTS=1)",
+    ),
+]
+
+
+async def wait_for(what: str, check, timeout: float, every: float = 0.5):  # type: ignore[no-untyped-def]
+    """Poll the async `check` until it returns something truthy; fail naming `what`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = await check()
+        if value:
+            return value
+        await asyncio.sleep(every)
+    raise AssertionError(f"timed out after {timeout:.0f} s waiting for {what}")
+
+
 @contextlib.contextmanager
-def started_cluster(root: Path, postgres_url: str, s3: Any) -> Iterator[Cluster]:
+def started_cluster(
+    root: Path,
+    postgres_url: str,
+    s3: Any,
+    *,
+    cluster_class: type[Cluster] = Cluster,
+    seed: int = 101,
+    comfyui_latency: tuple[float, float] = (1.5, 2.5),
+    replicate_latency: tuple[float, float] = (1.0, 2.0),
+) -> Iterator[Any]:
     """The whole cluster, torn down afterwards (emulators, workers, server)."""
     from tests.emulators.base import Behaviour
     from tests.emulators.comfyui import ComfyUIEmulator
@@ -247,10 +279,12 @@ def started_cluster(root: Path, postgres_url: str, s3: Any) -> Iterator[Cluster]
 
     prefect_db = create_database(postgres_url).replace("+psycopg", "+asyncpg", 1)
     studio_db = create_database(postgres_url)
-    comfyui = ComfyUIEmulator(Behaviour(seed=101, latency=(1.5, 2.5)))
-    replicate = ReplicateEmulator(Behaviour(seed=102, latency=(1.0, 2.0)), token=REPLICATE_TOKEN)
+    comfyui = ComfyUIEmulator(Behaviour(seed=seed, latency=comfyui_latency))
+    replicate = ReplicateEmulator(
+        Behaviour(seed=seed + 1, latency=replicate_latency), token=REPLICATE_TOKEN
+    )
     with comfyui, replicate:
-        cluster = Cluster(
+        cluster = cluster_class(
             root=root, prefect_db=prefect_db, studio_db=studio_db, s3=s3,
             content_bucket=s3.new_bucket("content"), staging_bucket=s3.new_bucket("staging"),
             comfyui=comfyui, replicate=replicate,
