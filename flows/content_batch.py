@@ -66,7 +66,7 @@ from studio.types import (
     StoredObject,
 )
 from tasks.check_safety import check_safety
-from tasks.generate_images import image_chain, images_started_early
+from tasks.generate_images import image_chain
 from tasks.ledger import ledger_cost
 from tasks.progress import (
     load_batch_progress,
@@ -415,11 +415,7 @@ async def _generate_images(
     image_chain()  # build providers once, before chunks start in parallel
     chunks = chunked(specs, chunk_size)
     batch_id = specs[0].batch_id if specs else ""
-    # the provider calls start now; each chunk's task runs adopt them as they register
-    async with (
-        images_started_early(specs, avatar, staging_root),
-        tracked_images(batch_id, len(specs)),
-    ):
+    async with tracked_images(batch_id, len(specs)):
         states = await asyncio.gather(
             *(
                 image_chunk(i, chunk, avatar, staging_root, return_state=True)

@@ -1,16 +1,13 @@
-"""The image-chunk subflow: up to 10 pieces generated concurrently.
+"""The image-chunk subflow: up to 10 pieces generated concurrently, in one task run.
 
 A chunk is its own flow run so the Prefect UI shows which chunk of which batch
-failed; a piece whose image task fails after its retries comes back as an
-ImageFailure rather than failing the others, so the rest of the batch goes on. A
-chunk with failed pieces ends Failed, its message naming them and why, and its
-state still carries every item (images and failures): the batch reads it with
-`return_state=True` and keeps what was made.
+failed; a piece whose image fails comes back as an ImageFailure rather than failing
+the others, so the rest of the batch goes on. A chunk with failed pieces ends Failed,
+its message naming them and why, and its state still carries every item (images and
+failures): the batch reads it with `return_state=True` and keeps what was made.
 """
 
 from __future__ import annotations
-
-import asyncio
 
 from prefect import flow
 from prefect.states import Completed, Failed, State
@@ -18,7 +15,7 @@ from prefect.states import Completed, Failed, State
 from flows.image_progress import image_progress
 from studio import progress
 from studio.types import AvatarRef, GeneratedImage, ImageFailure, PieceSpec
-from tasks.generate_images import generate_image, release_idle_slots
+from tasks.generate_images import generate_images, release_idle_slots
 
 #: failed pieces a chunk's state message names one by one
 NAMED_FAILURES = 3
@@ -51,25 +48,14 @@ async def image_chunk(
 ) -> list[GeneratedImage | ImageFailure]:
     tracker = image_progress(specs[0].batch_id) if specs else None
 
-    async def one(spec: PieceSpec) -> GeneratedImage | ImageFailure:
-        state = await generate_image(spec, avatar, staging_root, return_state=True)
-        if state.is_completed():
-            result: GeneratedImage | ImageFailure = await state.result()
-        else:
-            message = state.message or "image generation failed"
-            try:
-                await state.result()
-            except Exception as exc:
-                message = str(exc)
-            result = ImageFailure(piece_id=spec.piece_id, reason=message)
-        if isinstance(result, GeneratedImage):
+    def piece_done(item: GeneratedImage | ImageFailure) -> None:
+        if isinstance(item, GeneratedImage):
             progress.advance("images")
         if tracker is not None:
-            tracker.advance(failed=isinstance(result, ImageFailure))
-        return result
+            tracker.advance(failed=isinstance(item, ImageFailure))
 
     try:
-        items = list(await asyncio.gather(*(one(spec) for spec in specs)))
+        items = await generate_images(chunk_index, specs, avatar, staging_root, piece_done)
     finally:
         # a worker process may exit right after: leave no provider slot held behind
         await release_idle_slots()

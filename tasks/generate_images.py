@@ -1,22 +1,24 @@
 """Step 2: one image per piece through the provider chain, staged so it is paid once.
 
-Before any provider is called the task looks in the staging folder keyed by piece id,
-so a retried task, a retried flow run or a resumed batch never pays twice. The chain
-holds a Prefect global-concurrency lease (`provider:<name>`) around exactly the
-provider call. When every provider fails, the avatar's cached asset for the same
-template is reused (spec: graceful degradation); without one the piece fails with
-every provider's reason, and the task is not retried (the chain already retried).
+One task run per chunk makes the chunk's images concurrently. Before any provider is
+called a piece looks in the staging folder keyed by piece id, so a retried task, a
+retried flow run or a resumed batch never pays twice. The chain holds a Prefect
+global-concurrency lease (`provider:<name>`) around exactly the provider call. When
+every provider fails, the avatar's cached asset for the same template is reused (spec:
+graceful degradation); without one the piece fails with every provider's reason and is
+not tried again (the chain already retried).
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import Callable
 from pathlib import Path
 
 from prefect import task
+from prefect.cache_policies import NO_CACHE
+from tenacity import AsyncRetrying, retry_if_not_exception_type, stop_after_attempt, wait_fixed
 
 from studio.db import progress as db_progress
 from studio.db.engine import session_scope
@@ -29,7 +31,7 @@ from studio.providers.registry import build_image_chain
 from studio.providers.settings import ProviderSettings
 from studio.settings import get_settings
 from studio.staging import ImageStaging, open_staging
-from studio.types import AvatarRef, GeneratedImage, PieceSpec
+from studio.types import AvatarRef, GeneratedImage, ImageFailure, PieceSpec
 from tasks.provider_slots import PrefectSlots
 from tasks.slot_reconcile import census_heal
 
@@ -70,81 +72,81 @@ class ImageGenerationFailed(Exception):
     """Every provider failed for a piece and no cached asset exists; says why, per provider."""
 
 
-def _retry_unless_exhausted(task, task_run, state) -> bool:  # type: ignore[no-untyped-def]
-    """Retry the task only for unexpected errors: an exhausted chain already retried."""
-    return not isinstance(state.data, ImageGenerationFailed)
+#: a piece whose image failed for an unexpected reason (not an exhausted chain, which
+#: already retried every provider) is tried once more after this pause
+PIECE_RETRY_DELAY_SECONDS = 2.0
+PIECE_ATTEMPTS = 2
+
+#: called as each piece of a chunk ends (progress bars, the batch's progress artifact)
+PieceDone = Callable[[GeneratedImage | ImageFailure], None]
 
 
 @task(
-    name="generate-image",
+    name="generate-images",
     retries=1,
     retry_delay_seconds=2,
-    retry_condition_fn=_retry_unless_exhausted,
     timeout_seconds=900,
+    # the specs are the batch's own plan, keyed by piece id: no input hashing or caching
+    cache_policy=NO_CACHE,
     # no tags: Prefect acquires a tag concurrency slot on the server for every tagged
-    # task run, one at a time per process, before the body starts; the provider limits
-    # already cap what is scarce, so a tag here only put a round trip before each image
-    task_run_name="generate-image-{spec.index}",
+    # task run before the body starts; the provider limits already cap what is scarce
+    task_run_name="generate-images-{chunk_index}",
 )
-async def generate_image(spec: PieceSpec, avatar: AvatarRef, staging_root: str) -> GeneratedImage:
-    early = _early.pop((staging_root, spec.piece_id), None)
-    if early is not None:  # started by images_started_early: adopt it (a retry starts afresh)
-        return await early
-    return await produce_image(spec, avatar, staging_root)
+async def generate_images(
+    chunk_index: int,
+    specs: list[PieceSpec],
+    avatar: AvatarRef,
+    staging_root: str,
+    on_piece: PieceDone | None = None,
+) -> list[GeneratedImage | ImageFailure]:
+    """Every piece of a chunk, concurrently, each through the chain: one task run per
+    chunk, not per piece.
 
-
-#: images started ahead of their task runs, by (staging root, piece id)
-_early: dict[tuple[str, str], asyncio.Task[GeneratedImage]] = {}
-
-
-@contextlib.asynccontextmanager
-async def images_started_early(
-    specs: list[PieceSpec], avatar: AvatarRef, staging_root: str
-) -> AsyncIterator[None]:
-    """Start every piece's image now; its `generate_image` task run adopts it later.
-
-    Registering the chunk subflows and their task runs takes several Prefect API round
-    trips (a second or more on a busy server) before the first task body runs; the
-    provider calls, which are the step's critical path, need none of them. The task
-    run still reports the image's outcome and its failure, and a retry starts afresh.
-    An early image is staged before it is returned, so one whose task run never came
-    (a chunk that failed to start) is awaited here and reused by a resumed batch.
+    A task run per piece cost the Prefect API a run and three state changes per image
+    (a second or more per chunk on a busy SQLite server, and most of the orchestration's
+    CPU); the chunk's task run, its state message and the batch artifact say which
+    pieces failed and why. A piece never fails the others: it comes back as an
+    ImageFailure. The task's own retry (a failure outside any piece) re-runs only
+    what is not staged.
     """
-    loop = asyncio.get_running_loop()
-    started: list[asyncio.Task[GeneratedImage]] = []
-    keys = [(staging_root, spec.piece_id) for spec in specs]
-    for key, spec in zip(keys, specs, strict=True):
-        if key not in _early:
-            _early[key] = loop.create_task(produce_image(spec, avatar, staging_root))
-            started.append(_early[key])
+    return list(
+        await asyncio.gather(
+            *(_one_piece(spec, avatar, staging_root, on_piece) for spec in specs)
+        )
+    )
+
+
+async def _one_piece(
+    spec: PieceSpec, avatar: AvatarRef, staging_root: str, on_piece: PieceDone | None
+) -> GeneratedImage | ImageFailure:
+    result: GeneratedImage | ImageFailure
     try:
-        await _first_slots_granted()
-        yield
-    except asyncio.CancelledError:  # the run is being cancelled: so are its calls
-        for early in started:
-            early.cancel()
-        raise
-    finally:
-        for key in keys:
-            _early.pop(key, None)
-        # errors were the task runs' to report; unadopted ones were never run as tasks
-        await asyncio.gather(*started, return_exceptions=True)
+        result = await generate_piece_image(spec, avatar, staging_root)
+    except ImageGenerationFailed as exc:
+        result = ImageFailure(piece_id=spec.piece_id, reason=str(exc))
+    except Exception as exc:  # retried already; the piece fails, the chunk goes on
+        reason = f"{type(exc).__name__}: {exc}"
+        result = ImageFailure(piece_id=spec.piece_id, reason=reason)
+    if on_piece is not None:
+        on_piece(result)
+    return result
 
 
-async def _first_slots_granted(timeout: float = 1.0) -> None:
-    """Wait (briefly) until the early images' first slots are granted.
-
-    The chunk subflows' registration is several API calls per chunk and is off the
-    critical path now; sent at the same moment as the first lease increments, it
-    delays them (a busy Prefect server answers in arrival order).
-    """
-    if _slots is None:
-        return
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    await asyncio.sleep(0.005)  # let the early images ask for their slots
-    while _slots.requesting() and loop.time() < deadline:
-        await asyncio.sleep(0.005)
+async def generate_piece_image(
+    spec: PieceSpec, avatar: AvatarRef, staging_root: str
+) -> GeneratedImage:
+    """One piece's image, with one more try after an unexpected error (a disk hiccup
+    after staging, say): the staged image is found then, so nothing is paid twice."""
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(PIECE_ATTEMPTS),
+        wait=wait_fixed(PIECE_RETRY_DELAY_SECONDS),
+        retry=retry_if_not_exception_type((ImageGenerationFailed, asyncio.CancelledError)),
+        reraise=True,
+    )
+    async for attempt in retrying:
+        with attempt:
+            image = await produce_image(spec, avatar, staging_root)
+    return image
 
 
 async def produce_image(spec: PieceSpec, avatar: AvatarRef, staging_root: str) -> GeneratedImage:

@@ -8,6 +8,7 @@ batch. Every image it makes says PREVIEW on its face, and the piece's provider i
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import io
 import textwrap
@@ -37,6 +38,19 @@ class PreviewRenderer:
         return ProviderImage(data=data, content_type="image/png", cost_usd=0.0)
 
 
+#: palette indices: the background gradient uses 0..GRADIENT_STEPS-1, text the rest
+GRADIENT_STEPS = 240
+YELLOW, WHITE, BODY, PROMPT, SMALL, BLACK = range(GRADIENT_STEPS, GRADIENT_STEPS + 6)
+TEXT_COLOURS = {
+    YELLOW: (255, 210, 0),
+    WHITE: (255, 255, 255),
+    BODY: (235, 235, 235),
+    PROMPT: (250, 250, 250),
+    SMALL: (220, 220, 220),
+    BLACK: (0, 0, 0),
+}
+
+
 def _palette(seed_text: str) -> tuple[tuple[int, int, int], tuple[int, int, int]]:
     digest = hashlib.sha256(seed_text.encode()).digest()
     top = (digest[0] // 2 + 64, digest[1] // 2 + 64, digest[2] // 2 + 64)
@@ -44,30 +58,54 @@ def _palette(seed_text: str) -> tuple[tuple[int, int, int], tuple[int, int, int]
     return top, bottom
 
 
+def _colour_table(top: tuple[int, int, int], bottom: tuple[int, int, int]) -> list[int]:
+    """A top-to-bottom gradient in GRADIENT_STEPS entries, then the text colours."""
+    table: list[int] = []
+    for step in range(GRADIENT_STEPS):
+        share = step / (GRADIENT_STEPS - 1)
+        table += [round(t * (1 - share) + b * share) for t, b in zip(top, bottom, strict=True)]
+    for index in sorted(TEXT_COLOURS):
+        table += TEXT_COLOURS[index]
+    return table
+
+
+@functools.cache
+def _gradient_rows() -> Image.Image:
+    """Palette indices rising from top to bottom, shared by every preview (read only).
+
+    A palette image drawn with indices and saved as an 8-bit PNG costs a few ms; the
+    RGB composite and 24-bit PNG it replaces cost ~45 ms of CPU per piece, most of a
+    demo batch's per-piece cost."""
+    column = Image.linear_gradient("L").resize((1, SIZE))
+    column = column.point(lambda v: v * (GRADIENT_STEPS - 1) // 255)
+    return column.resize((SIZE, SIZE), Image.Resampling.NEAREST)
+
+
+@functools.cache
+def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
+    return ImageFont.load_default(size=size)
+
+
 def render_preview(spec: PieceSpec, avatar: AvatarRef) -> bytes:
     top, bottom = _palette(f"{avatar.id}:{spec.template_id or spec.prompt}")
-    gradient = Image.linear_gradient("L").resize((SIZE, SIZE))
-    image = Image.composite(
-        Image.new("RGB", (SIZE, SIZE), bottom), Image.new("RGB", (SIZE, SIZE), top), gradient
-    )
+    image = _gradient_rows().copy()
+    image.putpalette(_colour_table(top, bottom))
     draw = ImageDraw.Draw(image)
-    title = ImageFont.load_default(size=64)
-    body = ImageFont.load_default(size=34)
-    small = ImageFont.load_default(size=28)
-    draw.rectangle((0, 0, SIZE, 110), fill=(0, 0, 0))
-    draw.text((40, 22), "PREVIEW - not a generated image", font=title, fill=(255, 210, 0))
-    draw.text((40, 170), f"{avatar.name}  ({avatar.niche})", font=title, fill=(255, 255, 255))
+    title, body, small = _font(64), _font(34), _font(28)
+    draw.rectangle((0, 0, SIZE, 110), fill=BLACK)
+    draw.text((40, 22), "PREVIEW - not a generated image", font=title, fill=YELLOW)
+    draw.text((40, 170), f"{avatar.name}  ({avatar.niche})", font=title, fill=WHITE)
     draw.text(
         (40, 260),
         f"{spec.tier}  |  {spec.template_id or 'custom prompt'}",
         font=body,
-        fill=(235, 235, 235),
+        fill=BODY,
     )
     y = 340
     for line in textwrap.wrap(spec.prompt, width=52)[:14]:
-        draw.text((40, y), line, font=body, fill=(250, 250, 250))
+        draw.text((40, y), line, font=body, fill=PROMPT)
         y += 46
-    draw.text((40, SIZE - 60), f"piece {spec.piece_id}", font=small, fill=(220, 220, 220))
+    draw.text((40, SIZE - 60), f"piece {spec.piece_id}", font=small, fill=SMALL)
     out = io.BytesIO()
     image.save(out, format="PNG", compress_level=1)
     return out.getvalue()
