@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import asyncio
+
 import pytest
-from prefect.states import State
 from sqlalchemy import select
 
+import tasks.generate_images as generate_images_module
 from studio.db.engine import session_scope
 from studio.db.models import ContentPiece
 from studio.providers.asset_cache import AssetCache
-from studio.types import AvatarRef, PieceSpec
-from tasks.generate_images import ImageGenerationFailed, generate_image
+from studio.types import AvatarRef, ImageFailure, PieceSpec
+from tasks.generate_images import generate_images
 
 AVATAR = AvatarRef(id="av-t", name="T", niche="travel",
                    lora_weights_url="https://w/loras/t.safetensors")
@@ -26,17 +28,23 @@ def fail_everything(emulators) -> None:
         emulator.behaviour.failure_rate = 1.0
 
 
+async def make(i: int = 0, root: str = "", template: str = "tpl-1"):
+    """One piece through the chunk task: its one item (image or failure)."""
+    [item] = await generate_images(0, [spec(i, template)], AVATAR, root)
+    return item
+
+
 async def test_rerun_of_a_made_image_calls_no_provider(studio_env, provider_env, emulators):
     comfyui, _, _ = emulators
     root = str(studio_env.work_dir)
-    first = await generate_image(spec(), AVATAR, root)
+    first = await make(0, root)
     assert first.provider == "comfyui" and first.cost_usd == 0.0
-    again = await generate_image(spec(), AVATAR, root)
+    again = await make(0, root)
     assert again.path == first.path
     assert comfyui.counters.requests("prompt") == 1
 
 
-async def test_task_retry_after_paying_does_not_pay_twice(
+async def test_piece_retry_after_paying_does_not_pay_twice(
     studio_env, provider_env, emulators, monkeypatch
 ):
     comfyui, modal, _ = emulators
@@ -51,8 +59,8 @@ async def test_task_retry_after_paying_does_not_pay_twice(
         return real(self, *args)
 
     monkeypatch.setattr(AssetCache, "remember", flaky_remember)
-    task = generate_image.with_options(retry_delay_seconds=0)
-    image = await task(spec(), AVATAR, str(studio_env.work_dir))
+    monkeypatch.setattr(generate_images_module, "PIECE_RETRY_DELAY_SECONDS", 0.0)
+    image = await make(0, str(studio_env.work_dir))
     assert image.provider == "modal" and image.cost_usd == pytest.approx(0.01)
     assert calls["n"] == 1  # the retry found the staged image and returned before any call
     assert modal.counters.requests("post") == 1
@@ -62,32 +70,68 @@ async def test_all_providers_failing_reuses_the_cached_asset(
     studio_env, provider_env, emulators, caplog
 ):
     root = str(studio_env.work_dir)
-    made = await generate_image(spec(0), AVATAR, root)  # a real image becomes the asset
+    made = await make(0, root)  # a real image becomes the asset
     fail_everything(emulators)
-    degraded = await generate_image(spec(1), AVATAR, root)
+    degraded = await make(1, root)
     assert degraded.provider == "cache" and degraded.cost_usd == 0.0
     with open(made.path, "rb") as a, open(degraded.path, "rb") as b:
         assert a.read() == b.read()
     assert "Graceful degradation" in caplog.text
 
 
-async def test_all_providers_failing_without_asset_fails_once_with_reasons(
+async def test_all_providers_failing_without_asset_fails_the_piece_once_with_reasons(
     studio_env, provider_env, emulators
 ):
     comfyui, modal, replicate = emulators
     fail_everything(emulators)
-    state: State = await generate_image(
-        spec(2, template="never-made"), AVATAR, str(studio_env.work_dir), return_state=True
-    )
-    assert state.is_failed()
-    with pytest.raises(ImageGenerationFailed) as caught:
-        await state.result()
+    failure = await make(2, str(studio_env.work_dir), template="never-made")
+    assert isinstance(failure, ImageFailure)
     for name in ("comfyui", "modal", "replicate"):
-        assert f"{name}:" in str(caught.value)
-    # one pass of the chain, no task-level retry: 1 + 3 + 2 provider calls
+        assert f"{name}:" in failure.reason
+    # one pass of the chain, no retry on top: 1 + 3 + 2 provider calls
     assert comfyui.counters.requests("prompt") == 1
     assert modal.counters.requests("post") == 3
     assert replicate.counters.requests("create") == 2
+
+
+async def test_a_chunk_is_one_task_run_and_a_failed_piece_spares_the_others(
+    studio_env, provider_env, emulators
+):
+    """Ten pieces, one task run: the orchestration cost is per chunk, not per image."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    from flows.image_chunk import image_chunk
+
+    comfyui, _, _ = emulators
+    root = str(studio_env.work_dir)
+    specs = [spec(i, template=f"one-run-{i}") for i in range(10)]
+    state = await image_chunk(3, specs, AVATAR, root, return_state=True)
+    items = await state.result(raise_on_failure=False)
+    assert [item.piece_id for item in items] == [s.piece_id for s in specs]
+    assert comfyui.counters.requests("prompt") == 10
+    async with get_client() as client:
+        runs = await client.read_task_runs(
+            flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[state.state_details.flow_run_id]))
+        )
+    assert [run.name for run in runs] == ["generate-images-3"]
+
+
+async def test_cancelling_a_chunk_cancels_its_provider_calls(studio_env, provider_env, emulators):
+    comfyui, _, _ = emulators
+    comfyui.behaviour.hang = True
+    root = str(studio_env.work_dir)
+    started = asyncio.get_running_loop().create_task(
+        generate_images.fn(0, [spec(0, "cancelled")], AVATAR, root)
+    )
+    for _ in range(200):  # until the call is on the wire
+        if comfyui.counters.requests("prompt"):
+            break
+        await asyncio.sleep(0.05)
+    started.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await started
+    comfyui.behaviour.hang = False
 
 
 async def test_batch_with_flaky_comfyui_delivers_every_piece_and_costs_add_up(
