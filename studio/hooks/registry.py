@@ -5,6 +5,9 @@ circuit breaker is shared per API endpoint and model for the whole process, so t
 spec's "stop trying after 5 consecutive failures" holds across the groups of a batch
 and across batches until the breaker's reset time has passed. The template catalogue
 sent as the cached prompt prefix is the whole library, identical for every batch.
+
+The Claude writer (and with it the `anthropic` SDK, over a second to import) is imported
+only when it is built: a batch on the template stand-in never pays for it.
 """
 
 from __future__ import annotations
@@ -12,7 +15,6 @@ from __future__ import annotations
 import logging
 
 from studio.breaker import CircuitBreaker
-from studio.hooks.anthropic_writer import AnthropicHookWriter
 from studio.hooks.base import HookWriter
 from studio.hooks.settings import HookSettings
 from studio.hooks.template_writer import TemplateHookWriter
@@ -68,6 +70,8 @@ def build_hook_writer(
         _announce("Hook writer | Using: template stand-in (ANTHROPIC_API_KEY not set)")
         return TemplateHookWriter()
     _announce(f"Hook writer | Using: anthropic | Model: {settings.model}")
+    from studio.hooks.anthropic_writer import AnthropicHookWriter
+
     return AnthropicHookWriter(
         settings,
         catalog=library_catalog(),

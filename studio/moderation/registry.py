@@ -2,6 +2,9 @@
 
 Both report the endpoint's category names and go through the same policy; the local
 one also serves as the free screen run on every piece (see `policy.SafetyReview`).
+
+The OpenAI moderator (and with it the `openai` SDK, about half a second to import) is
+imported only when it is built: a batch on the local stand-in never pays for it.
 """
 
 from __future__ import annotations
@@ -11,7 +14,6 @@ import logging
 from studio.ledger.store import CostLedger
 from studio.moderation.base import Moderator
 from studio.moderation.local import LocalModerator
-from studio.moderation.openai_moderator import OpenAIModerator
 from studio.moderation.policy import SafetyReview
 from studio.moderation.settings import ModerationSettings
 
@@ -32,6 +34,8 @@ def build_moderator(settings: ModerationSettings | None = None) -> Moderator:
         _announce("Moderator | Using: local stand-in, text only (OPENAI_API_KEY not set)")
         return LocalModerator()
     _announce(f"Moderator | Using: openai | Model: {settings.model}")
+    from studio.moderation.openai_moderator import OpenAIModerator
+
     return OpenAIModerator(settings, ledger=CostLedger())  # calls recorded (studio/ledger)
 
 

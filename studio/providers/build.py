@@ -6,6 +6,8 @@ are left out. With COMFYUI_FALLBACK_ON_ERROR=false a ComfyUI failure is final. U
 cost-optimized the free provider is tried 1 + COST_OPTIMIZED_FREE_RETRIES times before a
 billed one.
 `fallback` (the offline preview) is used only when no real provider is configured.
+The Replicate provider (and with it the `replicate` SDK, ~0.2 s to import) is imported
+only when it is built, so a chain without Replicate never pays for it.
 """
 
 from __future__ import annotations
@@ -17,7 +19,6 @@ from studio.providers.base import ImageProvider
 from studio.providers.chain import ProviderChain, ProviderPolicy
 from studio.providers.comfyui import ComfyUIProvider
 from studio.providers.modal_endpoint import ModalSDXLProvider
-from studio.providers.replicate_flux import ReplicateFluxProvider
 from studio.providers.settings import PROVIDER_NAMES, ProviderSettings, ProviderStrategy
 from studio.providers.slots import SlotFactory
 
@@ -61,6 +62,8 @@ def build_provider(name: str, settings: ProviderSettings) -> ImageProvider:
     if name == "replicate":
         token = _plain(settings.replicate_api_token)
         assert token
+        from studio.providers.replicate_flux import ReplicateFluxProvider
+
         return ReplicateFluxProvider(
             token,
             base_url=settings.replicate_base_url,

@@ -14,7 +14,7 @@ import contextlib
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
@@ -22,8 +22,10 @@ from sqlalchemy.orm import Session
 from studio.db.models import ContentPiece
 from studio.storage.errors import StorageError, StorageUnavailable
 from studio.storage.local import LocalContentStore
-from studio.storage.r2 import R2ContentStore
 from studio.types import StoredObject
+
+if TYPE_CHECKING:  # the sync flow gets a built store; boto3 is imported by whoever built it
+    from studio.storage.r2 import R2ContentStore
 
 logger = logging.getLogger(__name__)
 
