@@ -24,6 +24,7 @@ from flows.batch_state_hooks import BATCH_STATE_HOOKS, record_resume
 from flows.hook_step import write_batch_hooks
 from flows.image_chunk import image_chunk
 from flows.image_progress import tracked_images
+from flows.run_clients import shared_sync_client
 from flows.run_logs import attach_run_logs
 from studio import batchlog, progress
 from studio.batch_verdict import failure_summary
@@ -196,6 +197,41 @@ async def content_batch(
     min_success_ratio ends Failed with what failed where; a direct call raises
     BatchRequestError / BatchBelowMinimum for those.
     """
+    with shared_sync_client():  # one API client for every sync task run (see module)
+        return await _run_batch(
+            avatar_id=avatar_id,
+            num_pieces=num_pieces,
+            tier_distribution=tier_distribution,
+            platform=platform,
+            include_hooks=include_hooks,
+            safety_check=safety_check,
+            upload_to_storage=upload_to_storage,
+            custom_prompts=custom_prompts,
+            custom_tiers=custom_tiers,
+            hook_mode=hook_mode,
+            seed=seed,
+            batch_id=batch_id,
+            resume_batch_id=resume_batch_id,
+        )
+
+
+async def _run_batch(
+    *,
+    avatar_id: str,
+    num_pieces: int,
+    tier_distribution: TierShares | dict[str, float],
+    platform: str,
+    include_hooks: bool,
+    safety_check: bool,
+    upload_to_storage: bool,
+    custom_prompts: list[str] | None,
+    custom_tiers: list[str] | None,
+    hook_mode: str,
+    seed: int | None,
+    batch_id: str | None,
+    resume_batch_id: str | None,
+) -> BatchResult | State:
+    """The flow's body (see `content_batch`)."""
     await apply_registered_blocks()  # endpoints/keys saved as Prefect blocks, if any
     settings = get_settings()
     batchlog.configure_logging(settings.log_file, settings.log_level)

@@ -1,0 +1,273 @@
+"""The local Prefect API of the embedded defaults: started once, reused by later commands.
+
+WHY: with no `PREFECT_API_URL`, Prefect starts a temporary server for every command and
+stops it at exit. Its start-up is ~5 s of imports and app building (measured with
+`bench/bench_overhead.py`), paid before a 5-piece batch of ~1 s can begin, and on every
+command. Here the first `studio batch run` / `studio demo` starts the very same server
+(Prefect's own app, `prefect.server.api.server:create_app`, in Prefect's ephemeral mode:
+no UI, only the services a local run uses) as a detached process, at the start of the
+command so it boots while the command imports the pipeline; later commands find it and
+skip the start-up. It exits on its own after `STUDIO_LOCAL_SERVER_IDLE_SECONDS` (600)
+without a request or an open connection, so nothing lingers for long.
+
+Leases live in files under PREFECT_HOME (as with `studio server`): a batch killed while
+holding provider slots leaves no slot counted for good on a server that outlives it.
+
+`STUDIO_LOCAL_SERVER=off` restores Prefect's own temporary server per command. An API
+URL set in the environment or the Prefect profile always wins: nothing is started then.
+
+The state file `$PREFECT_HOME/studio-local-server.json` ({"pid", "url"}) is what
+`studio local-server status|stop` and `bench/bench_overhead.py` read.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+STATE_FILE = "studio-local-server.json"
+LOG_FILE = "studio-local-server.log"
+DEFAULT_IDLE_SECONDS = 600.0
+STARTUP_TIMEOUT_SECONDS = 60.0
+
+#: what Prefect's own temporary server runs with (prefect/server/api/server.py,
+#: SubprocessASGIServer._run_uvicorn_command), plus durable leases and no analytics
+SERVER_ENV = {
+    "PREFECT_UI_ENABLED": "0",
+    "PREFECT__SERVER_EPHEMERAL": "1",
+    "PREFECT__SERVER_FINAL": "1",
+    "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": (
+        "prefect.server.concurrency.lease_storage.filesystem"
+    ),
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+}
+
+
+def prefect_home() -> Path:
+    """PREFECT_HOME as Prefect resolves it by default, without importing Prefect (the
+    point is to start the server before the command pays Prefect's imports)."""
+    return Path(os.environ.get("PREFECT_HOME") or "~/.prefect").expanduser()
+
+
+def wanted() -> bool:
+    """Whether this command should use (and if needed start) the local server.
+
+    Not when an API URL is configured: in the environment, or in Prefect's profiles
+    file (read as text, cheaply; a profile that names an API URL is left to Prefect)."""
+    if os.environ.get("STUDIO_LOCAL_SERVER", "on").lower() in ("off", "0", "false", "no"):
+        return False
+    if os.environ.get("PREFECT_API_URL"):
+        return False
+    profiles = Path(os.environ.get("PREFECT_PROFILES_PATH") or prefect_home() / "profiles.toml")
+    with contextlib.suppress(OSError):
+        if "PREFECT_API_URL" in profiles.expanduser().read_text():
+            return False
+    return True
+
+
+@dataclass
+class LocalServer:
+    pid: int
+    url: str  # the API URL, ending in /api
+
+    def healthy(self, timeout: float = 0.5) -> bool:
+        try:
+            health = f"{self.url}/health"  # http://127.0.0.1:<port>/api, written by us
+            with urllib.request.urlopen(health, timeout=timeout) as answer:  # noqa: S310
+                return answer.status == 200
+        except (OSError, urllib.error.URLError):
+            return False
+
+    def alive(self) -> bool:
+        try:
+            os.kill(self.pid, 0)
+        except ProcessLookupError:
+            return False
+        except PermissionError:
+            return True
+        return True
+
+    def wait_ready(self, timeout: float = STARTUP_TIMEOUT_SECONDS) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.healthy():
+                return True
+            if not self.alive():
+                return False
+            time.sleep(0.05)
+        return False
+
+
+def _state_path() -> Path:
+    return prefect_home() / STATE_FILE
+
+
+def read_state() -> LocalServer | None:
+    try:
+        data: dict[str, Any] = json.loads(_state_path().read_text())
+        return LocalServer(pid=int(data["pid"]), url=str(data["url"]))
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+@contextlib.contextmanager
+def _locked() -> Iterator[None]:
+    """One command at a time decides whether to start the server (no two servers)."""
+    home = prefect_home()
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / "studio-local-server.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _free_port() -> int:
+    with contextlib.closing(socket.socket(socket.AF_INET, socket.SOCK_STREAM)) as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def idle_seconds() -> float:
+    try:
+        return float(os.environ.get("STUDIO_LOCAL_SERVER_IDLE_SECONDS", DEFAULT_IDLE_SECONDS))
+    except ValueError:
+        return DEFAULT_IDLE_SECONDS
+
+
+def ensure_started() -> LocalServer | None:
+    """The running local server, or one just started (not waited for); None if unwanted.
+
+    Returns at once: the caller waits with `wait_ready` when it needs the API, so the
+    server boots while the command does its own start-up."""
+    if not wanted():
+        return None
+    with _locked():
+        running = read_state()
+        if running is not None and running.alive():
+            return running
+        port = _free_port()
+        home = prefect_home()
+        env = {**os.environ, **{k: os.environ.get(k, v) for k, v in SERVER_ENV.items()}}
+        env["PREFECT_HOME"] = str(home)
+        with open(home / LOG_FILE, "ab") as log:
+            process = subprocess.Popen(
+                [sys.executable, "-m", "studio.local_server", str(port), str(idle_seconds())],
+                env=env,
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=log,
+                start_new_session=True,  # not the command's child: it outlives the command
+            )
+        server = LocalServer(pid=process.pid, url=f"http://127.0.0.1:{port}/api")
+        _state_path().write_text(json.dumps({"pid": server.pid, "url": server.url}))
+        return server
+
+
+def stop() -> LocalServer | None:
+    """Stop the local server if one runs (SIGTERM, then wait); the one stopped or None."""
+    with _locked():
+        server = read_state()
+        if server is None:
+            return None
+        if server.alive():
+            os.kill(server.pid, signal.SIGTERM)
+            deadline = time.monotonic() + 10
+            while server.alive() and time.monotonic() < deadline:
+                time.sleep(0.05)
+        with contextlib.suppress(FileNotFoundError):
+            _state_path().unlink()
+        return server
+
+
+class IdleWatch:
+    """ASGI wrapper: counts open requests/connections and when the last one ended."""
+
+    def __init__(self, app: Any) -> None:
+        self.app = app
+        self.open = 0
+        self.last = time.monotonic()
+
+    async def __call__(self, scope: dict[str, Any], receive: Any, send: Any) -> None:
+        if scope["type"] not in ("http", "websocket"):
+            await self.app(scope, receive, send)
+            return
+        self.open += 1
+        try:
+            await self.app(scope, receive, send)
+        finally:
+            self.open -= 1
+            self.last = time.monotonic()
+
+    def idle_for(self) -> float:
+        return 0.0 if self.open else time.monotonic() - self.last
+
+
+def serve(port: int, idle: float) -> None:
+    """Run Prefect's API app on `port` until idle for `idle` seconds or SIGTERM."""
+    import uvicorn
+    from prefect.server.api.server import create_app
+
+    watch = IdleWatch(create_app(ephemeral=True, final=True))
+    server = uvicorn.Server(
+        uvicorn.Config(watch, host="127.0.0.1", port=port, log_level="error", lifespan="on")
+    )
+
+    def stop_when_idle() -> None:
+        while not server.started and not server.should_exit:  # booting is not idling
+            time.sleep(0.05)
+        watch.last = time.monotonic()
+        while not server.should_exit:
+            time.sleep(min(5.0, max(idle / 4, 0.2)))
+            if watch.idle_for() >= idle:
+                server.should_exit = True
+
+    threading.Thread(target=stop_when_idle, daemon=True).start()
+    try:
+        server.run()
+    finally:
+        state = read_state()
+        if state is not None and state.pid == os.getpid():
+            with contextlib.suppress(FileNotFoundError):
+                _state_path().unlink()
+
+
+if __name__ == "__main__":
+    serve(int(sys.argv[1]), float(sys.argv[2]))
+
+
+@contextlib.contextmanager
+def api_of(server: LocalServer | None) -> Iterator[str | None]:
+    """Prefect pointed at `server` for the block; the URL, or None when Prefect's own
+    temporary server is used instead (no server wanted, or it failed to start: said
+    on stderr, with where its log is)."""
+    if server is None:
+        yield None
+        return
+    if not server.wait_ready():
+        print(
+            f"local Prefect server did not start (see {prefect_home() / LOG_FILE}); "
+            "using a temporary one for this command",
+            file=sys.stderr,
+        )
+        yield None
+        return
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    with temporary_settings({PREFECT_API_URL: server.url}):
+        yield server.url
