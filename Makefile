@@ -23,7 +23,7 @@ install: $(VENV)/.installed
 install-test: $(VENV)/.installed-test
 
 demo: install
-	$(BIN)/studio demo --pieces 50
+	$(BIN)/studio demo --pieces 50 $(if $(VERBOSE),--verbose)
 
 # tests/prefect_server/test_ui.py drives Debian's chromium through playwright (which cannot
 # download a browser of its own here): installed when missing and apt-get is usable (CI runs

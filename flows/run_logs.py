@@ -8,6 +8,14 @@ the spec's lines to the API (upstream: PrefectHQ/prefect#17879, "extra loggers n
 writing to prefect API in prefect 3"). So each flow attaches Prefect's own
 `APILogHandler` to the `studio` logger when it starts, once per process; the file
 handler of `logs/app.log` (studio/batchlog.py) is untouched and keeps the spec's format.
+
+The console is Prefect's too (its `PrefectConsoleHandler` on the root logger, which the
+`studio.*` records and Prefect's own flow- and task-run state lines reach). It gets
+`studio.batchlog.console_worthy` as a filter, so a batch's console holds the progress
+bars, the spec's lines and warnings, not a line per provider attempt and per task run.
+Prefect's settings have no per-record switch for that (PREFECT_LOGGING_HANDLERS_CONSOLE_LEVEL
+would hide the spec's INFO lines too), and a logging.yml of our own would replace
+Prefect's whole configuration and, like the extra loggers, come too late in a worker.
 """
 
 from __future__ import annotations
@@ -16,9 +24,9 @@ import logging
 
 from prefect.context import get_run_context
 from prefect.exceptions import MissingContextError
-from prefect.logging.handlers import APILogHandler
+from prefect.logging.handlers import APILogHandler, PrefectConsoleHandler
 
-from studio.batchlog import LOGGER_NAME
+from studio.batchlog import LOGGER_NAME, console_worthy
 
 
 def _in_a_run(record: logging.LogRecord) -> bool:
@@ -34,12 +42,28 @@ def _in_a_run(record: logging.LogRecord) -> bool:
     return True
 
 
+def quiet_console() -> None:
+    """Filter every Prefect console handler of this process with `console_worthy`.
+
+    Idempotent and cheap (one pass over the loggers); called with attach_run_logs at
+    import of `flows` and again at each flow start, so a handler Prefect rebuilt
+    (a non-incremental logging set-up) is filtered again before the run logs much.
+    """
+    loggers = [logging.getLogger(), *logging.Logger.manager.loggerDict.values()]
+    for logger in loggers:
+        for handler in getattr(logger, "handlers", ()):
+            if isinstance(handler, PrefectConsoleHandler) and console_worthy not in handler.filters:
+                handler.addFilter(console_worthy)
+
+
 def attach_run_logs(level: int = logging.INFO) -> None:
-    """Send `studio.*` records at `level` and above to the current run's Prefect logs.
+    """Send `studio.*` records at `level` and above to the current run's Prefect logs,
+    and quiet the console (quiet_console).
 
     Idempotent: a handler already there (this call before, or Prefect's own when the
     variable was set in time) is kept, so no record is sent twice.
     """
+    quiet_console()
     logger = logging.getLogger(LOGGER_NAME)
     if any(isinstance(handler, APILogHandler) for handler in logger.handlers):
         return

@@ -8,7 +8,10 @@ the studio's dashboards break.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
+
+from studio.settings import get_settings, reload_settings
 
 LOGGER_NAME = "studio"
 FILE_FORMAT = "%(asctime)s %(levelname)s %(name)s %(message)s"
@@ -24,6 +27,41 @@ STEP_NAMES = {
     6: "Database Save",
     7: "Statistics Calculation",
 }
+
+
+#: How the spec's lines begin (its "Log format" and the Common Issues greps): at INFO,
+#: the console shows these and nothing else. The other INFO detail (`provider_attempt`,
+#: "Hook writer | Using: ...", Prefect's task-run state lines) scrolls the progress bar
+#: away; it stays in app.log and the run logs. Matched on the message template, as the
+#: spec's recipes match on the text, so no call site needs to mark its line.
+SPEC_LINE_PREFIXES = (
+    "[BATCH START]",
+    "[STEP ",
+    "[BATCH COMPLETE]",
+    "[BATCH FAILED]",
+    "Hook generation summary",
+    "Safety check summary",
+    "Content rejected",
+    "Resuming batch",
+)
+
+
+def console_worthy(record: logging.LogRecord) -> bool:
+    """The console filter: warnings and errors from any logger, the spec's lines, and
+    everything when STUDIO_VERBOSE (`--verbose`) is set. A function, so logging takes it
+    as a filter as is; app.log and the run logs have their own handlers, unfiltered."""
+    if record.levelno >= logging.WARNING:
+        return True
+    if str(record.msg).startswith(SPEC_LINE_PREFIXES):
+        return True
+    return get_settings().verbose
+
+
+def show_everything_on_console() -> None:
+    """`--verbose`: set STUDIO_VERBOSE for this process (and what it starts), as a worker
+    would have it in its environment, and re-read the settings the filter consults."""
+    os.environ["STUDIO_VERBOSE"] = "1"
+    reload_settings()
 
 
 def configure_logging(log_file: Path, level: str = "INFO") -> None:

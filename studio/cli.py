@@ -32,6 +32,7 @@ from studio.cli_batch_options import (  # noqa: E402
     TierOption,
     TiersOption,
     UploadOption,
+    VerboseOption,
     batch_request,
 )
 from studio.cli_limits import limits_app  # noqa: E402
@@ -59,13 +60,15 @@ def init() -> None:
 
 
 @app.command()
-def demo(pieces: Annotated[int, typer.Option("--pieces")] = 50) -> None:
+def demo(
+    pieces: Annotated[int, typer.Option("--pieces")] = 50, verbose: VerboseOption = False
+) -> None:
     """Initialise, create the `demo` avatar if missing, and run a batch on the defaults."""
     from studio.bootstrap import DEMO_AVATAR, ensure_demo_avatar, initialise
 
     initialise()
     ensure_demo_avatar()
-    batch_run(avatar=DEMO_AVATAR, pieces=pieces)
+    batch_run(avatar=DEMO_AVATAR, pieces=pieces, verbose=verbose)
 
 
 @avatar_app.command("add")
@@ -121,8 +124,13 @@ def batch_run(
     tier: TierOption = None,
     seed: SeedOption = None,
     hook_mode: HookModeOption = "direct",
+    verbose: VerboseOption = False,
 ) -> None:
     """Run one content batch for an avatar, with a progress bar."""
+    if verbose:
+        from studio.batchlog import show_everything_on_console
+
+        show_everything_on_console()
     from tasks.validate import validate_batch_request
 
     try:

@@ -25,6 +25,13 @@ SeedOption = Annotated[int | None, typer.Option("--seed")]
 HookModeOption = Annotated[
     str, typer.Option("--hook-mode", help="direct, message-batches (half price) or auto")
 ]
+#: `batch run` and `demo` only: a submitted batch's console is its worker's (STUDIO_VERBOSE)
+VerboseOption = Annotated[
+    bool,
+    typer.Option(
+        "--verbose", help="console shows all detail (provider attempts, task runs), as app.log"
+    ),
+]
 
 
 def batch_request(

@@ -28,6 +28,9 @@ class Settings(BaseSettings):
     log_level: str = Field(default="INFO", alias="LOG_LEVEL")
     log_file: Path = Field(default=Path("logs/app.log"), alias="LOG_FILE")
     enable_structured_logging: bool = Field(default=True, alias="ENABLE_STRUCTURED_LOGGING")
+    #: the console shows all INFO detail (provider attempts, task-run states), not only
+    #: the spec's lines, warnings and the progress bars (`--verbose` sets it)
+    verbose: bool = Field(default=False, alias="STUDIO_VERBOSE")
 
     batch_generation_timeout: int = Field(default=600, alias="BATCH_GENERATION_TIMEOUT", gt=0)
     hook_generation_enabled: bool = Field(default=True, alias="HOOK_GENERATION_ENABLED")
