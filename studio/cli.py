@@ -36,6 +36,7 @@ from studio.cli_batch_options import (  # noqa: E402
     batch_request,
 )
 from studio.cli_limits import limits_app  # noqa: E402
+from studio.cli_local_server import local_server_app  # noqa: E402
 from studio.cli_output import batch_failed, console, refuse  # noqa: E402
 from studio.request import BatchRequest, BatchRequestError  # noqa: E402
 
@@ -46,6 +47,7 @@ app.add_typer(avatar_app, name="avatar")
 app.add_typer(batch_app, name="batch")
 app.add_typer(limits_app, name="limits")
 app.add_typer(automations_app, name="automations")
+app.add_typer(local_server_app, name="local-server")
 
 
 @app.command()
@@ -64,6 +66,9 @@ def demo(
     pieces: Annotated[int, typer.Option("--pieces")] = 50, verbose: VerboseOption = False
 ) -> None:
     """Initialise, create the `demo` avatar if missing, and run a batch on the defaults."""
+    from studio import local_server
+
+    local_server.ensure_started()  # boots while the database is initialised
     from studio.bootstrap import DEMO_AVATAR, ensure_demo_avatar, initialise
 
     initialise()
@@ -131,6 +136,10 @@ def batch_run(
         from studio.batchlog import show_everything_on_console
 
         show_everything_on_console()
+    from studio import local_server
+
+    server = local_server.ensure_started()  # boots while the pipeline is imported
+
     from tasks.validate import validate_batch_request
 
     try:
@@ -143,7 +152,10 @@ def batch_run(
     except BatchRequestError as exc:
         refuse(exc)
         return
-    result = _run_with_progress(request)
+    import flows.content_batch  # noqa: F401  (imported while the server boots)
+
+    with local_server.api_of(server):
+        result = _run_with_progress(request)
     _print_result(result)
 
 
