@@ -451,12 +451,15 @@ async def _generate_images(
     image_chain()  # build providers once, before chunks start in parallel
     chunks = chunked(specs, chunk_size)
     batch_id = specs[0].batch_id if specs else ""
+    window = asyncio.Semaphore(get_settings().image_chunks_in_flight)
+
+    async def run_chunk(index: int, chunk: list[PieceSpec]) -> State:
+        async with window:  # chunks start as earlier ones end, in order
+            return await image_chunk(index, chunk, avatar, staging_root, return_state=True)
+
     async with tracked_images(batch_id, len(specs)):
         states = await asyncio.gather(
-            *(
-                image_chunk(i, chunk, avatar, staging_root, return_state=True)
-                for i, chunk in enumerate(chunks)
-            )
+            *(run_chunk(i, chunk) for i, chunk in enumerate(chunks))
         )
     images: dict[str, GeneratedImage] = {}
     failures: dict[str, ImageFailure] = {}

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import weakref
 from collections.abc import Callable
 from pathlib import Path
 
@@ -159,17 +160,58 @@ async def produce_image(spec: PieceSpec, avatar: AvatarRef, staging_root: str) -
     already = await asyncio.to_thread(staging.existing, spec.piece_id)
     if already is None:
         already = await _make_image(spec, avatar, staging)
-    await asyncio.to_thread(_record_generated, already)
+    await generated_records().record(already)
     return already
 
 
-def _record_generated(image: GeneratedImage) -> None:
+class GeneratedRecords:
+    """Images recorded as generated a burst at a time: one statement and one commit for
+    the images staged within `window` seconds of each other, not a commit per image
+    (per image it was a tenth of a piece's CPU at 500 pieces, py-spy). Each caller still
+    waits until its own image is recorded, so "recorded the moment it is staged" holds
+    to within the window."""
+
+    def __init__(self, window: float = 0.02) -> None:
+        self.window = window
+        self._pending: list[tuple[GeneratedImage, asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def record(self, image: GeneratedImage) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self._pending.append((image, done))
+        if self._flusher is None or self._flusher.done():
+            self._flusher = asyncio.get_running_loop().create_task(self._flush())
+        await done
+
+    async def _flush(self) -> None:
+        while self._pending:
+            await asyncio.sleep(self.window)
+            burst, self._pending = self._pending, []
+            try:
+                await asyncio.to_thread(_record_generated, [image for image, _ in burst])
+            finally:  # recorded, or left to the step's final record: nobody waits forever
+                for _, done in burst:
+                    if not done.done():
+                        done.set_result(None)
+
+
+_records: weakref.WeakKeyDictionary[asyncio.AbstractEventLoop, GeneratedRecords] = (
+    weakref.WeakKeyDictionary()
+)
+
+
+def generated_records() -> GeneratedRecords:
+    """This event loop's recorder (the chunks of a batch share one)."""
+    return _records.setdefault(asyncio.get_running_loop(), GeneratedRecords())
+
+
+def _record_generated(images: list[GeneratedImage]) -> None:
     """One forward-only UPDATE (planned -> generated); the step's final record repeats it."""
     try:
         with session_scope() as session:
-            db_progress.record_images(session, [image])
+            db_progress.record_images(session, images)
     except Exception as exc:  # the end-of-step record_progress retries it
-        log.warning("Image not recorded yet | Piece: %s | %s", image.piece_id, exc)
+        log.warning("Images not recorded yet | Pieces: %d | %s", len(images), exc)
 
 
 async def _make_image(spec: PieceSpec, avatar: AvatarRef, staging: ImageStaging) -> GeneratedImage:
