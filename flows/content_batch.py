@@ -22,7 +22,7 @@ from flows.batch_artifact import publish_batch_artifact
 from flows.batch_events import emit_batch_events, emit_budget_reached
 from flows.batch_state_hooks import BATCH_STATE_HOOKS, record_resume
 from flows.hook_step import write_batch_hooks
-from flows.image_chunk import image_chunk
+from flows.image_chunk import image_chunk, staggered_starts
 from flows.image_progress import tracked_images
 from flows.run_clients import shared_sync_client
 from flows.run_logs import attach_run_logs
@@ -453,11 +453,16 @@ async def _generate_images(
     batch_id = specs[0].batch_id if specs else ""
     window = asyncio.Semaphore(get_settings().image_chunks_in_flight)
 
-    async def run_chunk(index: int, chunk: list[PieceSpec]) -> State:
-        async with window:  # chunks start as earlier ones end, in order
-            return await image_chunk(index, chunk, avatar, staging_root, return_state=True)
+    async with (
+        tracked_images(batch_id, len(specs)),
+        staggered_starts(batch_id, len(chunks)) as registered_before,
+    ):
 
-    async with tracked_images(batch_id, len(specs)):
+        async def run_chunk(index: int, chunk: list[PieceSpec]) -> State:
+            async with window:  # chunks start as earlier ones end, in order
+                await registered_before(index)
+                return await image_chunk(index, chunk, avatar, staging_root, return_state=True)
+
         states = await asyncio.gather(
             *(run_chunk(i, chunk) for i, chunk in enumerate(chunks))
         )

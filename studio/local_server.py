@@ -195,8 +195,17 @@ def stop() -> LocalServer | None:
         return server
 
 
+#: Prefect's SQLite transactions are DEFERRED, so two that write at once fail at once with
+#: "database is locked", which the server answers 503 ("retryable"); Prefect's client
+#: then sleeps 2, 4, 8 s... unless the answer says how long to wait (client/base.py honours
+#: Retry-After). The lock is gone within milliseconds, so the local server says so: two
+#: chunk subflows registering together cost ~2 s each without this (issue 11's note).
+RETRY_AFTER = (b"retry-after", b"0.1")
+
+
 class IdleWatch:
-    """ASGI wrapper: counts open requests/connections and when the last one ended."""
+    """ASGI wrapper: counts open requests/connections and when the last one ended, and
+    puts a short Retry-After on the server's 503s (see RETRY_AFTER)."""
 
     def __init__(self, app: Any) -> None:
         self.app = app
@@ -208,8 +217,14 @@ class IdleWatch:
             await self.app(scope, receive, send)
             return
         self.open += 1
+
+        async def send_with_retry_after(message: dict[str, Any]) -> None:
+            if message["type"] == "http.response.start" and message["status"] == 503:
+                message = {**message, "headers": [*message.get("headers", []), RETRY_AFTER]}
+            await send(message)
+
         try:
-            await self.app(scope, receive, send)
+            await self.app(scope, receive, send_with_retry_after)
         finally:
             self.open -= 1
             self.last = time.monotonic()
