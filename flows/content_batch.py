@@ -67,7 +67,7 @@ from studio.types import (
     StoredObject,
 )
 from tasks.check_safety import check_safety
-from tasks.generate_images import image_chain
+from tasks.generate_images import image_chain, images_started_early
 from tasks.ledger import ledger_cost
 from tasks.progress import (
     load_batch_progress,
@@ -453,7 +453,9 @@ async def _generate_images(
     batch_id = specs[0].batch_id if specs else ""
     window = asyncio.Semaphore(get_settings().image_chunks_in_flight)
 
+    # the provider calls start now; each chunk's task run adopts its pieces' calls
     async with (
+        images_started_early(specs, avatar, staging_root),
         tracked_images(batch_id, len(specs)),
         staggered_starts(batch_id, len(chunks)) as registered_before,
     ):

@@ -38,8 +38,8 @@ class Settings(BaseSettings):
     upload_to_storage_enabled: bool = Field(default=True, alias="UPLOAD_TO_STORAGE_ENABLED")
 
     image_chunk_size: int = Field(default=10, alias="IMAGE_CHUNK_SIZE", ge=1, le=10)
-    #: image-chunk subflows running at once: enough to keep the provider caps busy (the
-    #: spec's caps add up to 18 calls); a 500-piece batch with all 50 chunks at once
+    #: image-chunk subflows open at once (their pieces' provider calls all start with the
+    #: step, capped by the provider limits); a 500-piece batch with all 50 chunks open
     #: flooded a SQLite Prefect server into 503s
     image_chunks_in_flight: int = Field(default=5, alias="IMAGE_CHUNKS_IN_FLIGHT", ge=1)
     min_success_ratio: float = Field(default=0.8, alias="MIN_SUCCESS_RATIO", ge=0, le=1)

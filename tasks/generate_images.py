@@ -12,9 +12,10 @@ not tried again (the chain already retried).
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import weakref
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
 from prefect import task
@@ -121,8 +122,12 @@ async def _one_piece(
     spec: PieceSpec, avatar: AvatarRef, staging_root: str, on_piece: PieceDone | None
 ) -> GeneratedImage | ImageFailure:
     result: GeneratedImage | ImageFailure
+    early = _early.pop((staging_root, spec.piece_id), None)  # a retry starts afresh
     try:
-        result = await generate_piece_image(spec, avatar, staging_root)
+        if early is not None:
+            result = await early
+        else:
+            result = await generate_piece_image(spec, avatar, staging_root)
     except ImageGenerationFailed as exc:
         result = ImageFailure(piece_id=spec.piece_id, reason=str(exc))
     except Exception as exc:  # retried already; the piece fails, the chunk goes on
@@ -131,6 +136,43 @@ async def _one_piece(
     if on_piece is not None:
         on_piece(result)
     return result
+
+
+#: images started when the step began, by (staging root, piece id)
+_early: dict[tuple[str, str], asyncio.Task[GeneratedImage]] = {}
+
+
+@contextlib.asynccontextmanager
+async def images_started_early(
+    specs: list[PieceSpec], avatar: AvatarRef, staging_root: str
+) -> AsyncIterator[None]:
+    """Start every piece's image now; its chunk's `generate-images` task run adopts it.
+
+    Registering a chunk subflow and its task run is several Prefect API round trips, one
+    chunk after the other (flows/image_chunk.py), 0.1-0.5 s each on a busy server; the
+    provider calls, the step's critical path, need none of them. The chunk's task run
+    still reports every piece's outcome, and its retry starts afresh. An early image is
+    staged before it is returned, so one whose chunk never started is awaited here and
+    reused by a resumed batch; cancelling the step cancels the calls.
+    """
+    loop = asyncio.get_running_loop()
+    started: list[asyncio.Task[GeneratedImage]] = []
+    keys = [(staging_root, spec.piece_id) for spec in specs]
+    for key, spec in zip(keys, specs, strict=True):
+        if key not in _early:
+            _early[key] = loop.create_task(generate_piece_image(spec, avatar, staging_root))
+            started.append(_early[key])
+    try:
+        yield
+    except asyncio.CancelledError:
+        for early in started:
+            early.cancel()
+        raise
+    finally:
+        for key in keys:
+            _early.pop(key, None)
+        # errors were the task runs' to report; unadopted ones were never run as tasks
+        await asyncio.gather(*started, return_exceptions=True)
 
 
 async def generate_piece_image(

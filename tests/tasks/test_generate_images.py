@@ -168,3 +168,68 @@ async def test_batch_below_min_success_ratio_fails_after_saving(
         rows = list(session.scalars(select(ContentPiece)))
     assert len(rows) == 4
     assert all(r.status == "failed" for r in rows)
+
+
+async def test_early_images_are_adopted_by_their_chunk_and_paid_once(
+    studio_env, provider_env, emulators
+):
+    from prefect import flow
+
+    from tasks.generate_images import _early, images_started_early
+
+    comfyui, _, _ = emulators
+    root = str(studio_env.work_dir)
+    specs = [spec(i, template=f"early-{i}") for i in range(3)]
+
+    @flow
+    async def step() -> list:
+        async with images_started_early(specs, AVATAR, root):
+            return await generate_images(0, specs, AVATAR, root)
+
+    items = await step()
+    assert [i.piece_id for i in items] == [s.piece_id for s in specs]
+    assert {i.provider for i in items} == {"comfyui"}
+    assert comfyui.counters.requests("prompt") == 3  # one call per piece, not two
+    assert not _early  # nothing left behind for a later batch
+
+
+async def test_an_early_image_whose_chunk_never_ran_is_staged_and_reused(
+    studio_env, provider_env, emulators
+):
+    from tasks.generate_images import images_started_early
+
+    comfyui, _, _ = emulators
+    root = str(studio_env.work_dir)
+    specs = [spec(i, template=f"orphan-{i}") for i in range(2)]
+    with pytest.raises(RuntimeError):
+        async with images_started_early(specs, AVATAR, root):
+            raise RuntimeError("the chunk subflow could not be created")
+    assert comfyui.counters.requests("prompt") == 2  # the early calls finished
+    again = await make(0, root, template="orphan-0")  # a resumed batch
+    assert again.provider == "comfyui"
+    assert comfyui.counters.requests("prompt") == 2  # staged: not paid twice
+
+
+async def test_cancelling_the_step_cancels_its_early_images(studio_env, provider_env, emulators):
+    from tasks.generate_images import _early, images_started_early
+
+    comfyui, _, _ = emulators
+    comfyui.behaviour.hang = True
+    root = str(studio_env.work_dir)
+    specs = [spec(0, template="cancelled-early")]
+    entered = asyncio.Event()
+
+    async def step() -> None:
+        async with images_started_early(specs, AVATAR, root):
+            entered.set()
+            await asyncio.sleep(60)
+
+    running = asyncio.get_running_loop().create_task(step())
+    await asyncio.wait_for(entered.wait(), 10)
+    early = _early[(root, specs[0].piece_id)]
+    running.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await running
+    comfyui.behaviour.hang = False
+    assert early.cancelled()
+    assert not _early
