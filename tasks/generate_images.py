@@ -140,6 +140,8 @@ async def _one_piece(
 
 #: images started when the step began, by (staging root, piece id)
 _early: dict[tuple[str, str], asyncio.Task[GeneratedImage]] = {}
+#: the staging of a batch whose step runs, by (staging root, batch id)
+_stagings: dict[tuple[str, str], ImageStaging] = {}
 
 
 @contextlib.asynccontextmanager
@@ -158,6 +160,10 @@ async def images_started_early(
     loop = asyncio.get_running_loop()
     started: list[asyncio.Task[GeneratedImage]] = []
     keys = [(staging_root, spec.piece_id) for spec in specs]
+    batches = {(staging_root, spec.batch_id) for spec in specs}
+    for batch in batches:  # read the storage settings once per step, not once per piece
+        with contextlib.suppress(Exception):  # else each piece opens it (and says why not)
+            _stagings[batch] = await asyncio.to_thread(open_staging, *batch)
     for key, spec in zip(keys, specs, strict=True):
         if key not in _early:
             _early[key] = loop.create_task(generate_piece_image(spec, avatar, staging_root))
@@ -171,6 +177,8 @@ async def images_started_early(
     finally:
         for key in keys:
             _early.pop(key, None)
+        for batch in batches:
+            _stagings.pop(batch, None)
         # errors were the task runs' to report; unadopted ones were never run as tasks
         await asyncio.gather(*started, return_exceptions=True)
 
@@ -198,7 +206,9 @@ async def produce_image(spec: PieceSpec, avatar: AvatarRef, staging_root: str) -
     The image is recorded as generated in the database the moment it is staged (not at
     the end of the step), so a process killed mid-step loses only the images in flight.
     """
-    staging = await asyncio.to_thread(open_staging, staging_root, spec.batch_id)
+    staging = _stagings.get((staging_root, spec.batch_id))
+    if staging is None:
+        staging = await asyncio.to_thread(open_staging, staging_root, spec.batch_id)
     already = await asyncio.to_thread(staging.existing, spec.piece_id)
     if already is None:
         already = await _make_image(spec, avatar, staging)

@@ -86,26 +86,37 @@ def _font(size: int) -> ImageFont.FreeTypeFont | ImageFont.ImageFont:
     return ImageFont.load_default(size=size)
 
 
-def render_preview(spec: PieceSpec, avatar: AvatarRef) -> bytes:
-    top, bottom = _palette(f"{avatar.id}:{spec.template_id or spec.prompt}")
+@functools.lru_cache(maxsize=32)
+def _face(
+    avatar_id: str, avatar_name: str, niche: str, tier: str, template: str, prompt: str
+) -> Image.Image:
+    """Everything but the piece id, drawn once per template (read only).
+
+    Drawing the text is most of a preview's cost and, within a batch, pieces of one
+    template share all of it but their id line."""
+    top, bottom = _palette(f"{avatar_id}:{template or prompt}")
     image = _gradient_rows().copy()
     image.putpalette(_colour_table(top, bottom))
     draw = ImageDraw.Draw(image)
-    title, body, small = _font(64), _font(34), _font(28)
+    title, body = _font(64), _font(34)
     draw.rectangle((0, 0, SIZE, 110), fill=BLACK)
     draw.text((40, 22), "PREVIEW - not a generated image", font=title, fill=YELLOW)
-    draw.text((40, 170), f"{avatar.name}  ({avatar.niche})", font=title, fill=WHITE)
-    draw.text(
-        (40, 260),
-        f"{spec.tier}  |  {spec.template_id or 'custom prompt'}",
-        font=body,
-        fill=BODY,
-    )
+    draw.text((40, 170), f"{avatar_name}  ({niche})", font=title, fill=WHITE)
+    draw.text((40, 260), f"{tier}  |  {template or 'custom prompt'}", font=body, fill=BODY)
     y = 340
-    for line in textwrap.wrap(spec.prompt, width=52)[:14]:
+    for line in textwrap.wrap(prompt, width=52)[:14]:
         draw.text((40, y), line, font=body, fill=PROMPT)
         y += 46
-    draw.text((40, SIZE - 60), f"piece {spec.piece_id}", font=small, fill=SMALL)
+    return image
+
+
+def render_preview(spec: PieceSpec, avatar: AvatarRef) -> bytes:
+    image = _face(
+        avatar.id, avatar.name, avatar.niche, spec.tier, spec.template_id or "", spec.prompt
+    ).copy()
+    ImageDraw.Draw(image).text(
+        (40, SIZE - 60), f"piece {spec.piece_id}", font=_font(28), fill=SMALL
+    )
     out = io.BytesIO()
     image.save(out, format="PNG", compress_level=1)
     return out.getvalue()
