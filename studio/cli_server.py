@@ -33,12 +33,14 @@ from typing import Annotated
 import typer
 
 from studio.cli_output import console
+from studio.local_server import EVENT_BATCHING
 
 FILESYSTEM_LEASES = "prefect.server.concurrency.lease_storage.filesystem"
 SERVER_DEFAULTS = {
     "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": FILESYSTEM_LEASES,
     "PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": "5",
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    **EVENT_BATCHING,  # written in bursts, not one task run per transaction
 }
 RECONCILE_SECONDS = 15.0
 
