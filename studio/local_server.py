@@ -88,6 +88,10 @@ def wanted() -> bool:
         return False
     if os.environ.get("PREFECT_API_URL"):
         return False
+    if "prefect.settings" in sys.modules:  # loaded already: its settings are the truth
+        from prefect.settings import get_current_settings
+
+        return not get_current_settings().api.url
     profiles = Path(os.environ.get("PREFECT_PROFILES_PATH") or prefect_home() / "profiles.toml")
     with contextlib.suppress(OSError):
         if "PREFECT_API_URL" in profiles.expanduser().read_text():

@@ -152,3 +152,11 @@ def test_a_dead_server_is_not_waited_for() -> None:
     assert server.wait_ready(timeout=30) is False
     assert time.monotonic() - started < 5
 
+
+
+def test_an_api_in_prefects_own_settings_wins(monkeypatch) -> None:
+    """In-process (the CLI under a harness, a worker): Prefect's settings name the API."""
+    from studio import local_server
+
+    monkeypatch.delenv("PREFECT_API_URL", raising=False)
+    assert local_server.wanted() is False
