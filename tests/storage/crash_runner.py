@@ -85,7 +85,7 @@ def _install_render_probe(probe_dir: Path, crash_at: int | None, staging: Path) 
 
 
 def _install_upload_probe(probe_dir: Path, crash_at: int | None) -> None:
-    import studio.storage.registry as registry
+    import studio.storage.r2 as r2
     from studio.storage.r2 import R2ContentStore
 
     lock = threading.Lock()
@@ -114,7 +114,8 @@ def _install_upload_probe(probe_dir: Path, crash_at: int | None) -> None:
     def _log_completed(**_):  # type: ignore[no-untyped-def]
         _append(puts, getattr(local, "url_path", ""))
 
-    registry.R2ContentStore = ProbedR2  # type: ignore[misc]
+    # the registry imports the R2 store when it builds one (boto3 only when configured)
+    r2.R2ContentStore = ProbedR2  # type: ignore[misc]
 
 
 def _install_paid_call_probes(probe_dir: Path) -> None:
