@@ -37,6 +37,12 @@ PUBLISHABLE = {"passed", "retiered", "skipped"}
 DEGRADED_REASON = "degraded: image is a cached asset of an earlier batch (PUBLISH_DEGRADED=false)"
 
 
+#: why a passed piece is not published yet
+STORED_LOCALLY_REASON = (
+    "stored locally: the object store failed at upload; `studio storage-sync` uploads it"
+)
+
+
 def hold_degraded(
     images: dict[str, GeneratedImage],
     verdicts: dict[str, SafetyVerdict],
@@ -80,6 +86,8 @@ def piece_outcomes(
             status, reason = PieceStatus.PENDING_REVIEW, verdict.reason
         elif obj is None:
             status, reason = PieceStatus.FAILED, "not stored"
+        elif obj.needs_sync:  # kept, not lost: published once storage-sync uploads it
+            status, reason = PieceStatus.STORED_LOCALLY, STORED_LOCALLY_REASON
         else:
             status, reason = PieceStatus.PUBLISHED, verdict.reason if verdict else None
         hook = hooks.get(spec.piece_id)
@@ -186,6 +194,13 @@ def build_result(
     labels = sorted({mark for marks in stand_ins.values() for mark in marks})
     for label in labels:
         log.info("Stand-in used | %s (embedded default, not a production provider)", label)
+    kept = count(PieceStatus.STORED_LOCALLY)
+    if kept:
+        log.warning(
+            "Stored locally | Batch: %s | Pieces: %d | the object store failed at upload;"
+            " `studio storage-sync` uploads them and publishes them",
+            batch_id, kept,
+        )
     return BatchResult(
         batch_id=batch_id,
         avatar_id=avatar.id,
@@ -203,6 +218,7 @@ def build_result(
         stand_ins=labels,
         pieces=outcomes,
         degraded=sum(1 for o in outcomes if o.degraded),
+        stored_locally=kept,
     )
 
 

@@ -23,6 +23,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
+from studio.staging_outage import StoreOutage, outage_for
 from studio.types import GeneratedImage
 
 log = logging.getLogger("studio.staging")
@@ -84,7 +85,11 @@ class ImageStaging:
         return self.dir / f"{piece_id}.{extension}"
 
     def existing(self, piece_id: str) -> GeneratedImage | None:
-        """The staged image: this host's copy, else the object store's (copied here)."""
+        """The staged image: this host's copy, else the object store's (copied here).
+
+        The object store failing to answer is no reason to fail the piece: it is read
+        as "not staged there", so only an image this host does not have is made again.
+        """
         meta = self._meta(piece_id)
         if meta.exists():
             image = GeneratedImage.model_validate_json(meta.read_text())
@@ -95,12 +100,19 @@ class ImageStaging:
     def _from_remote(self, piece_id: str) -> GeneratedImage | None:
         if self.remote is None:
             return None
-        raw = self.remote.get(self.remote.key(self.batch_id, f"{piece_id}.json"))
-        if raw is None:
+        outage = self._outage()
+        if not outage.allows():
+            outage.skipped(self.batch_id)
             return None
-        image = GeneratedImage.model_validate_json(raw)
-        data = self.remote.get(image.staged_key or "")
-        if data is None:
+        try:
+            raw = self.remote.get(self.remote.key(self.batch_id, f"{piece_id}.json"))
+            image = GeneratedImage.model_validate_json(raw) if raw is not None else None
+            data = self.remote.get(image.staged_key or "") if image is not None else None
+        except Exception as error:  # botocore's errors, any of them: the store failed
+            outage.failed(self.batch_id, "read", error)
+            return None
+        outage.succeeded()
+        if image is None or data is None:
             return None
         path = self.image_path(piece_id, image.content_type)
         _atomic_write(path, data)
@@ -110,17 +122,48 @@ class ImageStaging:
         return local
 
     def save(self, image: GeneratedImage, data: bytes) -> GeneratedImage:
+        """Stage a paid-for image: on this host's disk first, then in the object store.
+
+        The local copy and its metadata are written before the store is tried, so a store
+        that fails or hangs (or a process killed meanwhile) leaves the image reusable
+        here; a store failure only leaves `staged_key` unset (see staging_outage.py).
+        """
         path = self.image_path(image.piece_id, image.content_type)
         _atomic_write(path, data)
         staged = image.model_copy(update={"path": str(path)})
-        if self.remote is not None:  # image first, then its metadata: the meta means "whole"
-            key = self.remote.key(self.batch_id, path.name)
-            self.remote.put(key, data, image.content_type)
-            staged = staged.model_copy(update={"staged_key": key})
-            meta_key = self.remote.key(self.batch_id, f"{image.piece_id}.json")
-            self.remote.put(meta_key, staged.model_dump_json().encode(), "application/json")
         _atomic_write(self._meta(image.piece_id), staged.model_dump_json().encode())
+        if self.remote is None:
+            return staged
+        remote = self._to_remote(staged, path.name, data)
+        if remote is not None:
+            staged = remote
+            _atomic_write(self._meta(image.piece_id), staged.model_dump_json().encode())
         return staged
+
+    def _to_remote(self, staged: GeneratedImage, name: str, data: bytes) -> GeneratedImage | None:
+        """The image, then its metadata (the meta means "whole"), in the store; None when
+        the store failed or is being skipped after a failure."""
+        assert self.remote is not None
+        outage = self._outage()
+        if not outage.allows():
+            outage.skipped(self.batch_id)
+            return None
+        key = self.remote.key(self.batch_id, name)
+        with_key = staged.model_copy(update={"staged_key": key})
+        meta_key = self.remote.key(self.batch_id, f"{staged.piece_id}.json")
+        try:
+            self.remote.put(key, data, staged.content_type)
+            self.remote.put(meta_key, with_key.model_dump_json().encode(), "application/json")
+        except Exception as error:  # botocore's errors, any of them: the store failed
+            outage.failed(self.batch_id, "write", error)
+            return None
+        outage.succeeded()
+        return with_key
+
+    def _outage(self) -> StoreOutage:
+        assert self.remote is not None
+        endpoint = str(getattr(getattr(self.remote.client, "meta", None), "endpoint_url", ""))
+        return outage_for(endpoint, self.remote.bucket)
 
 
 def open_staging(root: Path | str, batch_id: str) -> ImageStaging:

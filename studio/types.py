@@ -32,6 +32,9 @@ class PieceStatus(StrEnum):
     STORED = "stored"
     SAVED = "saved"
     PUBLISHED = "published"
+    #: passed and kept in the local store because the object store failed at upload;
+    #: `studio storage-sync` uploads it and it becomes `published`
+    STORED_LOCALLY = "stored_locally"
     REJECTED = "rejected"
     PENDING_REVIEW = "pending_review"
     FAILED = "failed"
@@ -164,3 +167,6 @@ class BatchResult(BaseModel):
     pieces: list[PieceOutcome]
     #: pieces made from a cached asset, counted apart from fresh ones
     degraded: int = 0
+    #: passed pieces kept in the local store during an object-store outage (not yet
+    #: published: `studio storage-sync` uploads them)
+    stored_locally: int = 0

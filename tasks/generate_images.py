@@ -20,7 +20,13 @@ from pathlib import Path
 
 from prefect import task
 from prefect.cache_policies import NO_CACHE
-from tenacity import AsyncRetrying, retry_if_not_exception_type, stop_after_attempt, wait_fixed
+from tenacity import (
+    AsyncRetrying,
+    retry_if_exception_type,
+    retry_if_not_exception_type,
+    stop_after_attempt,
+    wait_fixed,
+)
 
 from studio.db import progress as db_progress
 from studio.db.engine import session_scope
@@ -282,9 +288,41 @@ async def _make_image(spec: PieceSpec, avatar: AvatarRef, staging: ImageStaging)
         attempts=result.attempts,
         provider_job_id=result.job_id,  # the billed job (the ledger has it too)
     )
-    staged = await asyncio.to_thread(staging.save, image, result.image.data)
+    staged = await _stage(staging, image, result.image.data)
     if not result.stand_in:
         asset_cache().remember(avatar.id, spec.template_id, Path(staged.path))
+    return staged
+
+
+#: a paid-for image whose local write fails is written again, never bought again
+STAGE_ATTEMPTS = 3
+STAGE_RETRY_DELAY_SECONDS = 0.5
+
+
+async def _stage(staging: ImageStaging, image: GeneratedImage, data: bytes) -> GeneratedImage:
+    """Stage an image the provider has billed, from the bytes in hand.
+
+    The object store failing is handled by the staging itself (the image stays on this
+    host, studio/staging_outage.py); what is left is the local disk. Its write is tried
+    again with the same bytes, and if it still fails the piece fails as
+    ImageGenerationFailed, which the piece's retry does not repeat: repeating the
+    piece would buy the image again.
+    """
+    retrying = AsyncRetrying(
+        stop=stop_after_attempt(STAGE_ATTEMPTS),
+        wait=wait_fixed(STAGE_RETRY_DELAY_SECONDS),
+        retry=retry_if_exception_type(OSError),
+        reraise=True,
+    )
+    try:
+        async for attempt in retrying:
+            with attempt:
+                staged = await asyncio.to_thread(staging.save, image, data)
+    except OSError as exc:
+        raise ImageGenerationFailed(
+            f"image billed by {image.provider} (job {image.provider_job_id or '-'}) but not"
+            f" staged on local disk: {type(exc).__name__}: {exc.strerror or exc}"
+        ) from None
     return staged
 
 
