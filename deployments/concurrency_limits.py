@@ -2,12 +2,17 @@
 
 One limit per image provider, `provider:<name>`, sized from ProviderSettings (the
 spec's MAX_CONCURRENT: ComfyUI 10, Modal 3, Replicate 5). Idempotent: an existing
-limit is updated to the configured size and made active.
+limit is updated to the configured size and made active. `studio limits` passes the
+client of deployments/api.py (its access checked, errors in one line); without one the
+current Prefect settings' client is used.
 """
 
 from __future__ import annotations
 
-from prefect.client.orchestration import get_client
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.actions import (
     GlobalConcurrencyLimitCreate,
     GlobalConcurrencyLimitUpdate,
@@ -18,11 +23,22 @@ from studio.providers.settings import PROVIDER_NAMES, ProviderSettings
 from tasks.provider_slots import limit_name
 
 
-async def apply_provider_limits(settings: ProviderSettings | None = None) -> dict[str, str]:
+@asynccontextmanager
+async def _client_or_default(client: PrefectClient | None) -> AsyncIterator[PrefectClient]:
+    if client is not None:
+        yield client
+        return
+    async with get_client() as made:
+        yield made
+
+
+async def apply_provider_limits(
+    settings: ProviderSettings | None = None, client: PrefectClient | None = None
+) -> dict[str, str]:
     """Make each provider's limit exist with its configured size; returns what was done."""
     s = settings or ProviderSettings()
     done: dict[str, str] = {}
-    async with get_client() as client:
+    async with _client_or_default(client) as client:
         for provider in PROVIDER_NAMES:
             name, cap = limit_name(provider), s.max_concurrent(provider)
             try:
@@ -43,10 +59,12 @@ async def apply_provider_limits(settings: ProviderSettings | None = None) -> dic
     return done
 
 
-async def read_provider_limits() -> dict[str, dict[str, object]]:
+async def read_provider_limits(
+    client: PrefectClient | None = None,
+) -> dict[str, dict[str, object]]:
     """Each provider limit's size and the slots in use right now (None if missing)."""
     report: dict[str, dict[str, object]] = {}
-    async with get_client() as client:
+    async with _client_or_default(client) as client:
         for provider in PROVIDER_NAMES:
             name = limit_name(provider)
             try:

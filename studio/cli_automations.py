@@ -1,8 +1,9 @@
 """`studio automations apply`: the spec's alerts as Prefect automations, by name.
 
 Run it once per server and again after an upgrade: each automation is created or
-updated in place, never duplicated (see deployments/automations.py). Exit 1 with the
-URL it tried when no Prefect server answers.
+updated in place, never duplicated (see deployments/automations.py). Exit 1 with one
+line naming the URL when no Prefect server answers there, or naming
+PREFECT_API_AUTH_STRING when the server refuses the credential.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def apply(
     ] = None,
 ) -> None:
     """Create or update every studio automation by name (never a duplicate)."""
-    from deployments.api import ServerUnreachable, api_url, server_client
+    from deployments.api import CredentialRefused, ServerUnreachable, api_url, server_client
     from deployments.automations import apply_automations
 
     async def run() -> dict[str, str]:
@@ -46,8 +47,8 @@ def apply(
 
     try:
         outcome = asyncio.run(run())
-    except ServerUnreachable as exc:
-        err.print(f"[red]error[/red] {exc}")
+    except (ServerUnreachable, CredentialRefused) as exc:
+        err.print(f"[red]error[/red] {exc}", highlight=False, soft_wrap=True)
         raise typer.Exit(code=1) from None
     for name, what in outcome.items():
         console.print(f"{name}: {what}")

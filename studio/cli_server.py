@@ -18,22 +18,41 @@ slots of calls that end are never given back and `provider:<name>` stays full fo
   reconcile every 15 s (tasks/slot_reconcile.py): slots the server counts beyond the
   lease census are freed, so even a leak Prefect cannot see heals within a minute.
 
+And it is authenticated by default (issue 15: anyone who reached the API ran batches
+and read the blocks' keys), with Prefect's own settings:
+
+- `PREFECT_SERVER_API_AUTH_STRING`: every API request needs it (HTTP basic; the UI asks
+  for it, clients and workers send `PREFECT_API_AUTH_STRING`). Taken from the
+  environment, else from `$PREFECT_HOME/studio-api-auth-string` (mode 0600), generated
+  there at the first start. The command prints how clients read it, never the value.
+- `PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED=true` (Prefect's clients and UI fetch
+  the token themselves) and `PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS` = the UI's own
+  origin (PREFECT_UI_URL, else http://<host>:<port>), instead of Prefect's `*`.
+- `--no-auth` runs without a credential, on a loopback address only; a non-loopback
+  `--host` without one is refused unless `--insecure` is given as well.
+
 Explicit environment values always win; other arguments pass through to Prefect.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import os
+import secrets
 import signal
+import socket
+import stat
 import subprocess
 import sys
 import threading
+from pathlib import Path
 from typing import Annotated
+from urllib.parse import urlsplit
 
 import typer
 
-from studio.cli_output import console
-from studio.local_server import EVENT_BATCHING
+from studio.cli_output import console, err
+from studio.local_server import EVENT_BATCHING, prefect_home
 
 FILESYSTEM_LEASES = "prefect.server.concurrency.lease_storage.filesystem"
 SERVER_DEFAULTS = {
@@ -43,6 +62,10 @@ SERVER_DEFAULTS = {
     **EVENT_BATCHING,  # written in bursts, not one task run per transaction
 }
 RECONCILE_SECONDS = 15.0
+SERVER_AUTH = "PREFECT_SERVER_API_AUTH_STRING"
+CLIENT_AUTH = "PREFECT_API_AUTH_STRING"
+#: where the generated auth string is kept, under PREFECT_HOME (mode 0600)
+AUTH_FILE = "studio-api-auth-string"
 
 
 def server_environment(base: dict[str, str] | None = None) -> dict[str, str]:
@@ -53,18 +76,135 @@ def server_environment(base: dict[str, str] | None = None) -> dict[str, str]:
     return env
 
 
-def _reconcile_in_background(api_url: str) -> None:
-    """Run the slot reconcile loop in a daemon thread against the server just started."""
+def is_loopback(host: str) -> bool:
+    """Whether only this machine can reach `host` (127.0.0.0/8, ::1, localhost)."""
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        return False  # a name: it may resolve to anything
+
+
+def auth_file() -> Path:
+    return prefect_home() / AUTH_FILE
+
+
+def stored_auth_string(path: Path | None = None) -> str:
+    """The auth string kept in `path` (default: auth_file()), generated on first use.
+
+    Created with O_EXCL at mode 0600 (two starts at once cannot write two strings);
+    a file others can read is narrowed to 0600, saying so."""
+    path = path or auth_file()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    except FileExistsError:
+        mode = stat.S_IMODE(path.stat().st_mode)
+        if mode & 0o077:
+            path.chmod(0o600)
+            err.print(f"[yellow]{path} was readable by others (mode {mode:o}): now 600; "
+                      "consider a new auth string[/yellow]")
+        value = path.read_text().strip()
+        if value:
+            return value
+        raise typer.BadParameter(f"{path} is empty: delete it to generate a new one") from None
+    with os.fdopen(fd, "w") as out:
+        value = f"studio:{secrets.token_urlsafe(32)}"
+        out.write(value + "\n")
+    console.print(f"generated a new API auth string in {path} (mode 600)", soft_wrap=True)
+    return value
+
+
+def ui_origin(host: str, port: int, env: dict[str, str]) -> str:
+    """The origin the UI is served from: PREFECT_UI_URL's, else http://<host>:<port>."""
+    configured = env.get("PREFECT_UI_URL")
+    if configured:
+        parts = urlsplit(configured)
+        return f"{parts.scheme}://{parts.netloc}"
+    shown = "127.0.0.1" if host in ("0.0.0.0", "::") else host
+    shown = f"[{shown}]" if ":" in shown else shown
+    return f"http://{shown}:{port}"
+
+
+def secure_environment(
+    env: dict[str, str], host: str, port: int, *, no_auth: bool, insecure: bool
+) -> tuple[dict[str, str], str | None, str]:
+    """`env` with the server's credential, CSRF and CORS settings; the auth string (None:
+    none) and how a client obtains it (a shell expression, never the value).
+
+    Refuses (typer.BadParameter, exit 2) a non-loopback host with no credential unless
+    `insecure`."""
+    env = dict(env)
+    auth: str | None
+    if no_auth or env.get(SERVER_AUTH) == "":
+        auth, how = None, ""
+    elif env.get(SERVER_AUTH):
+        auth, how = env[SERVER_AUTH], f'"${SERVER_AUTH}"'
+    else:
+        path = auth_file()
+        auth, how = stored_auth_string(path), f'"$(cat {path})"'
+    if auth is None:
+        env.pop(SERVER_AUTH, None)
+        if not is_loopback(host) and not insecure:
+            raise typer.BadParameter(
+                f"--host {host} is reachable from other machines: refusing to serve it "
+                f"without a credential (drop --no-auth / set {SERVER_AUTH}, or add "
+                "--insecure to do it anyway)",
+                param_hint="--host",
+            )
+    else:
+        env[SERVER_AUTH] = auth
+        env[CLIENT_AUTH] = auth  # the server's own clients (services) call its API too
+    env.setdefault("PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED", "true")
+    env.setdefault("PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS", ui_origin(host, port, env))
+    return env, auth, how
+
+
+def _reconcile_in_background(api_url: str, auth: str | None, every: float) -> None:
+    """Run the slot reconcile loop in a daemon thread against the server just started,
+    with the server's own credential."""
     import asyncio
 
     def run() -> None:
-        os.environ["PREFECT_API_URL"] = api_url
+        from prefect.settings import (
+            PREFECT_API_AUTH_STRING,
+            PREFECT_API_URL,
+            temporary_settings,
+        )
+
         from studio.providers.lease_census import LeaseCensus
         from tasks.slot_reconcile import reconcile_forever
 
-        asyncio.run(reconcile_forever(LeaseCensus(), every=RECONCILE_SECONDS))
+        updates: dict = {PREFECT_API_URL: api_url}
+        if auth:
+            updates[PREFECT_API_AUTH_STRING] = auth
+        with temporary_settings(updates=updates):
+            asyncio.run(reconcile_forever(LeaseCensus(), every=every))
 
     threading.Thread(target=run, name="slot-reconcile", daemon=True).start()
+
+
+def reconcile_seconds() -> float:
+    try:
+        return float(os.environ.get("STUDIO_SLOT_RECONCILE_SECONDS", RECONCILE_SECONDS))
+    except ValueError:
+        return RECONCILE_SECONDS
+
+
+def _print_connection(api_url: str, ui: str, how: str) -> None:
+    """How clients, workers and the UI connect (the credential's source, not its value)."""
+    console.print(f"Prefect API: {api_url}   UI: {ui}", highlight=False)
+    if not how:
+        console.print("[red bold]NO AUTHENTICATION: anyone who reaches this address can "
+                      "run batches and read every block's secrets[/red bold]")
+        console.print(f"clients and workers: export PREFECT_API_URL={api_url}",
+                      highlight=False, soft_wrap=True)
+        return
+    console.print("clients and workers (the UI asks for the same auth string):",
+                  highlight=False)
+    console.print(f"  export PREFECT_API_URL={api_url}", highlight=False, soft_wrap=True)
+    console.print(f"  export {CLIENT_AUTH}={how}", highlight=False, soft_wrap=True)
 
 
 def server(
@@ -75,9 +215,19 @@ def server(
                            help="run the slot reconcile beside the server "
                                 "(default: when DATABASE_URL is set)")
     ] = bool(os.environ.get("DATABASE_URL")),
+    no_auth: Annotated[
+        bool, typer.Option("--no-auth", help="serve without a credential (loopback only)")
+    ] = False,
+    insecure: Annotated[
+        bool, typer.Option("--insecure",
+                           help="allow --no-auth on an address other machines reach")
+    ] = False,
 ) -> None:
-    """Start `prefect server start` with durable concurrency leases (and the slot reconcile)."""
-    env = server_environment()
+    """Start `prefect server start` with a credential, durable concurrency leases (and the
+    slot reconcile)."""
+    env, auth, how = secure_environment(
+        server_environment(), host, port, no_auth=no_auth, insecure=insecure
+    )
     storage = env["PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"]
     if storage.endswith(".memory"):
         console.print(
@@ -87,11 +237,14 @@ def server(
     console.print(f"lease storage: {storage}")
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", host,
                "--port", str(port)]
+    origin = ui_origin(host, port, {})
+    seen = f"http://{socket.gethostname()}:{port}" if host in ("0.0.0.0", "::") else origin
+    _print_connection(f"{seen}/api", env.get("PREFECT_UI_URL", seen), how)
     child = subprocess.Popen(command, env=env)
     if reconcile:
-        shown = "localhost" if host in ("0.0.0.0", "::") else host
-        _reconcile_in_background(f"http://{shown}:{port}/api")
-        console.print(f"slot reconcile every {RECONCILE_SECONDS:.0f} s against the studio "
+        every = reconcile_seconds()
+        _reconcile_in_background(f"{origin}/api", auth, every)
+        console.print(f"slot reconcile every {every:g} s against the studio "
                       "database (DATABASE_URL)")
 
     def forward(signum: int, _frame: object) -> None:

@@ -4,7 +4,9 @@
 is called, nothing is sent) plus `--idempotency-key`, and creates a run of the
 `content-batch/on-demand` deployment: whichever worker of the pool is free takes it.
 `status` prints a run's (or batch's) state, step and counts. No Prefect server at the
-configured URL: exit 1, naming the URL.
+configured URL: exit 1, naming the URL (status still prints what the database knows).
+A server that refuses the credential: one line naming PREFECT_API_AUTH_STRING and the
+URL, exit 1, for both.
 """
 
 from __future__ import annotations
@@ -114,9 +116,13 @@ def status(
     run_or_batch_id: Annotated[str, typer.Argument(help="a flow run id or a batch id")],
 ) -> None:
     """Print a batch's Prefect state, the step it is at and its pieces' counts."""
+    from deployments.api import CredentialRefused
     from studio.db.engine import session_scope
 
-    report, server_problem = asyncio.run(_read_run(run_or_batch_id))
+    try:
+        report, server_problem = asyncio.run(_read_run(run_or_batch_id))
+    except CredentialRefused as exc:
+        _unreachable(str(exc))
     with session_scope() as session:
         has_rows = read_rows(session, report)
     if report.run_id is None and not has_rows:
@@ -152,19 +158,19 @@ async def _read_run(run_or_batch_id: str) -> tuple[BatchStatus, str | None]:
 def _call_server(work):  # type: ignore[no-untyped-def]
     """Run one API conversation; report an unreachable server, a missing deployment (1)
     or parameters the server's schema refused (2) the way every command does."""
-    from deployments.api import ServerUnreachable
+    from deployments.api import CredentialRefused, ServerUnreachable
     from deployments.batch_runs import NoBatchDeployment, RunRefused
 
     try:
         return asyncio.run(work)
-    except (ServerUnreachable, NoBatchDeployment) as exc:
+    except (ServerUnreachable, CredentialRefused, NoBatchDeployment) as exc:
         _unreachable(str(exc))
     except RunRefused as exc:
         refuse(BatchRequestError("parameters", f"refused by the server: {exc.detail}"))
 
 
 def _unreachable(message: str) -> None:
-    err.print(f"[red]error[/red] {message}")
+    err.print(f"[red]error[/red] {message}", highlight=False, soft_wrap=True)
     raise typer.Exit(code=1)
 
 

@@ -93,12 +93,31 @@ def census_heal(census: LeaseCensus):  # type: ignore[no-untyped-def]
 
 
 async def reconcile_forever(census: LeaseCensus, every: float = 15.0) -> None:
-    """The loop `studio server` runs beside the Prefect server."""
+    """The loop `studio server` runs beside the Prefect server.
+
+    A round that fails is logged at WARNING (a refused credential names
+    PREFECT_API_AUTH_STRING: a slot leaked meanwhile stays counted until it is fixed);
+    only "not answering yet" before the server's first answer is quiet (it is starting)."""
+    import httpx
+
+    answered = False
     while True:
         try:
             await reconcile_provider_slots(census)
-        except Exception as exc:  # the server may still be starting; next round
-            log.debug("slot reconcile skipped (%s)", type(exc).__name__)
+            answered = True
+        except httpx.HTTPStatusError as exc:
+            answered = True
+            status = exc.response.status_code
+            hint = (" (set PREFECT_API_AUTH_STRING to the server's auth string)"
+                    if status in (401, 403) else "")
+            log.warning("slot reconcile failed: HTTP %d from %s%s", status,
+                        exc.request.url.copy_with(query=None), hint)
+        except Exception as exc:
+            if answered or not isinstance(exc, httpx.TransportError | OSError):
+                log.warning("slot reconcile failed (%s: %s)", type(exc).__name__, exc)
+            else:
+                log.debug("slot reconcile skipped: the server is not answering yet (%s)",
+                          type(exc).__name__)
         await asyncio.sleep(every)
 
 
