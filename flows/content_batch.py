@@ -41,6 +41,9 @@ from studio.outcomes import (
     stand_in_marks,
 )
 from studio.request import (
+    BATCH_ID_PATTERN,
+    MAX_NAME_CHARS,
+    NO_CONTROL_PATTERN,
     BatchRequest,
     BatchRequestError,
     HookModeParam,
@@ -51,6 +54,7 @@ from studio.request import (
     TierSharesParam,
     TiersParam,
     described,
+    parse_batch_id,
     parse_tier_distribution,
 )
 from studio.settings import get_settings
@@ -100,6 +104,7 @@ AvatarParam = Annotated[
     described(
         min_length=1,
         description="The avatar's id or name (`studio avatar list`); it must have LoRA weights.",
+        schema={"maxLength": MAX_NAME_CHARS, "pattern": NO_CONTROL_PATTERN},
     ),
 ]
 HooksParam = Annotated[bool, described(description="Write a caption (hook) for every piece.")]
@@ -116,22 +121,28 @@ SeedParam = Annotated[
         )
     ),
 ]
+#: a batch id names directories, object keys and rows: a UUID and nothing else (the
+#: deployment refuses anything else at create_flow_run; the flow body refuses it too)
+UUID_SCHEMA = {"format": "uuid", "pattern": BATCH_ID_PATTERN}
 BatchIdParam = Annotated[
     str | None,
     described(
         description=(
-            "Internal, leave empty: the batch's id (defaults to this run's id, so a retry "
-            "of the run continues the same batch)."
-        )
+            "Internal, leave empty: the batch's id, a UUID (defaults to this run's id, so a "
+            "retry of the run continues the same batch)."
+        ),
+        schema=UUID_SCHEMA,
     ),
 ]
 ResumeParam = Annotated[
     str | None,
     described(
         description=(
-            "Only to finish a crashed batch: its batch id. Its stored request and plan are "
-            "used and only unfinished pieces are made; the other parameters are ignored."
-        )
+            "Only to finish a crashed batch: its batch id (a UUID). Its stored request and "
+            "plan are used and only unfinished pieces are made; the other parameters are "
+            "ignored."
+        ),
+        schema=UUID_SCHEMA,
     ),
 ]
 
@@ -237,6 +248,9 @@ async def _run_batch(
     batchlog.configure_logging(settings.log_file, settings.log_level)
     attach_run_logs()  # studio.* records to this run's Prefect logs, in every mode
     try:
+        # before anything reads them: a batch id names directories, keys and rows
+        batch_id = parse_batch_id("batch_id", batch_id)
+        resume_batch_id = parse_batch_id("resume_batch_id", resume_batch_id)
         request = _batch_request(
             avatar_id=avatar_id,
             num_pieces=num_pieces,
@@ -255,12 +269,13 @@ async def _run_batch(
         return _refused(BatchRefusal(field=exc.field, message=exc.message))  # type: ignore[return-value]
     if resume_batch_id:
         batch_id = resume_batch_id
-    checked = validate_batch(request)
+    batch_id = batch_id or flow_run.get_id() or str(uuid.uuid4())
+    # another avatar's batch id is refused here, before anything is read or spent
+    checked = validate_batch(request, batch_id)
     if isinstance(checked, BatchRefusal):
         return _refused(checked)  # type: ignore[return-value]
     validated = checked
     avatar = validated.avatar
-    batch_id = batch_id or flow_run.get_id() or str(uuid.uuid4())
     started = time.perf_counter()
     steps: dict[str, float] = {}
     log.info(batchlog.batch_start(avatar.id, request.num_pieces, request.platform))

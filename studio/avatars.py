@@ -1,17 +1,89 @@
-"""Avatars: add, list and resolve by id or name."""
+"""Avatars: add, list and resolve by id or name.
+
+An avatar's name and niche reach log lines, artifacts, hooks and prompts, and its LoRA
+URL is handed to image providers that fetch it: all three are checked when an avatar is
+added, and the URL again when a batch resolves the avatar (rows stored before the check).
+"""
 
 from __future__ import annotations
 
 import uuid
+from urllib.parse import urlsplit
 
+from pydantic import Field, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
 from studio.db.models import Avatar
-from studio.request import BatchRequestError
+from studio.request import (
+    MAX_NAME_CHARS,
+    MAX_NICHE_CHARS,
+    BatchRequestError,
+    check_name,
+    control_character,
+)
 from studio.types import AvatarRef
 
 CADENCES = ("on-demand", "daily", "weekly", "monthly")
+#: a LoRA URL is stored as text; a few KB is already no URL
+MAX_LORA_URL_CHARS = 2048
+
+
+class LoraSettings(BaseSettings):
+    """LORA_URL_SCHEMES: the URL schemes a LoRA weights URL may use (comma-separated).
+
+    Default `https` only: providers download the URL, so `file://` would hand them a
+    path on this machine and `http://`/`ftp://` travel unauthenticated. Add a scheme
+    (e.g. `https,s3`) only for a store your providers can read.
+    """
+
+    model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
+
+    lora_url_schemes: str = Field("https", validation_alias="LORA_URL_SCHEMES")
+
+    @field_validator("lora_url_schemes", mode="before")
+    @classmethod
+    def _blank_is_default(cls, value: object) -> object:
+        return "https" if isinstance(value, str) and not value.strip() else value
+
+    @property
+    def schemes(self) -> tuple[str, ...]:
+        return tuple(
+            part.strip().lower().removesuffix("://")
+            for part in self.lora_url_schemes.split(",")
+            if part.strip()
+        )
+
+
+def check_lora_url(url: str, field: str = "lora_weights_url", whose: str = "") -> str:
+    """Refuse a LoRA URL whose scheme is not allowed (LORA_URL_SCHEMES) or has no host.
+
+    `whose` prefixes the message (e.g. "avatar 'nova': ") so a stored URL is refused by
+    the avatar's name.
+    """
+    bad = control_character(url)
+    if bad is not None:
+        raise BatchRequestError(field, f"{whose}the URL contains the control character {bad}")
+    if len(url) > MAX_LORA_URL_CHARS:
+        raise BatchRequestError(
+            field, f"{whose}the URL has {len(url)} characters; at most {MAX_LORA_URL_CHARS}"
+        )
+    schemes = LoraSettings().schemes
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        raise BatchRequestError(field, f"{whose}{url[:80]!r} is not a URL") from None
+    if parts.scheme.lower() not in schemes:
+        shown = f"{parts.scheme}://" if parts.scheme else repr(url[:80])
+        allowed = ", ".join(f"{s}://" for s in schemes)
+        raise BatchRequestError(
+            field,
+            f"{whose}{shown} is not allowed for LoRA weights; use {allowed} (LORA_URL_SCHEMES)",
+        )
+    if not parts.hostname or url != url.strip() or " " in url:
+        raise BatchRequestError(field, f"{whose}{url[:80]!r} is not a URL with a host")
+    return url
 
 
 def add_avatar(
@@ -22,6 +94,11 @@ def add_avatar(
     cadence: str = "daily",
     active: bool = True,
 ) -> Avatar:
+    """Register an avatar; every value is checked first (BatchRequestError naming it)."""
+    check_name("name", name, MAX_NAME_CHARS)
+    check_name("niche", niche, MAX_NICHE_CHARS)
+    if lora_weights_url is not None:
+        check_lora_url(lora_weights_url, "lora")
     if cadence not in CADENCES:
         raise BatchRequestError(
             "cadence", f"unknown cadence {cadence!r}; use {', '.join(CADENCES)}"
@@ -60,6 +137,8 @@ def resolve_avatar(session: Session, id_or_name: str) -> AvatarRef:
             f"avatar {avatar.name!r} has no lora_weights_url; train its LoRA (System 1) and "
             "set the weights URL first",
         )
+    # a row stored before URLs were checked (file://, ftp://...) is refused by name
+    check_lora_url(avatar.lora_weights_url, "avatar_id", f"avatar {avatar.name!r}: ")
     return to_ref(avatar)
 
 

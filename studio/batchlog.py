@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 from pathlib import Path
 
 from studio.settings import get_settings, reload_settings
@@ -46,6 +47,31 @@ SPEC_LINE_PREFIXES = (
 )
 
 
+#: what may not appear raw inside one log line: C0/C1 controls (newline, CR, ESC, NUL...),
+#: DEL and the Unicode line/paragraph separators
+_LINE_BREAKERS = re.compile("[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def one_line(text: str) -> str:
+    """`text` with every control character escaped (`\\n`, `\\x1b`...): one log line.
+
+    Why: values interpolated into a log line (an avatar's name, a hook, a provider's
+    error) could otherwise start a new line, e.g. forge a `[BATCH COMPLETE]` that the
+    spec's recipes would count. New input is validated at entry; this covers rows that
+    predate validation and text from providers.
+    """
+    return _LINE_BREAKERS.sub(lambda m: m.group().encode("unicode_escape").decode("ascii"), text)
+
+
+class OneLineFormatter(logging.Formatter):
+    """app.log's formatter: a record's message is one line whatever it interpolates; a
+    traceback (exc_info, stack_info) still follows on its own lines."""
+
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = one_line(record.message)
+        return super().formatMessage(record)
+
+
 def console_worthy(record: logging.LogRecord) -> bool:
     """The console filter: warnings and errors from any logger, the spec's lines, and
     everything when STUDIO_VERBOSE (`--verbose`) is set. A function, so logging takes it
@@ -81,13 +107,13 @@ def configure_logging(log_file: Path, level: str = "INFO") -> None:
         handler.close()
     Path(log_file).parent.mkdir(parents=True, exist_ok=True)
     file_handler = logging.FileHandler(target, encoding="utf-8")
-    file_handler.setFormatter(logging.Formatter(FILE_FORMAT))
+    file_handler.setFormatter(OneLineFormatter(FILE_FORMAT))
     file_handler._studio_file = True  # type: ignore[attr-defined]
     root.addHandler(file_handler)
 
 
 def batch_start(avatar_id: str, pieces: int, platform: str) -> str:
-    return f"[BATCH START] Avatar: {avatar_id}, Pieces: {pieces}, Platform: {platform}"
+    return one_line(f"[BATCH START] Avatar: {avatar_id}, Pieces: {pieces}, Platform: {platform}")
 
 
 def step_line(number: int, details: str, seconds: float, extra: str = "") -> str:
@@ -97,11 +123,11 @@ def step_line(number: int, details: str, seconds: float, extra: str = "") -> str
     parts.append(f"Duration: {seconds:.2f}s")
     if extra:
         parts.append(extra)
-    return " | ".join(parts)
+    return one_line(" | ".join(parts))
 
 
 def batch_complete(avatar_id: str, seconds: float, pieces: int, cost_usd: float) -> str:
-    return (
+    return one_line(
         f"[BATCH COMPLETE] Avatar: {avatar_id} | Total Duration: {seconds:.2f}s"
         f" | Pieces: {pieces} | Cost: ${cost_usd:.2f}"
     )
@@ -110,7 +136,7 @@ def batch_complete(avatar_id: str, seconds: float, pieces: int, cost_usd: float)
 def batch_failed(avatar_id: str, seconds: float, pieces: int, cost_usd: float, reason: str) -> str:
     """A batch below min_success_ratio: the [BATCH COMPLETE] fields, then why, so the
     spec's `[BATCH COMPLETE]` recipes count only batches that delivered."""
-    return (
+    return one_line(
         f"[BATCH FAILED] Avatar: {avatar_id} | Total Duration: {seconds:.2f}s"
         f" | Pieces: {pieces} | Cost: ${cost_usd:.2f} | Reason: {reason}"
     )

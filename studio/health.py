@@ -43,6 +43,51 @@ def template_check() -> dict[str, Any]:
     }
 
 
+def budget_check(settings: Settings) -> dict[str, Any]:
+    """The budgets in force (null: turned off with `none`) and what was spent today (UTC).
+
+    Why in health: a budget is what stops a runaway batch or a loop of runs; an operator
+    should see at a glance which are on, and how close the busiest avatar is to its cap.
+    A bad budget variable makes the check unhealthy, naming the variable.
+    """
+    from sqlalchemy import func, select
+
+    from studio.db.models import CostLedgerEntry as Row
+    from studio.ledger.store import COUNTED, day_start
+    from studio.ledger.validation import validate_cost_settings
+    from studio.request import BatchRequestError
+
+    try:
+        budgets = validate_cost_settings()
+    except BatchRequestError as exc:
+        return {"status": "unhealthy", "error": f"{exc.field}: {exc.message}"}
+    report: dict[str, Any] = {
+        "status": "healthy",
+        "batch_budget_usd": budgets.batch_budget_usd,
+        "avatar_daily_budget_usd": budgets.avatar_daily_budget_usd,
+    }
+    if not budgets.any_budget:
+        report["warning"] = "no budget: BATCH_BUDGET_USD and AVATAR_DAILY_BUDGET_USD are none"
+    try:
+        with session_scope(settings) as session:
+            spent = func.coalesce(func.sum(Row.price_usd), 0.0)
+            per_avatar = (
+                select(Row.avatar_id, spent.label("usd"))
+                .where(Row.status.in_(COUNTED), Row.created_at >= day_start())
+                .group_by(Row.avatar_id)
+                .subquery()
+            )
+            total, top = session.execute(
+                select(func.coalesce(func.sum(per_avatar.c.usd), 0.0), func.max(per_avatar.c.usd))
+            ).one()
+    except Exception as exc:  # health reports, never raises
+        report["spent_today"] = {"error": type(exc).__name__}
+        return report
+    report["spent_today_usd"] = round(float(total or 0.0), 4)
+    report["top_avatar_spent_today_usd"] = round(float(top or 0.0), 4)
+    return report
+
+
 def health_report(settings: Settings | None = None) -> dict[str, Any]:
     from studio.hooks.registry import hook_writer_status
     from studio.moderation.registry import moderator_status
@@ -57,6 +102,7 @@ def health_report(settings: Settings | None = None) -> dict[str, Any]:
         "hooks": hook_writer_status(),
         "moderation": moderator_status(),
         "r2_storage": storage_status(s),
+        "budgets": budget_check(s),
     }
     healthy = (
         checks["database"]["status"] == "healthy"

@@ -7,6 +7,8 @@ request that cannot succeed; every refusal names the field and how to fix it.
 from __future__ import annotations
 
 import math
+import unicodedata
+import uuid
 from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
@@ -17,6 +19,19 @@ from studio.types import TIERS, Platform, Tier
 MAX_PIECES = 500
 #: a custom prompt longer than this is a pasted document, not a picture's description
 MAX_PROMPT_CHARS = 1000
+#: the database's column widths (avatar.name, avatar.niche): longer would be a DataError
+MAX_NAME_CHARS = 100
+MAX_NICHE_CHARS = 50
+
+#: Unicode categories no free text may hold: control characters (NUL, newline, ESC...),
+#: lone surrogates (PostgreSQL cannot store them) and the line/paragraph separators
+#: (they break a line in a log viewer as a newline does)
+_FORBIDDEN_CATEGORIES = frozenset({"Cc", "Cs", "Zl", "Zp"})
+#: the same as a JSON Schema `pattern`, so a deployment refuses such text at
+#: create_flow_run (409); `\x85` (NEL) is a control character too
+NO_CONTROL_PATTERN = r"^[^\x00-\x1f\x7f-\x9f\u2028\u2029\ud800-\udfff]*$"
+#: a batch id is a canonical (lower-case) UUID: never a path, never another's name
+BATCH_ID_PATTERN = r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$"
 
 
 class BatchRequestError(ValueError):
@@ -30,6 +45,66 @@ class BatchRequestError(ValueError):
     def __reduce__(self) -> tuple[type[BatchRequestError], tuple[str, str]]:
         # a refused run's state carries this error; Prefect may pickle it to persist it
         return (type(self), (self.field, self.message))
+
+
+def control_character(value: str) -> str | None:
+    """The first character of `value` no free text may hold, escaped (e.g. `\\x00`)."""
+    for char in value:
+        if unicodedata.category(char) in _FORBIDDEN_CATEGORIES:
+            return char.encode("unicode_escape").decode("ascii")
+    return None
+
+
+def check_free_text(field: str, value: str, what: str = "") -> None:
+    """Refuse text holding a control character, naming the field (a NUL byte would reach
+    PostgreSQL as a DataError; a newline could forge a log line)."""
+    bad = control_character(value)
+    if bad is not None:
+        where = f"{what} " if what else ""
+        raise BatchRequestError(
+            field, f"{where}contains the control character {bad}; use printable text only"
+        )
+
+
+def check_name(field: str, value: str, max_chars: int) -> str:
+    """A name shown in logs, artifacts and file names: printable, trimmed, 1..max_chars."""
+    if not isinstance(value, str) or not value.strip():
+        raise BatchRequestError(field, "is empty; give a name")
+    check_free_text(field, value)
+    if not value.isprintable():  # format characters (bidi overrides, zero-width) too
+        odd = next(c for c in value if not c.isprintable())
+        raise BatchRequestError(
+            field,
+            f"contains the invisible character {odd.encode('unicode_escape').decode('ascii')};"
+            " use printable text only",
+        )
+    if value != value.strip():
+        raise BatchRequestError(field, f"{value!r} starts or ends with a space")
+    if len(value) > max_chars:
+        raise BatchRequestError(field, f"has {len(value)} characters; at most {max_chars}")
+    return value
+
+
+def parse_batch_id(field: str, value: str | uuid.UUID | None) -> str | None:
+    """A batch id as the pipeline stores it (a canonical lower-case UUID), or None.
+
+    Why: the id names directories and object keys and joins a batch's rows; anything
+    but a UUID ("../../tmp/x", another run's name) is refused, naming the field.
+    """
+    if value is None or value == "":
+        return None
+    text = str(value)
+    bad = control_character(text)
+    shown = repr(text[:60]) if bad is None else f"a value with the control character {bad}"
+    try:
+        parsed = uuid.UUID(text)
+    except (ValueError, AttributeError, TypeError):
+        raise BatchRequestError(
+            field, f"{shown} is not a batch id; a batch id is a UUID (see `studio pieces`)"
+        ) from None
+    if text.strip().lower() not in (str(parsed), parsed.hex):
+        raise BatchRequestError(field, f"{shown} is not a batch id in UUID form")
+    return str(parsed)
 
 
 class TierDistribution(BaseModel):
@@ -63,17 +138,22 @@ class BatchRequest(BaseModel):
 # by `validate_request` and the validate task.
 
 
-def described(*args: Any, description: str, **constraints: Any) -> Any:
+def described(
+    *args: Any, description: str, schema: dict[str, Any] | None = None, **constraints: Any
+) -> Any:
     """A pydantic Field whose description reaches Prefect's parameter schema too.
 
     Prefect builds a flow's schema with its own Field per parameter (description from
     the docstring), which replaces the description of a Field inside `Annotated`; a
     `json_schema_extra` description is merged instead, so the run form shows it.
+    `schema` adds JSON Schema keywords the deployment enforces at create_flow_run (409)
+    but a direct call does not (there the validate step refuses, and the run ends
+    "Refused" naming the field instead of failing on a parameter type error).
     """
     return Field(
         *args,
         description=description,
-        json_schema_extra={"description": description},
+        json_schema_extra={"description": description, **(schema or {})},
         **constraints,
     )
 
@@ -106,14 +186,26 @@ HookModeParam = Annotated[
     ),
 ]
 PromptsParam = Annotated[
-    list[Annotated[str, Field(min_length=1, max_length=MAX_PROMPT_CHARS)]] | None,
+    list[
+        Annotated[
+            str,
+            # the pattern is for the schema only (409 at create_flow_run): a direct call's
+            # prompt is refused by `validate_request`, so the run ends "Refused"
+            Field(
+                min_length=1,
+                max_length=MAX_PROMPT_CHARS,
+                json_schema_extra={"pattern": NO_CONTROL_PATTERN},
+            ),
+        ]
+    ]
+    | None,
     described(
         min_length=1,
         max_length=MAX_PIECES,
         description=(
             "Your own image prompts instead of the template library: exactly one per piece "
-            f"(so as many as num_pieces), each 1..{MAX_PROMPT_CHARS} characters. "
-            "Leave empty to use templates."
+            f"(so as many as num_pieces), each 1..{MAX_PROMPT_CHARS} characters of "
+            "printable text (no control characters). Leave empty to use templates."
         ),
     ),
 ]
@@ -214,6 +306,11 @@ def parse_tier_distribution(value: Any) -> TierDistribution:
 
 def validate_request(request: BatchRequest) -> BatchRequest:
     """Check everything that does not need the database; raise BatchRequestError."""
+    check_free_text("avatar_id", request.avatar_id)
+    if not request.avatar_id.strip() or len(request.avatar_id) > MAX_NAME_CHARS:
+        raise BatchRequestError(
+            "avatar_id", f"give an avatar's id or name (1..{MAX_NAME_CHARS} characters)"
+        )
     if not 1 <= request.num_pieces <= MAX_PIECES:
         raise BatchRequestError(
             "num_pieces", f"{request.num_pieces} is outside 1..{MAX_PIECES}; pick a size in range"
@@ -251,6 +348,7 @@ def validate_request(request: BatchRequest) -> BatchRequest:
         for i, prompt in enumerate(request.custom_prompts):
             if not prompt or not prompt.strip():
                 raise BatchRequestError("custom_prompts", f"prompt {i + 1} is empty")
+            check_free_text("custom_prompts", prompt, f"prompt {i + 1}")
             if len(prompt) > MAX_PROMPT_CHARS:
                 raise BatchRequestError(
                     "custom_prompts",
@@ -263,7 +361,8 @@ def validate_request(request: BatchRequest) -> BatchRequest:
                 f"{len(request.custom_tiers)} tiers for {request.num_pieces} pieces; give one "
                 "tier per piece",
             )
-        for tier in request.custom_tiers:
+        for i, tier in enumerate(request.custom_tiers):
+            check_free_text("custom_tiers", tier, f"tier {i + 1}")
             if tier not in TIERS:
                 raise BatchRequestError(
                     "custom_tiers", f"unknown tier {tier!r}; use capa1, capa2 or capa3"

@@ -19,7 +19,7 @@ from typing import Any
 from sqlalchemy import ColumnElement, Table, bindparam, insert, literal_column, select, update
 from sqlalchemy.orm import Session
 
-from studio.db.models import ContentPiece
+from studio.db.models import Batch, ContentPiece
 from studio.types import GeneratedImage, Hook, PieceSpec, SafetyVerdict, StoredObject
 
 #: progress statuses in order; a step may only move a piece forward along this list
@@ -212,3 +212,21 @@ def load_progress(session: Session, batch_id: str) -> BatchProgress | None:
         return None
     progress.specs.sort(key=lambda s: s.index)
     return progress
+
+
+def batch_owners(session: Session, batch_id: str) -> set[str]:
+    """The avatar ids that own `batch_id`: its batch row's and its pieces' (normally one,
+    none for a new batch).
+
+    Why: a run given an existing batch id continues that batch (a retried run does),
+    upserting its pieces; given another avatar's id it would move that avatar's pieces
+    (premium ones included) to itself and publish them under its own run. The validate
+    step refuses such a run before it reads the batch's progress or spends anything.
+    """
+    owners = set(session.scalars(select(Batch.avatar_id).where(Batch.id == batch_id)))
+    owners.update(
+        session.scalars(
+            select(ContentPiece.avatar_id).where(ContentPiece.batch_id == batch_id).distinct()
+        )
+    )
+    return owners

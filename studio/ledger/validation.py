@@ -43,7 +43,8 @@ def _load(model: type[BaseSettings]) -> BaseSettings:
         name = field if field.isupper() else _variable(model, field)
         value = first.get("input")
         raise BatchRequestError(
-            name, f"{value!r} is not valid: {first['msg'].lower()} (a number >= 0, or unset)"
+            name,
+            f"{value!r} is not valid: {first['msg'].lower()} (a number >= 0; a budget may be none)",
         ) from None
 
 
