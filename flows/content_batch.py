@@ -71,6 +71,7 @@ from studio.types import (
     StoredObject,
 )
 from tasks.check_safety import check_safety
+from tasks.clean_staging import clean_staging
 from tasks.generate_images import image_chain, images_started_early
 from tasks.ledger import ledger_cost
 from tasks.progress import (
@@ -423,6 +424,8 @@ async def _run_batch(
             )
         )
     await publish_batch_artifact(result, {p: image.path for p, image in images.items()})
+    if result.status == "completed":  # nothing resumes it: staged images go (issue 15)
+        clean_staging(batch_id)
     cache = template_library().cache_stats()
     emit_batch_events(
         result,

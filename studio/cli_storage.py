@@ -85,10 +85,19 @@ def pieces(
     avatar: Annotated[str, typer.Option("--avatar", help="avatar id or name")],
     after: Annotated[str | None, typer.Option("--after", help="cursor from the last page")] = None,
     page_size: Annotated[int, typer.Option("--page-size", min=1, max=200)] = 20,
+    links: Annotated[
+        bool,
+        typer.Option(
+            "--links",
+            help="mint short-lived links (PRESIGNED_URL_TTL_SECONDS) for premium pieces",
+        ),
+    ] = False,
 ) -> None:
     """List an avatar's pieces, newest first, one keyset page at a time.
 
-    capa2/capa3 links are presigned afresh here, since stored ones expire after the TTL.
+    Rows keep object keys, not links: capa1 shows its public URL; premium pieces show
+    their key, and with --links a link minted now that expires after
+    PRESIGNED_URL_TTL_SECONDS (the listing says until when).
     """
     from rich.table import Table
 
@@ -96,25 +105,33 @@ def pieces(
     from studio.db.engine import session_scope
     from studio.db.queries import PageCursor, list_pieces
     from studio.settings import get_settings
-    from studio.storage.registry import build_remote_store
+    from studio.storage.links import LinkMinter
 
-    settings = get_settings()
-    remote = build_remote_store(settings)
+    minter = LinkMinter(get_settings()) if links else None
     with session_scope() as session:
         found = find_avatar(session, avatar)
         if found is None:
             refuse(BatchRequestError("avatar", f"no avatar with id or name {avatar!r}"))
         cursor = PageCursor.decode(after) if after else None
         page = list_pieces(session, found.id, after=cursor, page_size=page_size)
-        table = Table("created", "piece", "tier", "status", "url")
+        table = Table("created", "piece", "tier", "status", "url / key")
+        lines: list[str] = []
         for row in page.items:
-            url = row.url or ""
-            if remote is not None and row.storage_backend == "r2" and row.storage_key:
-                url = remote.url_for(row.storage_key, row.access_tier)  # type: ignore[arg-type]
-            table.add_row(
-                row.created_at.strftime("%Y-%m-%d %H:%M"), row.id, row.access_tier, row.status, url
-            )
-    console.print(table)
+            lasting = row.url if row.url and "X-Amz-Signature" not in row.url else ""
+            created = row.created_at.strftime("%Y-%m-%d %H:%M")
+            if minter is not None:  # one line per piece: a link must not wrap
+                link = minter.link(row.storage_key, row.access_tier, row.storage_backend, lasting)
+                lines.append(f"{created}  {row.id}  {row.access_tier}  {row.status}  {link}")
+            else:
+                shown = lasting or row.storage_key or ""
+                table.add_row(created, row.id, row.access_tier, row.status, shown)
+    if minter is None:
+        console.print(table)
+    for line in lines:
+        console.print(line, soft_wrap=True, markup=False, highlight=False)
+    if minter is not None and minter.minted:
+        note = minter.expiry_note()
+        console.print(note[0].upper() + note[1:], soft_wrap=True, markup=False)
     if page.next_cursor is not None:
         console.print(f"next page: --after '{page.next_cursor.encode()}'", soft_wrap=True)
 

@@ -2,11 +2,12 @@
 
 The Prefect UI renders a markdown artifact's images as `<img src=...>` straight from
 the parsed markdown (prefect-ui-library's markdown renderer, checked in the bundled
-UI), so data-URI thumbnails show without any file server; each thumbnail links to the
-piece's own URL (presigned for capa2/capa3). Only pieces that passed safety are shown:
-a rejected or held piece is named, never pictured, and capa3 (explicit) thumbnails are
-blurred. Thumbnails are small JPEGs (~2-4 KB) and capped in number, so the artifact
-stays a few hundred KB at most.
+UI), so data-URI thumbnails show without any file server; a capa1 thumbnail links to
+the piece's public URL. Only pieces that passed safety are shown: a rejected or held
+piece is named, never pictured, and premium (capa2, capa3) thumbnails are blurred and
+link nowhere: the gallery is a lasting artifact, and a premium link is short-lived
+(the batch's links artifact, `studio pieces --links`). Thumbnails are small JPEGs
+(~2-4 KB) and capped in number, so the artifact stays a few hundred KB at most.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ JPEG_QUALITY = 60
 COLUMNS = 5
 #: beyond this many pictured pieces the gallery lists the rest by caption only
 MAX_THUMBNAILS = 120
-BLURRED_TIERS = {"capa3"}
+BLURRED_TIERS = {"capa2", "capa3"}
 
 
 def thumbnail_data_uri(path: str | Path, tier: str) -> str | None:
@@ -59,8 +60,8 @@ def _cell(piece: PieceOutcome, image_paths: Mapping[str, str], budget: list[int]
         return "—"
     budget[0] -= 1
     picture = f"![{_caption(piece)}]({uri})"
-    linkable = piece.url and piece.url.startswith(("http://", "https://"))
-    return f"[{picture}]({piece.url})" if linkable else picture
+    public = piece.tier == "capa1" and piece.url and piece.url.startswith(("http://", "https://"))
+    return f"[{picture}]({piece.url})" if public else picture
 
 
 def gallery_markdown(result: BatchResult, image_paths: Mapping[str, str]) -> str:
@@ -71,7 +72,8 @@ def gallery_markdown(result: BatchResult, image_paths: Mapping[str, str]) -> str
         "",
         f"{result.published} published, {result.rejected} rejected, "
         f"{result.pending_review} pending review, {result.failed} failed. Only published "
-        "pieces are pictured; capa3 thumbnails are blurred; a thumbnail opens the piece.",
+        "pieces are pictured; capa2/capa3 thumbnails are blurred; a capa1 thumbnail opens "
+        "its public link.",
         "",
         "|" + " |" * COLUMNS,
         "|" + " --- |" * COLUMNS,

@@ -48,8 +48,8 @@ class Settings(BaseSettings):
     publish_degraded: bool = Field(default=False, alias="PUBLISH_DEGRADED")
     #: automatic resumes of a crashed or timed-out batch before it is marked failed
     auto_resume_max_attempts: int = Field(default=3, alias="AUTO_RESUME_MAX_ATTEMPTS", ge=0)
-    #: a private bucket for staged images when the content bucket has a public domain
-    r2_staging_bucket: str | None = Field(default=None, alias="R2_STAGING_BUCKET")
+    # the R2 buckets (content, private: R2_PRIVATE_BUCKET_NAME / R2_STAGING_BUCKET) are
+    # studio/storage/settings.py's, with the rest of the store's configuration
 
     @property
     def resolved_database_url(self) -> str:

@@ -8,7 +8,7 @@ all-or-nothing), so a crash mid-write leaves no half-staged piece behind.
 Why the object store: with only a local disk, a batch resumed on another host finds
 nothing and buys every image again. When an S3/R2 store is configured, each image is
 also put under the private prefix `staging/<batch>/<piece>` of a bucket that no public
-domain serves (R2_STAGING_BUCKET, or the content bucket when it has no public URL),
+domain serves (R2_PRIVATE_BUCKET_NAME, or the content bucket when it has no public URL),
 so any host can resume any batch; the local copy is then only this host's cache. A
 staged image is never publicly readable: only stored (passed) pieces get public keys
 (`avatars/...`, studio/storage/base.py), so a rejected piece is never behind the
@@ -172,28 +172,26 @@ def open_staging(root: Path | str, batch_id: str) -> ImageStaging:
 
 
 def remote_staging() -> RemoteStaging | None:
-    """The configured private staging bucket, or None (local store: local disk only).
+    """The private bucket's staging area, or None (local store: local disk only).
 
-    A content bucket with a public domain (R2_PUBLIC_URL) serves every key in it, so it
-    is used for staging only when R2_STAGING_BUCKET names a private bucket; without
-    one, images stay on local disk and a warning says what a resume elsewhere loses.
+    Staged images (rejected ones included) go to the private bucket
+    (R2_PRIVATE_BUCKET_NAME, alias R2_STAGING_BUCKET), or to the content bucket when no
+    public URL serves it. With a public URL and no private bucket a batch is refused at
+    validation; called anyway, this stages on local disk only and says so.
     """
-    from studio.settings import get_settings
     from studio.storage.settings import StorageSettings
 
     storage = StorageSettings()
     if not storage.r2_configured:
         return None
-    bucket = get_settings().r2_staging_bucket
-    if not bucket:
-        if storage.r2_public_url:
-            log.warning(
-                "Images staged on local disk only: the content bucket is public "
-                "(R2_PUBLIC_URL); set R2_STAGING_BUCKET to a private bucket so another "
-                "host can resume a batch without paying for its images again"
-            )
-            return None
-        bucket = storage.r2_bucket_name
+    bucket = storage.private_bucket
+    if bucket is None or storage.misconfiguration():
+        log.warning(
+            "Images staged on local disk only: the content bucket is public "
+            "(R2_PUBLIC_URL); set R2_PRIVATE_BUCKET_NAME (or R2_STAGING_BUCKET) to a private "
+            "bucket so another host can resume a batch without paying for its images again"
+        )
+        return None
     return _remote(storage.endpoint_url or "", storage.r2_access_key_id or "", bucket)
 
 

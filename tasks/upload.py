@@ -1,4 +1,5 @@
-"""Step 5: store the approved pieces' files; keys come from ids, never from user text.
+"""Step 5: store the approved pieces' files; keys come from ids, never from user text,
+and are keyed by a secret so that no key can be derived from another (studio/storage/base.py).
 
 With R2 configured, a file R2 still refuses after its retries goes to the local store
 marked `needs_sync` (see studio/storage/fallback.py); the `storage-sync` flow moves it
@@ -16,8 +17,13 @@ from pydantic import BaseModel
 
 from studio.db.engine import session_scope
 from studio.settings import get_settings
-from studio.storage.base import object_key
-from studio.storage.registry import build_content_store, build_local_store, build_remote_store
+from studio.storage.base import key_secret, object_key
+from studio.storage.registry import (
+    build_content_store,
+    build_local_store,
+    build_remote_store,
+    storage_settings,
+)
 from studio.storage.sync import SyncReport, count_pending, sync_pending
 from studio.types import StoredObject, Tier
 
@@ -44,14 +50,18 @@ async def upload_pieces(
     items: list[UploadItem], upload_to_storage: bool = True
 ) -> dict[str, StoredObject]:
     """`upload_to_storage=False` keeps the files in the local store (the batch's flag)."""
-    store = build_content_store(get_settings(), upload=upload_to_storage)
+    settings = get_settings()
+    store = build_content_store(settings, upload=upload_to_storage)
+    secret = key_secret(storage_settings(settings))
     gate = asyncio.Semaphore(UPLOAD_CONCURRENCY)
 
     async def one(item: UploadItem) -> StoredObject:
         async with gate:
             data = await asyncio.to_thread(Path(item.path).read_bytes)
             extension = Path(item.path).suffix.lstrip(".") or "png"
-            key = object_key(item.avatar_id, item.batch_id, item.piece_id, extension)
+            key = object_key(
+                item.avatar_id, item.batch_id, item.piece_id, extension, secret=secret
+            )
             return await asyncio.to_thread(
                 store.put, item.piece_id, key, data, item.content_type, item.tier
             )

@@ -18,7 +18,7 @@ from botocore.exceptions import BotoCoreError, ClientError
 
 from studio.storage.base import sha256_hex
 from studio.storage.errors import StorageError, StorageRejected, StorageUnavailable
-from studio.storage.settings import StorageSettings
+from studio.storage.settings import MAX_PRESIGNED_TTL_SECONDS, StorageSettings
 from studio.types import StoredObject, Tier
 
 logger = logging.getLogger(__name__)
@@ -64,7 +64,12 @@ def _translate(error: Exception, action: str) -> StorageError:
 
 
 class R2ContentStore:
-    """The `ContentStore` on R2: capa1 gets the public URL, capa2/capa3 presigned GETs."""
+    """The `ContentStore` on R2: capa1 in the content bucket (its public URL serves it),
+    capa2/capa3 in the private bucket, reached only by links minted on demand.
+
+    Why two buckets: R2's public domain serves every key of its bucket, so a premium
+    object beside capa1 is one guessed (or leaked) key away from anyone.
+    """
 
     name = "r2"
     stand_in = False
@@ -79,10 +84,20 @@ class R2ContentStore:
         """The underlying boto3 client (for event hooks in tests and diagnostics)."""
         return self._client
 
-    def stored_checksum(self, key: str) -> str | None:
+    def bucket_for(self, tier: Tier) -> str:
+        """capa1: the content bucket; capa2/capa3: the private one (never a public bucket)."""
+        if tier == "capa1":
+            return self._bucket
+        bucket = self._settings.private_bucket
+        problem = self._settings.misconfiguration()
+        if bucket is None or problem:
+            raise StorageRejected(problem or "no private bucket for premium content")
+        return bucket
+
+    def stored_checksum(self, key: str, tier: Tier = "capa1") -> str | None:
         """The SHA-256 recorded on the object, or None when the key does not exist."""
         try:
-            head = self._client.head_object(Bucket=self._bucket, Key=key)
+            head = self._client.head_object(Bucket=self.bucket_for(tier), Key=key)
         except ClientError as error:
             code = str(error.response.get("Error", {}).get("Code", ""))
             if code in _NOT_FOUND_CODES:
@@ -98,12 +113,13 @@ class R2ContentStore:
     ) -> StoredObject:
         """Upload unless the same bytes are already under this key; return where it is."""
         checksum = sha256_hex(data)
-        if self.stored_checksum(key) == checksum:
+        bucket = self.bucket_for(tier)
+        if self.stored_checksum(key, tier) == checksum:
             logger.info("R2 already holds %s with the same checksum; upload skipped", key)
         else:
             try:
                 self._client.put_object(
-                    Bucket=self._bucket,
+                    Bucket=bucket,
                     Key=key,
                     Body=data,
                     ContentLength=len(data),
@@ -123,19 +139,22 @@ class R2ContentStore:
         )
 
     def url_for(self, key: str, tier: Tier) -> str:
-        """capa1: the public URL; capa2/capa3: a presigned GET (TTL capped at 7 days).
-
-        Without a public domain configured, capa1 also gets a presigned URL rather than
-        a link that would not resolve.
-        """
+        """The lasting link: capa1's public URL; "" for anything else (no link is kept:
+        `presigned_url` mints a short-lived one when someone asks)."""
         if tier == "capa1" and self._settings.r2_public_url:
             return f"{self._settings.r2_public_url.rstrip('/')}/{key}"
+        return ""
+
+    def presigned_url(self, key: str, tier: Tier, ttl_seconds: int | None = None) -> str:
+        """A GET link to the object that expires after `ttl_seconds`
+        (default PRESIGNED_URL_TTL_SECONDS, capped at 7 days)."""
+        ttl = ttl_seconds or self._settings.presigned_url_ttl_seconds
         try:
             return str(
                 self._client.generate_presigned_url(
                     "get_object",
-                    Params={"Bucket": self._bucket, "Key": key},
-                    ExpiresIn=self._settings.r2_presigned_ttl_seconds,
+                    Params={"Bucket": self.bucket_for(tier), "Key": key},
+                    ExpiresIn=min(ttl, MAX_PRESIGNED_TTL_SECONDS),
                 )
             )
         except (ClientError, BotoCoreError) as error:

@@ -58,19 +58,39 @@ def build_content_store(settings: Settings, upload: bool = True) -> ContentStore
     return local
 
 
+def validate_storage_settings(settings: Settings | None = None) -> None:
+    """Refuse a batch before anything is spent when premium content would be public
+    (R2_PUBLIC_URL without a private bucket): BatchRequestError naming the variables."""
+    from studio.request import BatchRequestError
+
+    storage = StorageSettings() if settings is None else storage_settings(settings)
+    problem = storage.misconfiguration()
+    if problem:
+        raise BatchRequestError("R2_PRIVATE_BUCKET_NAME", problem)
+
+
 def storage_status(settings: Settings) -> dict[str, object]:
-    """The health check's view: which backend, configured or not; never a secret."""
+    """The health check's view: which backend, configured or not; never a secret.
+
+    `status` is "misconfigured" (with the reason in `error`) when a public URL is set
+    and no private bucket is: batches are refused until it is fixed."""
     storage = storage_settings(settings)
+    problem = storage.misconfiguration()
     status: dict[str, object] = {
+        "status": "misconfigured" if problem else "ok",
         "configured": storage.r2_configured,
         "upload_enabled": storage.upload_to_storage_enabled and settings.upload_to_storage_enabled,
         "backend": "r2" if storage.use_r2 else "local",
         "stand_in": not storage.use_r2,
         "bucket": storage.r2_bucket_name if storage.r2_configured else None,
+        "public_url": bool(storage.r2_public_url),
+        "private_bucket": storage.private_bucket if storage.r2_configured else None,
         "root": str(local_root(settings).resolve()),
-        "presigned_ttl_seconds": storage.r2_presigned_ttl_seconds,
+        "presigned_ttl_seconds": storage.presigned_url_ttl_seconds,
         "pending_sync": _pending_sync(settings),
     }
+    if problem:
+        status["error"] = problem
     return status
 
 

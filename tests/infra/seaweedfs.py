@@ -5,6 +5,13 @@ catches signing, checksum-header and presigned-URL problems that a mock would hi
 The storage cluster (master, volume, filer) runs in one process and the S3 gateway in a
 second one, so ``stop()``/``start()`` give a real outage of the S3 endpoint (the gateway
 process goes away, the same port comes back) without waiting for a raft re-election.
+
+Shaped like R2: a bucket with a public domain serves its objects to anyone (no listing),
+every other bucket answers an unsigned request with 403. Buckets made with
+``new_bucket(public=True)`` are named with `PUBLIC_BUCKET_PREFIX`, and the anonymous
+identity may read only those (SeaweedFS's per-bucket action ``Read:<bucket>`` takes a
+trailing wildcard); ``public_url`` refuses a private bucket, so no test can pretend one
+is public.
 """
 
 from __future__ import annotations
@@ -26,9 +33,11 @@ from pathlib import Path
 
 import pytest
 
-__all__ = ["S3Server", "s3_bucket", "s3_server"]
+__all__ = ["PUBLIC_BUCKET_PREFIX", "S3Server", "s3_bucket", "s3_private_bucket", "s3_server"]
 
 _READY_TIMEOUT_S = 60.0
+#: buckets whose names start with this are public (anonymous GET of an object: 200)
+PUBLIC_BUCKET_PREFIX = "pub-"
 _STOP_GRACE_S = 5.0
 
 
@@ -87,8 +96,9 @@ class S3Server:
                     "credentials": [{"accessKey": self.access_key, "secretKey": self.secret_key}],
                     "actions": ["Admin", "Read", "Write", "List", "Tagging"],
                 },
-                # Anonymous read stands in for R2's public bucket domain (capa1 URLs).
-                {"name": "anonymous", "actions": ["Read"]},
+                # R2's public bucket domain (capa1 URLs): anonymous GETs of public
+                # buckets' objects only; private buckets answer unsigned requests 403
+                {"name": "anonymous", "actions": [f"Read:{PUBLIC_BUCKET_PREFIX}*"]},
             ]
         }
         (self.base_dir / "s3.json").write_text(json.dumps(config))
@@ -99,7 +109,12 @@ class S3Server:
         return f"http://127.0.0.1:{self.ports['s3']}"
 
     def public_url(self, bucket: str) -> str:
-        """Base URL serving a bucket's objects anonymously (R2_PUBLIC_URL equivalent)."""
+        """Base URL serving a public bucket's objects anonymously (R2_PUBLIC_URL)."""
+        if not bucket.startswith(PUBLIC_BUCKET_PREFIX):
+            raise ValueError(
+                f"bucket {bucket!r} is private: no URL serves it anonymously "
+                "(make it with new_bucket(public=True))"
+            )
         return f"{self.endpoint_url}/{bucket}"
 
     @property
@@ -205,9 +220,10 @@ class S3Server:
         cluster, self._cluster = self._cluster, None
         _terminate(cluster, grace_s=1.0)  # throwaway data: no need to wait for a clean flush
 
-    def new_bucket(self, prefix: str = "studio-test") -> str:
-        """Create and return a fresh, empty bucket."""
-        name = f"{prefix}-{uuid.uuid4().hex[:10]}"
+    def new_bucket(self, prefix: str = "studio-test", *, public: bool = False) -> str:
+        """Create and return a fresh, empty bucket: private, or public (like an R2 bucket
+        with a public domain: anyone can GET its objects)."""
+        name = f"{PUBLIC_BUCKET_PREFIX if public else ''}{prefix}-{uuid.uuid4().hex[:10]}"
         self.client().create_bucket(Bucket=name)
         return name
 
@@ -227,6 +243,14 @@ def s3_server() -> Iterator[S3Server]:
 
 @pytest.fixture
 def s3_bucket(s3_server: S3Server) -> str:
-    """A fresh bucket per test; restarts the server if an earlier outage test left it down."""
+    """A fresh public bucket per test (the content bucket, R2_PUBLIC_URL); restarts the
+    server if an earlier outage test left it down."""
     s3_server.start()
-    return s3_server.new_bucket()
+    return s3_server.new_bucket(public=True)
+
+
+@pytest.fixture
+def s3_private_bucket(s3_server: S3Server) -> str:
+    """A fresh private bucket per test (R2_PRIVATE_BUCKET_NAME): no anonymous read."""
+    s3_server.start()
+    return s3_server.new_bucket("private")

@@ -52,33 +52,88 @@ def test_upload_records_size_type_checksum_and_serves_public_url(r2_store, s3_se
 
 
 @pytest.mark.parametrize("tier", ["capa2", "capa3"])
-def test_premium_tiers_get_presigned_urls_only(r2_store, tier):
+def test_premium_tiers_go_to_the_private_bucket_with_no_lasting_link(
+    r2_store, s3_server, s3_bucket, s3_private_bucket, tier
+):
     key = object_key("av1", "b1", f"p-{tier}")
     stored = r2_store.put(f"p-{tier}", key, PNG, "image/png", tier)
 
-    query = parse_qs(urlsplit(stored.url).query)
-    assert "X-Amz-Signature" in query
-    assert query["X-Amz-Expires"] == [str(3 * 24 * 3600)]
-    response = httpx.get(stored.url)
+    assert stored.url == ""  # nothing to keep: links are minted on demand
+    head = s3_server.client().head_object(Bucket=s3_private_bucket, Key=key)
+    assert head["Metadata"]["sha256"] == sha256_hex(PNG)
+    with pytest.raises(Exception, match="404|Not Found"):
+        s3_server.client().head_object(Bucket=s3_bucket, Key=key)
+    assert httpx.get(f"{s3_server.endpoint_url}/{s3_private_bucket}/{key}").status_code == 403
+    link = r2_store.presigned_url(key, tier)
+    query = parse_qs(urlsplit(link).query)
+    assert query["X-Amz-Expires"] == ["3600"]  # PRESIGNED_URL_TTL_SECONDS' default
+    response = httpx.get(link)
     assert response.status_code == 200
     assert response.content == PNG
 
 
-def test_presigned_ttl_is_configurable_and_capped_at_seven_days(s3_server, s3_bucket):
-    short = R2ContentStore(r2_settings(s3_server, s3_bucket, r2_presigned_ttl_seconds=600))
-    long = R2ContentStore(r2_settings(s3_server, s3_bucket, r2_presigned_ttl_seconds=30 * 86400))
-    short_q = parse_qs(urlsplit(short.url_for("k", "capa2")).query)
-    long_q = parse_qs(urlsplit(long.url_for("k", "capa3")).query)
+def test_presigned_ttl_is_configurable_and_capped_at_seven_days(
+    s3_server, s3_bucket, s3_private_bucket
+):
+    short = R2ContentStore(
+        r2_settings(s3_server, s3_bucket, s3_private_bucket, presigned_url_ttl_seconds=600)
+    )
+    long = R2ContentStore(
+        r2_settings(s3_server, s3_bucket, s3_private_bucket, presigned_url_ttl_seconds=30 * 86400)
+    )
+    short_q = parse_qs(urlsplit(short.presigned_url("k", "capa2")).query)
+    long_q = parse_qs(urlsplit(long.presigned_url("k", "capa3")).query)
     assert short_q["X-Amz-Expires"] == ["600"]
     assert long_q["X-Amz-Expires"] == [str(MAX_PRESIGNED_TTL_SECONDS)]
 
 
-def test_capa1_without_public_domain_falls_back_to_presigned(s3_server, s3_bucket):
-    store = R2ContentStore(r2_settings(s3_server, s3_bucket, r2_public_url=None))
-    key = object_key("av1", "b1", "p-nopublic")
-    stored = store.put("p-nopublic", key, PNG, "image/png", "capa1")
-    assert "X-Amz-Signature" in parse_qs(urlsplit(stored.url).query)
-    assert httpx.get(stored.url).content == PNG
+def test_ttl_variables_and_their_aliases(monkeypatch):
+    """PRESIGNED_URL_TTL_SECONDS, R2_PRESIGNED_TTL_SECONDS (alias); R2_PRIVATE_BUCKET_NAME,
+    R2_STAGING_BUCKET (alias)."""
+    for name in ("PRESIGNED_URL_TTL_SECONDS", "R2_PRESIGNED_TTL_SECONDS",
+                 "R2_PRIVATE_BUCKET_NAME", "R2_STAGING_BUCKET"):
+        monkeypatch.delenv(name, raising=False)
+    assert StorageSettings(_env_file=None).presigned_url_ttl_seconds == 3600
+    monkeypatch.setenv("R2_PRESIGNED_TTL_SECONDS", "120")
+    monkeypatch.setenv("R2_STAGING_BUCKET", "old-name")
+    settings = StorageSettings(_env_file=None)
+    assert (settings.presigned_url_ttl_seconds, settings.r2_private_bucket_name) == (
+        120,
+        "old-name",
+    )
+    monkeypatch.setenv("PRESIGNED_URL_TTL_SECONDS", "60")
+    monkeypatch.setenv("R2_PRIVATE_BUCKET_NAME", "new-name")
+    settings = StorageSettings(_env_file=None)
+    assert (settings.presigned_url_ttl_seconds, settings.r2_private_bucket_name) == (
+        60,
+        "new-name",
+    )
+
+
+def test_public_url_without_private_bucket_refuses_premium_uploads(s3_server, s3_bucket):
+    store = R2ContentStore(r2_settings(s3_server, s3_bucket))
+    with pytest.raises(StorageRejected, match="R2_PRIVATE_BUCKET_NAME"):
+        store.put("p-x", object_key("av1", "b1", "p-x"), PNG, "image/png", "capa2")
+    assert "Contents" not in s3_server.client().list_objects_v2(Bucket=s3_bucket)
+
+
+def test_without_public_domain_one_bucket_holds_every_tier(s3_server, s3_private_bucket):
+    store = R2ContentStore(r2_settings(s3_server, s3_private_bucket))
+    for tier in ("capa1", "capa2"):
+        key = object_key("av1", "b1", f"p-one-{tier}")
+        stored = store.put(f"p-one-{tier}", key, PNG, "image/png", tier)  # type: ignore[arg-type]
+        assert stored.url == ""
+        assert httpx.get(f"{s3_server.endpoint_url}/{s3_private_bucket}/{key}").status_code == 403
+        assert httpx.get(store.presigned_url(key, tier)).content == PNG  # type: ignore[arg-type]
+
+
+def test_keys_are_keyed_by_a_secret_not_derivable_from_the_piece_id():
+    plain = object_key("av1", "b1", "p1", secret=b"one")
+    assert plain.startswith("avatars/av1/batches/b1/") and plain.endswith(".png")
+    assert "p1" not in plain.rsplit("/", 1)[1]
+    assert plain == object_key("av1", "b1", "p1", secret=b"one")  # stable: retries agree
+    assert plain != object_key("av1", "b1", "p1", secret=b"two")
+    assert plain != object_key("av1", "b1", "p2", secret=b"one")
 
 
 def test_no_streaming_checksum_headers_on_the_wire(r2_store):
@@ -196,13 +251,17 @@ def proxy(s3_server, s3_bucket):
 
 
 def _via_proxy(s3_server, s3_bucket, proxy, **overrides) -> R2ContentStore:
-    return R2ContentStore(r2_settings(s3_server, s3_bucket, r2_endpoint_url=proxy.url, **overrides))
+    private = s3_server.new_bucket("private")
+    return R2ContentStore(
+        r2_settings(s3_server, s3_bucket, private, r2_endpoint_url=proxy.url, **overrides)
+    )
 
 
 def test_wire_capture_shows_a_plain_body_with_content_length(s3_server, s3_bucket, proxy):
     store = _via_proxy(s3_server, s3_bucket, proxy)
     stored = store.put("p-proxy", object_key("av1", "b1", "p-proxy"), PNG, "image/png", "capa2")
-    assert httpx.get(stored.url).content == PNG  # presigned for, and relayed by, the proxy
+    link = store.presigned_url(stored.key, "capa2")
+    assert httpx.get(link).content == PNG  # presigned for, and relayed by, the proxy
 
     (put,) = proxy.of("PUT")
     assert put.body_size == len(PNG)  # the raw bytes, not an aws-chunked envelope
