@@ -1,19 +1,22 @@
-"""The four studio blocks and how they become environment variables."""
+"""The studio's blocks other than the per-provider credentials, as environment variables.
+
+How a saved block becomes configuration (which source wins, what is never mixed) is
+`blocks/sources.py`; the per-provider credentials blocks are `provider_credentials.py`.
+"""
 
 from __future__ import annotations
 
-import logging
-import os
 from typing import ClassVar
 
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
 
-log = logging.getLogger("studio.blocks")
 DEFAULT_BLOCK_NAME = "default"
 
 
 class _EnvironmentBlock(Block):
+    """A block whose fields map one-to-one onto the variables the settings read."""
+
     #: field name -> environment variable the settings read
     _env: ClassVar[dict[str, str]] = {}
 
@@ -30,35 +33,65 @@ class _EnvironmentBlock(Block):
 
 
 class ProviderEndpoints(_EnvironmentBlock):
-    """Base URLs of the image, caption and moderation providers."""
+    """Where ComfyUI runs and the order the image providers are tried in.
+
+    Its Modal, Replicate, Anthropic and OpenAI URL fields are no longer used (issue 15:
+    a URL saved here made the batch send the environment's keys to it): a keyed
+    provider's URL now comes with its key, from that provider's credentials block
+    (`blocks/provider_credentials.py`) or from the environment. They stay in the schema
+    so documents saved by older versions still load; a batch that finds one set logs a
+    warning naming this block and the fields, and ignores them.
+    """
 
     _block_type_name = "Studio Provider Endpoints"
     _env = {
         "comfyui_endpoint": "COMFYUI_ENDPOINT",
-        "modal_sdxl_endpoint": "MODAL_SDXL_ENDPOINT",
-        "replicate_base_url": "REPLICATE_BASE_URL",
-        "anthropic_base_url": "ANTHROPIC_BASE_URL",
-        "openai_base_url": "OPENAI_BASE_URL",
         "provider_order": "LORA_INFERENCE_PROVIDER_ORDER",
     }
+    #: field -> keyed provider whose credentials block now holds that URL (never exported)
+    ignored_fields: ClassVar[dict[str, str]] = {
+        "modal_sdxl_endpoint": "modal",
+        "replicate_base_url": "replicate",
+        "anthropic_base_url": "anthropic",
+        "openai_base_url": "openai",
+    }
     comfyui_endpoint: str | None = Field(default=None, description="e.g. http://gpu-box:8188")
-    modal_sdxl_endpoint: str | None = None
-    replicate_base_url: str | None = None
-    anthropic_base_url: str | None = None
-    openai_base_url: str | None = None
+    modal_sdxl_endpoint: str | None = Field(
+        default=None, description="ignored: use the Studio Modal Credentials block"
+    )
+    replicate_base_url: str | None = Field(
+        default=None, description="ignored: use the Studio Replicate Credentials block"
+    )
+    anthropic_base_url: str | None = Field(
+        default=None, description="ignored: use the Studio Anthropic Credentials block"
+    )
+    openai_base_url: str | None = Field(
+        default=None, description="ignored: use the Studio OpenAI Credentials block"
+    )
     provider_order: str | None = Field(default=None, description="e.g. comfyui,modal,replicate")
+
+    def ignored_set(self) -> list[str]:
+        """The ignored URL fields this document sets (names only)."""
+        return [f for f in self.ignored_fields if getattr(self, f)]
 
 
 class ProviderCredentials(_EnvironmentBlock):
-    """API keys and tokens; stored encrypted by Prefect, never logged."""
+    """Deprecated: keys without their URLs. Use one credentials block per provider.
+
+    Still loaded so an older set-up keeps working where that is safe: a key saved here
+    goes only to its provider's official URL (Anthropic, OpenAI, Replicate), and only
+    when neither that provider's own credentials block nor the environment configures
+    the provider. Modal has no official URL, so its tokens here are not used. A batch
+    that uses or skips anything from this block logs a warning naming it.
+    """
 
     _block_type_name = "Studio Provider Credentials"
-    _env = {
-        "modal_token_id": "MODAL_TOKEN_ID",
-        "modal_token_secret": "MODAL_TOKEN_SECRET",
-        "replicate_api_token": "REPLICATE_API_TOKEN",
-        "anthropic_api_key": "ANTHROPIC_API_KEY",
-        "openai_api_key": "OPENAI_API_KEY",
+    #: provider -> {field: variable}; never exported as a whole (see blocks/sources.py)
+    keys_by_provider: ClassVar[dict[str, dict[str, str]]] = {
+        "modal": {"modal_token_id": "MODAL_TOKEN_ID", "modal_token_secret": "MODAL_TOKEN_SECRET"},
+        "replicate": {"replicate_api_token": "REPLICATE_API_TOKEN"},
+        "anthropic": {"anthropic_api_key": "ANTHROPIC_API_KEY"},
+        "openai": {"openai_api_key": "OPENAI_API_KEY"},
     }
     modal_token_id: SecretStr | None = None
     modal_token_secret: SecretStr | None = None
@@ -66,9 +99,23 @@ class ProviderCredentials(_EnvironmentBlock):
     anthropic_api_key: SecretStr | None = None
     openai_api_key: SecretStr | None = None
 
+    def keys_for(self, provider: str) -> dict[str, str]:
+        """variable -> secret value of `provider`'s keys saved here (empty ones left out)."""
+        values: dict[str, str] = {}
+        for field, variable in self.keys_by_provider.get(provider, {}).items():
+            value = getattr(self, field)
+            if value is not None and value.get_secret_value():
+                values[variable] = value.get_secret_value()
+        return values
+
 
 class ContentStorage(_EnvironmentBlock):
-    """The R2 (or any S3-compatible) bucket finished pieces go to."""
+    """The R2 (or any S3-compatible) bucket finished pieces go to.
+
+    Used whole or not at all: when the environment sets any R2_* variable this block
+    maps, the environment configures the store and this block is ignored (a warning
+    names it), so the environment's keys never go to a block's endpoint or bucket.
+    """
 
     _block_type_name = "Studio Content Storage"
     _env = {
@@ -88,47 +135,15 @@ class ContentStorage(_EnvironmentBlock):
 
 
 class StudioDatabase(_EnvironmentBlock):
-    """The pipeline's database (PostgreSQL in production)."""
+    """The pipeline's database (PostgreSQL in production); DATABASE_URL in the environment wins."""
 
     _block_type_name = "Studio Database"
     _env = {"database_url": "DATABASE_URL"}
     database_url: SecretStr | None = None
 
 
-BLOCK_TYPES: tuple[type[_EnvironmentBlock], ...] = (
-    ProviderEndpoints,
-    ProviderCredentials,
-    ContentStorage,
-    StudioDatabase,
-)
-
-
-async def apply_registered_blocks(name: str = DEFAULT_BLOCK_NAME) -> list[str]:
-    """Export every saved studio block called `name` to the environment.
-
-    Returns the variable names it set (never their values). A block type that is not
-    registered, or has no document of that name, is skipped: environment variables
-    alone are a complete configuration.
-    """
-    applied: list[str] = []
-    for block_type in BLOCK_TYPES:
-        try:
-            block = await block_type.aload(name)
-        except Exception as exc:  # missing block type or document: env alone is enough
-            log.debug(
-                "block %s/%s not used: %s",
-                block_type.get_block_type_slug(),
-                name,
-                type(exc).__name__,
-            )
-            continue
-        for variable, value in block.as_environment().items():
-            if variable not in os.environ:
-                os.environ[variable] = value
-                applied.append(variable)
-    if applied:
-        from studio.settings import reload_settings
-
-        reload_settings()
-        log.info("Configuration from Prefect blocks %r: %s", name, ", ".join(sorted(applied)))
-    return applied
+#: blocks exported variable by variable, the environment winning each variable
+PER_VARIABLE_BLOCKS: tuple[type[_EnvironmentBlock], ...] = (ProviderEndpoints,)
+#: blocks that hold a secret: used whole, or not at all when the environment sets any of
+#: their variables (a store's keys never go to a block's endpoint, nor the reverse)
+ALL_OR_NOTHING_BLOCKS: tuple[type[_EnvironmentBlock], ...] = (ContentStorage, StudioDatabase)

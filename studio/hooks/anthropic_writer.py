@@ -17,7 +17,8 @@ Issue 3):
 - with `use_message_batches` (a scheduled batch's hook_mode, see `modes.py`), all the
   groups go out as ONE Message Batch (half price); the groups it does not finish within
   the time budget go out as direct calls (see `message_batches.py`).
-The API key goes to the client only: it is never logged, and errors are reported by
+The API key goes to the client only, pinned to the base URL's origin (a redirect elsewhere
+is refused: studio/providers/same_origin.py): it is never logged, and errors are reported by
 their type name and HTTP status, never with their message (which may echo a request).
 """
 
@@ -30,7 +31,7 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from anthropic import AsyncAnthropic
+from anthropic import AsyncAnthropic, DefaultAsyncHttpxClient
 
 from studio.breaker import CircuitBreaker
 from studio.hooks.fallback import template_hook
@@ -44,6 +45,7 @@ from studio.hooks.settings import HookSettings
 from studio.ledger.calls import CallCharge, HookCallLedger
 from studio.ledger.jobs import BudgetRefused
 from studio.ledger.pricing import hook_call_estimate
+from studio.providers.same_origin import pin_origin
 from studio.types import AvatarRef, Hook, HookBatch, PieceSpec, Platform
 
 logger = logging.getLogger("studio.hooks")
@@ -137,11 +139,14 @@ class AnthropicHookWriter:
     def _client(self) -> AsyncAnthropic:
         key = self.settings.anthropic_api_key
         assert key is not None
+        base_url = self.settings.api_base_url
         return AsyncAnthropic(
             api_key=key.get_secret_value(),
-            base_url=self.settings.anthropic_base_url,
+            base_url=base_url,
             max_retries=0,
             timeout=self.settings.timeout_seconds,
+            # the SDK follows redirects; the key (and the prompts) go to this origin only
+            http_client=DefaultAsyncHttpxClient(event_hooks={"request": [pin_origin(base_url)]}),
         )
 
     def _groups(self, specs: Sequence[PieceSpec]) -> list[list[PieceSpec]]:

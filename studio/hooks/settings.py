@@ -11,6 +11,9 @@ from __future__ import annotations
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+#: where the key goes when ANTHROPIC_BASE_URL is not set (the SDK's own default)
+ANTHROPIC_DEFAULT_BASE_URL = "https://api.anthropic.com"
+
 
 class HookSettings(BaseSettings):
     model_config = SettingsConfigDict(env_file=".env", extra="ignore", populate_by_name=True)
@@ -56,6 +59,15 @@ class HookSettings(BaseSettings):
     price_cache_read_per_mtok: float = Field(
         default=0.10, alias="ANTHROPIC_PRICE_CACHE_READ_PER_MTOK"
     )
+
+    @property
+    def api_base_url(self) -> str:
+        """The one origin the key is sent to, handed to the SDK explicitly.
+
+        Passed even when unset, so the SDK never picks a base URL of its own (it would
+        read ANTHROPIC_BASE_URL or a profile file) for a key that came from elsewhere.
+        """
+        return self.anthropic_base_url or ANTHROPIC_DEFAULT_BASE_URL
 
     @property
     def configured(self) -> bool:

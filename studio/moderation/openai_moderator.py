@@ -12,6 +12,9 @@ answer, so the policy holds those pieces for review instead of passing them unch
 Every answered call is written to the cost ledger (`ledger`) with the pieces it scored:
 at $0, what OpenAI bills for the endpoint, with the spec's per-call figure as estimate;
 the step's calls go in one statement when `score` ends.
+
+The client is pinned to the base URL's origin (studio/providers/same_origin.py): the SDK
+follows redirects, and neither the key nor a premium image goes to another origin.
 """
 
 from __future__ import annotations
@@ -24,13 +27,14 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from openai import AsyncOpenAI
+from openai import AsyncOpenAI, DefaultAsyncHttpxClient
 
 from studio.hooks.retrying import call_with_retries, status_of
 from studio.ledger.calls import ModerationCalls
 from studio.ledger.store import CostLedger
 from studio.moderation.base import ModerationItem, ModerationScores
 from studio.moderation.settings import ModerationSettings
+from studio.providers.same_origin import pin_origin
 
 logger = logging.getLogger("studio.moderation")
 
@@ -98,11 +102,14 @@ class OpenAIModerator:
     def _client(self) -> AsyncOpenAI:
         key = self.settings.openai_api_key
         assert key is not None
+        base_url = self.settings.api_base_url
         return AsyncOpenAI(
             api_key=key.get_secret_value(),
-            base_url=self.settings.openai_base_url,
+            base_url=base_url,
             max_retries=0,
             timeout=self.settings.timeout_seconds,
+            # the SDK follows redirects; the key (and the images) go to this origin only
+            http_client=DefaultAsyncHttpxClient(event_hooks={"request": [pin_origin(base_url)]}),
         )
 
     async def _create(

@@ -14,6 +14,8 @@ from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 ALWAYS_BLOCKED = "sexual/minors"
+#: where the key goes when OPENAI_BASE_URL is not set (the SDK's own default)
+OPENAI_DEFAULT_BASE_URL = "https://api.openai.com/v1"
 DEFAULT_HARD_BLOCKED = (ALWAYS_BLOCKED, "self-harm/intent", "violence/graphic")
 
 
@@ -72,6 +74,11 @@ class ModerationSettings(BaseSettings):
     def _keep_minors_blocked(cls, value: list[str]) -> list[str]:
         """No configuration can unblock sexual/minors."""
         return value if ALWAYS_BLOCKED in value else [ALWAYS_BLOCKED, *value]
+
+    @property
+    def api_base_url(self) -> str:
+        """The one origin the key is sent to, handed to the SDK explicitly (see hooks)."""
+        return self.openai_base_url or OPENAI_DEFAULT_BASE_URL
 
     @property
     def configured(self) -> bool:

@@ -12,6 +12,12 @@ the function call is billed from the moment the endpoint accepted the request, s
 `job.created(...)` is told then (with the call id when Modal gave one), and a retry with
 `job.resume_job_id` reloads that call's result URL before it would pay for a new call.
 A 200 whose body is not an image fails as "unexpected output shape: ..." (retryable).
+
+The token pair is a client header, and httpx keeps custom headers on a redirect to another
+origin (it drops only `Authorization`), so the client is pinned to the endpoint's origin
+(`studio/providers/same_origin.py`): a 303 to another origin, or a stored result URL on
+another origin, is refused before anything is sent there, and fails the attempt without
+a retry (the call may be billed; asking again would pay for another one to go the same way).
 """
 
 from __future__ import annotations
@@ -23,6 +29,7 @@ import httpx
 
 from studio.providers.base import BilledJob, NoJobTracking, ProviderError, ProviderImage
 from studio.providers.comfyui import NEGATIVE_PROMPT, seed_for
+from studio.providers.same_origin import ForeignOrigin, origin_of, pin_origin
 from studio.providers.shapes import UnexpectedShape, sniff_image
 from studio.types import AvatarRef, PieceSpec
 
@@ -64,6 +71,8 @@ class ModalSDXLProvider:
         self._client = client or httpx.AsyncClient(
             headers=headers,
             follow_redirects=False,
+            # the token headers go to the endpoint's origin only, whatever a 303 says
+            event_hooks={"request": [pin_origin(endpoint)]},
             timeout=httpx.Timeout(timeout, connect=10.0),
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
         )
@@ -114,9 +123,16 @@ class ModalSDXLProvider:
         except _ResultGone:
             raise ProviderError(self.name, "result URL answered HTTP 404") from None
 
-    def _job_id(self, response: httpx.Response) -> str:
-        """The call id from the 303's result URL, or the URL itself when it has none."""
-        location = str(response.url.join(response.headers.get("location", "")))
+    def _job_id(self, response: httpx.Response) -> str | None:
+        """The call id from the 303's result URL, or the URL itself when it has none.
+
+        None for a result URL on another origin: it will not be followed, so there is
+        nothing a later attempt could resume (the call still counts as billed).
+        """
+        url = response.url.join(response.headers.get("location", ""))
+        if origin_of(url) != origin_of(self.endpoint):
+            return None
+        location = str(url)
         ids = parse_qs(urlparse(location).query).get(CALL_ID)
         return ids[0] if ids else location
 
@@ -125,9 +141,23 @@ class ModalSDXLProvider:
             return httpx.URL(job_id)
         return httpx.URL(self.endpoint).copy_merge_params({CALL_ID: job_id})
 
+    def _refuse_foreign(self, url: httpx.URL, what: str) -> None:
+        """Raise (not retryable) when `url` is on another origin than the endpoint."""
+        if origin_of(url) != origin_of(self.endpoint):
+            raise ProviderError(
+                self.name,
+                f"{what} points to another origin ({url.scheme}://{url.host}): "
+                "not followed, the Modal token goes to the endpoint's origin only",
+                retryable=False,
+            )
+
     async def _resume(self, job_id: str) -> ProviderImage:
+        url = self._result_url(job_id)
+        self._refuse_foreign(url, "the stored result URL")
         try:
-            response = await self._client.get(self._result_url(job_id))
+            response = await self._client.get(url)
+        except ForeignOrigin as exc:
+            raise ProviderError(self.name, str(exc), retryable=False) from None
         except httpx.HTTPError as exc:
             raise ProviderError(self.name, f"resume failed: {type(exc).__name__}") from None
         if response.status_code == 500:
@@ -144,8 +174,11 @@ class ModalSDXLProvider:
                     self.name, f"result still pending after {self.max_redirects} 303s"
                 )
             url = response.url.join(response.headers.get("location", ""))
+            self._refuse_foreign(url, f"HTTP {response.status_code} redirect")
             try:
                 response = await self._client.get(url)
+            except ForeignOrigin as exc:
+                raise ProviderError(self.name, str(exc), retryable=False) from None
             except httpx.HTTPError as exc:
                 raise ProviderError(
                     self.name, f"result request failed: {type(exc).__name__}"

@@ -37,6 +37,7 @@ from replicate.prediction import Prediction
 
 from studio.providers.base import BilledJob, NoJobTracking, ProviderError, ProviderImage
 from studio.providers.comfyui import seed_for
+from studio.providers.same_origin import pin_origin
 from studio.providers.shapes import UnexpectedShape, sniff_image
 from studio.types import AvatarRef, PieceSpec
 
@@ -144,6 +145,8 @@ class ReplicateFluxProvider:
             base_url=base_url,
             timeout=httpx.Timeout(60.0, connect=10.0),
             transport=transport,
+            # the SDK follows no redirects today; should it ever, the token stays here
+            event_hooks={"request": [pin_origin(base_url)]},
         )
         self._client.poll_interval = poll_interval
         self._delivery = _DeliveryClient()
