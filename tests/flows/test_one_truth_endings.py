@@ -125,6 +125,7 @@ async def test_one_truth_resume_of_an_unknown_batch_is_refused_naming_it(studio_
     from studio.bootstrap import ensure_demo_avatar
 
     ensure_demo_avatar()
-    state = await content_batch(avatar_id="demo", resume_batch_id="nope-123", return_state=True)
+    unknown = "0b9e6f1e-5d0c-4c53-9a55-2f1d3c1e7a42"  # a batch id is a UUID (issue 15)
+    state = await content_batch(avatar_id="demo", resume_batch_id=unknown, return_state=True)
     assert state.is_failed()
-    assert "no batch with id 'nope-123' to resume" in (state.message or "")
+    assert f"no batch with id '{unknown}' to resume" in (state.message or "")
