@@ -8,6 +8,8 @@ from studio.request import (
     BatchRequest,
     BatchRequestError,
     TierDistribution,
+    check_name,
+    parse_batch_id,
     parse_tier_distribution,
     validate_request,
 )
@@ -114,3 +116,54 @@ def test_overlong_custom_prompt() -> None:
         validate_request(request(num_pieces=2, custom_prompts=["a", "b" * 1001]))
     assert exc.value.field == "custom_prompts"
     assert "1001 characters" in exc.value.message
+
+
+@pytest.mark.parametrize("char", ["\x00", "\n", "\r", "\x1b", "\x7f", "\x85", "\u2028"])
+def test_control_characters_in_prompts_are_refused_naming_the_field(char: str) -> None:
+    with pytest.raises(BatchRequestError) as exc:
+        validate_request(request(num_pieces=2, custom_prompts=["fine", f"a{char}b"]))
+    assert exc.value.field == "custom_prompts"
+    assert "prompt 2 contains the control character" in exc.value.message
+    assert char not in str(exc.value)  # the message itself is one printable line
+
+
+def test_control_characters_in_the_avatar_and_tiers_are_refused() -> None:
+    with pytest.raises(BatchRequestError) as exc:
+        validate_request(request(avatar_id="demo\x00"))
+    assert exc.value.field == "avatar_id"
+    with pytest.raises(BatchRequestError) as exc:
+        validate_request(request(num_pieces=1, custom_prompts=["a"], custom_tiers=["capa1\n"]))
+    assert exc.value.field == "custom_tiers"
+
+
+def test_unicode_prompts_stay_accepted() -> None:
+    validate_request(request(num_pieces=1, custom_prompts=["café au lait 🌊, «soft» light"]))
+
+
+@pytest.mark.parametrize(
+    "value", ["../../tmp/x", "nightly", "", "urn:uuid:0b9e6f1e-5d0c-4c53-9a55-2f1d3c1e7a42",
+              "{0b9e6f1e-5d0c-4c53-9a55-2f1d3c1e7a42}", "0b9e6f1e5d0c-4c53-9a55-2f1d3c1e7a42",
+              "0b9e6f1e-5d0c-4c53-9a55-2f1d3c1e7a42\x00"]
+)
+def test_batch_ids_must_be_uuids(value: str) -> None:
+    if value == "":
+        assert parse_batch_id("batch_id", value) is None
+        return
+    with pytest.raises(BatchRequestError) as exc:
+        parse_batch_id("batch_id", value)
+    assert exc.value.field == "batch_id"
+    assert "\x00" not in str(exc.value).replace("\\x00", "")
+
+
+def test_batch_ids_are_normalised_to_the_canonical_form() -> None:
+    canonical = "0b9e6f1e-5d0c-4c53-9a55-2f1d3c1e7a42"
+    assert parse_batch_id("batch_id", canonical.upper()) == canonical
+    assert parse_batch_id("batch_id", canonical.replace("-", "")) == canonical
+    assert parse_batch_id("batch_id", None) is None
+
+
+@pytest.mark.parametrize("name", ["a\tb", "a\u200bb", "a\u202eb", " a", "a ", "", "x" * 101])
+def test_names_are_printable_trimmed_and_bounded(name: str) -> None:
+    with pytest.raises(BatchRequestError) as exc:
+        check_name("name", name, 100)
+    assert exc.value.field == "name"

@@ -53,6 +53,11 @@ def test_content_batch_schema_ranges_and_enums() -> None:
         -3:
     ] == ["seed", "batch_id", "resume_batch_id"]
     assert props["batch_id"]["description"].startswith("Internal, leave empty")
+    # issue 15: ids are UUIDs, free text has no control characters, names are bounded
+    for name in ("batch_id", "resume_batch_id"):
+        assert props[name]["format"] == "uuid" and props[name]["pattern"].startswith("^[0-9a-f]")
+    assert prompts["items"]["pattern"] == props["avatar_id"]["pattern"]
+    assert props["avatar_id"]["maxLength"] == 100
 
 
 def test_scheduled_batches_schema() -> None:
@@ -90,6 +95,9 @@ BAD = [
     ({"custom_prompts": ["a", "b"], "custom_tiers": ["capa1", "gold"]}, "gold"),
     ({"custom_prompts": ["x" * 1001]}, "long"),
     ({"custom_prompts": []}, "custom_prompts"),
+    ({"custom_prompts": ["a\x00b"]}, "nul"),
+    ({"batch_id": "../../x"}, "traversal"),
+    ({"resume_batch_id": "not-a-uuid"}, "resume"),
 ]
 
 

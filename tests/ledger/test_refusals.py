@@ -52,13 +52,19 @@ def test_bad_budget_or_price_exits_2_naming_the_variable(demo, monkeypatch, vari
     assert count(Batch) == count(ContentPiece) == count(CostLedgerEntry) == 0
 
 
-def test_blank_budget_means_no_budget(demo, monkeypatch):
+def test_none_turns_a_budget_off_and_blank_keeps_the_default(demo, monkeypatch):
+    """Budgets are on by default (issue 15): only an explicit `none` turns one off; a blank
+    line in a .env file does not silently remove it."""
     from studio.ledger.validation import validate_cost_settings
 
-    monkeypatch.setenv("BATCH_BUDGET_USD", "")
+    monkeypatch.setenv("BATCH_BUDGET_USD", "none")
     monkeypatch.setenv("AVATAR_DAILY_BUDGET_USD", "2.5")
     budgets = validate_cost_settings()
     assert budgets.batch_budget_usd is None and budgets.avatar_daily_budget_usd == 2.5
+    monkeypatch.setenv("BATCH_BUDGET_USD", "")
+    monkeypatch.delenv("AVATAR_DAILY_BUDGET_USD")
+    budgets = validate_cost_settings()
+    assert (budgets.batch_budget_usd, budgets.avatar_daily_budget_usd) == (10.0, 20.0)
 
 
 def test_stats_show_billed_cost_by_provider_and_day(demo) -> None:
