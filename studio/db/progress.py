@@ -25,7 +25,7 @@ from studio.types import GeneratedImage, Hook, PieceSpec, SafetyVerdict, StoredO
 #: progress statuses in order; a step may only move a piece forward along this list
 PROGRESS = ("planned", "generated", "captioned", "checked", "stored")
 #: statuses the save step writes; a piece in one of them is "saved"
-SAVED = ("published", "rejected", "failed", "pending_review")
+SAVED = ("published", "stored_locally", "rejected", "failed", "pending_review")
 
 _TABLE: Table = ContentPiece.__table__  # type: ignore[assignment]
 

@@ -16,7 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-from sqlalchemy import bindparam, select, update
+from sqlalchemy import bindparam, case, select, update
 from sqlalchemy.orm import Session
 
 from studio.db.models import ContentPiece
@@ -75,6 +75,8 @@ def _mark_synced(session: Session, synced: list[tuple[ContentPiece, StoredObject
             storage_backend=bindparam("b_backend"),
             url=bindparam("b_url"),
             stand_ins=bindparam("b_stand_ins"),
+            # a piece kept locally during the outage is published now that it is up
+            status=case((table.c.status == "stored_locally", "published"), else_=table.c.status),
         )
     )
     params: list[dict[str, Any]] = [
