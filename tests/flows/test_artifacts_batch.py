@@ -1,6 +1,6 @@
-"""The artifacts an operator reads on a batch's run: the table (each piece's link and
-image provider), the gallery (thumbnails with tier and status), the image step's
-progress; and the health check as tables."""
+"""The artifacts an operator reads on a batch's run: the table (each piece's key, lasting
+link and image provider), the premium links minted for an hour, the gallery (thumbnails
+with tier and status), the image step's progress; and the health check as tables."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import base64
 import io
 import json
 
+import httpx
 import pytest
 from PIL import Image
 from prefect.client.orchestration import get_client
@@ -30,15 +31,12 @@ async def _artifacts(flow_run_id) -> dict[str, list]:
 
 @pytest.fixture
 def r2_env(studio_env, s3_server, monkeypatch):
-    """Uploads go to R2's API on the loopback SeaweedFS (public URL for capa1)."""
-    bucket = s3_server.new_bucket("artifacts")
-    env = {
-        "R2_ENDPOINT_URL": s3_server.endpoint_url,
-        "R2_ACCESS_KEY_ID": s3_server.access_key,
-        "R2_SECRET_ACCESS_KEY": s3_server.secret_key,
-        "R2_BUCKET_NAME": bucket,
-        "R2_PUBLIC_URL": s3_server.public_url(bucket),
-    }
+    """Uploads go to R2's API on the loopback SeaweedFS: a public content bucket (capa1)
+    and a private one (premium, staging)."""
+    from tests.storage.conftest import r2_env as shaped_like_r2
+
+    public = s3_server.new_bucket("artifacts", public=True)
+    env = shaped_like_r2(s3_server, public, s3_server.new_bucket("artifacts-private"))
     for key, value in env.items():
         monkeypatch.setenv(key, value)
     from studio.settings import reload_settings
@@ -55,18 +53,33 @@ async def test_batch_table_gallery_and_progress(r2_env, demo_avatar) -> None:
     (table,) = artifacts["table"]
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
     assert len(rows) == 10
+    assert "X-Amz-Signature" not in json.dumps(rows)  # the lasting record keeps keys
     published = [r for r in rows if r["status"] == "published"]
     assert len(published) == result.published >= 8
     for row in published:
         assert row["image_provider"] == "preview"
+        assert row["key"].startswith("avatars/")
         if row["tier"] == "capa1":
-            assert row["link"].startswith(r2_env["R2_PUBLIC_URL"])
-        else:  # capa2/capa3: a presigned GET, never the public URL
-            assert "X-Amz-Signature=" in row["link"] and "X-Amz-Expires=" in row["link"]
-    assert {r["tier"] for r in published} >= {"capa1", "capa2"}
+            assert row["link"] == f"{r2_env['R2_PUBLIC_URL']}/{row['key']}"
+        else:  # capa2/capa3: no lasting link at all
+            assert row["link"] == ""
+    premium = [r for r in published if r["tier"] != "capa1"]
+    assert premium and {r["tier"] for r in published} >= {"capa1", "capa2"}
+    assert "expire at" in table.description
+    assert "PRESIGNED_URL_TTL_SECONDS=3600" in table.description
 
-    (gallery,) = artifacts["markdown"]
-    assert gallery.key.startswith("gallery-")
+    by_key = {a.key.split("-", 1)[0]: a for a in artifacts["markdown"]}
+    links = by_key["links"]
+    assert "PRESIGNED_URL_TTL_SECONDS=3600" in links.description and "UTC" in links.description
+    minted = [line for line in links.data.splitlines() if "X-Amz-Signature=" in line]
+    assert len(minted) == len(premium)
+    for line in minted:
+        link = line.split("](", 1)[1].rsplit(")", 1)[0]
+        assert "X-Amz-Expires=3600" in link
+        assert httpx.get(link).status_code == 200
+
+    gallery = by_key["gallery"]
+    assert "X-Amz-Signature" not in gallery.data
     thumbnails = gallery.data.count("](data:image/jpeg;base64,")
     assert thumbnails == result.published
     first = gallery.data.split("data:image/jpeg;base64,", 1)[1].split(")", 1)[0]
@@ -74,12 +87,36 @@ async def test_batch_table_gallery_and_progress(r2_env, demo_avatar) -> None:
         assert max(image.size) <= 96
     for row in rows:  # every piece captioned with its tier and status
         assert f"#{row['piece']} {row['tier']} {row['status']}" in gallery.data
-    # a thumbnail opens the piece's own (presigned or public) link
-    assert all(f"]({row['link']})" in gallery.data for row in published)
+    # a capa1 thumbnail opens its public link; a premium one links nowhere
+    for row in published:
+        assert (f"]({row['link']})" in gallery.data) == (row["tier"] == "capa1")
 
     (progress,) = artifacts["progress"]
     assert float(progress.data) == 100.0
     assert progress.description == "Images: 10/10 made, 0 failed"
+
+
+def test_premium_thumbnails_are_blurred(tmp_path) -> None:
+    """capa2 and capa3 thumbnails are blurred like each other; capa1 is sharp."""
+    from studio.gallery import thumbnail_data_uri
+
+    image = Image.new("RGB", (96, 96), "white")
+    for x in range(0, 96, 2):  # a fine stripe pattern: a blur turns it grey
+        for y in range(96):
+            image.putpixel((x, y), (0, 0, 0))
+    path = tmp_path / "stripes.png"
+    image.save(path)
+
+    def spread(tier: str) -> int:
+        uri = thumbnail_data_uri(path, tier)
+        assert uri is not None
+        data = base64.b64decode(uri.split(",", 1)[1])
+        with Image.open(io.BytesIO(data)) as thumb:
+            low, high = thumb.convert("L").getextrema()
+        return high - low
+
+    assert spread("capa1") > 200
+    assert spread("capa2") < 100 and spread("capa3") < 100
 
 
 async def test_gallery_pictures_only_published_pieces(studio_env, demo_avatar) -> None:
@@ -92,7 +129,8 @@ async def test_gallery_pictures_only_published_pieces(studio_env, demo_avatar) -
     )
     result = await state.result()
     assert result.rejected == 1
-    (gallery,) = (await _artifacts(state.state_details.flow_run_id))["markdown"]
+    markdown = (await _artifacts(state.state_details.flow_run_id))["markdown"]
+    (gallery,) = [a for a in markdown if a.key.startswith("gallery-")]
     assert gallery.data.count("data:image/jpeg;base64,") == 1  # the rejected one is not shown
     assert "#0 capa1 rejected" in gallery.data
 

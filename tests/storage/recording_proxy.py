@@ -7,6 +7,7 @@ The Host header is forwarded unchanged, so SigV4 signatures (which cover it) sti
 from __future__ import annotations
 
 import threading
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -32,6 +33,9 @@ class RecordingProxy:
     upstream: str
     requests: list[Recorded] = field(default_factory=list)
     fail_puts: int = 0
+    #: called with the path (/bucket/key) of every PUT the server accepted, right after
+    #: it answered: a test can probe each object while it exists (e.g. staged ones)
+    on_put: Callable[[str], None] | None = None
     _server: ThreadingHTTPServer | None = None
 
     @property
@@ -65,6 +69,8 @@ class RecordingProxy:
                 if self.command == "HEAD" and "content-length" in response.headers:
                     out["Content-Length"] = response.headers["content-length"]
                 self._answer(response.status_code, out, response.content)
+                if self.command == "PUT" and response.status_code == 200 and proxy.on_put:
+                    proxy.on_put(self.path.split("?", 1)[0])
 
             def _answer(self, status: int, headers: dict[str, str], body: bytes) -> None:
                 self.send_response(status)
