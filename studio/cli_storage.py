@@ -12,7 +12,7 @@ from typing import Annotated
 import typer
 
 from studio.cli_output import batch_failed, console, refuse
-from studio.request import BatchRequestError
+from studio.request import BatchRequestError, parse_batch_id
 
 
 def resume_batch(batch_id: str):  # type: ignore[no-untyped-def]
@@ -20,7 +20,8 @@ def resume_batch(batch_id: str):  # type: ignore[no-untyped-def]
     from flows.content_batch import content_batch
     from tasks.progress import resumable_batch_request
 
-    # unknown or already complete: BatchRequestError (exit 2) before any run
+    # not a UUID, unknown or already complete: BatchRequestError (exit 2) before any run
+    batch_id = parse_batch_id("batch_id", batch_id) or ""
     config = resumable_batch_request(batch_id, None)
     return asyncio.run(
         content_batch(

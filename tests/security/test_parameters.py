@@ -152,7 +152,8 @@ async def test_a_traversal_batch_id_is_refused_and_writes_nothing(demo, studio_e
 def test_cli_resume_of_a_traversal_id_exits_2_and_writes_nothing(demo, studio_env) -> None:
     result = invoke("batch", "resume", TRAVERSAL)
     assert result.exit_code == 2, result.output
-    assert "batch" in result.output and "Traceback" not in result.output
+    assert "batch_id:" in one_line_output(result) and "UUID" in result.output
+    assert "Traceback" not in result.output
     assert count(Batch) == count(ContentPiece) == 0
     assert not (Path(studio_env.work_dir) / TRAVERSAL).resolve().exists()
 
