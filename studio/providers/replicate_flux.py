@@ -37,7 +37,7 @@ from replicate.prediction import Prediction
 
 from studio.providers.base import BilledJob, NoJobTracking, ProviderError, ProviderImage
 from studio.providers.comfyui import seed_for
-from studio.providers.same_origin import pin_origin
+from studio.providers.same_origin import RedirectRefused, pin_origin, refuse_redirects
 from studio.providers.shapes import UnexpectedShape, sniff_image
 from studio.types import AvatarRef, PieceSpec
 
@@ -145,8 +145,9 @@ class ReplicateFluxProvider:
             base_url=base_url,
             timeout=httpx.Timeout(60.0, connect=10.0),
             transport=transport,
-            # the SDK follows no redirects today; should it ever, the token stays here
-            event_hooks={"request": [pin_origin(base_url)]},
+            # the SDK follows no redirects today (a 3xx is an error here); should it
+            # ever, the token stays on the base URL's origin
+            event_hooks={"request": [pin_origin(base_url)], "response": [refuse_redirects]},
         )
         self._client.poll_interval = poll_interval
         self._delivery = _DeliveryClient()
@@ -203,6 +204,8 @@ class ReplicateFluxProvider:
         except ValidationError:
             shape = "create answer of an unknown prediction status"
             raise UnexpectedShape(self.name, shape) from None
+        except RedirectRefused as exc:  # a base URL sending us elsewhere: asking again won't help
+            raise ProviderError(self.name, f"create {exc}", retryable=False) from None
         except httpx.HTTPError as exc:
             raise ProviderError(self.name, f"create failed: {type(exc).__name__}") from None
         job.created(prediction.id)  # billed from here on, whatever happens to the output

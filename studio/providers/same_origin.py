@@ -72,3 +72,17 @@ def pin_origin(base_url: str) -> Callable[[Any], Awaitable[None]]:
             raise ForeignOrigin(allowed, refused)
 
     return _refuse_other_origins
+
+
+class RedirectRefused(httpx.RequestError):
+    """A credentialed API answered with a redirect where its protocol has none."""
+
+
+async def refuse_redirects(response: Any) -> None:
+    """A response event hook for APIs that never redirect (Replicate's): a 3xx is an error
+    naming its status and target origin, instead of a body the SDK cannot parse."""
+    if 300 <= response.status_code < 400 and "location" in response.headers:
+        target = describe_origin(origin_of(response.url.join(response.headers["location"])))
+        raise RedirectRefused(
+            f"answered HTTP {response.status_code} redirect to {target}: not followed"
+        )
