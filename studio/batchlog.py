@@ -72,10 +72,26 @@ class OneLineFormatter(logging.Formatter):
         return super().formatMessage(record)
 
 
+def _neutralise(record: logging.LogRecord) -> None:
+    """Replace a record's message by its one-line form when it holds a control character
+    (the record is shared: app.log and the run logs then get the same escaped text)."""
+    try:
+        message = record.getMessage()
+    except Exception:  # a bad format: logging reports it when a handler formats it
+        return
+    safe = one_line(message)
+    if safe != message:
+        record.msg, record.args = safe, None
+
+
 def console_worthy(record: logging.LogRecord) -> bool:
     """The console filter: warnings and errors from any logger, the spec's lines, and
     everything when STUDIO_VERBOSE (`--verbose`) is set. A function, so logging takes it
-    as a filter as is; app.log and the run logs have their own handlers, unfiltered."""
+    as a filter as is; app.log and the run logs have their own handlers, unfiltered.
+
+    It also makes the record's message one line (see `one_line`): a terminal must not
+    take a name's newline or escape sequence from the console either."""
+    _neutralise(record)
     if record.levelno >= logging.WARNING:
         return True
     if str(record.msg).startswith(SPEC_LINE_PREFIXES):

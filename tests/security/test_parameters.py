@@ -286,6 +286,20 @@ async def test_a_stored_newline_name_cannot_forge_a_log_line(studio_env) -> None
     assert not any(line.startswith(("[BATCH COMPLETE]", "fitness", "x")) for line in lines)
 
 
+def test_the_console_filter_makes_a_record_one_line() -> None:
+    """The console (Prefect's handlers, filtered by console_worthy) gets the escaped form
+    too: a name's newline or escape sequence never reaches the operator's terminal."""
+    from studio.batchlog import console_worthy
+
+    record = logging.LogRecord(
+        "studio.batch", logging.WARNING, __file__, 1, "Avatar: %s", (f"old\x1b[2K\n{FORGED}",),
+        None,
+    )
+    assert console_worthy(record)
+    assert "\n" not in record.getMessage() and "\x1b" not in record.getMessage()
+    assert record.getMessage() == f"Avatar: old\\x1b[2K\\n{FORGED}"
+
+
 # --- LoRA URLs -------------------------------------------------------------------------
 
 
