@@ -16,8 +16,14 @@ holding provider slots leaves no slot counted for good on a server that outlives
 `STUDIO_LOCAL_SERVER=off` restores Prefect's own temporary server per command. An API
 URL set in the environment or the Prefect profile always wins: nothing is started then.
 
-The state file `$PREFECT_HOME/studio-local-server.json` ({"pid", "url"}) is what
-`studio local-server status|stop` and `bench/bench_overhead.py` read.
+It listens on 127.0.0.1 only and still asks for a credential (issue 15): a random auth
+string per start, which only the commands of this user read (the state file is 0600).
+Commands pointed at it send that string whatever PREFECT_API_AUTH_STRING /
+PREFECT_SERVER_API_AUTH_STRING the environment holds for another server, so such
+variables neither lock the local server's own commands out nor reach it.
+
+The state file `$PREFECT_HOME/studio-local-server.json` ({"pid", "url", "auth"}, mode
+0600) is what `studio local-server status|stop` and `bench/bench_overhead.py` read.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ import contextlib
 import fcntl
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -103,6 +110,7 @@ def wanted() -> bool:
 class LocalServer:
     pid: int
     url: str  # the API URL, ending in /api
+    auth: str | None = None  # its auth string (None: a server started without one)
 
     def healthy(self, timeout: float = 0.5) -> bool:
         try:
@@ -139,7 +147,9 @@ def _state_path() -> Path:
 def read_state() -> LocalServer | None:
     try:
         data: dict[str, Any] = json.loads(_state_path().read_text())
-        return LocalServer(pid=int(data["pid"]), url=str(data["url"]))
+        auth = data.get("auth")
+        return LocalServer(pid=int(data["pid"]), url=str(data["url"]),
+                           auth=str(auth) if auth else None)
     except (OSError, ValueError, KeyError, TypeError):
         return None
 
@@ -155,6 +165,30 @@ def _locked() -> Iterator[None]:
             yield
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
+
+
+def _write_state(server: LocalServer) -> None:
+    """The state file, readable by this user only (it holds the server's auth string)."""
+    path = _state_path()
+    temporary = path.with_suffix(".tmp")
+    with contextlib.suppress(FileNotFoundError):
+        temporary.unlink()
+    fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as out:
+        json.dump({"pid": server.pid, "url": server.url, "auth": server.auth}, out)
+    os.replace(temporary, path)
+
+
+def server_env(auth: str) -> dict[str, str]:
+    """The local server's environment: this one, SERVER_ENV's defaults, and its own
+    credential in place of any the environment holds (see the module's docstring)."""
+    env = {**os.environ, **{k: os.environ.get(k, v) for k, v in SERVER_ENV.items()}}
+    env["PREFECT_HOME"] = str(prefect_home())
+    env["PREFECT_SERVER_API_AUTH_STRING"] = auth
+    env["PREFECT_API_AUTH_STRING"] = auth  # the server's own services call it too
+    # no browser ever talks to it: CSRF tokens would cost every writing request a lookup
+    env["PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED"] = "false"
+    return env
 
 
 def _free_port() -> int:
@@ -183,8 +217,8 @@ def ensure_started() -> LocalServer | None:
             return running
         port = _free_port()
         home = prefect_home()
-        env = {**os.environ, **{k: os.environ.get(k, v) for k, v in SERVER_ENV.items()}}
-        env["PREFECT_HOME"] = str(home)
+        auth = f"studio:{secrets.token_urlsafe(32)}"
+        env = server_env(auth)
         with open(home / LOG_FILE, "ab") as log:
             process = subprocess.Popen(
                 [sys.executable, "-m", "studio.local_server", str(port), str(idle_seconds())],
@@ -194,8 +228,8 @@ def ensure_started() -> LocalServer | None:
                 stderr=log,
                 start_new_session=True,  # not the command's child: it outlives the command
             )
-        server = LocalServer(pid=process.pid, url=f"http://127.0.0.1:{port}/api")
-        _state_path().write_text(json.dumps({"pid": server.pid, "url": server.url}))
+        server = LocalServer(pid=process.pid, url=f"http://127.0.0.1:{port}/api", auth=auth)
+        _write_state(server)
         return server
 
 
@@ -302,7 +336,10 @@ def api_of(server: LocalServer | None) -> Iterator[str | None]:
         )
         yield None
         return
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    with temporary_settings({PREFECT_API_URL: server.url}):
+    updates: dict[Any, Any] = {PREFECT_API_URL: server.url}
+    if server.auth:  # its own credential, even over one the environment holds for another
+        updates[PREFECT_API_AUTH_STRING] = server.auth
+    with temporary_settings(updates):
         yield server.url

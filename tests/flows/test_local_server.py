@@ -1,7 +1,9 @@
 """The local Prefect API of the embedded defaults, as a user meets it: `studio` commands in
 subprocesses with no PREFECT_API_URL start one server, later commands reuse it, it stops
 on `studio local-server stop` or when idle, and `STUDIO_LOCAL_SERVER=off` goes back to
-Prefect's temporary server per command."""
+Prefect's temporary server per command. The server asks for its own credential (a
+request without it gets 401), and auth strings meant for another server in the user's
+environment change nothing."""
 
 from __future__ import annotations
 
@@ -55,24 +57,41 @@ def alive(pid: int) -> bool:
     return True
 
 
-def flow_run_names(url: str) -> list[str]:
-    answer = httpx.post(f"{url}/flow_runs/filter", json={"limit": 50}, timeout=10)
+def flow_run_names(url: str, auth: str) -> list[str]:
+    answer = httpx.post(
+        f"{url}/flow_runs/filter", json={"limit": 50}, timeout=10, auth=basic(auth)
+    )
     answer.raise_for_status()
     return [run["name"] for run in answer.json()]
 
 
+def basic(auth: str) -> tuple[str, str]:
+    user, _, password = auth.partition(":")
+    return user, password
+
+
 def test_the_first_command_starts_the_server_and_the_next_reuses_it(tmp_path: Path) -> None:
-    env = user_env(tmp_path)
+    # credentials of another server in the user's shell: neither used nor in the way
+    env = user_env(tmp_path, PREFECT_SERVER_API_AUTH_STRING="elsewhere:server",
+                   PREFECT_API_AUTH_STRING="elsewhere:client")
     try:
         first = studio(env, "demo", "--pieces", "2")
         assert first.returncode == 0, first.stdout + first.stderr
         started = state(tmp_path)
         assert started is not None and alive(started["pid"])
+        state_file = tmp_path / "prefect" / "studio-local-server.json"
+        assert state_file.stat().st_mode & 0o777 == 0o600  # it holds the auth string
+        assert started["auth"] and "elsewhere" not in started["auth"]
+        anonymous = httpx.post(f"{started['url']}/flow_runs/filter", json={}, timeout=10)
+        assert anonymous.status_code == 401
+        wrong = httpx.post(f"{started['url']}/flow_runs/filter", json={}, timeout=10,
+                           auth=basic("elsewhere:client"))
+        assert wrong.status_code == 401
         second = studio(env, "batch", "run", "--avatar", "demo", "--pieces", "2")
         assert second.returncode == 0, second.stdout + second.stderr
         assert state(tmp_path) == started  # the same process and address
         assert "Starting temporary server" not in first.stdout + second.stdout
-        names = flow_run_names(started["url"])
+        names = flow_run_names(started["url"], started["auth"])
         assert names.count("content-batch-demo-2") == 2  # both runs on the one server
         status = studio(env, "local-server", "status")
         assert status.returncode == 0 and started["url"] in status.stdout
