@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 
 from studio.storage.base import ContentStore
-from studio.storage.errors import StorageError
+from studio.storage.errors import StorageError, StorageUnavailable
 from studio.storage.local import LocalContentStore
 from studio.types import StoredObject, Tier
 
@@ -27,18 +27,25 @@ class FallbackContentStore:
         self.primary = primary
         self.local = local
         self.name = primary.name
+        #: the primary did not answer: the rest of this upload (one task run) goes local
+        #: at once; each piece waiting out its own retries and timeouts (seconds each)
+        #: overran the upload task's 60 s timeout at a few hundred pieces, crashing the batch
+        self.unavailable = False
 
     def put(
         self, piece_id: str, key: str, data: bytes, content_type: str, tier: Tier
     ) -> StoredObject:
-        try:
-            return self.primary.put(piece_id, key, data, content_type, tier)
-        except StorageError as error:
-            logger.error(
-                "Storage upload failed | Piece: %s | %s | kept locally, marked for sync",
-                piece_id,
-                error,
-            )
+        if not self.unavailable:
+            try:
+                return self.primary.put(piece_id, key, data, content_type, tier)
+            except StorageError as error:
+                self.unavailable = isinstance(error, StorageUnavailable)
+                logger.error(
+                    "Storage upload failed | Piece: %s | %s | kept locally, marked for sync%s",
+                    piece_id,
+                    error,
+                    "; the rest of this upload too" if self.unavailable else "",
+                )
         stored = self.local.put(piece_id, key, data, content_type, tier)
         return stored.model_copy(update={"needs_sync": True})
 

@@ -52,8 +52,14 @@ def test_fallback_keeps_file_locally_and_marks_it(s3_server, s3_bucket, tmp_path
     assert stored.checksum == sha256_hex(PNG)
     assert "Storage upload failed" in caplog.text
     assert s3_server.secret_key not in caplog.text
-    # with R2 back, the same store uploads and marks nothing
-    again = store.put("p2", object_key("av", "b", "p2"), PNG, "image/png", "capa1")
+    # this upload saw R2 down: its other pieces go local at once, without waiting on R2
+    heads: list[int] = []
+    r2.client.meta.events.register("before-call.s3.HeadObject", lambda **_: heads.append(1))
+    later = store.put("p3", object_key("av", "b", "p3"), PNG, "image/png", "capa1")
+    assert later.backend == "local" and later.needs_sync and not heads
+    # with R2 back, the next upload (each upload task run builds its store) uploads
+    fresh = FallbackContentStore(r2, LocalContentStore(tmp_path))
+    again = fresh.put("p2", object_key("av", "b", "p2"), PNG, "image/png", "capa1")
     assert again.backend == "r2" and not again.needs_sync
 
 
@@ -98,8 +104,9 @@ def test_outage_mid_batch_then_sync_after_restart(prefect_api, r2_env, s3_server
         result = asyncio.run(content_batch(avatar_id="demo", num_pieces=8, seed=5))
     finally:
         step_progress.unsubscribe(listener)
-    published = [p for p in result.pieces if p.status.value == "published"]
-    assert published, "the batch must still publish while R2 is down"
+    # kept locally (stored_locally) while R2 is down; published once storage-sync ran
+    published = [p for p in result.pieces if p.status.value == "stored_locally"]
+    assert published, "the batch must still keep its pieces while R2 is down"
     with session_scope() as session:
         rows = list(session.scalars(select(ContentPiece).where(ContentPiece.needs_sync)))
     assert {r.id for r in rows} == {p.piece_id for p in published}
