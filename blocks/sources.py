@@ -21,9 +21,9 @@ The rule (issue 15, "a key goes only where its own configuration points"):
   are taken variable by variable, the environment winning each.
 
 Blocks reach the settings as environment variables of this process (the settings and
-the SDKs read those). What this module exported is remembered and withdrawn at the
-next call, so a long-lived process (`serve`, tests) sees a block edited or deleted
-since, and never mistakes its own exports for the operator's environment.
+the SDKs read those). What this module exported is remembered and replaced at the next
+call, so a long-lived process (`serve`, tests) sees a block edited or deleted since, and
+never mistakes its own exports for the operator's environment.
 """
 
 from __future__ import annotations
@@ -79,11 +79,33 @@ def withdraw_block_exports() -> bool:
     return withdrawn
 
 
-def _export(values: dict[str, str], applied: list[str]) -> None:
-    for variable, value in values.items():
-        _EXPORTED[variable] = (os.environ.get(variable), value)
-        os.environ[variable] = value
-        applied.append(variable)
+def _swap_exports(desired: dict[str, str]) -> bool:
+    """Make our exports exactly `desired`, touching only variables that change.
+
+    Done without an `await`, and without unsetting a variable that stays exported, so a
+    batch running beside this one in the same process (`serve`, an ephemeral fan-out)
+    never reads a gap. Returns True when anything changed.
+    """
+    changed = False
+    for variable, (previous, exported) in list(_EXPORTED.items()):
+        if variable in desired:
+            continue
+        del _EXPORTED[variable]
+        if os.environ.get(variable) == exported:
+            changed = True
+            if previous is None:
+                os.environ.pop(variable, None)
+            else:
+                os.environ[variable] = previous
+    for variable, value in desired.items():
+        current = os.environ.get(variable)
+        ours = variable in _EXPORTED and current == _EXPORTED[variable][1]
+        previous = _EXPORTED[variable][0] if ours else current
+        _EXPORTED[variable] = (previous, value)
+        if current != value:
+            os.environ[variable] = value
+            changed = True
+    return changed
 
 
 def _label(block_type: type[Block], name: str) -> str:
@@ -166,8 +188,6 @@ async def apply_registered_blocks(name: str = DEFAULT_BLOCK_NAME) -> list[str]:
     registered, or has no document of that name, is skipped: environment variables
     alone are a complete configuration.
     """
-    withdrawn = withdraw_block_exports()
-    env = operator_environment()
     types: list[type[Block]] = [
         *PROVIDER_CREDENTIAL_BLOCKS.values(),
         ProviderCredentials,
@@ -175,13 +195,13 @@ async def apply_registered_blocks(name: str = DEFAULT_BLOCK_NAME) -> list[str]:
         *ALL_OR_NOTHING_BLOCKS,
     ]
     loaded = dict(zip(types, await asyncio.gather(*(_load(t, name) for t in types)), strict=True))
-    applied: list[str] = []
+    env = operator_environment()  # after the last await: nothing changes it from here on
+    desired: dict[str, str] = {}
 
     legacy = loaded[ProviderCredentials]
     for provider, block_type in PROVIDER_CREDENTIAL_BLOCKS.items():
         block = loaded[block_type]
-        values = _keyed_provider(provider, block_type, block, legacy, env, name)  # type: ignore[arg-type]
-        _export(values, applied)
+        desired.update(_keyed_provider(provider, block_type, block, legacy, env, name))  # type: ignore[arg-type]
 
     for block_type in PER_VARIABLE_BLOCKS:
         block = loaded[block_type]
@@ -189,8 +209,7 @@ async def apply_registered_blocks(name: str = DEFAULT_BLOCK_NAME) -> list[str]:
             continue
         if isinstance(block, ProviderEndpoints):
             _warn_ignored_endpoints(block, name)
-        values = {v: x for v, x in block.as_environment().items() if v not in env}
-        _export(values, applied)
+        desired.update({v: x for v, x in block.as_environment().items() if v not in env})
 
     for block_type in ALL_OR_NOTHING_BLOCKS:
         block = loaded[block_type]
@@ -205,12 +224,13 @@ async def apply_registered_blocks(name: str = DEFAULT_BLOCK_NAME) -> list[str]:
                 _label(block_type, name), ", ".join(in_env),
             )
             continue
-        _export(values, applied)
+        desired.update(values)
 
-    if applied or withdrawn:
+    if _swap_exports(desired):
         from studio.settings import reload_settings
 
         reload_settings()
+    applied = sorted(desired)
     if applied:
-        log.info("Configuration from Prefect blocks %r: %s", name, ", ".join(sorted(applied)))
+        log.info("Configuration from Prefect blocks %r: %s", name, ", ".join(applied))
     return applied
