@@ -37,8 +37,10 @@ def _bucket_keys(s3_server, bucket: str) -> list[str]:
     return [o["Key"] for o in listing.get("Contents", [])]
 
 
-def test_fallback_keeps_file_locally_and_marks_it(s3_server, s3_bucket, tmp_path, caplog):
-    r2 = R2ContentStore(r2_settings(s3_server, s3_bucket))
+def test_fallback_keeps_file_locally_and_marks_it(
+    s3_server, s3_bucket, s3_private_bucket, tmp_path, caplog
+):
+    r2 = R2ContentStore(r2_settings(s3_server, s3_bucket, s3_private_bucket))
     store = FallbackContentStore(r2, LocalContentStore(tmp_path))
     key = object_key("av", "b", "p1")
     s3_server.stop()
@@ -69,15 +71,12 @@ def test_local_store_refuses_keys_escaping_its_root(tmp_path):
 
 
 @pytest.fixture
-def r2_env(monkeypatch, s3_server, s3_bucket, studio_env):
-    """Point the pipeline's storage at the SeaweedFS bucket through the R2_* variables."""
-    monkeypatch.setenv("R2_ENDPOINT_URL", s3_server.endpoint_url)
-    monkeypatch.setenv("R2_ACCESS_KEY_ID", s3_server.access_key)
-    monkeypatch.setenv("R2_SECRET_ACCESS_KEY", s3_server.secret_key)
-    monkeypatch.setenv("R2_BUCKET_NAME", s3_bucket)
-    monkeypatch.setenv("R2_PUBLIC_URL", s3_server.public_url(s3_bucket))
-    monkeypatch.setenv("R2_MAX_ATTEMPTS", "1")
-    monkeypatch.setenv("R2_CONNECT_TIMEOUT_SECONDS", "1")
+def r2_env(monkeypatch, s3_server, s3_bucket, s3_private_bucket, studio_env):
+    """Point the pipeline's storage at the SeaweedFS buckets through the R2_* variables."""
+    from tests.storage.conftest import r2_env as shaped_like_r2
+
+    for name, value in shaped_like_r2(s3_server, s3_bucket, s3_private_bucket).items():
+        monkeypatch.setenv(name, value)
     monkeypatch.setenv("UPLOAD_TO_STORAGE_ENABLED", "true")
     return reload_settings()
 
@@ -93,7 +92,9 @@ def _stop_after_images(s3_server):
     return listener
 
 
-def test_outage_mid_batch_then_sync_after_restart(prefect_api, r2_env, s3_server, s3_bucket):
+def test_outage_mid_batch_then_sync_after_restart(
+    prefect_api, r2_env, s3_server, s3_bucket, s3_private_bucket
+):
     from flows.content_batch import content_batch
     from flows.storage_sync import storage_sync
     from studio.bootstrap import ensure_demo_avatar
@@ -120,14 +121,14 @@ def test_outage_mid_batch_then_sync_after_restart(prefect_api, r2_env, s3_server
 
     s3_server.start()
     report = storage_sync()
-    assert report == {
+    assert {k: v for k, v in report.items() if k != "staging_swept"} == {
         "synced": len(published),
         "failed": 0,
         "missing": 0,
         "remaining": 0,
         "errors": [],
     }
-    keys = _bucket_keys(s3_server, s3_bucket)
+    keys = _bucket_keys(s3_server, s3_bucket) + _bucket_keys(s3_server, s3_private_bucket)
     with session_scope() as session:
         rows = list(
             session.scalars(select(ContentPiece).where(ContentPiece.batch_id == result.batch_id))
@@ -137,24 +138,32 @@ def test_outage_mid_batch_then_sync_after_restart(prefect_api, r2_env, s3_server
     for row in stored:
         assert not row.needs_sync and row.storage_backend == "r2"
         assert "storage:local" not in row.stand_ins
-        head = s3_server.client().head_object(Bucket=s3_bucket, Key=row.storage_key)
+        premium = row.access_tier != "capa1"
+        bucket = s3_private_bucket if premium else s3_bucket
+        head = s3_server.client().head_object(Bucket=bucket, Key=row.storage_key)
         assert head["Metadata"]["sha256"] == row.checksum
-        response = httpx.get(row.url)
-        assert response.status_code == 200 and sha256_hex(response.content) == row.checksum
-        if row.access_tier == "capa1":
-            assert row.url.startswith(s3_server.public_url(s3_bucket))
+        if premium:  # no lasting link: minted on demand from the private bucket
+            assert not row.url
+            url = s3_server.client().generate_presigned_url(
+                "get_object", Params={"Bucket": bucket, "Key": row.storage_key}
+            )
         else:
-            assert "X-Amz-Signature" in row.url
+            url = row.url
+            assert url.startswith(s3_server.public_url(s3_bucket))
+        response = httpx.get(url)
+        assert response.status_code == 200 and sha256_hex(response.content) == row.checksum
         local_file = Path(r2_env.studio_home / "content" / row.storage_key)
         assert not local_file.exists()  # moved, not copied
 
     again = storage_sync()  # nothing left: nothing uploaded twice
     assert again["synced"] == 0 and again["remaining"] == 0
-    assert sorted(_bucket_keys(s3_server, s3_bucket)) == sorted(keys)
+    assert sorted(
+        _bucket_keys(s3_server, s3_bucket) + _bucket_keys(s3_server, s3_private_bucket)
+    ) == sorted(keys)
 
 
 def test_sync_does_not_reupload_what_a_dead_sync_already_uploaded(
-    r2_env, s3_server, s3_bucket, tmp_path
+    r2_env, s3_server, s3_bucket, s3_private_bucket, tmp_path
 ):
     """A sync that died after its PUT but before its commit: the next one only clears marks."""
     from studio.db import progress
@@ -171,16 +180,18 @@ def test_sync_does_not_reupload_what_a_dead_sync_already_uploaded(
     with session_scope() as session:
         progress.record_plan(session, avatar_id, "batch-s", specs)
         progress.record_stored(session, kept)
-    remote = R2ContentStore(r2_settings(s3_server, s3_bucket))
+    remote = R2ContentStore(r2_settings(s3_server, s3_bucket, s3_private_bucket))
     # the dead sync got as far as uploading the first file
     first = kept[0]
-    remote.put(first.piece_id, first.key, local.read(first.key), "image/png", "capa1")
+    remote.put(first.piece_id, first.key, local.read(first.key), "image/png", specs[0].tier)
 
     puts = _count_puts(remote)
     report = sync_pending(session_scope, local, remote)
     assert report.synced == 3 and report.remaining == 0
     assert len(puts) == 2  # the first file was already there with the same checksum
-    assert sorted(_bucket_keys(s3_server, s3_bucket)) == sorted(o.key for o in kept)
+    assert sorted(
+        _bucket_keys(s3_server, s3_bucket) + _bucket_keys(s3_server, s3_private_bucket)
+    ) == sorted(o.key for o in kept)
 
 
 def test_sync_counts_a_missing_local_file_and_keeps_its_mark(
@@ -203,7 +214,7 @@ def test_sync_counts_a_missing_local_file_and_keeps_its_mark(
             ],
         )
     (tmp_path / lost).unlink()
-    remote = R2ContentStore(r2_settings(s3_server, s3_bucket))
+    remote = R2ContentStore(r2_settings(s3_server, s3_bucket, "unused-private"))
     report = sync_pending(session_scope, LocalContentStore(tmp_path), remote)
     assert report.missing == 1 and report.synced == 0 and report.remaining == 1
     assert "local file missing" in report.errors[0]
@@ -221,11 +232,12 @@ def test_sync_without_r2_configured_changes_nothing(prefect_api, studio_env, mon
         "missing": 0,
         "remaining": 0,
         "errors": [],
+        "staging_swept": 0,
     }
 
 
 def test_outage_error_type_is_what_the_fallback_catches(s3_server, s3_bucket):
-    r2 = R2ContentStore(r2_settings(s3_server, s3_bucket))
+    r2 = R2ContentStore(r2_settings(s3_server, s3_bucket, "unused-private"))
     s3_server.stop()
     try:
         with pytest.raises(StorageUnavailable):

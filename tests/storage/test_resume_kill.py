@@ -151,7 +151,9 @@ def postgres_home(prefect_api, postgres_url, tmp_path, monkeypatch):
     dispose_engines()
 
 
-def test_kill_at_upload_step_then_resume(postgres_home, s3_server, s3_bucket, tmp_path) -> None:
+def test_kill_at_upload_step_then_resume(
+    postgres_home, s3_server, s3_bucket, s3_private_bucket, tmp_path
+) -> None:
     probes = tmp_path / "probes"
     probes.mkdir()
     batch_id = str(uuid.uuid4())
@@ -163,6 +165,7 @@ def test_kill_at_upload_step_then_resume(postgres_home, s3_server, s3_bucket, tm
             "R2_SECRET_ACCESS_KEY": s3_server.secret_key,
             "R2_BUCKET_NAME": s3_bucket,
             "R2_PUBLIC_URL": s3_server.public_url(s3_bucket),
+            "R2_PRIVATE_BUCKET_NAME": s3_private_bucket,
         },
     )
 
@@ -188,12 +191,17 @@ def test_kill_at_upload_step_then_resume(postgres_home, s3_server, s3_bucket, tm
 
     rows = _assert_one_row_per_piece(batch_id)
     published = [r for r in rows if r.status == "published"]
-    listing = s3_server.client().list_objects_v2(Bucket=s3_bucket)
-    keys = sorted(o["Key"] for o in listing.get("Contents", []))
-    assert keys == sorted(r.storage_key for r in published)  # one object per stored piece
+    buckets = {"capa1": s3_bucket, "capa2": s3_private_bucket, "capa3": s3_private_bucket}
+    keys = sorted(
+        o["Key"]
+        for bucket in (s3_bucket, s3_private_bucket)
+        for o in s3_server.client().list_objects_v2(Bucket=bucket).get("Contents", [])
+    )
+    assert keys == sorted(r.storage_key for r in published)  # one object each, no staging
     for row in published:
         assert row.storage_backend == "r2" and not row.needs_sync
-        head = s3_server.client().head_object(Bucket=s3_bucket, Key=row.storage_key)
+        bucket = buckets[row.access_tier]
+        head = s3_server.client().head_object(Bucket=bucket, Key=row.storage_key)
         assert head["Metadata"]["sha256"] == row.checksum
 
 
@@ -229,9 +237,12 @@ def test_resume_of_unknown_batch_is_refused(prefect_api, studio_env) -> None:
 
     from studio.cli import app
 
-    result = CliRunner().invoke(app, ["batch", "resume", "no-such-batch"])
+    unknown = str(uuid.uuid4())
+    result = CliRunner().invoke(app, ["batch", "resume", unknown])
     assert result.exit_code == 2
-    assert "no batch with id 'no-such-batch'" in result.output
+    assert f"no batch with id '{unknown}'" in " ".join(result.output.split())
+    not_an_id = CliRunner().invoke(app, ["batch", "resume", "no-such-batch"])
+    assert not_an_id.exit_code == 2 and "is not a batch id" in not_an_id.output
 
 
 def test_kill_at_image_step_then_resume_on_another_host(
@@ -242,7 +253,7 @@ def test_kill_at_image_step_then_resume_on_another_host(
     probes = tmp_path / "probes"
     probes.mkdir()
     batch_id = str(uuid.uuid4())
-    content, private = s3_server.new_bucket("content"), s3_server.new_bucket("staging")
+    content, private = s3_server.new_bucket("content", public=True), s3_server.new_bucket("staging")
     store = {
         "R2_ENDPOINT_URL": s3_server.endpoint_url,
         "R2_ACCESS_KEY_ID": s3_server.access_key,
@@ -266,13 +277,17 @@ def test_kill_at_image_step_then_resume_on_another_host(
     renders = Counter(_lines(probes / "renders.log"))
     assert len(renders) == PIECES and max(renders.values()) == 1  # none bought twice
     rows = _assert_one_row_per_piece(batch_id)
-    # host B fetched host A's images from the staging bucket instead of buying them
-    assert all((home_b / "work" / batch_id / f"{p}.json").exists() for p in first)
+    # host B fetched host A's images from the staging bucket instead of buying them (the
+    # renders above), and once the batch completed its staging went, there and on B's disk
     published = [r for r in rows if r.status == "published"]
-    listing = s3_server.client().list_objects_v2(Bucket=content).get("Contents", [])
-    assert sorted(o["Key"] for o in listing) == sorted(r.storage_key for r in published)
-    staged = s3_server.client().list_objects_v2(Bucket=private).get("Contents", [])
-    assert len(staged) == 2 * PIECES  # one image and one metadata object per piece
+    listing = [
+        o["Key"]
+        for bucket in (content, private)
+        for o in s3_server.client().list_objects_v2(Bucket=bucket).get("Contents", [])
+    ]
+    assert sorted(listing) == sorted(r.storage_key for r in published)
+    assert not [k for k in listing if k.startswith("staging/")]
+    assert not (home_b / "work" / batch_id).exists()
 
 
 async def test_cli_resume_of_a_complete_batch_is_refused_before_any_run(demo_home) -> None:
