@@ -286,7 +286,8 @@ def started_cluster(
     with comfyui, replicate:
         cluster = cluster_class(
             root=root, prefect_db=prefect_db, studio_db=studio_db, s3=s3,
-            content_bucket=s3.new_bucket("content"), staging_bucket=s3.new_bucket("staging"),
+            content_bucket=s3.new_bucket("content", public=True),
+            staging_bucket=s3.new_bucket("staging"),
             comfyui=comfyui, replicate=replicate,
         )
         try:
@@ -328,10 +329,12 @@ def batch_facts(cluster: Cluster, batch_id: str) -> dict[str, Any]:
             "providers": sorted(r.provider or "-" for r in rows),
         }
     s3 = cluster.s3.client()
-    public = s3.list_objects_v2(Bucket=cluster.content_bucket, Prefix="avatars/").get(
-        "Contents", []
-    )
-    facts["objects"] = [o["Key"] for o in public if f"/batches/{batch_id}/" in o["Key"]]
+    stored = [  # capa1 in the public content bucket, capa2/capa3 in the private one
+        o
+        for bucket in (cluster.content_bucket, cluster.staging_bucket)
+        for o in s3.list_objects_v2(Bucket=bucket, Prefix="avatars/").get("Contents", [])
+    ]
+    facts["objects"] = [o["Key"] for o in stored if f"/batches/{batch_id}/" in o["Key"]]
     staged = s3.list_objects_v2(Bucket=cluster.staging_bucket, Prefix=f"staging/{batch_id}/")
     facts["staged"] = [o["Key"] for o in staged.get("Contents", [])]
     return facts
