@@ -411,16 +411,17 @@ async def _run_batch(
     if result.status == "failed":
         row["error"] = ending[:2000]  # the row says why, as the run's state does
     finish_batch(batch_id, row)
+    delivered = result.published + result.stored_locally  # kept locally in an outage: made
     if result.status == "failed":
         log.error(
             batchlog.batch_failed(
-                avatar.id, result.total_seconds, result.published, result.cost_usd, ending
+                avatar.id, result.total_seconds, delivered, result.cost_usd, ending
             )
         )
     else:
         log.info(
             batchlog.batch_complete(
-                avatar.id, result.total_seconds, result.published, result.cost_usd
+                avatar.id, result.total_seconds, delivered, result.cost_usd
             )
         )
     await publish_batch_artifact(result, {p: image.path for p, image in images.items()})
@@ -458,6 +459,8 @@ def _ending(result: BatchResult, min_success_ratio: float) -> str:
         f"{result.rejected} rejected",
         f"{result.pending_review} pending review",
     ]
+    if result.stored_locally:  # the object store was down: storage-sync publishes them
+        parts.insert(1, f"{result.stored_locally} stored locally")
     return ", ".join(parts) + (f"; {failed}" if failed else "")
 
 

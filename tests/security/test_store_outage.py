@@ -125,9 +125,10 @@ async def test_store_outage_before_the_batch_keeps_every_piece_billed_once(
     assert staging_lines[0].levelno == logging.WARNING
     assert result.batch_id in staging_lines[0].getMessage()
     stored_lines = [r for r in caplog.records if r.getMessage().startswith("Stored locally")]
-    assert len(stored_lines) == 1 and f"Pieces: {result.stored_locally}" in stored_lines[0].msg % (
-        stored_lines[0].args
-    )
+    assert len(stored_lines) == 1
+    assert f"Pieces: {result.stored_locally}" in stored_lines[0].getMessage()
+    complete = [r.getMessage() for r in caplog.records if "[BATCH COMPLETE]" in r.getMessage()]
+    assert len(complete) == 1 and f"| Pieces: {result.stored_locally} |" in complete[0]
     _assert_no_secret(settings, server, caplog.text)
 
 
