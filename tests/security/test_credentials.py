@@ -164,6 +164,44 @@ async def test_a_provider_block_sends_its_own_key_to_its_own_url(
     assert BLOCK_A not in log and BLOCK_O not in log
 
 
+async def test_sdk_credentials_of_the_environment_stay_off_a_block_url(
+    clean_env, prefect_api, capture, monkeypatch, avatar, tmp_path
+) -> None:
+    """The SDKs read more credentials from the environment than ours (ANTHROPIC_AUTH_TOKEN,
+    OPENAI_ADMIN_KEY); with a block as the source, only the block's key reaches its URL."""
+    import uuid
+
+    from blocks import apply_registered_blocks
+
+    monkeypatch.setenv("ANTHROPIC_AUTH_TOKEN", "env-anthropic-auth-token")
+    monkeypatch.setenv("OPENAI_ADMIN_KEY", "env-openai-admin-key")
+    name = f"t-{uuid.uuid4().hex[:10]}"
+    await AnthropicCredentials(api_key=BLOCK_A, base_url=capture.url).asave(name)
+    await OpenAICredentials(api_key=BLOCK_O, base_url=f"{capture.url}/v1").asave(name)
+    try:
+        await apply_registered_blocks(name)
+    finally:
+        await AnthropicCredentials.adelete(name)
+        await OpenAICredentials.adelete(name)
+    image = tmp_path / "p1.png"
+    Image.new("RGB", (8, 8), (200, 180, 160)).save(image)
+
+    hooks = HookSettings().model_copy(update={"max_retries": 0})
+    await AnthropicHookWriter(hooks).write(
+        [PieceSpec(piece_id="p1", batch_id="b1", index=0, prompt="x", tier="capa1",
+                   template_id="tpl-1", category="fitness")],
+        avatar, Platform.INSTAGRAM,
+    )
+    moderation = ModerationSettings().model_copy(update={"max_retries": 0})
+    with pytest.raises(ModerationUnavailable):
+        await OpenAIModerator(moderation).score(
+            [ModerationItem(piece_id="p1", tier="capa1", custom=False, text="hi")]
+        )
+
+    assert len(capture.leaked(BLOCK_A)) >= 1 and len(capture.leaked(BLOCK_O)) >= 1
+    assert capture.leaked("env-anthropic-auth-token", "env-openai-admin-key") == []
+
+
 # --- (3) Modal: the token headers stay on the endpoint's origin ---------------------------
 
 
