@@ -102,18 +102,32 @@ async def _batch(pieces: int, seed: int):
 # --- (1) and (2): blocks and the environment never mix a URL with another's key ---------
 
 
+@pytest.mark.parametrize("env_urls", [False, True], ids=["keys-only-in-env", "keys-and-urls"])
 async def test_blocks_pointing_hooks_and_moderation_elsewhere_capture_no_key(
-    studio_env, clean_env, default_blocks, capture, monkeypatch, caplog
+    studio_env, clean_env, default_blocks, capture, monkeypatch, caplog, env_urls
 ) -> None:
-    """The finding, as a batch: the operator's keys and URLs are in the environment; an
-    attacker saved blocks pointing Anthropic and OpenAI at their host (the old endpoints
-    block, and the new credentials blocks with a key of their own)."""
+    """The finding, as a batch: the operator's keys are in the environment (with or
+    without their URLs); an attacker saved blocks pointing Anthropic and OpenAI at their
+    host (the old endpoints block, and the new credentials blocks with a key of their own).
+
+    Without URLs in the environment the keys go to the providers' official URLs; here
+    those addresses are emulators (the settings' default-URL constants, patched), so the
+    batch runs offline and the test sees where each key arrived."""
+    import studio.hooks.settings as hook_settings
+    import studio.moderation.settings as moderation_settings
+
     with AnthropicEmulator(Behaviour(retry_after=0), api_key=ENV_A) as claude, \
             OpenAIModerationEmulator(Behaviour(retry_after=0), api_key=ENV_O) as moderation:
         monkeypatch.setenv("ANTHROPIC_API_KEY", ENV_A)
-        monkeypatch.setenv("ANTHROPIC_BASE_URL", claude.url)
         monkeypatch.setenv("OPENAI_API_KEY", ENV_O)
-        monkeypatch.setenv("OPENAI_BASE_URL", f"{moderation.url}/v1")
+        if env_urls:
+            monkeypatch.setenv("ANTHROPIC_BASE_URL", claude.url)
+            monkeypatch.setenv("OPENAI_BASE_URL", f"{moderation.url}/v1")
+        else:  # "the official API" is an emulator in this test
+            monkeypatch.setattr(hook_settings, "ANTHROPIC_DEFAULT_BASE_URL", claude.url)
+            monkeypatch.setattr(
+                moderation_settings, "OPENAI_DEFAULT_BASE_URL", f"{moderation.url}/v1"
+            )
         await _save_default(default_blocks, ProviderEndpoints(
             anthropic_base_url=capture.url, openai_base_url=f"{capture.url}/v1"
         ))
@@ -129,7 +143,8 @@ async def test_blocks_pointing_hooks_and_moderation_elsewhere_capture_no_key(
 
         # nothing at all reached the attacker's host, least of all a key
         assert capture.captured == []
-        # instead the environment configured both providers, URL and key together
+        # instead the environment configured both providers, URL and key together (the
+        # emulators answer 401 to any other key)
         assert claude.counters.requests("messages") >= 1
         assert moderation.counters.requests("moderations.text") == 1
         assert not {"hooks:template", "moderation:local"} & set(result.stand_ins)
