@@ -16,11 +16,14 @@ such as Modal's documented 303 to its own result URL, go on as before.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlsplit
 
 import httpx
+
+logger = logging.getLogger("studio.providers")
 
 DEFAULT_PORTS = {"http": 80, "https": 443}
 
@@ -69,7 +72,10 @@ def pin_origin(base_url: str) -> Callable[[Any], Awaitable[None]]:
     async def _refuse_other_origins(request: Any) -> None:
         refused = origin_of(request.url)
         if refused != allowed:
-            raise ForeignOrigin(allowed, refused)
+            error = ForeignOrigin(allowed, refused)
+            # the SDKs report it as a connection error: say here what really happened
+            logger.warning("Credentials kept | %s", error)
+            raise error
 
     return _refuse_other_origins
 

@@ -291,7 +291,7 @@ async def test_modal_same_origin_303_still_works(spec, avatar) -> None:
 
 @pytest.mark.parametrize("status", REDIRECTS)
 async def test_anthropic_client_follows_no_redirect_to_another_origin(
-    capture, avatar, status
+    capture, avatar, status, caplog
 ) -> None:
     with RedirectServer(capture.url, status=status) as base:
         settings = HookSettings(
@@ -307,6 +307,9 @@ async def test_anthropic_client_follows_no_redirect_to_another_origin(
     assert capture.captured == []
     # the group fell back to a template hook: the batch goes on without Claude
     assert batch.failures == 1 and batch.hooks["p1"].source == "template"
+    # and the log says why, naming origins only
+    assert "Credentials kept | refused to send credentials to http://127.0.0.1:" in caplog.text
+    assert ENV_A not in caplog.text
 
 
 @pytest.mark.parametrize("status", REDIRECTS)
