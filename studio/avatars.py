@@ -86,6 +86,14 @@ def check_lora_url(url: str, field: str = "lora_weights_url", whose: str = "") -
     return url
 
 
+def _looks_like_an_id(name: str) -> bool:
+    try:
+        uuid.UUID(name)
+    except ValueError:
+        return False
+    return True
+
+
 def add_avatar(
     session: Session,
     name: str,
@@ -96,6 +104,8 @@ def add_avatar(
 ) -> Avatar:
     """Register an avatar; every value is checked first (BatchRequestError naming it)."""
     check_name("name", name, MAX_NAME_CHARS)
+    if _looks_like_an_id(name):  # commands take "id or name": a name must not be an id
+        raise BatchRequestError("name", f"{name!r} looks like an avatar id; pick a name")
     check_name("niche", niche, MAX_NICHE_CHARS)
     if lora_weights_url is not None:
         check_lora_url(lora_weights_url, "lora")

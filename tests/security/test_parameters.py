@@ -248,6 +248,7 @@ def test_cli_refuses_control_characters_with_exit_2(demo, args, field) -> None:
         ([" nova", "--niche", "fitness"], "name"),
         (["nova", "--niche", "fit\rness"], "niche"),
         (["nova", "--niche", "f" * 51], "niche"),
+        ([str(uuid.uuid4()), "--niche", "fitness"], "name"),  # commands take "id or name"
     ],
 )
 def test_avatar_add_refuses_unprintable_or_long_names(studio_env, args, field) -> None:
