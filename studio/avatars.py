@@ -129,6 +129,11 @@ def add_avatar(
 
 
 def find_avatar(session: Session, id_or_name: str) -> Avatar | None:
+    """The avatar with this id or name. Text with a control character names none (a NUL
+    would reach PostgreSQL as a DataError; such names can no longer be added, and an
+    older one is still found by its id)."""
+    if control_character(id_or_name) is not None:
+        return None
     return session.scalar(
         select(Avatar).where(or_(Avatar.id == id_or_name, Avatar.name == id_or_name))
     )

@@ -222,6 +222,16 @@ async def test_a_nul_in_a_prompt_is_refused_naming_the_field(any_database) -> No
     assert count(Batch) == count(ContentPiece) == 0
 
 
+def test_a_nul_in_an_avatar_lookup_is_no_database_error(any_database) -> None:
+    from studio.bootstrap import ensure_demo_avatar
+
+    ensure_demo_avatar()
+    for args in (["stats", "--avatar", "demo\x00"], ["batch", "run", "--avatar", "demo\x00"]):
+        result = invoke(*args)
+        assert result.exit_code == 2, result.output
+        assert "avatar" in result.output and "DataError" not in result.output
+
+
 @pytest.mark.parametrize(
     "args, field",
     [
