@@ -120,8 +120,17 @@ async def _load(block_type: type[Block], name: str) -> Block | None:
         # say which block, never its content (pydantic's message quotes the input)
         log.warning("Block %s not used: its saved values do not validate", _label(block_type, name))
         return None
-    except Exception as exc:  # not saved, type not registered: env alone is enough
+    except ValueError as exc:  # not saved, or its type not registered: env alone is enough
         log.debug("block %s not used: %s", _label(block_type, name), type(exc).__name__)
+        return None
+    except Exception as exc:
+        # e.g. the API refused this process's credential (401): say so, or a batch would
+        # quietly run without the configuration an operator saved
+        status = getattr(getattr(exc, "response", None), "status_code", None)
+        log.warning(
+            "Block %s could not be read: %s%s", _label(block_type, name),
+            type(exc).__name__, f" (HTTP {status})" if status else "",
+        )
         return None
 
 

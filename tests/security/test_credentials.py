@@ -362,3 +362,60 @@ async def test_unpinned_sdk_would_follow_a_redirect_with_the_body(capture) -> No
     assert len(capture.captured) == 1
     assert b"the prompt" in capture.captured[0].body
     assert capture.leaked(ENV_A) == []
+
+
+# --- on a real `studio server` with auth, through the README's commands -------------------
+
+
+def test_on_the_secured_server_a_block_redirect_captures_no_key(
+    secured_server, capture, tmp_path
+) -> None:
+    """As an operator runs it: the server with its credential, the blocks registered and
+    saved with the credential (an attacker's endpoints and credentials blocks pointing at
+    the capture server), `studio batch run` with the operator's keys and URLs in its
+    environment. The batch reads the blocks through the authenticated API, warns, and
+    sends every key where the environment points; the capture server sees nothing."""
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    registered = secured_server.run("prefect", "block", "register", "-m", "blocks")
+    assert registered.returncode == 0, registered.stdout + registered.stderr
+    with temporary_settings({PREFECT_API_URL: secured_server.api_url,
+                             PREFECT_API_AUTH_STRING: secured_server.auth_string}):
+        ProviderEndpoints(
+            anthropic_base_url=capture.url, openai_base_url=f"{capture.url}/v1"
+        ).save("default", overwrite=True)
+        AnthropicCredentials(api_key=ATTACKER_KEY, base_url=capture.url).save(
+            "default", overwrite=True
+        )
+        OpenAICredentials(api_key=ATTACKER_KEY, base_url=f"{capture.url}/v1").save(
+            "default", overwrite=True
+        )
+    added = secured_server.run(
+        "studio", "avatar", "add", "keys", "--niche", "fitness",
+        "--lora", "https://example.com/loras/keys.safetensors",
+    )
+    assert added.returncode == 0 or "exists" in added.stdout + added.stderr, added.stderr
+
+    with AnthropicEmulator(Behaviour(retry_after=0), api_key=ENV_A) as claude, \
+            OpenAIModerationEmulator(Behaviour(retry_after=0), api_key=ENV_O) as moderation:
+        env = {
+            **secured_server.client_env,
+            "ANTHROPIC_API_KEY": ENV_A, "ANTHROPIC_BASE_URL": claude.url,
+            "OPENAI_API_KEY": ENV_O, "OPENAI_BASE_URL": f"{moderation.url}/v1",
+            "HOOK_BACKOFF_BASE_SECONDS": "0.01", "MODERATION_BACKOFF_BASE_SECONDS": "0.01",
+        }
+        done = secured_server.run(
+            "studio", "batch", "run", "--avatar", "keys", "--pieces", "3", env=env, timeout=240
+        )
+        output = done.stdout + done.stderr
+        assert done.returncode == 0, output[-3000:]
+        assert claude.counters.requests("messages") >= 1
+        assert moderation.counters.requests("moderations.text") == 1
+
+    assert capture.captured == []
+    # the operator is told, on the console, which blocks were not used
+    assert "studio-anthropic-credentials/default not used" in output
+    assert "studio-provider-endpoints/default" in output
+    log = (secured_server.root / "studio" / "logs" / "app.log").read_text()
+    for secret in (ENV_A, ENV_O, ATTACKER_KEY):
+        assert secret not in output and secret not in log
