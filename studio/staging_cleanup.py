@@ -6,6 +6,8 @@ resume it (a completed batch is refused by name), the pieces that passed are in 
 content store, and what was rejected must not linger: `clean_batch_staging` deletes its
 staged objects from the private bucket and its local staged files.
 
+Pieces held for review (`pending_review`: a moderation outage, a degraded image) have
+no other copy of their image, so theirs stays, privately, until the retention below.
 A batch that failed, crashed, timed out or was cancelled keeps its staging, since a
 resume needs it. `sweep_staging` (run by the storage-sync flow, every 15 minutes)
 removes what is left: staging of completed batches whose cleanup did not run (a crash
@@ -76,27 +78,70 @@ def _delete_keys(remote: RemoteStaging, keys: Iterable[str]) -> int:
     return deleted
 
 
+def _piece_of(name: str) -> str:
+    """The piece id a staged file or object is named after (`<piece>.png`, `<piece>.json`)."""
+    return name.rsplit("/", 1)[-1].split(".", 1)[0]
+
+
 def _remove(
-    settings: Settings, remote: RemoteStaging | None, batch_id: str, report: CleanupReport
+    settings: Settings,
+    remote: RemoteStaging | None,
+    batch_id: str,
+    report: CleanupReport,
+    keep: frozenset[str] = frozenset(),
 ) -> None:
-    """Delete one batch's staging, remote first (the copy another host would resume from)."""
+    """Delete one batch's staging but the pieces in `keep`, remote first (the copy
+    another host would resume from), then this host's folder."""
+    deleted = report.objects_deleted
     if remote is not None:
         try:
-            keys = [obj["Key"] for obj in _remote_keys(remote, remote.key(batch_id, ""))]
+            keys = [
+                str(obj["Key"])
+                for obj in _remote_keys(remote, remote.key(batch_id, ""))
+                if _piece_of(str(obj["Key"])) not in keep
+            ]
             report.objects_deleted += _delete_keys(remote, keys)
         except Exception as exc:  # an outage: the next sweep removes it
             report.errors.append(f"batch {batch_id}: remote staging kept ({type(exc).__name__})")
     folder = _local_dir(settings, batch_id)
+    local = False
     if folder is not None and folder.is_dir():
-        shutil.rmtree(folder, ignore_errors=True)
-        report.local_dirs_deleted += 1
-    report.batches.append(batch_id)
+        if keep:
+            for path in folder.iterdir():
+                if _piece_of(path.name) not in keep:
+                    path.unlink(missing_ok=True)
+                    local = True
+        if not keep or not any(folder.iterdir()):
+            shutil.rmtree(folder, ignore_errors=True)
+            report.local_dirs_deleted += 1
+            local = True
+    if local or report.objects_deleted > deleted:
+        report.batches.append(batch_id)
+
+
+def _held_for_review(batch_id: str) -> frozenset[str]:
+    """The batch's pieces held for review: their staged image is their only copy."""
+    from sqlalchemy import select
+
+    from studio.db.engine import session_scope
+    from studio.db.models import ContentPiece
+
+    with session_scope() as session:
+        return frozenset(
+            session.scalars(
+                select(ContentPiece.id).where(
+                    ContentPiece.batch_id == batch_id, ContentPiece.status == "pending_review"
+                )
+            )
+        )
 
 
 def clean_batch_staging(batch_id: str, settings: Settings | None = None) -> CleanupReport:
-    """Remove a completed batch's staged images, remote and local."""
+    """Remove a completed batch's staged images, remote and local, but those of the
+    pieces held for review (kept until STAGING_RETENTION_DAYS)."""
     report = CleanupReport()
-    _remove(settings or get_settings(), remote_staging(), batch_id, report)
+    keep = _held_for_review(batch_id)
+    _remove(settings or get_settings(), remote_staging(), batch_id, report, keep)
     log.info(
         "Staging cleaned | Batch: %s | Objects: %d | Local: %d%s",
         batch_id,
@@ -147,7 +192,8 @@ def _statuses(batch_ids: Iterable[str]) -> dict[str, str]:
 
 
 def sweep_staging(settings: Settings | None = None, now: datetime | None = None) -> CleanupReport:
-    """Remove the staging of completed batches, and any staging idle past the retention."""
+    """Remove the staging of completed batches (but pieces held for review), and any
+    staging idle past the retention."""
     settings = settings or get_settings()
     retention = timedelta(days=StorageSettings().staging_retention_days)
     now = now or datetime.now(UTC)
@@ -161,8 +207,10 @@ def sweep_staging(settings: Settings | None = None, now: datetime | None = None)
         ages = _staged_ages(settings, None)
     statuses = _statuses(ages) if ages else {}
     for batch_id, newest in sorted(ages.items()):
-        if statuses.get(batch_id) == "completed" or now - newest > retention:
+        if now - newest > retention:
             _remove(settings, remote, batch_id, report)
+        elif statuses.get(batch_id) == "completed":
+            _remove(settings, remote, batch_id, report, _held_for_review(batch_id))
     log.info(
         "Staging swept | Batches: %d | Objects: %d | Local: %d | Errors: %d",
         len(report.batches),

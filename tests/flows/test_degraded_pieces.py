@@ -50,7 +50,7 @@ def _cache_a_real_image_for_every_template(fresh) -> None:  # type: ignore[no-un
             select(ContentPiece).where(ContentPiece.batch_id == fresh.batch_id)
         ).first()
         assert row is not None and row.image_info
-    image = Path(row.image_info["path"])
+    image = Path(row.url.removeprefix("file://"))  # stored; its staging went with the batch
     for template in template_library().all_templates():
         asset_cache().remember(fresh.avatar_id, template.id, image)
 

@@ -19,7 +19,7 @@ from studio.staging import open_staging
 from studio.staging_cleanup import clean_batch_staging, sweep_staging
 from studio.types import GeneratedImage
 from tests.storage.conftest import r2_env
-from tests.storage.test_persistence import _avatar_and_batch
+from tests.storage.test_persistence import _avatar_and_batch, _specs
 
 PNG = b"\x89PNG\r\n\x1a\n" + b"staged" * 20
 
@@ -65,6 +65,34 @@ def test_a_completed_batch_loses_its_staging_and_no_other(
     assert not (staging_env.work_dir / done).exists()
     assert len(_staged(s3_server, s3_private_bucket, other)) == 4
     assert (staging_env.work_dir / other).is_dir()
+
+
+def test_a_piece_held_for_review_keeps_its_staged_image(
+    staging_env, s3_server, s3_private_bucket
+) -> None:
+    """Its staged image is its only copy: kept (privately) until the retention sweep."""
+    from studio.db import progress
+    from studio.db.models import ContentPiece
+
+    batch_id = str(uuid.uuid4())
+    _stage(staging_env, batch_id, "completed", pieces=3)
+    held = f"{batch_id}-p1"
+    with session_scope() as session:
+        avatar_id = session.get(Batch, batch_id).avatar_id  # type: ignore[union-attr]
+        progress.record_plan(session, avatar_id, batch_id, _specs(batch_id, 3))
+        session.get(ContentPiece, held).status = "pending_review"  # type: ignore[union-attr]
+
+    clean_batch_staging(batch_id)
+    left = _staged(s3_server, s3_private_bucket, batch_id)
+    assert sorted(left) == sorted(f"staging/{batch_id}/{held}.{ext}" for ext in ("png", "json"))
+    assert sorted(p.name for p in (staging_env.work_dir / batch_id).iterdir()) == [
+        f"{held}.json",
+        f"{held}.png",
+    ]
+    assert sweep_staging().batches == []  # the sweep keeps it too, within the retention
+    later = datetime.now(UTC) + timedelta(days=8)
+    assert sweep_staging(now=later).batches == [batch_id]
+    assert _staged(s3_server, s3_private_bucket, batch_id) == []
 
 
 def test_the_sweep_keeps_what_a_resume_needs_and_removes_the_rest(
