@@ -114,7 +114,8 @@ async def reconcile_forever(census: LeaseCensus, every: float = 15.0) -> None:
                         exc.request.url.copy_with(query=None), hint)
         except Exception as exc:
             if answered or not isinstance(exc, httpx.TransportError | OSError):
-                log.warning("slot reconcile failed (%s: %s)", type(exc).__name__, exc)
+                first_line = (str(exc).splitlines() or [""])[0][:300]  # no SQL dump
+                log.warning("slot reconcile failed (%s: %s)", type(exc).__name__, first_line)
             else:
                 log.debug("slot reconcile skipped: the server is not answering yet (%s)",
                           type(exc).__name__)

@@ -82,14 +82,14 @@ class SecuredServer:
 
     def http(self) -> httpx.Client:
         """A REST client with the credential and a CSRF token (writes need both)."""
-        client = httpx.Client(base_url=self.api_url, timeout=30, auth=basic(self.auth_string))
+        auth = basic(self.auth_string)
         csrf_client = str(uuid.uuid4())
-        token = client.get("/csrf-token", params={"client": csrf_client})
+        token = httpx.get(f"{self.api_url}/csrf-token", params={"client": csrf_client},
+                          auth=auth, timeout=30)
         token.raise_for_status()
-        client.headers.update(
-            {"Prefect-Csrf-Token": token.json()["token"], "Prefect-Csrf-Client": csrf_client}
-        )
-        return client
+        headers = {"Prefect-Csrf-Token": token.json()["token"],
+                   "Prefect-Csrf-Client": csrf_client}
+        return httpx.Client(base_url=self.api_url, timeout=30, auth=auth, headers=headers)
 
     def anonymous(self) -> httpx.Client:
         return httpx.Client(base_url=self.api_url, timeout=30)
@@ -191,6 +191,11 @@ def start_secured_server(
         "STUDIO_SLOT_RECONCILE_SECONDS": "2",
         **env_overrides,
     }
+    initialised = subprocess.run(  # the studio database first: the reconcile's census
+        [str(BIN / "studio"), "init"], cwd=ROOT, env={**base_env(), **studio},
+        capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL,
+    )
+    assert initialised.returncode == 0, initialised.stdout + initialised.stderr
     log = root / "server.log"
     with open(log, "ab") as out:
         process = subprocess.Popen(
@@ -213,8 +218,6 @@ def start_secured_server(
             "PREFECT_WORKER_QUERY_SECONDS": "1",
             "PREFECT_WORKER_PREFETCH_SECONDS": "5",
         }
-        initialised = server.run("studio", "init")  # the reconcile's census table
-        assert initialised.returncode == 0, initialised.stdout + initialised.stderr
         yield server
     finally:
         for other in reversed(server.others):

@@ -1,0 +1,317 @@
+"""Issue 15, finding 1 (and the auth parts of 6): only credential holders act on or read
+from `studio server`, and everything the project runs works with the credential.
+
+One real `studio server` for the module (tests/security/conftest.py: the auth string it
+generated, CSRF on, the UI on), a real process worker where a run must complete, the
+real `studio`/`prefect` commands in subprocesses as an operator types them.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+import uuid
+from datetime import UTC, datetime
+from pathlib import Path
+
+import httpx
+import pytest
+
+from studio.cli_server import ui_origin
+from tests.security.conftest import BIN, ROOT, SecuredServer, base_env, basic, free_port
+
+README = ROOT / "README.md"
+SECRET = "db-password-s3cr3t-value"  # a block's secret the attacker wants
+
+
+@pytest.fixture(scope="module")
+def loot(secured_server: SecuredServer) -> dict[str, str]:
+    """What an attacker came for: a deployment to run, a Secret block, an artifact with a
+    link, a log line; created with the credential."""
+    with secured_server.http() as api:
+        flow = api.post("/flows/", json={"name": f"loot-{uuid.uuid4().hex[:6]}"})
+        flow.raise_for_status()
+        deployment = api.post(
+            "/deployments/", json={"name": "loot", "flow_id": flow.json()["id"]}
+        )
+        deployment.raise_for_status()
+        from prefect.blocks.system import Secret
+        from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+        with temporary_settings({PREFECT_API_URL: secured_server.api_url,
+                                 PREFECT_API_AUTH_STRING: secured_server.auth_string}):
+            Secret(value=SECRET).save("studio-database-password", overwrite=True)
+        artifact = api.post("/artifacts/", json={
+            "key": "content-batch-loot", "type": "markdown",
+            "data": "https://bucket.example/capa3.png?X-Amz-Signature=presigned",
+        })
+        artifact.raise_for_status()
+        logged = api.post("/logs/", json=[{
+            "name": "studio", "level": 20, "message": "loot log line",
+            "timestamp": datetime.now(UTC).isoformat(),
+        }])
+        logged.raise_for_status()
+        return {
+            "deployment": deployment.json()["id"],
+            "artifact": artifact.json()["id"],
+        }
+
+
+def test_the_server_keeps_its_generated_credential_private(secured_server) -> None:
+    assert secured_server.auth_file.stat().st_mode & 0o777 == 0o600
+    assert len(secured_server.auth_string) >= 40
+    printed = secured_server.log.read_text(errors="replace")
+    assert secured_server.auth_string not in printed  # how to read it, never the value
+    assert f"export PREFECT_API_AUTH_STRING=\"$(cat {secured_server.auth_file})\"" in printed
+    assert f"export PREFECT_API_URL={secured_server.api_url}" in printed
+
+
+def test_requests_without_the_credential_are_refused(secured_server, loot) -> None:
+    deployment = loot["deployment"]
+    reads = [
+        ("POST", "/block_documents/filter", {"include_secrets": True}),
+        ("POST", "/artifacts/filter", {}),
+        ("POST", "/logs/filter", {}),
+        ("POST", "/flow_runs/filter", {}),
+        ("POST", f"/deployments/{deployment}/create_flow_run", {"parameters": {}}),
+    ]
+    with secured_server.http() as api:
+        # a valid CSRF token, as a browser session of a logged-in user would hold: still
+        # no credential, so the auth check (behind the CSRF check) answers
+        token_headers = {k: api.headers[k] for k in ("Prefect-Csrf-Token", "Prefect-Csrf-Client")}
+        runs_before = len(api.post("/flow_runs/filter", json={}).json())
+    with secured_server.anonymous() as anonymous:
+        for method, path, body in reads:
+            bare = anonymous.request(method, path, json=body)
+            assert bare.status_code == 403, (path, bare.text)  # no CSRF token
+            with_token = anonymous.request(method, path, json=body, headers=token_headers)
+            assert with_token.status_code == 401, (path, with_token.text)
+            wrong = anonymous.request(method, path, json=body, headers=token_headers,
+                                      auth=basic("studio:guessed"))
+            assert wrong.status_code == 401, (path, wrong.text)
+            assert SECRET not in bare.text + with_token.text + wrong.text
+        for path in (f"/artifacts/{loot['artifact']}", f"/deployments/{deployment}",
+                     "/block_documents/?include_secrets=true", "/csrf-token?client=x",
+                     "/admin/settings"):
+            assert anonymous.get(path).status_code == 401, path
+        assert anonymous.get("/health").status_code == 200  # probes stay open
+    with secured_server.http() as api:
+        assert len(api.post("/flow_runs/filter", json={}).json()) == runs_before
+        found = api.post("/block_documents/filter", json={"include_secrets": True})
+        assert SECRET in found.text  # the credential holder still reads it
+
+
+def test_cors_answers_only_the_uis_own_origin(secured_server) -> None:
+    preflight = {"Access-Control-Request-Method": "POST",
+                 "Access-Control-Request-Headers": "authorization,content-type"}
+    with secured_server.anonymous() as anonymous:
+        evil = anonymous.options("/flow_runs/filter",
+                                 headers={"Origin": "http://evil.example", **preflight})
+        assert evil.status_code == 400
+        assert "access-control-allow-origin" not in evil.headers
+        simple = anonymous.get("/health", headers={"Origin": "http://evil.example"})
+        assert "access-control-allow-origin" not in simple.headers
+        own = anonymous.options("/flow_runs/filter",
+                                headers={"Origin": secured_server.ui_url, **preflight})
+        assert own.status_code == 200
+        assert own.headers["access-control-allow-origin"] == secured_server.ui_url
+
+
+def test_the_ui_asks_for_the_credential(secured_server) -> None:
+    settings = httpx.get(f"{secured_server.ui_url}/ui-settings", timeout=30)
+    assert settings.status_code == 200
+    assert settings.json()["auth"] == "BASIC" and settings.json()["csrf_enabled"] is True
+    page = httpx.get(f"{secured_server.ui_url}/", timeout=30, follow_redirects=True)
+    assert page.status_code == 200 and "<html" in page.text.lower()
+
+
+def _studio_server(*args: str, **env: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [str(BIN / "studio"), "server", "--port", str(free_port()), *args],
+        cwd=ROOT, env={**base_env(), **env}, capture_output=True, text=True, timeout=120,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_a_non_loopback_host_without_a_credential_is_refused(tmp_path: Path) -> None:
+    home = str(tmp_path / "prefect")
+    for refused in (
+        _studio_server("--host", "0.0.0.0", "--no-auth", PREFECT_HOME=home),
+        _studio_server("--host", "0.0.0.0", PREFECT_HOME=home,
+                       PREFECT_SERVER_API_AUTH_STRING=""),
+    ):
+        assert refused.returncode == 2, refused.stdout + refused.stderr
+        said = " ".join((refused.stdout + refused.stderr).split())
+        assert "0.0.0.0" in said and "--insecure" in said and "credential" in said
+        assert "Traceback" not in said and "PREFECT" not in refused.stdout.split("Usage")[0]
+
+
+def test_insecure_lets_no_auth_through_and_a_named_host_is_not_loopback(monkeypatch,
+                                                                          tmp_path) -> None:
+    """The decision itself (starting a server on 0.0.0.0 here would expose it)."""
+    import typer
+
+    from studio.cli_server import is_loopback, secure_environment
+
+    monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
+    env, auth, how = secure_environment({}, "0.0.0.0", 4200, no_auth=True, insecure=True)
+    assert auth is None and how == "" and "PREFECT_SERVER_API_AUTH_STRING" not in env
+    with pytest.raises(typer.BadParameter):
+        secure_environment({}, "studio.example", 4200, no_auth=True, insecure=False)
+    env, auth, how = secure_environment({}, "127.0.0.1", 4200, no_auth=True, insecure=False)
+    assert auth is None  # loopback: allowed, loudly
+    assert [is_loopback(h) for h in ("127.0.0.1", "::1", "localhost", "0.0.0.0", "10.0.0.2")
+            ] == [True, True, True, False, False]
+    env, auth, how = secure_environment({}, "0.0.0.0", 4200, no_auth=False, insecure=False)
+    assert auth and env["PREFECT_SERVER_API_AUTH_STRING"] == auth
+    assert (tmp_path / "studio-api-auth-string").read_text().strip() == auth
+    assert env["PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED"] == "true"
+    assert env["PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS"] == ui_origin("0.0.0.0", 4200, {})
+    again = secure_environment({}, "0.0.0.0", 4200, no_auth=False, insecure=False)[1]
+    assert again == auth  # generated once, kept
+
+
+COMMANDS = {
+    "batch submit": ("studio", "batch", "submit", "--avatar", "demo", "--pieces", "1"),
+    "batch status": ("studio", "batch", "status", str(uuid.uuid4())),
+    "limits apply": ("studio", "limits", "apply"),
+    "automations apply": ("studio", "automations", "apply"),
+}
+
+
+@pytest.fixture(scope="module")
+def demo_avatar(secured_server) -> str:
+    """The avatar `make demo` creates, in the workers' database."""
+    added = secured_server.run(
+        "studio", "avatar", "add", "demo", "--niche", "fitness",
+        "--lora", "https://example.com/loras/demo-avatar.safetensors",
+    )
+    assert added.returncode == 0 or "exists" in added.stdout + added.stderr, added.stderr
+    return "demo"
+
+
+@pytest.mark.parametrize("credential", ["missing", "wrong"])
+@pytest.mark.parametrize("command", list(COMMANDS))
+def test_a_missing_or_wrong_credential_is_one_line_and_exit_1(
+    secured_server, demo_avatar, command, credential
+) -> None:
+    env = dict(secured_server.client_env)
+    if credential == "missing":
+        env.pop("PREFECT_API_AUTH_STRING")
+    else:
+        env["PREFECT_API_AUTH_STRING"] = "studio:not-the-one"
+    done = secured_server.run(*COMMANDS[command], env=env, timeout=120)
+    assert done.returncode == 1, done.stdout + done.stderr
+    lines = [line for line in done.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, done.stderr
+    assert "PREFECT_API_AUTH_STRING" in lines[0] and secured_server.api_url in lines[0]
+    assert "Traceback" not in done.stdout + done.stderr
+    assert "not-the-one" not in done.stdout + done.stderr
+
+
+def readme_on_prefect_block() -> list[str]:
+    """The command lines of the first ```bash block of the README's "On Prefect"."""
+    text = README.read_text()
+    section = text.split("\n## On Prefect\n", 1)[1].split("\n## ", 1)[0]
+    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
+    lines = []
+    for raw in block.splitlines():
+        line = re.split(r"\s+#\s", raw, maxsplit=1)[0].strip()
+        if line and not line.startswith("#"):
+            lines.append(line)
+    return lines
+
+
+def test_the_readme_on_prefect_commands_run_with_the_credential(
+    secured_server, demo_avatar
+) -> None:
+    """Every line of the block, as written, with only the port and PREFECT_HOME put in:
+    the server line is the one the fixture ran; the worker runs the submitted batch, the
+    crash recovery and the health check to completion."""
+    lines = readme_on_prefect_block()
+    assert lines[0] == ".venv/bin/studio server"  # what the fixture started (+ --port)
+    env = {k: v for k, v in secured_server.client_env.items()
+           if k not in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING")}
+    run_id = None
+    for line in lines[1:]:
+        line = line.replace("4200", str(secured_server.port))
+        line = line.replace("~/.prefect", str(secured_server.home))
+        if line.startswith("export "):
+            name, value = line.removeprefix("export ").split("=", 1)
+            shown = subprocess.run(["bash", "-c", f"printf %s {value}"], env=env,
+                                   capture_output=True, text=True, check=True)
+            env[name] = shown.stdout
+            continue
+        if "worker start" in line:
+            secured_server.start("worker", ["bash", "-c", f"exec {line}"], env=env)
+            continue
+        if "<run-id>" in line:
+            assert run_id, "batch submit printed no run id"
+            line = line.replace("<run-id>", run_id)
+        done = subprocess.run(["bash", "-c", line], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=300, stdin=subprocess.DEVNULL)
+        assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}"
+        if "batch submit" in line:
+            run_id = re.search(r"run ([0-9a-f-]{36})", done.stdout)[1]
+            final = secured_server.wait_final(run_id)
+            assert final["state_type"] == "COMPLETED", final["state"]
+        if "batch status" in line:
+            assert "state: Completed" in done.stdout, done.stdout
+    assert env["PREFECT_API_AUTH_STRING"] == secured_server.auth_string
+    assert run_id is not None
+
+    # the scheduled maintenance flows run by the worker with the same credential
+    started = []
+    for deployment in ("crash-recovery/crash-recovery", "health-check/health"):
+        done = subprocess.run([str(BIN / "prefect"), "deployment", "run", deployment],
+                              cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, done.stdout + done.stderr
+        started.append(re.search(r"UUID: ([0-9a-f-]{36})", done.stdout)[1])
+    for flow_run in started:
+        final = secured_server.wait_final(flow_run)
+        assert final["state_type"] == "COMPLETED", final["state"]
+    with secured_server.http() as api:
+        pool = api.get("/work_pools/studio-pool").json()
+        assert pool["concurrency_limit"] == 6
+        limits = {x["name"] for x in api.post("/v2/concurrency_limits/filter", json={}).json()}
+        assert {"provider:comfyui", "provider:modal", "provider:replicate"} <= limits
+        automations = api.post("/automations/filter", json={}).json()
+        assert any(a["name"].startswith("studio") for a in automations)
+        logs = api.post("/logs/filter", json={
+            "logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200}).json()
+        assert any("[BATCH COMPLETE]" in entry["message"] for entry in logs)  # run logs sent
+
+
+def call(api: httpx.Client, method: str, path: str, ok: tuple[int, ...] = (200, 201),
+         **kwargs) -> httpx.Response:
+    """One request, retried on 503 as Prefect's own client does (SQLite busy)."""
+    for _ in range(10):
+        answer = api.request(method, path, **kwargs)
+        if answer.status_code != 503:
+            break
+        time.sleep(0.5)
+    assert answer.status_code in ok, f"{method} {path}: {answer.status_code} {answer.text}"
+    return answer
+
+
+def test_the_reconcile_beside_the_server_frees_a_leaked_slot(secured_server) -> None:
+    """A slot counted with no lease and no census row (a leak) is freed by the reconcile
+    that `studio server` runs with its own credential (every 2 s here)."""
+    name = "provider:comfyui"
+    with secured_server.http() as api:
+        if call(api, "GET", f"/v2/concurrency_limits/{name}", ok=(200, 404)).status_code == 404:
+            call(api, "POST", "/v2/concurrency_limits/", json={"name": name, "limit": 10})
+        call(api, "POST", "/v2/concurrency_limits/increment",
+             json={"names": [name], "slots": 3, "mode": "concurrency"})
+        deadline = time.monotonic() + 30
+        while (held := call(api, "GET", f"/v2/concurrency_limits/{name}").json()[
+                "active_slots"]) > 0:
+            assert time.monotonic() < deadline, f"{held} slots still counted"
+            time.sleep(0.5)
+    log = secured_server.log.read_text(errors="replace")
+    app_log = secured_server.root / "studio" / "logs" / "app.log"
+    if app_log.exists():
+        log += app_log.read_text(errors="replace")
+    assert "Freed 3 slot(s) of provider:comfyui" in log
+    assert "slot reconcile failed" not in log
