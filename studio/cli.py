@@ -82,11 +82,13 @@ def avatar_add(
     niche: Annotated[str, typer.Option(help="fitness, lifestyle, fashion, travel, food, ...")],
     cadence: Annotated[str, typer.Option(help=f"one of {', '.join(CADENCES)}")] = "daily",
     lora: Annotated[
-        str | None, typer.Option("--lora", help="URL of the trained LoRA weights")
+        str | None,
+        typer.Option("--lora", help="https:// URL of the trained LoRA weights (LORA_URL_SCHEMES)"),
     ] = None,
     inactive: Annotated[bool, typer.Option("--inactive")] = False,
 ) -> None:
-    """Register an avatar."""
+    """Register an avatar: a printable name (1..100 characters) and niche (1..50), an
+    https:// LoRA URL; anything else exits 2 naming the field."""
     from studio.db.engine import session_scope
 
     try:
