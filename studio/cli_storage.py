@@ -61,6 +61,36 @@ def storage_sync(
         raise typer.Exit(code=1)
 
 
+def storage_privatize(
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="count, move nothing")] = False,
+) -> None:
+    """Move capa2/capa3 pieces stored by earlier versions out of the public content bucket
+    into R2_PRIVATE_BUCKET_NAME, under names no public key gives away (run once after
+    upgrading)."""
+    from dataclasses import asdict
+
+    from studio.db.engine import session_scope
+    from studio.settings import get_settings
+    from studio.storage.base import key_secret
+    from studio.storage.privatize import privatize_premium
+    from studio.storage.registry import build_remote_store, storage_settings
+
+    settings = get_settings()
+    storage = storage_settings(settings)
+    problem = storage.misconfiguration()
+    if problem:
+        refuse(BatchRequestError("R2_PRIVATE_BUCKET_NAME", problem))
+    remote = build_remote_store(settings)
+    if remote is None:
+        refuse(BatchRequestError("R2_ENDPOINT_URL", "R2 is not configured: nothing to move"))
+    report = privatize_premium(
+        session_scope, remote, storage.r2_bucket_name, key_secret(storage), dry_run=dry_run
+    )
+    console.print_json(json.dumps(asdict(report)))
+    if report.errors:
+        raise typer.Exit(code=1)
+
+
 def seed_history(
     pieces: Annotated[int, typer.Option("--pieces", min=1, help="how many pieces")] = 10_000,
     avatars: Annotated[int, typer.Option("--avatars", min=1)] = 200,
@@ -138,9 +168,10 @@ def pieces(
 
 
 def register(app: typer.Typer, batch_app: typer.Typer) -> None:
-    """Add these commands to the main CLI: `batch resume`, `storage-sync`, `seed-history`,
-    `pieces`."""
+    """Add these commands to the main CLI: `batch resume`, `storage-sync`,
+    `storage-privatize`, `seed-history`, `pieces`."""
     batch_app.command("resume")(batch_resume)
     app.command("pieces")(pieces)
     app.command("storage-sync")(storage_sync)
+    app.command("storage-privatize")(storage_privatize)
     app.command("seed-history")(seed_history)
