@@ -132,9 +132,11 @@ def configure(
         "OPENAI_BASE_URL": f"{urls['openai']}/v1",
         "UPLOAD_TO_STORAGE_ENABLED": "true",
         "LOG_LEVEL": "ERROR",
+        # budgets are on by default now: the bench measures cost, not where a cap stops it
+        "BATCH_BUDGET_USD": "none",
+        "AVATAR_DAILY_BUDGET_USD": "none",
     })
-    for name in ("LORA_INFERENCE_PROVIDER_ORDER", "DATABASE_URL", "BATCH_BUDGET_USD",
-                 "AVATAR_DAILY_BUDGET_USD"):
+    for name in ("LORA_INFERENCE_PROVIDER_ORDER", "DATABASE_URL"):
         os.environ.pop(name, None)
 
 
