@@ -61,7 +61,7 @@ def test_premium_tiers_go_to_the_private_bucket_with_no_lasting_link(
     assert stored.url == ""  # nothing to keep: links are minted on demand
     head = s3_server.client().head_object(Bucket=s3_private_bucket, Key=key)
     assert head["Metadata"]["sha256"] == sha256_hex(PNG)
-    with pytest.raises(Exception, match="404|Not Found"):
+    with pytest.raises(Exception, match=r"404|Not Found"):
         s3_server.client().head_object(Bucket=s3_bucket, Key=key)
     assert httpx.get(f"{s3_server.endpoint_url}/{s3_private_bucket}/{key}").status_code == 403
     link = r2_store.presigned_url(key, tier)
