@@ -59,6 +59,8 @@ class Cluster:
     comfyui: Any
     replicate: Any
     api_url: str = ""
+    #: the server's credential ("" for a server without one); every client sends it
+    auth_string: str = ""
     server: subprocess.Popen[bytes] | None = None
     workers: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
 
@@ -92,6 +94,8 @@ class Cluster:
         )
         for key in ("MODAL_SDXL_ENDPOINT", "MODAL_TOKEN_ID", "MODAL_TOKEN_SECRET"):
             env.pop(key, None)
+        if self.auth_string:
+            env["PREFECT_API_AUTH_STRING"] = self.auth_string
         return env
 
     def host_env(self, name: str, **overrides: str) -> dict[str, str]:
@@ -198,9 +202,12 @@ class Cluster:
     @contextlib.asynccontextmanager
     async def client(self) -> AsyncIterator[Any]:
         from prefect import get_client
-        from prefect.settings import PREFECT_API_URL, temporary_settings
+        from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-        with temporary_settings({PREFECT_API_URL: self.api_url}):
+        updates: dict[Any, Any] = {PREFECT_API_URL: self.api_url}
+        if self.auth_string:
+            updates[PREFECT_API_AUTH_STRING] = self.auth_string
+        with temporary_settings(updates):
             async with get_client() as client:
                 yield client
 

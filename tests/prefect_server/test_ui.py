@@ -39,10 +39,11 @@ def browser() -> Iterator[object]:
 
 
 @pytest.fixture
-def page(browser):
+def page(browser, prefect_stack):
     context = browser.new_context(viewport={"width": 1400, "height": 1000})
     opened = context.new_page()
     opened.set_default_timeout(30_000)
+    prefect_stack.log_in(opened)  # the server asks for its auth string (README "On Prefect")
     yield opened
     context.close()
 
