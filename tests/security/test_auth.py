@@ -315,3 +315,29 @@ def test_the_reconcile_beside_the_server_frees_a_leaked_slot(secured_server) -> 
         log += app_log.read_text(errors="replace")
     assert "Freed 3 slot(s) of provider:comfyui" in log
     assert "slot reconcile failed" not in log
+
+
+async def test_a_refused_reconcile_round_is_a_warning_naming_the_setting(
+    secured_server, caplog
+) -> None:
+    """Finding 6: with a wrong credential every round fails, logged at WARNING (it was
+    DEBUG, and a leaked slot stayed counted unseen), naming PREFECT_API_AUTH_STRING."""
+    import asyncio
+    import logging
+
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    from studio.providers.lease_census import LeaseCensus
+    from tasks.slot_reconcile import reconcile_forever
+
+    caplog.set_level(logging.DEBUG, logger="studio.providers")
+    with temporary_settings({PREFECT_API_URL: secured_server.api_url,
+                             PREFECT_API_AUTH_STRING: "studio:not-the-one"}):
+        loop = asyncio.create_task(reconcile_forever(LeaseCensus(), every=0.2))
+        await asyncio.sleep(1.5)
+        loop.cancel()
+    refused = [r for r in caplog.records if r.name == "studio.providers"]
+    assert refused and all(r.levelno == logging.WARNING for r in refused)
+    message = refused[0].getMessage()
+    assert "401" in message and "PREFECT_API_AUTH_STRING" in message
+    assert "not-the-one" not in caplog.text
