@@ -156,8 +156,11 @@ def secure_environment(
     else:
         env[SERVER_AUTH] = auth
         env[CLIENT_AUTH] = auth  # the server's own clients (services) call its API too
-    env.setdefault("PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED", "true")
-    env.setdefault("PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS", ui_origin(host, port, env))
+    # an operator's value wins, under either of Prefect's names for the setting
+    if "PREFECT_SERVER_CSRF_PROTECTION_ENABLED" not in env:
+        env.setdefault("PREFECT_SERVER_API_CSRF_PROTECTION_ENABLED", "true")
+    if "PREFECT_SERVER_CORS_ALLOWED_ORIGINS" not in env:
+        env.setdefault("PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS", ui_origin(host, port, env))
     return env, auth, how
 
 

@@ -170,6 +170,13 @@ def test_insecure_lets_no_auth_through_and_a_named_host_is_not_loopback(monkeypa
     assert env["PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS"] == ui_origin("0.0.0.0", 4200, {})
     again = secure_environment({}, "0.0.0.0", 4200, no_auth=False, insecure=False)[1]
     assert again == auth  # generated once, kept
+    operator = {"PREFECT_SERVER_CORS_ALLOWED_ORIGINS": "https://ui.example",
+                "PREFECT_SERVER_API_AUTH_STRING": "ops:chosen", "PREFECT_API_AUTH_STRING": "x"}
+    env, auth, how = secure_environment(operator, "0.0.0.0", 4200, no_auth=False,
+                                        insecure=False)
+    assert auth == "ops:chosen" and env["PREFECT_API_AUTH_STRING"] == "ops:chosen"
+    assert how == '"$PREFECT_SERVER_API_AUTH_STRING"'  # how to read it, not the value
+    assert "PREFECT_SERVER_API_CORS_ALLOWED_ORIGINS" not in env  # the operator's name wins
 
 
 COMMANDS = {
