@@ -125,6 +125,8 @@ class ContentStorage(_EnvironmentBlock):
         "r2_bucket_name": "R2_BUCKET_NAME",
         "r2_public_url": "R2_PUBLIC_URL",
         "r2_endpoint_url": "R2_ENDPOINT_URL",
+        "r2_private_bucket_name": "R2_PRIVATE_BUCKET_NAME",
+        "storage_key_secret": "STORAGE_KEY_SECRET",
     }
     r2_account_id: str | None = None
     r2_access_key_id: SecretStr | None = None
@@ -132,6 +134,14 @@ class ContentStorage(_EnvironmentBlock):
     r2_bucket_name: str | None = None
     r2_public_url: str | None = None
     r2_endpoint_url: str | None = None
+    r2_private_bucket_name: str | None = Field(
+        default=None,
+        description="private bucket (no public domain) for capa2/capa3, staged and rejected "
+        "images; required when r2_public_url is set",
+    )
+    storage_key_secret: SecretStr | None = Field(
+        default=None, description="keys object names; default: derived from the secret key"
+    )
 
 
 class StudioDatabase(_EnvironmentBlock):

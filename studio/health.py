@@ -107,6 +107,8 @@ def health_report(settings: Settings | None = None) -> dict[str, Any]:
     healthy = (
         checks["database"]["status"] == "healthy"
         and checks["template_library"]["status"] == "healthy"
+        # a public URL with no private bucket would publish premium pieces: not healthy
+        and checks.get("r2_storage", {}).get("status") != "misconfigured"
     )
     return {
         "status": "healthy" if healthy else "unhealthy",

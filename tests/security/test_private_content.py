@@ -214,7 +214,9 @@ async def test_public_url_without_private_bucket_is_refused_before_spend(
         assert session.scalar(select(func.count()).select_from(CostLedgerEntry)) == 0
     assert _listing(s3_server, public) == []
 
-    storage = health_report()["checks"]["r2_storage"]
+    report = health_report()
+    assert report["status"] == "unhealthy"
+    storage = report["checks"]["r2_storage"]
     assert storage["status"] == "misconfigured"
     assert "R2_PRIVATE_BUCKET_NAME" in storage["error"]
     assert s3_server.secret_key not in json.dumps(storage)
