@@ -86,6 +86,7 @@ class PrefectStack:
         """Log a Playwright page into the UI the way a person does: its login form asks
         for the auth string (the UI then sends it with every API call)."""
         page.goto(f"{self.ui_url}/", wait_until="networkidle")
+        page.wait_for_url(lambda url: "login" in url)  # nothing shown without it
         field = page.locator("input").first
         field.wait_for()
         field.fill(self.auth_string)
