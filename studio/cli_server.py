@@ -243,6 +243,9 @@ def server(
     origin = ui_origin(host, port, {})
     seen = f"http://{socket.gethostname()}:{port}" if host in ("0.0.0.0", "::") else origin
     _print_connection(f"{seen}/api", env.get("PREFECT_UI_URL", seen), how)
+    if auth and not is_loopback(host):
+        console.print("[yellow]plain HTTP: the auth string crosses the network in clear; "
+                      "put TLS in front (a reverse proxy) for other machines[/yellow]")
     child = subprocess.Popen(command, env=env)
     if reconcile:
         every = reconcile_seconds()
