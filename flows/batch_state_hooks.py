@@ -47,12 +47,14 @@ def write_ending(flow: Any, flow_run: Any, state: Any) -> None:
         return
     batch_id = batch_id_of(flow_run)
     status = ending_of(state)
-    resuming = bool((getattr(flow_run, "parameters", None) or {}).get("resume_batch_id"))
+    params = getattr(flow_run, "parameters", None) or {}
+    resuming = bool(params.get("resume_batch_id"))
     reason = f"run {flow_run.id} ended {state.name}: {state.message or 'no message'}"
     try:
         with session_scope() as session:
             changed = batch_endings.end_batch(
-                session, batch_id, status, reason, run_id=str(flow_run.id), resuming=resuming
+                session, batch_id, status, reason, run_id=str(flow_run.id), resuming=resuming,
+                avatar=params.get("avatar_id"),
             )
     except Exception as exc:  # the crash-recovery flow reconciles what a hook could not write
         log.error("Batch ending not written | Batch: %s | %s", batch_id, exc)

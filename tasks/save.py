@@ -14,6 +14,7 @@ from sqlalchemy import insert
 
 from studio.db.engine import get_engine, session_scope
 from studio.db.models import Batch, ContentPiece
+from studio.request import BatchRequestError
 
 
 def _upsert(table: Any, rows: list[dict[str, Any]], key: str = "id") -> Any:
@@ -47,7 +48,13 @@ def register_batch(batch_id: str, avatar_id: str, config: dict[str, Any], reques
                 )
             )
         else:
-            session.get(Batch, batch_id).status = "running"  # type: ignore[union-attr]
+            batch = session.get(Batch, batch_id)
+            assert batch is not None
+            if batch.avatar_id != avatar_id:  # two runs raced past validation with one id
+                raise BatchRequestError(
+                    "batch_id", f"batch {batch_id!r} belongs to another avatar"
+                )
+            batch.status = "running"
 
 
 @task(name="save-pieces", retries=3, retry_delay_seconds=[1, 3, 9], timeout_seconds=30)

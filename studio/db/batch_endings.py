@@ -69,8 +69,13 @@ def end_batch(
     reason: str,
     run_id: str | None = None,
     resuming: bool = False,
+    avatar: str | None = None,
 ) -> bool:
     """Write an interrupted ending (crashed, timed_out, failed, cancelled) onto a running batch.
+
+    `avatar` (the run's avatar_id parameter, an id or a name): a run of another avatar
+    that names this batch, crashed or cancelled before its validation refused it, must
+    not end (and so hand to crash recovery) a batch that is not its own.
 
     Only a row still `running` changes, and, when `run_id` is given, only if that run
     is the batch's latest (a resuming run: the latest one it recorded): a refused or
@@ -80,6 +85,8 @@ def end_batch(
     batch = session.get(Batch, batch_id)
     if batch is None or batch.status != "running":
         return False
+    if avatar is not None and not _owned_by(session, batch, avatar):
+        return False
     latest = [e.get("run_id") for e in (batch.resumes or [])[-1:]]
     if run_id is not None and (latest or resuming) and latest != [run_id]:
         return False
@@ -87,6 +94,14 @@ def end_batch(
     batch.error = reason[:2000]
     batch.finished_at = datetime.now(UTC)
     return True
+
+
+def _owned_by(session: Session, batch: Batch, avatar: str) -> bool:
+    """Whether `avatar` (an id or a name) is the batch's avatar."""
+    if batch.avatar_id == avatar:
+        return True
+    owner = session.get(Avatar, batch.avatar_id)
+    return owner is not None and owner.name == avatar
 
 
 def give_up(session: Session, batch_id: str, reason: str) -> bool:

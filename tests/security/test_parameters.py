@@ -202,6 +202,37 @@ async def test_another_avatars_batch_id_is_refused_before_any_spend(demo, seam_c
     assert len(seam_chain.created_jobs) == jobs and count(CostLedgerEntry) == ledger_rows
 
 
+def test_another_avatars_crashed_run_does_not_end_a_running_batch(demo) -> None:
+    """A run of avatar B naming A's running batch that crashes or is cancelled before its
+    validation refuses it: its state hook must not write its ending onto A's batch (crash
+    recovery would then resume A's batch on B's say-so)."""
+    from types import SimpleNamespace
+
+    from flows.batch_state_hooks import write_ending
+    from studio.avatars import add_avatar
+    from tasks.save import register_batch
+
+    batch_id = str(uuid.uuid4())
+    with session_scope() as session:
+        add_avatar(session, "rival", "travel", "https://w.example/rival.safetensors")
+        owner = session.scalar(select(Avatar).where(Avatar.name == demo))
+        owner_id = owner.id
+    register_batch(batch_id, owner_id, {}, 4)
+
+    def crashed_run(avatar: str) -> SimpleNamespace:
+        return SimpleNamespace(id=uuid.uuid4(), parameters={"avatar_id": avatar,
+                                                            "batch_id": batch_id})
+
+    crashed = SimpleNamespace(name="Crashed", message="process killed", type="CRASHED",
+                              is_crashed=lambda: True, is_cancelled=lambda: False)
+    write_ending(None, crashed_run("rival"), crashed)
+    with session_scope() as session:
+        assert session.get(Batch, batch_id).status == "running"
+    write_ending(None, crashed_run(demo), crashed)  # its own avatar's run, by name
+    with session_scope() as session:
+        assert session.get(Batch, batch_id).status != "running"
+
+
 # --- control characters in free text ---------------------------------------------------
 
 
