@@ -231,15 +231,23 @@ def readme_on_prefect_block() -> list[str]:
 
 
 def test_the_readme_on_prefect_commands_run_with_the_credential(
-    secured_server, demo_avatar
+    secured_server, demo_avatar, s3_server
 ) -> None:
     """Every line of the block, as written, with only the port and PREFECT_HOME put in:
     the server line is the one the fixture ran; the worker runs the submitted batch, the
-    crash recovery and the health check to completion."""
+    crash recovery and the health check to completion. The worker stores into an S3
+    server shaped like R2 (a public content bucket, a private one): after the batch, of
+    every object in either bucket only the published capa1 pieces answer an anonymous GET."""
+    from tests.storage.conftest import r2_env
+
     lines = readme_on_prefect_block()
     assert lines[0] == ".venv/bin/studio server"  # what the fixture started (+ --port)
+    s3_server.start()
+    public = s3_server.new_bucket("content", public=True)
+    private = s3_server.new_bucket("private")
     env = {k: v for k, v in secured_server.client_env.items()
            if k not in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING")}
+    env.update(r2_env(s3_server, public, private))
     run_id = None
     for line in lines[1:]:
         line = line.replace("4200", str(secured_server.port))
@@ -288,6 +296,40 @@ def test_the_readme_on_prefect_commands_run_with_the_credential(
         logs = api.post("/logs/filter", json={
             "logs": {"flow_run_id": {"any_": [run_id]}}, "limit": 200}).json()
         assert any("[BATCH COMPLETE]" in entry["message"] for entry in logs)  # run logs sent
+    assert_only_published_capa1_is_public(secured_server, s3_server, public, private)
+
+
+def assert_only_published_capa1_is_public(
+    server: SecuredServer, s3_server, public: str, private: str
+) -> None:
+    """Anonymous GETs of every object of both buckets: 200 only for published capa1."""
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(server.database_url)
+    try:
+        with engine.connect() as connection:
+            rows = connection.execute(
+                text("SELECT storage_key, access_tier, status FROM content_piece")
+            ).all()
+    finally:
+        engine.dispose()
+    tiers = {tier for _key, tier, _status in rows}
+    assert {"capa1", "capa2", "capa3"} <= tiers, rows  # the 10-piece on-demand mix: 6/3/1
+    open_keys = {key for key, tier, status in rows if tier == "capa1" and status == "published"}
+    assert open_keys
+    answered = {}
+    for bucket in (public, private):
+        pages = s3_server.client().get_paginator("list_objects_v2").paginate(Bucket=bucket)
+        for page in pages:
+            for obj in page.get("Contents", []):
+                url = f"{s3_server.endpoint_url}/{bucket}/{obj['Key']}"
+                answered[(bucket, obj["Key"])] = httpx.get(url).status_code
+    readable = {key for (bucket, key), status in answered.items() if status == 200}
+    assert readable == open_keys, answered
+    assert all(bucket == public for (bucket, key), status in answered.items() if status == 200)
+    premium = {key for key, tier, _status in rows if tier != "capa1" and key}
+    assert premium and premium <= {key for (bucket, key) in answered if bucket == private}
+    assert not any(key.startswith("staging/") for (_bucket, key) in answered)  # swept
 
 
 def call(api: httpx.Client, method: str, path: str, ok: tuple[int, ...] = (200, 201),
