@@ -22,6 +22,8 @@ from prefect.settings import get_current_settings
 
 from deployments.batch_runs import BATCH_DEPLOYMENT
 from flows.content_batch import content_batch
+from flows.run_logs import attach_run_logs
+from studio import batchlog
 from studio.avatars import list_avatars
 from studio.db.engine import session_scope
 from studio.request import (
@@ -32,6 +34,7 @@ from studio.request import (
     TierSharesParam,
     described,
 )
+from studio.settings import get_settings
 from studio.types import BatchResult
 
 log = logging.getLogger("studio.batch")
@@ -103,6 +106,12 @@ async def scheduled_batches(
     `hook_mode` "auto": nobody waits on these batches, so their hooks go out as one
     half-price Message Batch each (direct calls for what it does not finish in time).
     """
+    # its own lines ("N avatars due", "Batch submitted") to app.log and to this run's
+    # Prefect logs, as content_batch does: a worker's flow-run process sets up Prefect's
+    # logging before the project is imported (flows/run_logs.py)
+    settings = get_settings()
+    batchlog.configure_logging(settings.log_file, settings.log_level)
+    attach_run_logs()
     ready = due_avatars(cadence)
     log.info("Scheduled %s batches: %d avatars due", cadence, len(ready))
     parameters: dict[str, Any] = {
