@@ -3,6 +3,7 @@ and the real PostgreSQL and SeaweedFS servers from tests/infra."""
 
 from __future__ import annotations
 
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -11,6 +12,9 @@ import pytest
 from studio.runtime_env import apply_prefect_defaults
 
 apply_prefect_defaults()
+# the suite's deployment runs and Claude/OpenAI fallbacks run on stand-ins on purpose
+# (studio/stand_ins.py); tests/flows/test_stand_in_policy.py sets it false
+os.environ.setdefault("ALLOW_STAND_INS", "true")
 
 pytest_plugins = ["tests.infra.postgres", "tests.infra.seaweedfs"]
 
