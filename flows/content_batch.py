@@ -26,6 +26,7 @@ from flows.image_chunk import image_chunk, staggered_starts
 from flows.image_progress import tracked_images
 from flows.run_clients import shared_sync_client
 from flows.run_logs import attach_run_logs
+from flows.stand_in_policy import run_stand_in_policy
 from studio import batchlog, progress
 from studio.batch_verdict import failure_summary
 from studio.catalog import template_library
@@ -58,6 +59,7 @@ from studio.request import (
     parse_tier_distribution,
 )
 from studio.settings import get_settings
+from studio.stand_ins import hold_stand_ins
 from studio.types import (
     AvatarRef,
     BatchResult,
@@ -279,6 +281,10 @@ async def _run_batch(
     if isinstance(checked, BatchRefusal):
         return _refused(checked)  # type: ignore[return-value]
     validated = checked
+    stand_in_policy = run_stand_in_policy()  # real content expected here? (studio/stand_ins.py)
+    if stand_in_policy.refusal():
+        refusal = BatchRefusal(field="providers", message=stand_in_policy.refusal() or "")
+        return _refused(refusal)  # type: ignore[return-value]
     avatar = validated.avatar
     started = time.perf_counter()
     steps: dict[str, float] = {}
@@ -354,6 +360,8 @@ async def _run_batch(
         log.warning("Degraded pieces held for review | Count: %d | PUBLISH_DEGRADED=false",
                     len(held))
     record_progress("checked", list(safety.verdicts.values()))
+    # a stand-in where real content is expected: held, never published (issue 16)
+    safety.verdicts.update(hold_stand_ins(stand_in_policy, images, hooks.hooks, safety.verdicts))
     safety.verdicts = {**done.verdicts, **safety.verdicts}
     steps["safety_check"] = time.perf_counter() - t0
     progress.advance("batch steps")
