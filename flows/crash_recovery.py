@@ -40,6 +40,7 @@ from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.sorting import FlowRunSort
 
 from flows.batch_state_hooks import AUTO_RESUME_TAG, RESUMES_TAG_PREFIX, batch_id_of
+from flows.resume_settings import original_job_variables
 from studio.db import batch_endings
 from studio.db.engine import session_scope
 from studio.settings import get_settings
@@ -125,6 +126,8 @@ async def recover_batch(
         name=f"resume-{batch_id[:8]}-attempt-{attempt}-of-{latest.name}"[:200],
         tags=[AUTO_RESUME_TAG, f"{AUTO_RESUME_TAG}:{batch_id}", f"{RESUMES_TAG_PREFIX}{latest.id}"],
         idempotency_key=f"{AUTO_RESUME_TAG}:{batch_id}:{attempt}",
+        # the original run's settings, not the worker's (flows/resume_settings.py)
+        job_variables=await original_job_variables(client, batch_id, [*ended, *attempts]),
     )
     log.warning(
         "Batch auto-resumed | Batch: %s | Attempt: %d/%d | Run: %s | Resumes: %s (%s)",
