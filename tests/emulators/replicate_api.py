@@ -30,6 +30,8 @@ Switches (one per documented variant, see tests/emulators/README.md):
 - `remove_data(pid)`: the hour of data retention passed: the prediction answers with
   `output: null`, `data_removed: true`, its file 404s;
 - `forget(pid)`: the prediction is gone (404).
+- GET /v1/predictions: the account's predictions, newest first, `list_page_size` (100)
+  a page with a `next` cursor URL (the dead-run lookup searches it).
 `billed_jobs` counts created predictions (Replicate bills each one that runs).
 """
 
@@ -91,6 +93,8 @@ class ReplicateEmulator(Emulator):
         self.file_fail_status = 500
         self.output_override: Any = _UNSET
         self.files_before_end: float | None = None
+        #: predictions per page of GET /v1/predictions
+        self.list_page_size = 100
         #: the Authorization header of each file download (None when absent)
         self.file_authorizations: list[str | None] = []
         self._ready: dict[str, asyncio.Event] = {}
@@ -120,6 +124,7 @@ class ReplicateEmulator(Emulator):
         app = web.Application()
         app.router.add_post("/v1/models/{owner}/{name}/predictions", self._create_for_model)
         app.router.add_post("/v1/predictions", self._create_for_version)
+        app.router.add_get("/v1/predictions", self._list)
         app.router.add_get("/v1/predictions/{id}", self._get)
         app.router.add_post("/v1/predictions/{id}/cancel", self._cancel)
         app.router.add_get("/files/{id}/{filename}", self._file)
@@ -251,6 +256,23 @@ class ReplicateEmulator(Emulator):
         if prediction is None:
             return _problem(404, "Not found", "The requested resource could not be found.")
         return web.json_response(prediction)
+
+    async def _list(self, request: web.Request) -> web.Response:
+        """GET /v1/predictions: newest first, `list_page_size` a page, `next` a cursor URL."""
+        self.counters.hit("list")
+        if (error := self._auth_error(request)) is not None:
+            return error
+        newest = list(reversed(self.predictions.values()))  # created in insertion order
+        start = int(request.query.get("cursor", "0"))
+        size = self.list_page_size
+        page = newest[start : start + size]
+        more = start + size < len(newest)
+        base = str(request.url.origin())
+        return web.json_response({
+            "previous": None,
+            "next": f"{base}/v1/predictions?cursor={start + size}" if more else None,
+            "results": page,
+        })
 
     async def _cancel(self, request: web.Request) -> web.Response:
         self.counters.hit("cancel")
