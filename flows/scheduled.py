@@ -23,6 +23,7 @@ from prefect.settings import get_current_settings
 from deployments.batch_runs import BATCH_DEPLOYMENT
 from flows.content_batch import content_batch
 from flows.run_logs import attach_run_logs
+from flows.schema_gate import schema_refusal
 from studio import batchlog
 from studio.avatars import list_avatars
 from studio.db.engine import session_scope
@@ -112,6 +113,8 @@ async def scheduled_batches(
     settings = get_settings()
     batchlog.configure_logging(settings.log_file, settings.log_level)
     attach_run_logs()
+    if refused := schema_refusal("Scheduled batches"):  # no studio schema: one line
+        return refused  # type: ignore[return-value]
     ready = due_avatars(cadence)
     log.info("Scheduled %s batches: %d avatars due", cadence, len(ready))
     parameters: dict[str, Any] = {

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from prefect import flow
 
+from flows.schema_gate import schema_refusal
 from tasks.clean_staging import sweep_old_staging
 from tasks.upload import sync_local_uploads
 
@@ -19,6 +20,8 @@ def storage_sync(
 ) -> dict[str, object]:
     """Upload every piece marked `needs_sync` and clear its mark, then sweep staging
     (completed batches', and any idle past STAGING_RETENTION_DAYS); returns the counts."""
+    if refused := schema_refusal("Storage sync"):  # no studio schema: one line
+        return refused  # type: ignore[return-value]
     report = sync_local_uploads(page_size=page_size, max_pieces=max_pieces)
     swept = sweep_old_staging() if sweep_staging else None
     return {

@@ -255,6 +255,10 @@ from studio.cli_server import register as _register_server  # noqa: E402
 
 _register_server(app)  # server: prefect server start with durable leases
 
+from studio.cli_schema import schema_guard  # noqa: E402
+
+app.callback()(schema_guard)  # a database command before `studio init`: one line, exit 1
+
 
 if __name__ == "__main__":  # pragma: no cover
     app()

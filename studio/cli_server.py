@@ -18,6 +18,11 @@ slots of calls that end are never given back and `provider:<name>` stays full fo
   reconcile every 15 s (tasks/slot_reconcile.py): slots the server counts beyond the
   lease census are freed, so even a leak Prefect cannot see heals within a minute.
 
+The command then *becomes* the server (`os.execve` into `prefect server start`, same
+pid) and runs the reconcile as a child that the kernel ends with it
+(studio/server_process.py, PR_SET_PDEATHSIG): killed even with -9, nothing keeps
+serving the port without the reconcile, and a restart binds (issue 16).
+
 And it is authenticated by default (issue 15: anyone who reached the API ran batches
 and read the blocks' keys), with Prefect's own settings:
 
@@ -39,12 +44,9 @@ from __future__ import annotations
 import ipaddress
 import os
 import secrets
-import signal
 import socket
 import stat
-import subprocess
 import sys
-import threading
 from pathlib import Path
 from typing import Annotated
 from urllib.parse import urlsplit
@@ -53,6 +55,7 @@ import typer
 
 from studio.cli_output import console, err
 from studio.local_server import EVENT_BATCHING, prefect_home
+from studio.server_process import start_reconcile
 
 FILESYSTEM_LEASES = "prefect.server.concurrency.lease_storage.filesystem"
 SERVER_DEFAULTS = {
@@ -164,30 +167,6 @@ def secure_environment(
     return env, auth, how
 
 
-def _reconcile_in_background(api_url: str, auth: str | None, every: float) -> None:
-    """Run the slot reconcile loop in a daemon thread against the server just started,
-    with the server's own credential."""
-    import asyncio
-
-    def run() -> None:
-        from prefect.settings import (
-            PREFECT_API_AUTH_STRING,
-            PREFECT_API_URL,
-            temporary_settings,
-        )
-
-        from studio.providers.lease_census import LeaseCensus
-        from tasks.slot_reconcile import reconcile_forever
-
-        updates: dict = {PREFECT_API_URL: api_url}
-        if auth:
-            updates[PREFECT_API_AUTH_STRING] = auth
-        with temporary_settings(updates=updates):
-            asyncio.run(reconcile_forever(LeaseCensus(), every=every))
-
-    threading.Thread(target=run, name="slot-reconcile", daemon=True).start()
-
-
 def reconcile_seconds() -> float:
     try:
         return float(os.environ.get("STUDIO_SLOT_RECONCILE_SECONDS", RECONCILE_SECONDS))
@@ -246,19 +225,16 @@ def server(
     if auth and not is_loopback(host):
         console.print("[yellow]plain HTTP: the auth string crosses the network in clear; "
                       "put TLS in front (a reverse proxy) for other machines[/yellow]")
-    child = subprocess.Popen(command, env=env)
     if reconcile:
         every = reconcile_seconds()
-        _reconcile_in_background(f"{origin}/api", auth, every)
+        start_reconcile(f"{origin}/api", auth, every, env)  # dies with the server
         console.print(f"slot reconcile every {every:g} s against the studio "
                       "database (DATABASE_URL)")
-
-    def forward(signum: int, _frame: object) -> None:
-        child.send_signal(signum)
-
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, forward)
-    raise typer.Exit(code=child.wait())
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # this process becomes Prefect's server (same pid): killed, even with -9, nothing of
+    # it keeps serving, and the reconcile child gets SIGTERM from the kernel
+    os.execve(sys.executable, command, env)  # noqa: S606 - this interpreter, fixed args
 
 
 def register(app: typer.Typer) -> None:

@@ -8,6 +8,7 @@ from pydantic import BaseModel
 from studio.avatars import resolve_avatar
 from studio.db.engine import session_scope
 from studio.db.progress import batch_owners
+from studio.db.schema_check import SchemaNotReady, require_schema
 from studio.ledger.validation import validate_cost_settings
 from studio.request import BatchRequest, BatchRequestError, validate_request
 from studio.storage.registry import validate_storage_settings
@@ -35,6 +36,7 @@ def validate_batch_request(request: BatchRequest, batch_id: str | None = None) -
     `batch_id` (the run's, when known): refused when it belongs to another avatar, so a
     run never continues, moves or publishes another avatar's batch.
     """
+    require_schema()  # no schema (e.g. no shared DATABASE_URL): SchemaNotReady, one line
     validate_cost_settings()  # budgets and prices: refused before anything is spent
     validate_storage_settings()  # premium content never behind a public URL (issue 15)
     validate_request(request)
@@ -61,3 +63,5 @@ def validate_batch(
         return validate_batch_request(request, batch_id)
     except BatchRequestError as exc:
         return BatchRefusal(field=exc.field, message=exc.message)
+    except SchemaNotReady as exc:  # names DATABASE_URL and `studio init`
+        return BatchRefusal(field="DATABASE_URL", message=str(exc))
