@@ -74,6 +74,7 @@ from studio.types import (
 )
 from tasks.check_safety import check_safety
 from tasks.clean_staging import clean_staging
+from tasks.dead_runs import settle_dead_runs
 from tasks.generate_images import image_chain, images_started_early
 from tasks.ledger import ledger_cost
 from tasks.progress import (
@@ -294,6 +295,11 @@ async def _run_batch(
     # 1: templates
     t0 = time.perf_counter()
     done = load_batch_progress(batch_id)  # resume: what an earlier run of this batch finished
+    if done is not None:  # a batch with real images is never finished with previews
+        stand_in_policy = stand_in_policy.resuming(done.images.values())
+        if stand_in_policy.refusal():
+            refusal = BatchRefusal(field="providers", message=stand_in_policy.refusal() or "")
+            return _refused(refusal)  # type: ignore[return-value]
     specs = done.specs if done else select_templates(request, avatar, batch_id)
     register_batch(batch_id, avatar.id, request.model_dump(mode="json"), len(specs))
     if resume_batch_id and flow_run.get_id():
@@ -303,6 +309,7 @@ async def _run_batch(
         done = BatchProgress(batch_id=batch_id)
     else:
         log.info("Resuming batch %s | Progress: %s", batch_id, done.counts())
+        await settle_dead_runs(batch_id)  # dead runs' open ledger rows (studio/ledger/dead_runs.py)
     steps["template_selection"] = time.perf_counter() - t0
     progress.advance("batch steps")
     log.info(batchlog.step_line(1, f"Selected: {len(specs)}", steps["template_selection"]))
