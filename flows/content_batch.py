@@ -13,11 +13,11 @@ import time
 import uuid
 from typing import Annotated, Any
 
+from prefect import flow
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
 from blocks import apply_registered_blocks
-from deployments.strict_parameters import strict_flow, unknown_parameters_refusal
 from flows.batch_artifact import publish_batch_artifact
 from flows.batch_events import emit_batch_events, emit_budget_reached
 from flows.batch_state_hooks import BATCH_STATE_HOOKS, record_resume
@@ -169,7 +169,7 @@ def _refused(refusal: BatchRefusal) -> State:
     )
 
 
-@strict_flow(  # unknown parameters end the run Refused (deployments/strict_parameters.py)
+@flow(
     name="content-batch",
     flow_run_name="content-batch-{avatar_id}-{num_pieces}",
     log_prints=False,
@@ -251,9 +251,6 @@ async def _run_batch(
     settings = get_settings()
     batchlog.configure_logging(settings.log_file, settings.log_level)
     attach_run_logs()  # studio.* records to this run's Prefect logs, in every mode
-    unknown = unknown_parameters_refusal()  # a run created past the strict schema
-    if unknown:
-        return _refused(BatchRefusal(field="parameters", message=unknown))  # type: ignore[return-value]
     try:
         # before anything reads them: a batch id names directories, keys and rows
         batch_id = parse_batch_id("batch_id", batch_id)
