@@ -164,7 +164,9 @@ def batch_run(
 def _run_with_progress(request: BatchRequest):  # type: ignore[no-untyped-def]
     from flows.content_batch import content_batch
     from studio import progress
+    from studio.cli_local_run import OwnerMarker
 
+    owner = OwnerMarker()  # a killed command leaves its batch `interrupted`, not running
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -180,6 +182,7 @@ def _run_with_progress(request: BatchRequest):  # type: ignore[no-untyped-def]
             bar.update(task_ids[step], completed=done, total=total)
 
         progress.subscribe(listener)
+        progress.subscribe(owner)
         try:
             return asyncio.run(
                 content_batch(
@@ -202,6 +205,8 @@ def _run_with_progress(request: BatchRequest):  # type: ignore[no-untyped-def]
             batch_failed(exc)
         finally:
             progress.unsubscribe(listener)
+            progress.unsubscribe(owner)
+            owner.release()
 
 
 def _print_result(result) -> None:  # type: ignore[no-untyped-def]

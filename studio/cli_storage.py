@@ -12,24 +12,38 @@ from typing import Annotated
 import typer
 
 from studio.cli_output import batch_failed, console, refuse
+from studio.cli_pieces import pieces
 from studio.request import BatchRequestError, parse_batch_id
 
 
 def resume_batch(batch_id: str):  # type: ignore[no-untyped-def]
     """Run the content-batch flow again for `batch_id`; finished work is not repeated."""
+    from studio import local_server
+
+    server = local_server.ensure_started()  # boots while the pipeline is imported
     from flows.content_batch import content_batch
+    from studio import progress
+    from studio.cli_local_run import OwnerMarker
     from tasks.progress import resumable_batch_request
 
     # not a UUID, unknown or already complete: BatchRequestError (exit 2) before any run
     batch_id = parse_batch_id("batch_id", batch_id) or ""
     config = resumable_batch_request(batch_id, None)
-    return asyncio.run(
-        content_batch(
-            avatar_id=config["avatar_id"],
-            num_pieces=config["num_pieces"],
-            resume_batch_id=batch_id,
-        )
-    )
+    owner = OwnerMarker()  # killed again: `batch status` says interrupted again
+    progress.subscribe(owner)
+    try:
+        # the local API `batch run` uses, not Prefect's temporary server per command
+        with local_server.api_of(server):
+            return asyncio.run(
+                content_batch(
+                    avatar_id=config["avatar_id"],
+                    num_pieces=config["num_pieces"],
+                    resume_batch_id=batch_id,
+                )
+            )
+    finally:
+        progress.unsubscribe(owner)
+        owner.release()
 
 
 def batch_resume(
@@ -112,66 +126,11 @@ def seed_history(
     )
 
 
-def pieces(
-    avatar: Annotated[str, typer.Option("--avatar", help="avatar id or name")],
-    after: Annotated[str | None, typer.Option("--after", help="cursor from the last page")] = None,
-    page_size: Annotated[int, typer.Option("--page-size", min=1, max=200)] = 20,
-    links: Annotated[
-        bool,
-        typer.Option(
-            "--links",
-            help="mint short-lived links (PRESIGNED_URL_TTL_SECONDS) for premium pieces",
-        ),
-    ] = False,
-) -> None:
-    """List an avatar's pieces, newest first, one keyset page at a time.
-
-    Rows keep object keys, not links: capa1 shows its public URL; premium pieces show
-    their key, and with --links a link minted now that expires after
-    PRESIGNED_URL_TTL_SECONDS (the listing says until when).
-    """
-    from rich.table import Table
-
-    from studio.avatars import find_avatar
-    from studio.db.engine import session_scope
-    from studio.db.queries import PageCursor, list_pieces
-    from studio.settings import get_settings
-    from studio.storage.links import LinkMinter
-
-    minter = LinkMinter(get_settings()) if links else None
-    with session_scope() as session:
-        found = find_avatar(session, avatar)
-        if found is None:
-            refuse(BatchRequestError("avatar", f"no avatar with id or name {avatar!r}"))
-        cursor = PageCursor.decode(after) if after else None
-        page = list_pieces(session, found.id, after=cursor, page_size=page_size)
-        table = Table("created", "piece", "tier", "status", "url / key")
-        lines: list[str] = []
-        for row in page.items:
-            lasting = row.url if row.url and "X-Amz-Signature" not in row.url else ""
-            created = row.created_at.strftime("%Y-%m-%d %H:%M")
-            if minter is not None:  # one line per piece: a link must not wrap
-                link = minter.link(row.storage_key, row.access_tier, row.storage_backend, lasting)
-                lines.append(f"{created}  {row.id}  {row.access_tier}  {row.status}  {link}")
-            else:
-                shown = lasting or row.storage_key or ""
-                table.add_row(created, row.id, row.access_tier, row.status, shown)
-    if minter is None:
-        console.print(table)
-    for line in lines:
-        console.print(line, soft_wrap=True, markup=False, highlight=False)
-    if minter is not None and minter.minted:
-        note = minter.expiry_note()
-        console.print(note[0].upper() + note[1:], soft_wrap=True, markup=False)
-    if page.next_cursor is not None:
-        console.print(f"next page: --after '{page.next_cursor.encode()}'", soft_wrap=True)
-
-
 def register(app: typer.Typer, batch_app: typer.Typer) -> None:
     """Add these commands to the main CLI: `batch resume`, `storage-sync`,
     `storage-privatize`, `seed-history`, `pieces`."""
     batch_app.command("resume")(batch_resume)
-    app.command("pieces")(pieces)
+    app.command("pieces")(pieces)  # studio/cli_pieces.py
     app.command("storage-sync")(storage_sync)
     app.command("storage-privatize")(storage_privatize)
     app.command("seed-history")(seed_history)

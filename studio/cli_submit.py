@@ -3,8 +3,10 @@
 `submit` takes `batch run`'s options and validation (bad input exits 2 before the API
 is called, nothing is sent) plus `--idempotency-key`, and creates a run of the
 `content-batch/on-demand` deployment: whichever worker of the pool is free takes it.
-`status` prints a run's (or batch's) state, step and counts. No Prefect server at the
-configured URL: exit 1, naming the URL (status still prints what the database knows).
+`status` prints a batch's state, step, counts and cost, one source for each
+(studio/batch_status.py); with no PREFECT_API_URL it reads the local Prefect API that
+`batch run` uses. No Prefect server at the configured URL: exit 1, naming the URL
+(status still prints what the database knows).
 A server that refuses the credential: one line naming PREFECT_API_AUTH_STRING and the
 URL, exit 1, for both.
 """
@@ -12,11 +14,11 @@ URL, exit 1, for both.
 from __future__ import annotations
 
 import asyncio
-from typing import Annotated, Any
+from typing import Annotated, Any, NoReturn
 
 import typer
 
-from studio.batch_status import BatchStatus, read_rows, step_from_log
+from studio.batch_status import BatchStatus, RunFacts, read_rows, run_ids_of, step_from_log
 from studio.cli_batch_options import (
     AvatarOption,
     HookModeOption,
@@ -31,7 +33,7 @@ from studio.cli_batch_options import (
     UploadOption,
     batch_request,
 )
-from studio.cli_output import console, err, refuse
+from studio.cli_output import console, environment_problem, err, print_json, refuse
 from studio.request import BatchRequest, BatchRequestError
 
 
@@ -114,45 +116,96 @@ async def _submit(parameters: dict[str, Any], run_name: str, key: str | None):  
 
 def status(
     run_or_batch_id: Annotated[str, typer.Argument(help="a flow run id or a batch id")],
+    as_json: Annotated[bool, typer.Option("--json", help="print JSON (for scripts)")] = False,
 ) -> None:
-    """Print a batch's Prefect state, the step it is at and its pieces' counts."""
+    """Print a batch's state, the step it is at, its pieces' counts and its cost (one
+    source each: see studio/batch_status.py)."""
     from deployments.api import CredentialRefused
-    from studio.db.engine import session_scope
+    from studio import local_server
+    from studio.request import parse_batch_id
 
     try:
-        report, server_problem = asyncio.run(_read_run(run_or_batch_id))
+        wanted_id = parse_batch_id("id", run_or_batch_id) or ""
+    except BatchRequestError as exc:
+        refuse(exc)
+    # locally (no PREFECT_API_URL) the runs are on the local API `batch run` uses
+    server = local_server.ensure_started()
+    try:
+        with local_server.api_of(server):
+            report, server_problem = asyncio.run(_read_status(wanted_id))
     except CredentialRefused as exc:
         _unreachable(str(exc))
-    with session_scope() as session:
-        has_rows = read_rows(session, report)
-    if report.run_id is None and not has_rows:
+    if report is None:
         if server_problem:
             _unreachable(server_problem)
         refuse(BatchRequestError("id", f"no flow run or batch with id {run_or_batch_id!r}"))
-    for line in report.lines():
-        console.print(line, highlight=False, soft_wrap=True)
+    if as_json:
+        print_json(report.as_json())
+    else:
+        for line in report.lines():
+            console.print(line, highlight=False, soft_wrap=True, markup=False)
     if server_problem:
-        err.print(f"[yellow]prefect[/yellow]: {server_problem}")
+        err.print(f"[yellow]prefect[/yellow]: {server_problem}", highlight=False, soft_wrap=True)
 
 
-async def _read_run(run_or_batch_id: str) -> tuple[BatchStatus, str | None]:
-    from deployments.api import ServerUnreachable, flow_run_link, server_client
-    from deployments.batch_runs import batch_id_of, newest_log_messages, read_run
+async def _read_status(wanted_id: str) -> tuple[BatchStatus | None, str | None]:
+    """The batch's facts from Prefect (its runs) and the database (rows, ledger, owner)."""
+    from deployments.api import ServerUnreachable, server_client
+    from deployments.batch_runs import batch_id_of, read_run
+    from studio.batch_owner import owner_of
+    from studio.db.engine import session_scope
 
-    report = BatchStatus(batch_id=run_or_batch_id)
+    problem = None
     try:
         async with server_client() as client:
-            run = await read_run(client, run_or_batch_id)
-            if run is not None:
-                report.batch_id = batch_id_of(run)
-                report.run_id, report.run_name = str(run.id), run.name
-                report.state = run.state.name if run.state else None
-                report.state_message = run.state.message if run.state else None
-                report.link = flow_run_link(run.id)
-                report.step = step_from_log(await newest_log_messages(client, run.id))
+            given = await read_run(client, wanted_id)
+            report = BatchStatus(batch_id=batch_id_of(given) if given else wanted_id)
+            with session_scope() as session:
+                known = read_rows(session, report)
+                run_ids = run_ids_of(session, report.batch_id)
+            runs = [await _run_facts(client, run_id) for run_id in run_ids]
+            found = [run for run in runs if run is not None]
+            if found:
+                report.run, report.earlier_runs = found[-1], found[:-1]
+                if report.run.state in ("Running", "Retrying"):
+                    report.run.log_step = step_from_log(
+                        await _log_messages(client, report.run.id)
+                    )
     except ServerUnreachable as exc:
-        return report, str(exc)
-    return report, None
+        problem = str(exc)
+        report = BatchStatus(batch_id=wanted_id)
+        with session_scope() as session:
+            known = read_rows(session, report)
+    owner = owner_of(report.batch_id)
+    if owner is not None and not owner.alive():
+        report.local_owner_gone = f"pid {owner.pid} on {owner.host}"
+    if report.run is None and not known:
+        return None, problem
+    return report.derive(), problem
+
+
+async def _run_facts(client: Any, run_id: str) -> RunFacts | None:
+    from deployments.api import flow_run_link
+    from deployments.batch_runs import read_run
+
+    run = await read_run(client, run_id)
+    if run is None:
+        return None
+    return RunFacts(
+        id=str(run.id),
+        name=run.name,
+        state=run.state.name if run.state else None,
+        message=run.state.message if run.state else None,
+        link=flow_run_link(run.id),
+    )
+
+
+async def _log_messages(client: Any, run_id: str) -> list[str]:
+    from uuid import UUID
+
+    from deployments.batch_runs import newest_log_messages
+
+    return await newest_log_messages(client, UUID(run_id))
 
 
 def _call_server(work):  # type: ignore[no-untyped-def]
@@ -169,9 +222,8 @@ def _call_server(work):  # type: ignore[no-untyped-def]
         refuse(BatchRequestError("parameters", f"refused by the server: {exc.detail}"))
 
 
-def _unreachable(message: str) -> None:
-    err.print(f"[red]error[/red] {message}", highlight=False, soft_wrap=True)
-    raise typer.Exit(code=1)
+def _unreachable(message: str) -> NoReturn:
+    environment_problem(message)
 
 
 def register(batch_app: typer.Typer) -> None:

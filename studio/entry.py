@@ -13,8 +13,9 @@ import os
 import sys
 import threading
 
-#: commands that run a batch in this process (and so need the Prefect API)
-BATCH_COMMANDS = (("batch", "run"), ("demo",))
+#: commands that run (or read) a batch on the local Prefect API: started first, it boots
+#: while the command imports
+BATCH_COMMANDS = (("batch", "run"), ("batch", "resume"), ("batch", "status"), ("demo",))
 
 
 def runs_a_batch(argv: list[str]) -> bool:
