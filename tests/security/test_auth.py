@@ -19,9 +19,10 @@ import httpx
 import pytest
 
 from studio.cli_server import ui_origin
+from tests.emulators.comfyui import ComfyUIEmulator
+from tests.prefect_server.readme_block import Walkthrough, on_prefect_lines
 from tests.security.conftest import BIN, ROOT, SecuredServer, base_env, basic, free_port
 
-README = ROOT / "README.md"
 SECRET = "db-password-s3cr3t-value"  # a block's secret the attacker wants
 
 
@@ -217,62 +218,50 @@ def test_a_missing_or_wrong_credential_is_one_line_and_exit_1(
     assert "not-the-one" not in done.stdout + done.stderr
 
 
-def readme_on_prefect_block() -> list[str]:
-    """The command lines of the first ```bash block of the README's "On Prefect"."""
-    text = README.read_text()
-    section = text.split("\n## On Prefect\n", 1)[1].split("\n## ", 1)[0]
-    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
-    lines = []
-    for raw in block.splitlines():
-        line = re.split(r"\s+#\s", raw, maxsplit=1)[0].strip()
-        if line and not line.startswith("#"):
-            lines.append(line)
-    return lines
+@pytest.fixture
+def readme_comfyui():
+    """The ComfyUI the block's COMFYUI_ENDPOINT line is pointed at, for the whole test."""
+    with ComfyUIEmulator() as comfyui:
+        yield comfyui
 
 
 def test_the_readme_on_prefect_commands_run_with_the_credential(
-    secured_server, demo_avatar, s3_server
+    secured_server, demo_avatar, s3_server, readme_comfyui
 ) -> None:
-    """Every line of the block, as written, with only the port and PREFECT_HOME put in:
-    the server line is the one the fixture ran; the worker runs the submitted batch, the
-    crash recovery and the health check to completion. The worker stores into an S3
-    server shaped like R2 (a public content bucket, a private one): after the batch, of
-    every object in either bucket only the published capa1 pieces answer an anonymous GET."""
+    """Every line of the block, as written, with only the port, PREFECT_HOME, the
+    database's and the ComfyUI emulator's URLs put in (tests/prefect_server/
+    readme_block.py): the server line is the one the fixture ran; the worker runs the
+    submitted batch, the crash recovery and the health check to completion. The worker
+    stores into an S3 server shaped like R2 (a public content bucket, a private one):
+    after the batch, of every object in either bucket only the published capa1 pieces
+    answer an anonymous GET."""
     from tests.storage.conftest import r2_env
 
-    lines = readme_on_prefect_block()
-    assert lines[0] == ".venv/bin/studio server"  # what the fixture started (+ --port)
+    lines = on_prefect_lines()
     s3_server.start()
     public = s3_server.new_bucket("content", public=True)
     private = s3_server.new_bucket("private")
     env = {k: v for k, v in secured_server.client_env.items()
            if k not in ("PREFECT_API_URL", "PREFECT_API_AUTH_STRING")}
     env.update(r2_env(s3_server, public, private))
-    run_id = None
-    for line in lines[1:]:
-        line = line.replace("4200", str(secured_server.port))
-        line = line.replace("~/.prefect", str(secured_server.home))
-        if line.startswith("export "):
-            name, value = line.removeprefix("export ").split("=", 1)
-            shown = subprocess.run(["bash", "-c", f"printf %s {value}"], env=env,
-                                   capture_output=True, text=True, check=True)
-            env[name] = shown.stdout
-            continue
-        if "worker start" in line:
-            secured_server.start("worker", ["bash", "-c", f"exec {line}"], env=env)
-            continue
-        if "<run-id>" in line:
-            assert run_id, "batch submit printed no run id"
-            line = line.replace("<run-id>", run_id)
-        done = subprocess.run(["bash", "-c", line], cwd=ROOT, env=env, capture_output=True,
-                              text=True, timeout=300, stdin=subprocess.DEVNULL)
-        assert done.returncode == 0, f"{line}\n{done.stdout}\n{done.stderr}"
-        if "batch submit" in line:
-            run_id = re.search(r"run ([0-9a-f-]{36})", done.stdout)[1]
-            final = secured_server.wait_final(run_id)
-            assert final["state_type"] == "COMPLETED", final["state"]
-        if "batch status" in line:
-            assert "state: Completed" in done.stdout, done.stdout
+
+    def started_by_the_fixture(line: str, _env: dict[str, str]) -> None:
+        assert line.startswith(".venv/bin/studio server"), line  # + --port
+
+    def start_worker(line: str, worker_env: dict[str, str]) -> None:
+        secured_server.start("worker", ["bash", "-c", f"exec {line}"], env=worker_env)
+
+    def completed(run: str) -> None:
+        final = secured_server.wait_final(run)
+        assert final["state_type"] == "COMPLETED", final["state"]
+
+    walk = Walkthrough(env=env, database_url=secured_server.database_url,
+                       port=secured_server.port, comfyui_url=readme_comfyui.url,
+                       start_server=started_by_the_fixture, start_worker=start_worker,
+                       wait_submitted=completed, prefect_home=secured_server.home)
+    run_id = walk.run(lines)
+    status = next(out for line, out in walk.outputs.items() if "batch status" in line)
+    assert "state: Completed" in status.stdout, status.stdout
     assert env["PREFECT_API_AUTH_STRING"] == secured_server.auth_string
     assert run_id is not None
 
