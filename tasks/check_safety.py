@@ -14,7 +14,7 @@ from prefect import task
 from studio.moderation.base import ModerationItem
 from studio.moderation.registry import build_safety_review
 from studio.moderation.settings import ModerationSettings
-from studio.types import SafetyReport
+from studio.types import SafetyReport, SafetyVerdict
 
 
 @task(
@@ -24,10 +24,14 @@ from studio.types import SafetyReport
     timeout_seconds=180,
 )
 async def check_safety(
-    items: list[ModerationItem], seed: str = "", enabled: bool = True
+    items: list[ModerationItem],
+    seed: str = "",
+    enabled: bool = True,
+    screened: dict[str, SafetyVerdict] | None = None,
 ) -> SafetyReport:
-    """`enabled=False` (the request's safety_check flag) acts like SAFETY_CHECK_ENABLED=false."""
+    """`enabled=False` (the request's safety_check flag) acts like SAFETY_CHECK_ENABLED=false;
+    `screened`: pieces rejected on their prompt before step 2, counted in the summary."""
     settings = ModerationSettings()
     if not enabled:
         settings = settings.model_copy(update={"enabled": False})
-    return await build_safety_review(settings).run(items, seed=seed)
+    return await build_safety_review(settings).run(items, seed=seed, rejected_before=screened)

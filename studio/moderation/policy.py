@@ -183,7 +183,15 @@ class SafetyReview:
             return {}
         return await self.screen.score(items)
 
-    async def run(self, items: list[ModerationItem], seed: str = "") -> SafetyReport:
+    async def run(
+        self,
+        items: list[ModerationItem],
+        seed: str = "",
+        rejected_before: dict[str, SafetyVerdict] | None = None,
+    ) -> SafetyReport:
+        """`rejected_before`: pieces rejected on their prompt before step 2 (no image to check);
+        they count in this step's `Content rejected` and `Safety check summary` lines, so
+        the spec's rejection-rate recipes see every rejection of the batch once."""
         report = SafetyReport()
         now, deferred, reasons = plan(items, self.settings, seed)
         screened = await self._screen(items)
@@ -219,7 +227,9 @@ class SafetyReview:
                 )
         report.calls = int(getattr(self.moderator, "calls", 0) or 0)
         report.cost_usd = float(getattr(self.moderator, "cost_usd", 0.0) or 0.0)
-        log_outcome(report.verdicts.values(), len(items), report)
+        for piece_id, verdict in (rejected_before or {}).items():
+            report.verdicts.setdefault(piece_id, verdict)
+        log_outcome(report.verdicts.values(), len(report.verdicts), report)
         return report
 
 

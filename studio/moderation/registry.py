@@ -15,6 +15,7 @@ from studio.ledger.store import CostLedger
 from studio.moderation.base import Moderator
 from studio.moderation.local import LocalModerator
 from studio.moderation.policy import SafetyReview
+from studio.moderation.screen import PromptScreen
 from studio.moderation.settings import ModerationSettings
 
 logger = logging.getLogger("studio.moderation")
@@ -42,6 +43,12 @@ def build_moderator(settings: ModerationSettings | None = None) -> Moderator:
 def build_safety_review(settings: ModerationSettings | None = None) -> SafetyReview:
     settings = settings or ModerationSettings()
     return SafetyReview(build_moderator(settings), settings, screen=LocalModerator())
+
+
+def build_prompt_screen(settings: ModerationSettings | None = None) -> PromptScreen:
+    """The screen run on prompts before step 2 (see `studio.moderation.screen`)."""
+    settings = settings or ModerationSettings()
+    return PromptScreen(build_moderator(settings), settings, local=LocalModerator())
 
 
 def moderator_status(settings: ModerationSettings | None = None) -> dict[str, object]:
