@@ -11,8 +11,12 @@ notification through a notification block saved in Prefect (Slack, email, ...):
 `apply` is idempotent: an automation is found by its name and updated in place, never
 created twice (duplicates left by older versions are removed), so it can run on every
 deploy. Without `--notify-block` the block the automations already notify is kept;
-with none anywhere they get no action, and the UI's automation log still shows every
-trigger.
+with none anywhere they notify nobody (the command warns; the UI's automation log still
+shows every trigger), and a block id the server does not hold is refused. Two
+automations act as well as notify: "zombie flow runs crashed" marks a silent run
+Crashed, and "crashed batches resumed" runs the crash-recovery deployment when a batch
+run ends Crashed or TimedOut. The same command makes the deployments refuse unknown
+parameters (deployments/strict_parameters.py).
 
 To add an automation, append an `AutomationDefinition` to `DEFINITIONS` (or a
 `studio.alert.*` event to `ALERTS`); its name is its identity on the server.
@@ -29,10 +33,17 @@ from uuid import UUID
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.objects import StateType
 from prefect.client.schemas.sorting import AutomationSort
-from prefect.events.actions import Action, ChangeFlowRunState, DoNothing, SendNotification
+from prefect.events.actions import (
+    Action,
+    ChangeFlowRunState,
+    DoNothing,
+    RunDeployment,
+    SendNotification,
+)
 from prefect.events.filters import AutomationFilter, AutomationFilterName
 from prefect.events.schemas.automations import Automation, AutomationCore, EventTrigger, Posture
 from prefect.events.schemas.events import ResourceSpecification
+from prefect.exceptions import ObjectNotFound
 
 #: `studio.alert.<key>` events (studio/alerts.py) and the title of their automation
 ALERTS = {
@@ -50,6 +61,9 @@ BUDGET_REACHED = "Spending budget reached"
 #: a run silent this long (three missed 30 s heartbeats) is a zombie
 ZOMBIE_AFTER_SECONDS = 90
 
+#: the deployment the crash automation runs (prefect.yaml)
+RECOVERY_DEPLOYMENT = "crash-recovery/crash-recovery"
+
 NOTIFICATION_BODY = "{{ event.event }} on {{ event.resource.id }}: {{ event.payload }}"
 
 
@@ -59,7 +73,9 @@ class AutomationDefinition:
 
     `name` is its identity there (apply updates the automation of that name);
     `subject` heads the notification sent when a block is configured; `actions` are
-    extra actions that run with or without a block (e.g. changing a run's state).
+    extra actions that run with or without a block (e.g. changing a run's state);
+    `runs_deployment` names a deployment (`flow/deployment`) the automation runs, whose
+    id `apply` looks up on the server (the automation is skipped while it is missing).
     """
 
     name: str
@@ -67,9 +83,14 @@ class AutomationDefinition:
     trigger: EventTrigger
     description: str = ""
     actions: tuple[Action, ...] = field(default_factory=tuple)
+    runs_deployment: str | None = None
 
-    def build(self, block_id: UUID | None) -> AutomationCore:
+    def build(self, block_id: UUID | None, deployment_id: UUID | None = None) -> AutomationCore:
         actions: list[Any] = list(self.actions)
+        if self.runs_deployment is not None:
+            if deployment_id is None:
+                raise ValueError(f"{self.name} needs the id of {self.runs_deployment}")
+            actions.append(RunDeployment(source="selected", deployment_id=deployment_id))
         if block_id is not None:
             actions.append(
                 SendNotification(
@@ -119,7 +140,7 @@ DEFINITIONS: list[AutomationDefinition] = [
     # crash detection (issue 10): Prefect's documented zombie-run pattern. A flow run
     # sends `prefect.flow-run.heartbeat` every PREFECT_FLOWS_HEARTBEAT_FREQUENCY (30 s,
     # prefect.yaml); one that sends none for ZOMBIE_AFTER_SECONDS and did not end is
-    # marked Crashed, which the crash-recovery flow then resumes.
+    # marked Crashed, which the next automation answers with a crash-recovery run.
     AutomationDefinition(
         name="studio: zombie flow runs crashed",
         subject="A flow run stopped sending heartbeats and was marked Crashed",
@@ -147,11 +168,61 @@ DEFINITIONS: list[AutomationDefinition] = [
             ),
         ),
     ),
+    # crash recovery started by the crash itself (issue 16): a content-batch run that
+    # ends Crashed (the zombie automation above, or a worker that saw its process die)
+    # or TimedOut starts a run of the crash-recovery deployment at once, which resumes
+    # what it left unfinished (flows/crash_recovery.py counts attempts and gives up).
+    # Its schedule (every 15 min, prefect.yaml) is only the safety net for an event
+    # the server missed (e.g. it was down when the run crashed).
+    AutomationDefinition(
+        name="studio: crashed batches resumed",
+        subject="A content batch crashed or timed out; crash recovery started",
+        description="Runs crash-recovery/crash-recovery when a content-batch run ends "
+        "Crashed or TimedOut.",
+        trigger=EventTrigger(
+            expect={"prefect.flow-run.Crashed", "prefect.flow-run.TimedOut"},
+            match_related={
+                "prefect.resource.role": "flow",
+                "prefect.resource.name": "content-batch",
+            },
+            posture=Posture.Reactive,
+            threshold=1,
+        ),
+        runs_deployment=RECOVERY_DEPLOYMENT,
+    ),
 ]
 
 
-def build_automations(block_id: UUID | None = None) -> list[AutomationCore]:
-    return [definition.build(block_id) for definition in DEFINITIONS]
+def build_automations(
+    block_id: UUID | None = None, deployment_ids: dict[str, UUID] | None = None
+) -> list[AutomationCore]:
+    ids = deployment_ids or {}
+    return [
+        d.build(block_id, ids.get(d.runs_deployment or ""))
+        for d in DEFINITIONS
+        if d.runs_deployment is None or d.runs_deployment in ids
+    ]
+
+
+async def block_exists(client: PrefectClient, block_id: UUID) -> bool:
+    """Whether the server holds that block document (read without its secrets)."""
+    try:
+        await client.read_block_document(block_id, include_secrets=False)
+    except ObjectNotFound:
+        return False
+    return True
+
+
+async def _deployment_ids(
+    client: PrefectClient, definitions: list[AutomationDefinition]
+) -> dict[str, UUID]:
+    ids = {}
+    for name in {d.runs_deployment for d in definitions if d.runs_deployment}:
+        try:
+            ids[name] = (await client.read_deployment_by_name(name)).id
+        except ObjectNotFound:
+            continue
+    return ids
 
 
 def _comparable(automation: AutomationCore) -> Any:
@@ -183,6 +254,16 @@ def _block_in_use(automations: list[Automation]) -> UUID | None:
     return None
 
 
+async def notified_block(client: PrefectClient) -> UUID | None:
+    """The block the studio automations send to, if any."""
+    found = await client.read_automations(
+        automations=AutomationFilter(
+            name=AutomationFilterName(any_=[d.name for d in DEFINITIONS])
+        )
+    )
+    return _block_in_use(found)
+
+
 async def apply_automations(
     client: PrefectClient,
     block_id: UUID | None = None,
@@ -204,10 +285,17 @@ async def apply_automations(
     for automation in found:  # newest first: the newest copy is kept
         by_name.setdefault(automation.name, []).append(automation)
     block_id = block_id or _block_in_use(found)
+    deployment_ids = await _deployment_ids(client, definitions)
 
     outcome: dict[str, str] = {}
     for definition in definitions:
-        desired = definition.build(block_id)
+        if definition.runs_deployment and definition.runs_deployment not in deployment_ids:
+            outcome[definition.name] = (
+                f"skipped: no {definition.runs_deployment} deployment on the server "
+                "(run `prefect deploy --all`, then apply again)"
+            )
+            continue
+        desired = definition.build(block_id, deployment_ids.get(definition.runs_deployment or ""))
         existing = by_name.get(definition.name, [])
         if not existing:
             await client.create_automation(desired)

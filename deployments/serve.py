@@ -21,7 +21,7 @@ def build_deployments() -> list:
     deployments = [
         content_batch.to_deployment(
             name="on-demand",
-            parameters={"avatar_id": "demo", "num_pieces": 10},
+            parameters={"num_pieces": 10},  # the run form asks for the avatar
             tags=["content", "on-demand"],
         ),
         health_check.to_deployment(name="health", interval=300, tags=["monitoring"]),

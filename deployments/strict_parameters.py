@@ -16,22 +16,27 @@ The workaround lives here, in two halves:
   apply` calls it, so it is on after the README's "On Prefect" steps; `prefect deploy`
   rebuilds the schema, so run `studio automations apply` again after each deploy (it is
   idempotent, and reports each deployment it made strict).
-- `StrictFlow` / `unknown_parameters_refusal`: a run that gets through anyway (a
-  deployment deployed after the last apply, `enforce_parameter_schema=false` on the
-  run) drops the unknown keys before Prefect's own validation would fail the run with
-  a signature-mismatch traceback, and the flow then ends "Refused" naming them.
+- `refuse_unknown_parameter_runs`: a run that gets through anyway (a deployment
+  deployed after the last apply, `enforce_parameter_schema: false` on the run) never
+  reaches flow code: Prefect's engine fails on the unknown key before the flow starts
+  (SignatureMismatchError) and the worker reports the run Crashed. The crash automation
+  then starts crash recovery, which ends such a run "Refused" naming the unknown
+  parameters instead of resuming it.
 """
 
 from __future__ import annotations
 
 import inspect
+import logging
 from typing import Any
 
-from prefect import Flow
 from prefect.client.orchestration import PrefectClient
 from prefect.client.schemas.actions import DeploymentUpdate
 from prefect.client.schemas.filters import FlowFilter, FlowFilterName
-from prefect.context import FlowRunContext
+from prefect.client.schemas.objects import FlowRun
+from prefect.states import Failed
+
+log = logging.getLogger("studio.batch")
 
 #: the flows whose deployments `apply_strict_parameters` makes strict (prefect.yaml)
 PROJECT_FLOWS = [
@@ -97,42 +102,35 @@ def unknown_names(fn: Any, parameters: dict[str, Any]) -> list[str]:
     return sorted(set(parameters) - set(signature.parameters))
 
 
-class StrictFlow(Flow):  # type: ignore[type-arg]
-    """A flow whose run survives unknown parameters long enough to refuse them by name.
-
-    Prefect's engine validates a run's parameters before the flow body runs and fails
-    the run with a SignatureMismatchError traceback on an unknown key. This drops the
-    unknown keys there; the body then calls `unknown_parameters_refusal` (the run's own
-    record still holds them) and ends "Refused" like any other bad request.
-    """
-
-    def validate_parameters(self, parameters: dict[str, Any]) -> dict[str, Any]:
-        unknown = set(unknown_names(self.fn, parameters))
-        known = {k: v for k, v in parameters.items() if k not in unknown}
-        return super().validate_parameters(known)
-
-
-def strict_flow(**options: Any) -> Any:
-    """`@flow(...)` that builds a StrictFlow (same options)."""
-
-    def decorate(fn: Any) -> StrictFlow:
-        return StrictFlow(fn, **options)
-
-    return decorate
-
-
-def unknown_parameters_refusal() -> str | None:
-    """Inside a StrictFlow's run: the refusal message when the run was created with
-    parameters the flow does not take, else None."""
-    context = FlowRunContext.get()
-    if context is None or context.flow_run is None or context.flow is None:
-        return None
-    unknown = unknown_names(context.flow.fn, context.flow_run.parameters or {})
-    if not unknown:
-        return None
-    known = ", ".join(inspect.signature(context.flow.fn).parameters)
+def refusal_message(fn: Any, unknown: list[str]) -> str:
+    known = ", ".join(inspect.signature(fn).parameters)
     return (
-        f"unknown parameter(s) {', '.join(repr(u) for u in unknown)}; this flow takes: "
-        f"{known} (refused at creation once `studio automations apply` ran after the "
-        f"deploy; {UPSTREAM_ISSUE})"
+        f"parameters: unknown parameter(s) {', '.join(repr(u) for u in unknown)}; this flow "
+        f"takes {known} (refused at creation once `studio automations apply` ran after "
+        f"`prefect deploy`; {UPSTREAM_ISSUE})"
     )
+
+
+async def refuse_unknown_parameter_runs(
+    client: PrefectClient, fn: Any, runs: list[FlowRun]
+) -> list[FlowRun]:
+    """End "Refused" every run of `runs` created with parameters `fn` does not take;
+    return the others.
+
+    Such a run never reaches flow code: Prefect's engine fails on the unknown key
+    before the flow starts (SignatureMismatchError), and the worker reports the run
+    Crashed; the crash automation starts crash recovery, which calls this so that the
+    run ends Refused with the names instead of being resumed (it cannot run as asked).
+    """
+    kept = []
+    for run in runs:
+        unknown = unknown_names(fn, run.parameters or {})
+        if not unknown:
+            kept.append(run)
+            continue
+        message = refusal_message(fn, unknown)
+        await client.set_flow_run_state(
+            run.id, Failed(name="Refused", message=message), force=True
+        )
+        log.error("Batch refused | Run: %s | %s", run.name, message)
+    return kept

@@ -1,21 +1,25 @@
 """The `crash-recovery` flow: resume crashed and timed-out batches, with bounded attempts.
 
-Runs on a schedule (prefect.yaml: every 60 s, one at a time). It looks for content-batch
-runs that ended Crashed (a process killed -9 is marked so by the zombie-run automation
-in deployments/automations.py when its heartbeats stop) or TimedOut, and for each batch
-they left unfinished it writes the ending onto the row and starts the run's deployment
-again with `resume_batch_id`: tagged `auto-resume`, `auto-resume:<batch>` and
-`resumes:<run id>`, named after the run it resumes, with the idempotency key
+Started by the crash itself: the "studio: crashed batches resumed" automation
+(deployments/automations.py, created by `studio automations apply`) runs this
+deployment when a content-batch run ends Crashed (a process killed -9 is marked so by
+the zombie-run automation when its heartbeats stop) or TimedOut. A schedule every
+15 min (prefect.yaml) is only the safety net for a crash event the server missed.
+Each run looks for content-batch runs that ended Crashed or TimedOut, and for each
+batch they left unfinished it writes the ending onto the row and starts the run's
+deployment again with `resume_batch_id`: tagged `auto-resume`, `auto-resume:<batch>`
+and `resumes:<run id>`, named after the run it resumes, with the idempotency key
 `auto-resume:<batch>:<attempt>` (two recoveries racing create one run per attempt).
 After AUTO_RESUME_MAX_ATTEMPTS (3) resumes that did not finish the batch, the batch
 ends `failed` with the reason, and is never resumed again.
 
-Why a reconciler and not an automation with a RunDeployment action: an automation fires
-once per event and cannot read the database, so it cannot count attempts, see that an
-operator already finished the batch, refuse to loop, or mark the batch failed when it
-gives up; and an event it missed (a server restart) is never seen again. A reconciler
-reads both truths (the Prefect runs and the batch row) every minute and acts on what
-they say now, so it also catches what a lost event would have left behind.
+Why the automation runs a reconciler rather than resuming the run itself: an
+automation fires once per event and cannot read the database, so it cannot count
+attempts, see that an operator already finished the batch, refuse to loop, or mark
+the batch failed when it gives up. The reconciler reads both truths (the Prefect runs
+and the batch row) and acts on what they say now, so whichever starts it (the event
+or the safety-net schedule) the outcome is the same, and a lost event is caught by
+the next scheduled run instead of every minute's.
 """
 
 from __future__ import annotations
@@ -39,8 +43,12 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.sorting import FlowRunSort
 
+from deployments.strict_parameters import refuse_unknown_parameter_runs
 from flows.batch_state_hooks import AUTO_RESUME_TAG, RESUMES_TAG_PREFIX, batch_id_of
+from flows.content_batch import content_batch
 from flows.resume_settings import original_job_variables
+from flows.run_logs import attach_run_logs
+from studio import batchlog
 from studio.db import batch_endings
 from studio.db.engine import session_scope
 from studio.settings import get_settings
@@ -62,7 +70,10 @@ async def crash_recovery(
 ) -> dict[str, str]:
     """Resume every batch a crashed or timed-out run left unfinished; returns what was
     done, per batch id (resumed, waiting for a resume, gave up, nothing to do)."""
-    limit = get_settings().auto_resume_max_attempts if max_attempts is None else max_attempts
+    settings = get_settings()
+    batchlog.configure_logging(settings.log_file, settings.log_level)
+    attach_run_logs()  # its "Crash recovery | ..." lines to its run's logs and app.log
+    limit = settings.auto_resume_max_attempts if max_attempts is None else max_attempts
     since = datetime.now(UTC) - timedelta(hours=lookback_hours)
     async with get_client() as client:
         ended = await client.read_flow_runs(
@@ -74,6 +85,9 @@ async def crash_recovery(
             sort=FlowRunSort.EXPECTED_START_TIME_DESC,
             limit=200,  # the API's maximum page: the latest 200 interrupted runs
         )
+        # a run created with parameters the flow does not take crashed in Prefect's
+        # engine before any flow code ran: it ends Refused naming them, never resumed
+        ended = await refuse_unknown_parameter_runs(client, content_batch.fn, ended)
         by_batch: dict[str, list[FlowRun]] = {}
         for run in ended:
             by_batch.setdefault(batch_id_of(run), []).append(run)

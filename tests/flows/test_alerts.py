@@ -20,6 +20,7 @@ from typer.testing import CliRunner
 
 from deployments.automations import ALERTS, DEFINITIONS, apply_automations
 from deployments.serve import build_deployments
+from flows.crash_recovery import crash_recovery
 from studio.alerts import evaluate
 from studio.cli import app
 from studio.types import BatchResult
@@ -74,8 +75,10 @@ def test_each_threshold() -> None:
 
 @pytest.fixture
 async def no_studio_automations():
-    """Start from a server without the studio automations (the harness is per session)."""
+    """Start from a server without the studio automations (the harness is per session),
+    with the crash-recovery deployment the crash automation runs."""
     names = [d.name for d in DEFINITIONS]
+    await (await crash_recovery.ato_deployment(name="crash-recovery")).aapply()
     async with get_client() as client:
         for automation in await client.read_automations():
             if automation.name in names:
