@@ -85,6 +85,7 @@ from tasks.progress import (
 )
 from tasks.provider_tags import moderation_tags, storage_tags
 from tasks.save import finish_batch, register_batch, save_pieces
+from tasks.screen_prompts import screen_before_generation
 from tasks.select_templates import select_templates
 from tasks.statistics import calculate_statistics
 from tasks.upload import UploadItem, upload_pieces
@@ -311,9 +312,12 @@ async def _run_batch(
     progress.advance("batch steps")
     log.info(batchlog.step_line(1, f"Selected: {len(specs)}", steps["template_selection"]))
 
+    # screen before spending: a rejected prompt never reaches an image provider
+    blocked = await screen_before_generation(specs, done)
+
     # 2: images, in concurrent chunk subflows
     t0 = time.perf_counter()
-    todo = [spec for spec in specs if not done.image_done(spec.piece_id)]
+    todo = [s for s in specs if not done.image_done(s.piece_id) and s.piece_id not in blocked]
     images, failures = await _generate_images(todo, avatar, settings.image_chunk_size)
     record_progress("generated", list(images.values()))
     images = {**{p: i for p, i in done.images.items() if done.image_done(p)}, **images}
@@ -357,7 +361,8 @@ async def _run_batch(
     # 4: safety
     t0 = time.perf_counter()
     todo = [spec for spec in made if spec.piece_id not in done.verdicts]
-    safety = await _check_safety(todo, hooks.hooks, images, request.safety_check)
+    screened = {p: v for p, v in blocked.items() if p not in done.verdicts}  # this run's
+    safety = await _check_safety(todo, hooks.hooks, images, request.safety_check, screened)
     held = hold_degraded(images, safety.verdicts, settings.publish_degraded)
     safety.verdicts.update(held)  # a cached image is not new: held for review by default
     if held:
@@ -366,7 +371,7 @@ async def _run_batch(
     record_progress("checked", list(safety.verdicts.values()))
     # a stand-in where real content is expected: held, never published (issue 16)
     safety.verdicts.update(hold_stand_ins(stand_in_policy, images, hooks.hooks, safety.verdicts))
-    safety.verdicts = {**done.verdicts, **safety.verdicts}
+    safety.verdicts = {**done.verdicts, **blocked, **safety.verdicts}
     steps["safety_check"] = time.perf_counter() - t0
     progress.advance("batch steps")
     passed = [s for s in made if safety.verdicts[s.piece_id].status in PUBLISHABLE]
@@ -531,10 +536,11 @@ async def _check_safety(
     hooks: dict[str, Hook],
     images: dict[str, GeneratedImage],
     enabled: bool,
+    screened: dict[str, SafetyVerdict] | None = None,
 ) -> SafetyReport:
     """Every piece goes to the safety task: the policy there decides what to skip or
     sample, and logs the `Content rejected` and `Safety check summary` lines."""
-    if not specs:
+    if not specs and not screened:
         return SafetyReport()
     items = []
     for spec in specs:
@@ -552,7 +558,8 @@ async def _check_safety(
             )
         )
     check = check_safety.with_options(tags=moderation_tags())
-    return await check(items, seed=specs[0].batch_id, enabled=enabled)
+    seed = specs[0].batch_id if specs else ""
+    return await check(items, seed=seed, enabled=enabled, screened=screened)
 
 
 async def _upload(

@@ -78,7 +78,9 @@ def piece_outcomes(
         image = images.get(spec.piece_id)
         verdict = verdicts.get(spec.piece_id)
         obj = stored.get(spec.piece_id)
-        if image is None:
+        if image is None and verdict is not None and verdict.status == "rejected":
+            status, reason = PieceStatus.REJECTED, verdict.reason  # screened before step 2
+        elif image is None:
             status, reason = PieceStatus.FAILED, failures[spec.piece_id].reason
         elif verdict is not None and verdict.status == "rejected":
             status, reason = PieceStatus.REJECTED, verdict.reason
