@@ -1,8 +1,9 @@
-"""Avatars: add, list and resolve by id or name.
+"""Avatars: add, update, deactivate, list and resolve by id or name.
 
 An avatar's name and niche reach log lines, artifacts, hooks and prompts, and its LoRA
 URL is handed to image providers that fetch it: all three are checked when an avatar is
-added, and the URL again when a batch resolves the avatar (rows stored before the check).
+added or updated, and the URL again when a batch resolves the avatar (rows stored before
+the check).
 """
 
 from __future__ import annotations
@@ -94,6 +95,25 @@ def _looks_like_an_id(name: str) -> bool:
     return True
 
 
+def _check_name(name: str) -> None:
+    check_name("name", name, MAX_NAME_CHARS)
+    if _looks_like_an_id(name):  # commands take "id or name": a name must not be an id
+        raise BatchRequestError("name", f"{name!r} looks like an avatar id; pick a name")
+
+
+def _check_cadence(cadence: str) -> None:
+    if cadence not in CADENCES:
+        raise BatchRequestError(
+            "cadence", f"unknown cadence {cadence!r}; use {', '.join(CADENCES)}"
+        )
+
+
+def _check_name_free(session: Session, name: str, other_than: str | None = None) -> None:
+    taken = session.scalar(select(Avatar).where(Avatar.name == name))
+    if taken is not None and taken.id != other_than:
+        raise BatchRequestError("name", f"an avatar named {name!r} exists already")
+
+
 def add_avatar(
     session: Session,
     name: str,
@@ -103,18 +123,12 @@ def add_avatar(
     active: bool = True,
 ) -> Avatar:
     """Register an avatar; every value is checked first (BatchRequestError naming it)."""
-    check_name("name", name, MAX_NAME_CHARS)
-    if _looks_like_an_id(name):  # commands take "id or name": a name must not be an id
-        raise BatchRequestError("name", f"{name!r} looks like an avatar id; pick a name")
+    _check_name(name)
     check_name("niche", niche, MAX_NICHE_CHARS)
     if lora_weights_url is not None:
         check_lora_url(lora_weights_url, "lora")
-    if cadence not in CADENCES:
-        raise BatchRequestError(
-            "cadence", f"unknown cadence {cadence!r}; use {', '.join(CADENCES)}"
-        )
-    if session.scalar(select(Avatar).where(Avatar.name == name)) is not None:
-        raise BatchRequestError("name", f"an avatar named {name!r} exists already")
+    _check_cadence(cadence)
+    _check_name_free(session, name)
     avatar = Avatar(
         id=str(uuid.uuid4()),
         name=name,
@@ -126,6 +140,71 @@ def add_avatar(
     session.add(avatar)
     session.flush()
     return avatar
+
+
+def get_avatar(session: Session, id_or_name: str) -> Avatar:
+    """The avatar, or BatchRequestError naming `avatar` (the commands' argument)."""
+    avatar = find_avatar(session, id_or_name)
+    if avatar is None:
+        raise BatchRequestError(
+            "avatar", f"no avatar with id or name {id_or_name!r}; see `studio avatar list`"
+        )
+    return avatar
+
+
+def update_avatar(
+    session: Session,
+    id_or_name: str,
+    *,
+    name: str | None = None,
+    niche: str | None = None,
+    lora_weights_url: str | None = None,
+    cadence: str | None = None,
+    active: bool | None = None,
+) -> tuple[Avatar, list[str]]:
+    """Change the given fields (checked as `add_avatar` checks them); the avatar and the
+    names of the fields that changed. Its id, batches and pieces stay as they are.
+
+    Why: an avatar added without `--lora` could never get one, and a typo in a niche
+    stayed for good."""
+    avatar = get_avatar(session, id_or_name)
+    wanted: dict[str, object] = {}
+    if name is not None:
+        _check_name(name)
+        _check_name_free(session, name, other_than=avatar.id)
+        wanted["name"] = name
+    if niche is not None:
+        check_name("niche", niche, MAX_NICHE_CHARS)
+        wanted["niche"] = niche
+    if lora_weights_url is not None:
+        check_lora_url(lora_weights_url, "lora")
+        wanted["lora_weights_url"] = lora_weights_url
+    if cadence is not None:
+        _check_cadence(cadence)
+        wanted["cadence"] = cadence
+    if active is not None:
+        wanted["active"] = active
+    if not wanted:
+        raise BatchRequestError(
+            "options",
+            "nothing to change; give --name, --niche, --lora, --cadence or --active/--inactive",
+        )
+    changed = [key for key, value in wanted.items() if getattr(avatar, key) != value]
+    for key in changed:
+        setattr(avatar, key, wanted[key])
+    session.flush()
+    return avatar, changed
+
+
+def deactivate_avatar(session: Session, id_or_name: str) -> tuple[Avatar, bool]:
+    """`avatar remove`: the avatar is made inactive, never deleted (its batches, pieces
+    and ledger rows reference it, and the history stays readable); schedules skip it
+    and `avatar update --active` brings it back. Returns whether it was active."""
+    avatar = get_avatar(session, id_or_name)
+    was_active = bool(avatar.active)
+    avatar.active = False
+    session.flush()
+    return avatar, was_active
 
 
 def find_avatar(session: Session, id_or_name: str) -> Avatar | None:

@@ -37,7 +37,7 @@ from studio.cli_batch_options import (  # noqa: E402
 )
 from studio.cli_limits import limits_app  # noqa: E402
 from studio.cli_local_server import local_server_app  # noqa: E402
-from studio.cli_output import batch_failed, console, refuse  # noqa: E402
+from studio.cli_output import batch_failed, console, print_json, refuse  # noqa: E402
 from studio.request import BatchRequest, BatchRequestError  # noqa: E402
 
 app = typer.Typer(help="Content batch pipeline for AI-avatar studios.", no_args_is_help=True)
@@ -95,6 +95,58 @@ def avatar_add(
         with session_scope() as session:
             avatar = add_avatar(session, name, niche.lower(), lora, cadence, not inactive)
             console.print(f"added avatar {avatar.name} ({avatar.id})")
+    except BatchRequestError as exc:
+        refuse(exc)
+
+
+@avatar_app.command("update")
+def avatar_update(
+    avatar: Annotated[str, typer.Argument(help="avatar id or name")],
+    name: Annotated[str | None, typer.Option("--name", help="a new name")] = None,
+    niche: Annotated[str | None, typer.Option("--niche")] = None,
+    lora: Annotated[
+        str | None,
+        typer.Option("--lora", help="https:// URL of the trained LoRA weights (LORA_URL_SCHEMES)"),
+    ] = None,
+    cadence: Annotated[str | None, typer.Option(help=f"one of {', '.join(CADENCES)}")] = None,
+    active: Annotated[
+        bool | None, typer.Option("--active/--inactive", help="in the scheduled runs or not")
+    ] = None,
+) -> None:
+    """Change an avatar's name, niche, LoRA URL, cadence or active flag (checked as at
+    `avatar add`; bad input exits 2 naming the field). Its id and history stay."""
+    from studio.avatars import update_avatar
+    from studio.db.engine import session_scope
+
+    try:
+        with session_scope() as session:
+            found, changed = update_avatar(
+                session, avatar, name=name, niche=niche.lower() if niche else niche,
+                lora_weights_url=lora, cadence=cadence, active=active,
+            )
+            what = ", ".join(changed) if changed else "nothing (same values)"
+            console.print(f"updated avatar {found.name} ({found.id}): {what}", highlight=False)
+    except BatchRequestError as exc:
+        refuse(exc)
+
+
+@avatar_app.command("remove")
+def avatar_remove(avatar: Annotated[str, typer.Argument(help="avatar id or name")]) -> None:
+    """Deactivate an avatar: no scheduled batch runs it any more; its batches, pieces and
+    costs are kept (`avatar update --active` brings it back)."""
+    from studio.avatars import deactivate_avatar
+    from studio.db.engine import session_scope
+
+    try:
+        with session_scope() as session:
+            found, was_active = deactivate_avatar(session, avatar)
+            state = "deactivated" if was_active else "was already inactive"
+            console.print(
+                f"avatar {found.name} ({found.id}) {state}: schedules skip it; its batches,"
+                " pieces and costs are kept (`studio avatar update "
+                f"{found.name} --active` brings it back)",
+                highlight=False, soft_wrap=True, markup=False,
+            )
     except BatchRequestError as exc:
         refuse(exc)
 
@@ -223,8 +275,11 @@ def _print_result(result) -> None:  # type: ignore[no-untyped-def]
 
 
 @app.command()
-def stats(avatar: Annotated[str, typer.Option("--avatar", help="avatar id or name")]) -> None:
-    """Aggregates for one avatar, computed by the database."""
+def stats(
+    avatar: Annotated[str, typer.Option("--avatar", help="avatar id or name")],
+    as_json: Annotated[bool, typer.Option("--json", help="plain JSON, no colours")] = False,
+) -> None:
+    """Aggregates for one avatar, computed by the database (JSON either way)."""
     from studio.avatars import find_avatar
     from studio.db.engine import session_scope
     from studio.stats import avatar_stats
@@ -234,7 +289,11 @@ def stats(avatar: Annotated[str, typer.Option("--avatar", help="avatar id or nam
         if found is None:
             refuse(BatchRequestError("avatar", f"no avatar with id or name {avatar!r}"))
             return
-        console.print_json(json.dumps(avatar_stats(session, found.id)))
+        figures = avatar_stats(session, found.id)
+    if as_json:
+        print_json(figures)
+    else:
+        console.print_json(json.dumps(figures, default=str))
 
 
 @app.command()
@@ -255,6 +314,10 @@ _register_storage(app, batch_app)  # batch resume, storage-sync, seed-history
 from studio.cli_submit import register as _register_submit  # noqa: E402
 
 _register_submit(batch_app)  # batch submit, batch status (runs the workers take)
+
+from studio.cli_batch_list import batch_list  # noqa: E402
+
+batch_app.command("list")(batch_list)  # batch list: newest first, filters, --json
 
 from studio.cli_server import register as _register_server  # noqa: E402
 

@@ -110,8 +110,16 @@ def seed_history(
     avatars: Annotated[int, typer.Option("--avatars", min=1)] = 200,
     days: Annotated[int, typer.Option("--days", min=1, help="history span")] = 730,
     seed: Annotated[int, typer.Option("--seed")] = 1,
+    into_non_empty: Annotated[
+        bool,
+        typer.Option(
+            "--into-non-empty", help="add the history even though real avatars are registered"
+        ),
+    ] = False,
 ) -> None:
-    """Fill the database with N realistic historical pieces (for benchmarks)."""
+    """Fill the database with N realistic historical pieces (for benchmarks). Its
+    avatars are inactive; a database holding real avatars is refused unless
+    --into-non-empty."""
     from studio.db.engine import get_engine
     from studio.db.migrate import upgrade_to_head
     from studio.db.seed import seed_history as seed_rows
@@ -119,11 +127,35 @@ def seed_history(
 
     engine = get_engine(get_settings())
     upgrade_to_head(engine)
+    real = real_avatars(engine)
+    if real and not into_non_empty:
+        refuse(
+            BatchRequestError(
+                "database",
+                f"it holds {len(real)} real avatar(s) (e.g. {real[0]!r}); seed-history is for a"
+                " benchmark database: point DATABASE_URL at another one, or add"
+                " --into-non-empty",
+            )
+        )
     summary = seed_rows(engine, pieces, avatars, days, seed)
     console.print(
         f"seeded {summary.pieces} pieces in {summary.batches} batches across"
-        f" {len(summary.avatars)} avatars (most active: {summary.flagship})"
+        f" {len(summary.avatars)} inactive avatars (most active: {summary.flagship})",
+        highlight=False,
     )
+
+
+def real_avatars(engine) -> list[str]:  # type: ignore[no-untyped-def]
+    """Names of the avatars an operator registered (not seeded ones)."""
+    from sqlalchemy import select
+    from sqlalchemy.orm import Session
+
+    from studio.db.models import Avatar
+    from studio.db.seed import is_seeded_avatar
+
+    with Session(engine) as session:
+        rows = session.execute(select(Avatar.name, Avatar.lora_weights_url)).all()
+    return [name for name, url in rows if not is_seeded_avatar(name, url)]
 
 
 def register(app: typer.Typer, batch_app: typer.Typer) -> None:

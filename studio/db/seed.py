@@ -5,12 +5,17 @@ database cannot show. The shape follows the pipeline's output: batches of 50 wit
 default tier split (60/30/10), mostly published with some rejected, failed and pending
 pieces, one flagship avatar far more active than the rest. PostgreSQL is loaded with
 COPY (psycopg 3), anything else with executemany in chunks.
+
+Seeded avatars are inactive (their LoRA URLs are made up: the daily fan-out must never
+run them), and are recognised by `is_seeded_avatar` so `studio seed-history` can refuse
+a database that holds real avatars.
 """
 
 from __future__ import annotations
 
 import json
 import random
+import re
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -75,6 +80,18 @@ BATCH_COLUMNS = (
 )
 
 
+#: a seeded avatar's name and LoRA URL (see `generate`)
+_SEEDED_NAME = re.compile(r"^history-[0-9a-f]{6}-\d{3}$")
+SEEDED_LORA_PREFIX = "https://weights.example.com/"
+
+
+def is_seeded_avatar(name: str, lora_weights_url: str | None) -> bool:
+    """Whether an avatar row was made by `generate` (not registered by an operator)."""
+    return bool(_SEEDED_NAME.match(name)) and (lora_weights_url or "").startswith(
+        SEEDED_LORA_PREFIX
+    )
+
+
 @dataclass
 class SeedSummary:
     avatars: list[str]
@@ -118,8 +135,9 @@ def generate(
             "id": str(uuid.UUID(int=rng.getrandbits(128))),
             "name": f"history-{tag}-{i:03d}",
             "niche": NICHES[i % len(NICHES)],
-            "lora_weights_url": f"https://weights.example.com/{tag}/{i:03d}.safetensors",
-            "active": True,
+            "lora_weights_url": f"{SEEDED_LORA_PREFIX}{tag}/{i:03d}.safetensors",
+            # inactive: a scheduled fan-out must never run (and pay for) seeded avatars
+            "active": False,
             "cadence": "daily",
             "created_at": start,
         }
