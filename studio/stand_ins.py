@@ -28,7 +28,7 @@ from __future__ import annotations
 import ipaddress
 import logging
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from urllib.parse import urlparse
 
 from pydantic import Field
@@ -109,6 +109,14 @@ class StandInPolicy:
             f"expected: set {_IMAGE_VARIABLES} in the worker's environment or the "
             f"deployment's job variables, or {ALLOW_ENV}=true to publish previews"
         )
+
+    def resuming(self, images: Iterable[GeneratedImage]) -> StandInPolicy:
+        """The policy of a resume: a batch that already holds real images expects real
+        ones for the rest too (a local `studio batch resume` of a worker's batch must not
+        finish it with previews)."""
+        if self.production or not any(not i.stand_in and not i.degraded for i in images):
+            return self
+        return replace(self, production=True, where="a resume of a batch with real images")
 
     def unpublishable(self, marks: Iterable[str]) -> list[str]:
         """The stand-in marks (`image:preview`, `hooks:template`, ...) that hold a piece."""
