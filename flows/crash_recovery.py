@@ -48,6 +48,7 @@ from flows.batch_state_hooks import AUTO_RESUME_TAG, RESUMES_TAG_PREFIX, batch_i
 from flows.content_batch import content_batch
 from flows.resume_settings import original_job_variables
 from flows.run_logs import attach_run_logs
+from flows.schema_gate import schema_refusal
 from studio import batchlog
 from studio.db import batch_endings
 from studio.db.engine import session_scope
@@ -73,6 +74,8 @@ async def crash_recovery(
     settings = get_settings()
     batchlog.configure_logging(settings.log_file, settings.log_level)
     attach_run_logs()  # its "Crash recovery | ..." lines to its run's logs and app.log
+    if refused := schema_refusal("Crash recovery"):  # no studio schema: one line
+        return refused  # type: ignore[return-value]
     limit = settings.auto_resume_max_attempts if max_attempts is None else max_attempts
     since = datetime.now(UTC) - timedelta(hours=lookback_hours)
     async with get_client() as client:

@@ -4,10 +4,10 @@ WHY (issue 16): any command run before `studio init` printed a traceback (`no su
 table`) and left an empty SQLite file in the current folder. `schema_guard` is the
 `studio` app's callback: before a command that reads or writes the studio database it
 asks studio/db/schema_check.py and, if the database is not ready, prints that one line
-(naming DATABASE_URL and `studio init`) and exits 1, an environment problem. Commands
-that create the schema (`init`, `demo`), report on it (`health`) or do not use it
-(`server`, `limits`, `automations`, `local-server`; `seed-history` migrates
-itself) are not guarded; `--help` never is.
+(naming DATABASE_URL and `studio init`) and exits 1, an environment problem; `health`
+too (its report would otherwise create the file it reports missing). Commands that
+create the schema (`init`, `demo`, `seed-history` migrates itself) or do not use it
+(`server`, `limits`, `automations`, `local-server`) are not guarded; `--help` never is.
 """
 
 from __future__ import annotations
@@ -20,7 +20,7 @@ from studio.cli_output import err
 
 #: top-level commands (and command groups) that need the schema to exist
 NEEDS_SCHEMA = frozenset({
-    "avatar", "batch", "stats", "pieces", "storage-sync", "storage-privatize",
+    "avatar", "batch", "stats", "pieces", "storage-sync", "storage-privatize", "health",
 })
 
 

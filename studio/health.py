@@ -14,6 +14,10 @@ from studio.stats import database_counts
 
 
 def database_check(settings: Settings) -> dict[str, Any]:
+    from studio.db.schema_check import schema_problem
+
+    if problem := schema_problem(settings):  # no schema / no file: say how, create nothing
+        return {"status": "unhealthy", "error": problem}
     started = time.perf_counter()
     try:
         with session_scope(settings) as session:

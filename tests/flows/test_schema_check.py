@@ -1,7 +1,8 @@
 """Issue 16: a database without the studio schema is refused in one line naming
 DATABASE_URL and `studio init` (studio/db/schema_check.py), by the CLI's database
-commands (exit 1, no empty SQLite file left behind), `batch submit` before it sends
-anything, the batch's `validate` step, the scheduled fan-out and the storage sync.
+commands and `health` (exit 1, no empty SQLite file left behind), `batch submit` before
+it sends anything, the batch's `validate` step, the scheduled fan-out, the storage sync
+and the crash recovery; the health report's database check says it.
 
 Real databases: a fresh PostgreSQL database (no schema, or migrated only to an older
 revision), a SQLite path that does not exist; the flows on the temporary Prefect API.
@@ -110,6 +111,7 @@ def _studio(cwd: Path, *args: str) -> subprocess.CompletedProcess[str]:
     ("batch", "run", "--avatar", "nova", "--pieces", "1"),
     ("stats", "--avatar", "nova"),
     ("pieces", "--avatar", "nova"),
+    ("health",),
 ])
 def test_a_command_before_studio_init_is_one_line_exit_1_and_makes_no_file(
     tmp_path: Path, command: tuple[str, ...]
@@ -180,3 +182,20 @@ def test_the_storage_sync_ends_refused(empty_database) -> None:
     state = storage_sync(return_state=True)
     assert state.is_failed() and state.name == "Refused", state
     _says_what_to_do(state.message)
+
+
+async def test_the_crash_recovery_ends_refused(empty_database) -> None:
+    from flows.crash_recovery import crash_recovery
+
+    state = await crash_recovery(return_state=True)
+    assert state.is_failed() and state.name == "Refused", state
+    _says_what_to_do(state.message)
+
+
+def test_the_health_report_names_the_missing_schema(empty_database) -> None:
+    from studio.health import database_check
+    from studio.settings import get_settings
+
+    check = database_check(get_settings())
+    assert check["status"] == "unhealthy"
+    _says_what_to_do(check["error"])
