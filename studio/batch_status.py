@@ -141,7 +141,7 @@ class BatchStatus:
             )
         elif self.ending == "queued" or (self.ending == "not started" and not self.piece_counts):
             self.step = "not started (queued or validating)"
-        elif self.ending in RESUMABLE:
+        elif self.ending in RESUMABLE and self.ending != "failed":  # failed: it got to the end
             self.step = f"stopped at {step_from_rows(self.piece_counts)}"
         else:
             self.step = f"done ({self.ending})"
@@ -172,7 +172,9 @@ class BatchStatus:
         for earlier in self.earlier_runs:  # superseded by the run above: not the state
             ended = earlier.state if earlier.state not in _UNFINISHED else "stopped"
             out.append(f"earlier run: {earlier.name or '-'} ({earlier.id}) {ended}, resumed")
-        shown = self.ending if (self.row_status or self.piece_counts) else "no batch row yet"
+        shown = self.ending
+        if not (self.row_status or self.piece_counts):
+            shown = "refused: nothing written" if self.ending == "refused" else "no batch row yet"
         out.append(f"batch: {self.batch_id} ({shown})")
         out.append(f"step: {self.step}")
         if self.requested is not None or self.piece_counts:
