@@ -55,7 +55,12 @@ def record_progress(
 
 def resumable_batch_request(batch_id: str, avatar_id: str | None) -> dict[str, Any]:
     """The stored request of a batch `avatar_id` may resume; refused (BatchRequestError,
-    naming the id) when unknown, already complete or another avatar's."""
+    naming the id) when unknown, already complete or another avatar's; on a database
+    without the studio schema, refused naming DATABASE_URL and `studio init`."""
+    from studio.db.schema_check import schema_problem
+
+    if problem := schema_problem():  # read before the validate step: checked here too
+        raise BatchRequestError("DATABASE_URL", problem)
     with session_scope() as session:
         return batch_endings.resumable_config(session, batch_id, avatar_id)
 

@@ -199,3 +199,15 @@ def test_the_health_report_names_the_missing_schema(empty_database) -> None:
     check = database_check(get_settings())
     assert check["status"] == "unhealthy"
     _says_what_to_do(check["error"])
+
+
+async def test_a_resume_on_a_database_without_the_schema_ends_refused(empty_database) -> None:
+    """A resume reads the stored request before `validate`: refused there the same way."""
+    import uuid
+
+    from flows.content_batch import content_batch
+
+    state = await content_batch(avatar_id="nova", resume_batch_id=str(uuid.uuid4()),
+                                return_state=True)
+    assert state.is_failed() and state.name == "Refused", state
+    assert state.message.startswith("DATABASE_URL: ") and "studio init" in state.message
