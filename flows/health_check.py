@@ -1,8 +1,14 @@
 """A flow that runs the spec's health check on a schedule, so the Prefect UI shows
 (and automations can alert on) a degraded database, cache or provider.
 
-The artifact is markdown tables an operator reads at a glance: one row per check
-with its status and details, and one row per image provider.
+The check probes every configured provider and store (studio/health.py). The run ends
+Failed when the set-up is `unhealthy` (the "content batch failed"-style automations and
+the runs list show it), and Completed when it is `healthy` or `degraded` (batches work,
+on a fallback or a stand-in: its state message says which).
+
+The artifact is markdown tables an operator reads at a glance: one row per component
+with its status and reason, one row per check with its details, and one row per image
+provider with its probe.
 """
 
 from __future__ import annotations
@@ -11,8 +17,9 @@ from typing import Any
 
 from prefect import flow
 from prefect.artifacts import acreate_markdown_artifact
+from prefect.states import Completed
 
-from studio.health import health_report
+from studio.health import health_report_async
 
 
 class Unhealthy(Exception):
@@ -49,9 +56,16 @@ def _status(check: dict[str, Any]) -> str:
 
 def health_markdown(report: dict[str, Any]) -> str:
     checks: dict[str, Any] = report["checks"]
-    lines = [
-        f"# Health: {report['status']}",
-        "",
+    lines = [f"# Health: {report['status']}", ""]
+    components: dict[str, Any] = report.get("components", {})
+    if components:
+        lines += ["| Component | Status | Reason |", "| --- | --- | --- |"]
+        for name, component in components.items():
+            lines.append(
+                f"| {name} | {component['status']} | {_value(component.get('reason'))} |"
+            )
+        lines.append("")
+    lines += [
         "| Check | Status | Details |",
         "| --- | --- | --- |",
     ]
@@ -67,7 +81,10 @@ def health_markdown(report: dict[str, Any]) -> str:
         if isinstance(v, dict) and k != "strategy"
     }
     if providers:
-        columns = ["available", "configured", "position", "max_concurrent", "price_usd", "stand_in"]
+        columns = [
+            "available", "status", "reason", "configured", "position", "max_concurrent",
+            "price_usd", "stand_in",
+        ]
         lines += ["", "## Image providers", ""]
         lines.append("| Provider | " + " | ".join(c.replace("_", " ") for c in columns) + " |")
         lines.append("| --- |" + " --- |" * len(columns))
@@ -81,15 +98,22 @@ def health_markdown(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+def _not_healthy(report: dict[str, Any]) -> str:
+    """`name: reason` of every component that is not healthy, worst first."""
+    order = {"unhealthy": 0, "degraded": 1}
+    parts = sorted(
+        (c for c in report.get("components", {}).items() if c[1]["status"] in order),
+        key=lambda c: order[c[1]["status"]],
+    )
+    return "; ".join(f"{name} {c['status']}: {c.get('reason')}" for name, c in parts)
+
+
 @flow(name="health-check")
-async def health_check() -> dict:
-    report = health_report()
+async def health_check() -> Any:
+    report = await health_report_async()
     await acreate_markdown_artifact(markdown=health_markdown(report), key="studio-health")
-    if report["status"] != "healthy":
-        failing = [
-            f"{name}: {check.get('error') or check.get('status')}"
-            for name, check in report["checks"].items()
-            if isinstance(check, dict) and check.get("status") not in (None, "healthy")
-        ]
-        raise Unhealthy("; ".join(failing) or str(report["status"]))
+    if report["status"] == "unhealthy":
+        raise Unhealthy(_not_healthy(report) or "unhealthy")
+    if report["status"] == "degraded":  # batches work: a fallback or a stand-in in use
+        return Completed(message=f"degraded: {_not_healthy(report)}"[:2000], data=report)
     return report

@@ -353,4 +353,13 @@ class AnthropicEmulator(Emulator):
         app.router.add_get("/v1/messages/batches/{batch_id}", self.batch_retrieve)
         app.router.add_post("/v1/messages/batches/{batch_id}/cancel", self.batch_cancel)
         app.router.add_get("/v1/messages/batches/{batch_id}/results", self.batch_results)
+        app.router.add_get("/v1/models", self.models)
         return app
+
+    async def models(self, request: web.Request) -> web.Response:
+        """GET /v1/models: the cheapest authenticated read (the health probe's)."""
+        self.counters.hit("models")
+        if not self._authorised(request):
+            return self._error(401, "invalid x-api-key")
+        model = {"type": "model", "id": "claude-haiku-4-5", "display_name": "Claude Haiku 4.5"}
+        return web.json_response({"data": [model], "has_more": False})

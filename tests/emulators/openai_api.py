@@ -192,4 +192,18 @@ class OpenAIModerationEmulator(Emulator):
     def build_app(self) -> web.Application:
         app = web.Application(client_max_size=64 * 1024 * 1024)
         app.router.add_post("/v1/moderations", self.moderations)
+        app.router.add_get("/v1/models", self.models)
         return app
+
+    async def models(self, request: web.Request) -> web.Response:
+        """GET /v1/models: the cheapest authenticated read (the health probe's)."""
+        self.counters.hit("models")
+        if not self._authorised(request):
+            return web.json_response(
+                {"error": {"message": "Incorrect API key provided", "type": "invalid_request_error",
+                           "code": "invalid_api_key"}},
+                status=401,
+            )
+        return web.json_response({"object": "list", "data": [
+            {"id": "omni-moderation-latest", "object": "model", "owned_by": "system"}
+        ]})

@@ -128,7 +128,15 @@ class ReplicateEmulator(Emulator):
         app.router.add_get("/v1/predictions/{id}", self._get)
         app.router.add_post("/v1/predictions/{id}/cancel", self._cancel)
         app.router.add_get("/files/{id}/{filename}", self._file)
+        app.router.add_get("/v1/account", self._account)
         return app
+
+    async def _account(self, request: web.Request) -> web.Response:
+        """GET /v1/account: the cheapest authenticated read (the health probe's)."""
+        self.counters.hit("account")
+        if (error := self._auth_error(request)) is not None:
+            return error
+        return web.json_response({"type": "organization", "username": "studio", "name": "Studio"})
 
     def _auth_error(self, request: web.Request) -> web.Response | None:
         if self.token is None:

@@ -139,7 +139,9 @@ async def test_health_artifact_is_tables(studio_env) -> None:
     state = await health_check(return_state=True)
     (health,) = (await _artifacts(state.state_details.flow_run_id))["markdown"]
     text = health.data
-    assert text.startswith("# Health: healthy")
+    assert text.startswith("# Health: degraded")  # the embedded stand-ins are in use
+    assert "| Component | Status | Reason |" in text
+    assert "| images | degraded | stand-in: no image provider configured" in text
     assert "| Check | Status | Details |" in text
     assert "| database | healthy | backend: sqlite; response_ms: " in text
     assert "| preview | yes |" in text and "## Image providers" in text
