@@ -6,16 +6,35 @@ input (exit 2, nothing spent or sent); declared twice, they drift apart.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from typing import Annotated
 
 import typer
 
-from studio.request import BatchRequest, parse_tier_distribution
+from studio.request import BatchRequest, BatchRequestError, parse_tier_distribution
 
 AvatarOption = Annotated[str, typer.Option("--avatar", help="avatar id or name")]
 PiecesOption = Annotated[int, typer.Option("--pieces")]
 PlatformOption = Annotated[str, typer.Option("--platform")]
-TiersOption = Annotated[str, typer.Option("--tiers", help="capa1,capa2,capa3 ratios")]
+#: whether this command's `--tiers` was typed (its default is no request to refuse)
+_TIERS_TYPED: ContextVar[bool] = ContextVar("tiers_typed", default=False)
+
+
+def _note_tiers_source(ctx: typer.Context, value: str) -> str:
+    """Typer calls this for `--tiers` typed or not; it notes which, for batch_request."""
+    source = ctx.get_parameter_source("tiers")
+    _TIERS_TYPED.set(getattr(source, "name", "DEFAULT") not in ("DEFAULT", "DEFAULT_MAP"))
+    return value
+
+
+TiersOption = Annotated[
+    str,
+    typer.Option(
+        "--tiers",
+        help="capa1,capa2,capa3 ratios of template pieces (not with --prompt: give --tier)",
+        callback=_note_tiers_source,
+    ),
+]
 HooksOption = Annotated[bool, typer.Option("--hooks/--no-hooks")]
 SafetyOption = Annotated[bool, typer.Option("--safety/--no-safety")]
 UploadOption = Annotated[bool, typer.Option("--upload/--no-upload")]
@@ -48,7 +67,17 @@ def batch_request(
     seed: int | None,
     hook_mode: str,
 ) -> BatchRequest:
-    """The request the options describe; raises BatchRequestError naming a bad field."""
+    """The request the options describe; raises BatchRequestError naming a bad field.
+
+    `--tiers` with `--prompt` is refused rather than ignored: custom prompts take their
+    tier from `--tier` (capa1 when not given, the spec's default), never from the ratios.
+    """
+    if prompt and _TIERS_TYPED.get():
+        raise BatchRequestError(
+            "tiers",
+            "--tiers spreads template pieces only; with --prompt give each prompt's tier "
+            "with --tier (capa1 when not given)",
+        )
     return BatchRequest(
         avatar_id=avatar,
         num_pieces=pieces,
@@ -62,3 +91,4 @@ def batch_request(
         seed=seed,
         hook_mode=hook_mode,
     )
+

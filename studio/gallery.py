@@ -3,7 +3,10 @@
 The Prefect UI renders a markdown artifact's images as `<img src=...>` straight from
 the parsed markdown (prefect-ui-library's markdown renderer, checked in the bundled
 UI), so data-URI thumbnails show without any file server; a capa1 thumbnail links to
-the piece's public URL. Only pieces that passed safety are shown: a rejected or held
+the piece's public URL when the store gives it one (http/https). A piece on the local
+store has only a `file://` path, which a browser does not open from a web page, so its
+thumbnail links nowhere and the text says so (the table artifact lists the path).
+Only pieces that passed safety are shown: a rejected or held
 piece is named, never pictured, and premium (capa2, capa3) thumbnails are blurred and
 link nowhere: the gallery is a lasting artifact, and a premium link is short-lived
 (the batch's links artifact, `studio pieces --links`). Thumbnails are small JPEGs
@@ -73,7 +76,8 @@ def gallery_markdown(result: BatchResult, image_paths: Mapping[str, str]) -> str
         f"{result.published} published, {result.rejected} rejected, "
         f"{result.pending_review} pending review, {result.failed} failed. Only published "
         "pieces are pictured; capa2/capa3 thumbnails are blurred; a capa1 thumbnail opens "
-        "its public link.",
+        "its public link when the store has one (pieces on the local store link nowhere: "
+        "their file:// path is in the batch's table artifact).",
         "",
         "|" + " |" * COLUMNS,
         "|" + " --- |" * COLUMNS,

@@ -216,7 +216,8 @@ TiersParam = Annotated[
         max_length=MAX_PIECES,
         description=(
             "The access tier of each custom prompt, in order (needs custom_prompts, one per "
-            "prompt). Leave empty to spread custom prompts by tier_distribution."
+            "prompt). Leave empty and every custom prompt is capa1 (the spec's default); "
+            "tier_distribution spreads template pieces only."
         ),
     ),
 ]
