@@ -52,6 +52,24 @@ def batch_failed(exc: Exception) -> NoReturn:
     raise typer.Exit(code=1) from None
 
 
+def unexpected_error(exc: BaseException) -> int:
+    """An error no command turned into a message: one line, exit 1 (an environment or
+    program problem, never the input: input is checked first). STUDIO_DEBUG=1 prints
+    the traceback as well, for a bug report."""
+    import os
+    import traceback
+
+    if os.environ.get("STUDIO_DEBUG", "").lower() in ("1", "true", "yes"):
+        traceback.print_exception(exc)
+    err.print(
+        f"[red]error[/red] {type(exc).__name__}: {escape(one_line(str(exc))[:500])}"
+        " (STUDIO_DEBUG=1 shows the traceback)",
+        soft_wrap=True,
+        highlight=False,
+    )
+    return 1
+
+
 def print_json(data: Any) -> None:
     """`--json` output: plain JSON on stdout, no colours, one document (for scripts)."""
     typer.echo(json.dumps(data, default=str, indent=2))

@@ -35,6 +35,12 @@ def main() -> None:
     except SystemExit as stop:
         _exit_without_teardown(stop.code)
         raise
+    except Exception as exc:  # what no command expected: one line, exit 1
+        from studio.cli_output import unexpected_error
+
+        code = unexpected_error(exc)
+        _exit_without_teardown(code)
+        raise SystemExit(code) from None
     _exit_without_teardown(0)
 
 

@@ -254,3 +254,36 @@ def test_seeded_avatars_are_inactive_and_a_second_seed_is_allowed(studio_env) ->
         avatars = list_avatars(session)
         assert len(avatars) == 6 and not any(a.active for a in avatars)
         assert list_avatars(session, cadence="daily", active_only=True) == []
+
+
+# --- errors no command expected ---------------------------------------------------
+
+
+def test_an_unexpected_error_is_one_line_exit_1(monkeypatch, capsys) -> None:
+    """The console script turns an exception no command handled into one line (exit 1);
+    STUDIO_DEBUG=1 adds the traceback."""
+    import studio.cli
+    import studio.entry
+
+    def broken() -> None:
+        raise RuntimeError("disk on fire\nsecond line")
+
+    monkeypatch.setattr(studio.cli, "app", broken)
+    monkeypatch.setattr(studio.entry, "_exit_without_teardown", lambda code: None)
+    monkeypatch.setattr("sys.argv", ["studio", "avatar", "list"])
+    monkeypatch.delenv("STUDIO_DEBUG", raising=False)
+    with pytest.raises(SystemExit) as exited:
+        studio.entry.main()
+    assert exited.value.code == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert lines == ["error RuntimeError: disk on fire second line (STUDIO_DEBUG=1 shows the "
+                     "traceback)"]
+    monkeypatch.setenv("STUDIO_DEBUG", "1")
+    with pytest.raises(SystemExit):
+        studio.entry.main()
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_batch_status_of_a_non_uuid_is_one_line_exit_2(studio_env) -> None:
+    one_line_error(invoke("batch", "status", "garbage"), 2, "id", "UUID")
+    one_line_error(invoke("batch", "resume", "garbage"), 2, "batch_id")
