@@ -74,7 +74,7 @@ def template_check() -> dict[str, Any]:
     }
 
 
-def budget_check(settings: Settings) -> dict[str, Any]:
+def budget_check(settings: Settings, *, read_spend: bool = True) -> dict[str, Any]:
     """The budgets in force (null: turned off with `none`) and what was spent today (UTC).
 
     Why in health: a budget is what stops a runaway batch or a loop of runs; an operator
@@ -99,6 +99,8 @@ def budget_check(settings: Settings) -> dict[str, Any]:
     }
     if not budgets.any_budget:
         report["warning"] = "no budget: BATCH_BUDGET_USD and AVATAR_DAILY_BUDGET_USD are none"
+    if not read_spend:  # no schema: the database check says so
+        return report
     try:
         with session_scope(settings) as session:
             spent = func.coalesce(func.sum(Row.price_usd), 0.0)
@@ -166,6 +168,10 @@ async def in_daemon_thread(fn: Callable[[], T], timeout: float, fallback: T) -> 
         return await asyncio.wait_for(future, timeout)
     except TimeoutError:
         return fallback
+
+
+async def _unready(problem: str | None) -> dict[str, Any]:
+    return {"status": UNHEALTHY, "error": problem}
 
 
 def _timed_out(timeout: float) -> dict[str, Any]:
@@ -265,6 +271,7 @@ def _component(check: dict[str, Any], healthy_reason: str = "ok") -> dict[str, A
 
 async def health_report_async(settings: Settings | None = None) -> dict[str, Any]:
     """The report, every probe and check at once (see the module docstring)."""
+    from studio.db.schema_check import schema_problem
     from studio.hooks.registry import hook_writer_status
     from studio.moderation.registry import moderator_status
     from studio.providers.registry import provider_availability
@@ -273,15 +280,25 @@ async def health_report_async(settings: Settings | None = None) -> dict[str, Any
     s = settings or get_settings()
     timeout, timeout_error = probe_timeout()
     budget = 2 * timeout  # a check that reads the database may also count rows
-    database, budgets, storage, probes = await asyncio.gather(
-        in_daemon_thread(lambda: database_check(s), budget, _timed_out(timeout)),
-        in_daemon_thread(lambda: budget_check(s), budget, _timed_out(timeout)),
-        in_daemon_thread(lambda: storage_status(s), budget, _timed_out(timeout)),
-        run_probes(timeout),
+    probing = asyncio.ensure_future(run_probes(timeout))
+    # first: is the schema there? (reading a database without it would create its file)
+    no_answer = str(_timed_out(timeout)["error"])
+    problem = await in_daemon_thread(lambda: schema_problem(s), timeout, no_answer)
+    ready = problem is None
+    database, templates, budgets, storage = await asyncio.gather(
+        in_daemon_thread(lambda: database_check(s), budget, _timed_out(timeout))
+        if ready else _unready(problem),
+        in_daemon_thread(template_check, budget, _timed_out(timeout))
+        if ready else _unready("no templates: the database has no studio schema"),
+        in_daemon_thread(lambda: budget_check(s, read_spend=ready), budget, _timed_out(timeout)),
+        in_daemon_thread(
+            lambda: storage_status(s, count_pending=ready), budget, _timed_out(timeout)
+        ),
     )
+    probes = await probing
     checks: dict[str, Any] = {
         "database": database,
-        "template_library": template_check(),
+        "template_library": templates,
         "providers": provider_availability(),
         "hooks": hook_writer_status(),
         "moderation": moderator_status(),

@@ -69,7 +69,7 @@ def validate_storage_settings(settings: Settings | None = None) -> None:
         raise BatchRequestError("R2_PRIVATE_BUCKET_NAME", problem)
 
 
-def storage_status(settings: Settings) -> dict[str, object]:
+def storage_status(settings: Settings, *, count_pending: bool = True) -> dict[str, object]:
     """The health check's view: which backend, configured or not; never a secret.
 
     `status` is "misconfigured" (with the reason in `error`) when a public URL is set
@@ -87,7 +87,8 @@ def storage_status(settings: Settings) -> dict[str, object]:
         "private_bucket": storage.private_bucket if storage.r2_configured else None,
         "root": str(local_root(settings).resolve()),
         "presigned_ttl_seconds": storage.presigned_url_ttl_seconds,
-        "pending_sync": _pending_sync(settings),
+        # not counted on a database without the schema: reading would create its file
+        "pending_sync": _pending_sync(settings) if count_pending else None,
     }
     if problem:
         status["error"] = problem
