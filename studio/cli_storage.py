@@ -29,6 +29,11 @@ def resume_batch(batch_id: str):  # type: ignore[no-untyped-def]
     # not a UUID, unknown or already complete: BatchRequestError (exit 2) before any run
     batch_id = parse_batch_id("batch_id", batch_id) or ""
     config = resumable_batch_request(batch_id, None)
+    from deployments.resume import resume_on_deployment
+
+    submitted = resume_on_deployment(batch_id, config)  # a deployment's batch: resumed there
+    if submitted is not None:
+        return submitted
     owner = OwnerMarker()  # killed again: `batch status` says interrupted again
     progress.subscribe(owner)
     try:
@@ -56,6 +61,14 @@ def batch_resume(
         refuse(exc)
     except Exception as exc:
         batch_failed(exc)
+    if isinstance(result, tuple):  # a new run of the batch's deployment, with its settings
+        run_id, deployment = result
+        console.print(
+            f"batch {batch_id} resumed as run {run_id} of deployment {deployment} (with the"
+            f" original run's job variables); follow it with `studio batch status {run_id}`",
+            soft_wrap=True,  # one line, ids unbroken
+        )
+        return
     console.print(
         f"[bold]batch {result.batch_id}[/bold] resumed: {result.published}/{result.requested}"
         f" published, {result.rejected} rejected, {result.failed} failed,"

@@ -13,11 +13,13 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import time
 import uuid
 from pathlib import Path
 
+import pytest
 from sqlalchemy import select
 
 from studio.avatars import add_avatar
@@ -66,7 +68,10 @@ async def _recover(stack, batch_id: str) -> str:
             return await recover_batch(client, batch_id, [crashed], 3, "content-batch/on-demand")
 
 
-def test_a_crash_recovery_resume_runs_with_the_original_job_variables(prefect_stack, stack_db):
+@pytest.mark.parametrize("by", ["crash-recovery", "operator"])
+def test_a_resume_runs_with_the_original_job_variables(prefect_stack, stack_db, by):
+    """`by` crash recovery (its resume of the Crashed run) or the operator (`studio batch
+    resume <batch>` with PREFECT_API_URL set: a new run of the batch's deployment)."""
     name = f"resume-{uuid.uuid4().hex[:6]}"
     with session_scope() as session:
         add_avatar(session, name, "travel", f"https://w.example/{name}.safetensors", "on-demand")
@@ -93,10 +98,16 @@ def test_a_crash_recovery_resume_runs_with_the_original_job_variables(prefect_st
         assert crashed["state_type"] == "CRASHED", crashed["state"]
         comfyui.behaviour.hang = False
 
-        outcome = asyncio.run(_recover(prefect_stack, run_id))
-
-        assert outcome.startswith("resumed"), outcome
-        resume_id = outcome.rsplit(" ", 1)[-1]
+        if by == "crash-recovery":
+            outcome = asyncio.run(_recover(prefect_stack, run_id))
+            assert outcome.startswith("resumed"), outcome
+            resume_id = outcome.rsplit(" ", 1)[-1]
+        else:
+            done = prefect_stack.studio("batch", "resume", run_id)
+            assert done.returncode == 0, done.stdout + done.stderr
+            line = " ".join(done.stdout.split())
+            assert "of deployment on-demand (with the original run's job variables)" in line
+            resume_id = re.search(r"resumed as run ([0-9a-f-]{36})", line).group(1)
         resumed = prefect_stack.wait_final(resume_id)
         assert resumed["state_type"] == "COMPLETED", prefect_stack.tail("worker")
         assert resumed["job_variables"] == job_variables  # the original run's, carried over
@@ -107,3 +118,24 @@ def test_a_crash_recovery_resume_runs_with_the_original_job_variables(prefect_st
     assert {p.provider for p in pieces} == {"comfyui"}  # no preview stood in
     assert not [p for p in pieces if any(m.startswith("image:") for m in p.stand_ins or [])]
     assert {p.status for p in pieces} <= {"published", "rejected"}
+
+
+def test_a_deployment_run_with_no_image_provider_is_refused(prefect_stack, stack_db):
+    """The worker has no image provider; with stand-ins not allowed (as in production)
+    the batch is refused at validation, naming what to set, and nothing is made."""
+    name = f"refuse-{uuid.uuid4().hex[:6]}"
+    with session_scope() as session:
+        add_avatar(session, name, "travel", f"https://w.example/{name}.safetensors", "on-demand")
+    created = prefect_stack.create_run(
+        "content-batch/on-demand", {"avatar_id": name, "num_pieces": 2},
+        job_variables={"env": {"ALLOW_STAND_INS": "false"}},
+    )
+    assert created.status_code == 201, created.text
+    run = prefect_stack.wait_final(created.json()["id"])
+    assert (run["state_type"], run["state"]["name"]) == ("FAILED", "Refused"), run["state"]
+    message = run["state"]["message"]
+    assert message.startswith("providers: no image provider is configured for a run of deployment")
+    assert "ALLOW_STAND_INS=true" in message
+    with session_scope() as session:
+        made = session.scalars(select(ContentPiece).where(ContentPiece.batch_id == run["id"]))
+        assert list(made) == []
