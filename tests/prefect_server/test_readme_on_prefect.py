@@ -7,7 +7,8 @@ nova` against it, `studio server` in the background on a free port (the only oth
 substitution, with the ComfyUI emulator's URL in the `COMFYUI_ENDPOINT` line), the work
 pool, `prefect deploy --all`, limits and automations, and the worker line started TWICE,
 each worker with its own STUDIO_HOME (scratch only), then `studio batch submit` to a
-Completed run and `studio batch status <run-id>`.
+Completed run and `studio batch status <run-id>`. Then 4 one-piece batches at once (more
+than one worker's `--limit 3`): every batch completes and each worker ran at least one.
 
 Production as it is: no ALLOW_STAND_INS (stand-ins would be refused or held), HOME is a
 temporary folder so `~/.prefect` (the server's PREFECT_HOME, its auth string file) is
@@ -153,6 +154,14 @@ def test_the_readme_on_prefect_block_runs_as_written_with_two_workers(
                            start_worker=start_worker, wait_submitted=wait_submitted)
         run_id = walk.run(lines)
         assert comfyui.counters.requests("prompt") >= 10  # real generations, no stand-in
+        # either worker runs batches: 4 at once are more than one worker's --limit 3
+        burst = _burst(api, auth(), count=4)
+        for run_id_ in burst:
+            wait_submitted(run_id_)
+        for name in ("worker1", "worker2"):
+            log = processes.tail(name, lines=100000)
+            took = [run for run in [run_id, *burst] if f"submitting flow run '{run}'" in log]
+            assert took, f"{name} ran no batch:\n{log}"
 
     status = next(out for line, out in walk.outputs.items() if "batch status" in line)
     assert "state: Completed" in status.stdout, status.stdout
@@ -172,7 +181,7 @@ def test_the_readme_on_prefect_block_runs_as_written_with_two_workers(
                 "ON a.id = p.avatar_id WHERE a.name = 'nova'")).all()
     finally:
         engine.dispose()
-    assert len(pieces) == 10, pieces
+    assert len(pieces) == 10 + 4, pieces
     # real images on either worker (hooks and moderation may be the local ones: no
     # Anthropic/OpenAI key is configured in the block)
     assert not any(m.startswith("image:") for _status, marks in pieces for m in marks or [])
@@ -194,3 +203,19 @@ def _with_csrf(api: str, auth: tuple[str, str], path: str) -> httpx.Response:
     token.raise_for_status()
     return httpx.post(f"{api}{path}", json={}, auth=auth, timeout=30, headers={
         "Prefect-Csrf-Token": token.json()["token"], "Prefect-Csrf-Client": client})
+
+
+def _burst(api: str, auth: tuple[str, str], count: int) -> list[str]:
+    """`count` one-piece runs of content-batch/on-demand for nova, created at once."""
+    import uuid
+
+    client = str(uuid.uuid4())
+    token = httpx.get(f"{api}/csrf-token", params={"client": client}, auth=auth, timeout=30)
+    headers = {"Prefect-Csrf-Token": token.json()["token"], "Prefect-Csrf-Client": client}
+    with httpx.Client(base_url=api, auth=auth, headers=headers, timeout=30) as rest:
+        deployment = rest.get("/deployments/name/content-batch/on-demand").json()["id"]
+        made = [rest.post(f"/deployments/{deployment}/create_flow_run",
+                          json={"parameters": {"avatar_id": "nova", "num_pieces": 1}})
+                for _ in range(count)]
+    assert all(m.status_code == 201 for m in made), [m.text for m in made]
+    return [m.json()["id"] for m in made]
