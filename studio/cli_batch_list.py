@@ -53,7 +53,8 @@ def parse_since(value: str | None, now: datetime | None = None) -> datetime | No
                 f"{value[:40]!r} is not a date; use e.g. 2026-12-01, 2026-12-01T06:00 or 7d",
             )
         )
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+    # in UTC: SQLite compares the stored UTC text, ignoring an offset
+    return moment.astimezone(UTC) if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 def list_batches(

@@ -287,3 +287,17 @@ def test_an_unexpected_error_is_one_line_exit_1(monkeypatch, capsys) -> None:
 def test_batch_status_of_a_non_uuid_is_one_line_exit_2(studio_env) -> None:
     one_line_error(invoke("batch", "status", "garbage"), 2, "id", "UUID")
     one_line_error(invoke("batch", "resume", "garbage"), 2, "batch_id")
+
+
+def test_since_takes_ages_dates_and_offsets_in_utc() -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from studio.cli_batch_list import parse_since
+
+    now = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+    assert parse_since("30m", now) == now - timedelta(minutes=30)
+    assert parse_since("12h", now) == now - timedelta(hours=12)
+    assert parse_since("7d", now) == now - timedelta(days=7)
+    assert parse_since("2026-12-01") == datetime(2026, 12, 1, tzinfo=UTC)
+    assert parse_since("2026-12-01T08:00+02:00") == datetime(2026, 12, 1, 6, 0, tzinfo=UTC)
+    assert parse_since(None) is None
