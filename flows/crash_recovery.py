@@ -129,6 +129,7 @@ async def recover_batch(
     if len(attempts) >= max_attempts:
         why = f"automatic resume gave up after {len(attempts)} attempt(s); last {reason}"
         await asyncio.to_thread(_give_up, batch_id, why)
+        await _settle_dead_rows(batch_id)  # nothing resumes it: its open ledger rows settle now
         log.error("Batch FAILED | Batch: %s | %s", batch_id, why)
         return f"gave up: {why}"
     attempt = len(attempts) + 1
@@ -179,6 +180,19 @@ def _batch_status(batch_id: str) -> tuple[str, dict[str, Any]] | None:
 def _end(batch_id: str, status: str, reason: str) -> None:
     with session_scope() as session:
         batch_endings.end_batch(session, batch_id, status, reason)
+
+
+async def _settle_dead_rows(batch_id: str) -> None:
+    """A batch given up is never resumed, so its dead runs' open ledger rows are settled
+    here (studio/ledger/dead_runs.py), asked with this run's provider settings."""
+    from studio.ledger.dead_runs import settle_dead_rows
+    from studio.providers.job_lookup import ProviderJobLookup
+
+    try:
+        await settle_dead_rows(batch_id, ProviderJobLookup())
+    except Exception as exc:  # left open: `studio batch resume` of the batch settles them
+        log.warning("Dead-run rows not settled | Batch: %s | Error: %s", batch_id,
+                    type(exc).__name__)
 
 
 def _give_up(batch_id: str, reason: str) -> None:

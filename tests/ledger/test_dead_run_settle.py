@@ -195,3 +195,42 @@ def time_now():
     from datetime import UTC, datetime
 
     return datetime.now(UTC)
+
+
+async def test_a_batch_crash_recovery_gives_up_on_has_its_open_rows_settled(
+    prefect_api, studio_env, replicate
+) -> None:
+    """Nothing will resume it, so crash recovery settles its rows as it gives up: here a
+    reservation whose create never reached Replicate is released."""
+    from prefect import get_client
+    from prefect.states import Crashed
+
+    from flows.content_batch import content_batch
+    from flows.crash_recovery import recover_batch
+    from studio.bootstrap import ensure_demo_avatar
+    from studio.db.models import Batch
+
+    avatar_id = ensure_demo_avatar()
+    deployment = await content_batch.ato_deployment(name=f"give-up-{uuid.uuid4().hex[:6]}")
+    deployment_id = await deployment.apply()
+    async with get_client() as client:
+        run = await client.create_flow_run_from_deployment(
+            deployment_id, parameters={"avatar_id": "demo", "num_pieces": 1}
+        )
+        batch_id = str(run.id)
+        with session_scope() as session:
+            session.add(Batch(id=batch_id, avatar_id=avatar_id, status="running", requested=1,
+                              config={"avatar_id": "demo", "num_pieces": 1}))
+        spec = piece(0, batch_id)
+        CostLedger().reserve(
+            CallKey("image", "replicate", batch_id, avatar_id, (spec.piece_id,)), 0.03
+        )
+        await client.set_flow_run_state(run.id, Crashed(), force=True)
+        crashed = await client.read_flow_run(run.id)
+
+        outcome = await recover_batch(client, batch_id, [crashed], 0, "content-batch/on-demand")
+
+    assert outcome.startswith("gave up")
+    ((status, outcome_),) = [(r.status, r.outcome) for r in ledger_rows(batch_id)]
+    assert (status, outcome_) == ("released", "dead-run")
+    assert replicate.billed_jobs == 0
