@@ -26,6 +26,10 @@ automations_app = typer.Typer(
 )
 
 
+class BlockMissing(Exception):
+    """`--notify-block` names no block document on the server (nothing is applied)."""
+
+
 @automations_app.callback()
 def _group() -> None:
     """Keeps `apply` a sub-command even while it is the only one."""
@@ -47,9 +51,6 @@ def apply(
     from deployments.api import CredentialRefused, ServerUnreachable, api_url, server_client
     from deployments.automations import apply_automations, block_exists, notified_block
     from deployments.strict_parameters import apply_strict_parameters
-
-    class BlockMissing(Exception):
-        pass
 
     async def run() -> tuple[dict[str, str], dict[str, str], bool]:
         async with server_client() as client:
