@@ -139,6 +139,8 @@ class BatchStatus:
             self.step = (self.run.log_step if self.run else None) or step_from_rows(
                 self.piece_counts
             )
+        elif self.ending == "queued" and self.earlier_runs:
+            self.step = f"resume queued (stopped at {step_from_rows(self.piece_counts)})"
         elif self.ending == "queued" or (self.ending == "not started" and not self.piece_counts):
             self.step = "not started (queued or validating)"
         elif self.ending in RESUMABLE and self.ending != "failed":  # failed: it got to the end

@@ -163,10 +163,9 @@ async def _read_status(wanted_id: str) -> tuple[BatchStatus | None, str | None]:
             with session_scope() as session:
                 known = read_rows(session, report)
                 run_ids = run_ids_of(session, report.batch_id)
-            runs = [await _run_facts(client, run_id) for run_id in run_ids]
-            found = [run for run in runs if run is not None]
-            if found:
-                report.run, report.earlier_runs = found[-1], found[:-1]
+            runs = await _batch_runs(client, report.batch_id, run_ids)
+            if runs:
+                report.run, report.earlier_runs = runs[-1], runs[:-1]
                 if report.run.state in ("Running", "Retrying"):
                     report.run.log_step = step_from_log(
                         await _log_messages(client, report.run.id)
@@ -177,27 +176,45 @@ async def _read_status(wanted_id: str) -> tuple[BatchStatus | None, str | None]:
         with session_scope() as session:
             known = read_rows(session, report)
     owner = owner_of(report.batch_id)
-    if owner is not None and not owner.alive():
+    # only the run the killed process ran is stale (a resume queued since is not)
+    stale = owner is not None and (report.run is None or report.run.id == owner.run_id)
+    if owner is not None and stale and not owner.alive():
         report.local_owner_gone = f"pid {owner.pid} on {owner.host}"
     if report.run is None and not known:
         return None, problem
     return report.derive(), problem
 
 
-async def _run_facts(client: Any, run_id: str) -> RunFacts | None:
+async def _batch_runs(client: Any, batch_id: str, run_ids: list[str]) -> list[RunFacts]:
+    """The batch's runs, oldest first: those the row knows (the run that made it, the
+    resumes that started) and resumes created but not started yet (tagged
+    `resumes:<run>` or `auto-resume:<batch>` by `batch resume` and crash recovery)."""
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
+
     from deployments.api import flow_run_link
     from deployments.batch_runs import read_run
 
-    run = await read_run(client, run_id)
-    if run is None:
-        return None
-    return RunFacts(
-        id=str(run.id),
-        name=run.name,
-        state=run.state.name if run.state else None,
-        message=run.state.message if run.state else None,
-        link=flow_run_link(run.id),
-    )
+    found = {}
+    for run_id in run_ids:
+        run = await read_run(client, run_id)
+        if run is not None:
+            found[str(run.id)] = run
+    wanted_tags = [f"resumes:{run_id}" for run_id in run_ids] + [f"auto-resume:{batch_id}"]
+    for run in await client.read_flow_runs(
+        flow_run_filter=FlowRunFilter(tags=FlowRunFilterTags(any_=wanted_tags)), limit=50
+    ):
+        found.setdefault(str(run.id), run)
+    ordered = sorted(found.values(), key=lambda run: run.created or run.expected_start_time)
+    return [
+        RunFacts(
+            id=str(run.id),
+            name=run.name,
+            state=run.state.name if run.state else None,
+            message=run.state.message if run.state else None,
+            link=flow_run_link(run.id),
+        )
+        for run in ordered
+    ]
 
 
 async def _log_messages(client: Any, run_id: str) -> list[str]:

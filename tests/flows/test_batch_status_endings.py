@@ -217,3 +217,43 @@ def test_status_of_a_killed_local_batch_then_crashed_then_resumed(
     assert "state: Completed" in text and f"batch: {batch_id} (completed)" in text
     assert f"earlier run: content-batch-demo-3 ({batch_id}) Crashed, resumed" in text
     assert "step: 2/7" not in text and "error:" not in text
+
+
+async def _crashed_run_and_queued_resume() -> tuple[str, str]:
+    """A deployment's run that crashed, and the resume crash recovery created for it
+    (tagged as flows/crash_recovery.py tags it), not picked up by a worker yet."""
+    import uuid
+
+    from flows.content_batch import content_batch
+
+    deployment = await content_batch.ato_deployment(name=f"on-demand-{uuid.uuid4().hex[:6]}")
+    deployment_id = await deployment.apply()
+    async with get_client() as client:
+        original = await client.create_flow_run_from_deployment(
+            deployment_id, parameters={"avatar_id": "demo", "num_pieces": 3}
+        )
+        await client.set_flow_run_state(original.id, Crashed(message="zombie"), force=True)
+        batch_id = str(original.id)
+        resume = await client.create_flow_run_from_deployment(
+            deployment_id,
+            parameters={"avatar_id": "demo", "num_pieces": 3, "resume_batch_id": batch_id},
+            tags=["auto-resume", f"auto-resume:{batch_id}", f"resumes:{batch_id}"],
+        )
+    return batch_id, str(resume.id)
+
+
+def test_status_while_a_resume_is_queued_shows_the_resume(studio_env, demo_avatar) -> None:
+    batch_id, resume_id = asyncio.run(_crashed_run_and_queued_resume())
+    with session_scope() as session:  # the row as the crashed run's state hook left it
+        session.add(Batch(id=batch_id, avatar_id=demo_avatar, status="crashed", requested=3,
+                          config={"avatar_id": "demo", "num_pieces": 3}, error="run crashed"))
+    for asked in (batch_id, resume_id):
+        data = status_json(asked)
+        assert data["batch_id"] == batch_id
+        assert data["run"]["id"] == resume_id and data["run"]["state"] == "Scheduled"
+        assert data["ending"] == "queued" and data["step"].startswith("resume queued")
+        assert [(r["id"], r["state"]) for r in data["earlier_runs"]] == [(batch_id, "Crashed")]
+        assert data["error"] is None and data["hint"] is None  # nothing to do but wait
+    text = invoke("batch", "status", batch_id).output
+    assert "state: Scheduled" in text and f"batch: {batch_id} (queued)" in text
+    assert "Crashed, resumed" in text and "(crashed)" not in text
