@@ -265,7 +265,8 @@ def _print_result(result) -> None:  # type: ignore[no-untyped-def]
     console.print(
         f"[bold]batch {result.batch_id}[/bold]: {result.published}/{result.requested} published,"
         f" {result.rejected} rejected, {result.failed} failed, {result.pending_review} pending"
-        f" review; cost ${result.cost_usd:.2f}; {result.total_seconds:.1f}s"
+        f" review; cost ${result.cost_usd:.2f}; {result.total_seconds:.1f}s",
+        soft_wrap=True,  # one line: scripts read the batch id from it
     )
     for piece in result.pieces:
         if piece.status.value in ("rejected", "failed", "pending_review"):

@@ -72,7 +72,8 @@ def batch_resume(
     console.print(
         f"[bold]batch {result.batch_id}[/bold] resumed: {result.published}/{result.requested}"
         f" published, {result.rejected} rejected, {result.failed} failed,"
-        f" {result.pending_review} pending review; cost ${result.cost_usd:.2f}"
+        f" {result.pending_review} pending review; cost ${result.cost_usd:.2f}",
+        soft_wrap=True,
     )
 
 

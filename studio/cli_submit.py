@@ -131,8 +131,9 @@ def status(
     # locally (no PREFECT_API_URL) the runs are on the local API `batch run` uses
     server = local_server.ensure_started()
     try:
-        with local_server.api_of(server):
-            report, server_problem = asyncio.run(_read_status(wanted_id))
+        with local_server.api_of(server) as local_url:
+            # the local API serves no UI: no link to print
+            report, server_problem = asyncio.run(_read_status(wanted_id, links=not local_url))
     except CredentialRefused as exc:
         _unreachable(str(exc))
     if report is None:
@@ -148,7 +149,9 @@ def status(
         err.print(f"[yellow]prefect[/yellow]: {server_problem}", highlight=False, soft_wrap=True)
 
 
-async def _read_status(wanted_id: str) -> tuple[BatchStatus | None, str | None]:
+async def _read_status(
+    wanted_id: str, links: bool = True
+) -> tuple[BatchStatus | None, str | None]:
     """The batch's facts from Prefect (its runs) and the database (rows, ledger, owner)."""
     from deployments.api import ServerUnreachable, server_client
     from deployments.batch_runs import batch_id_of, read_run
@@ -163,7 +166,7 @@ async def _read_status(wanted_id: str) -> tuple[BatchStatus | None, str | None]:
             with session_scope() as session:
                 known = read_rows(session, report)
                 run_ids = run_ids_of(session, report.batch_id)
-            runs = await _batch_runs(client, report.batch_id, run_ids)
+            runs = await _batch_runs(client, report.batch_id, run_ids, links)
             if runs:
                 report.run, report.earlier_runs = runs[-1], runs[:-1]
                 if report.run.state in ("Running", "Retrying"):
@@ -185,7 +188,9 @@ async def _read_status(wanted_id: str) -> tuple[BatchStatus | None, str | None]:
     return report.derive(), problem
 
 
-async def _batch_runs(client: Any, batch_id: str, run_ids: list[str]) -> list[RunFacts]:
+async def _batch_runs(
+    client: Any, batch_id: str, run_ids: list[str], links: bool = True
+) -> list[RunFacts]:
     """The batch's runs, oldest first: those the row knows (the run that made it, the
     resumes that started) and resumes created but not started yet (tagged
     `resumes:<run>` or `auto-resume:<batch>` by `batch resume` and crash recovery)."""
@@ -211,7 +216,7 @@ async def _batch_runs(client: Any, batch_id: str, run_ids: list[str]) -> list[Ru
             name=run.name,
             state=run.state.name if run.state else None,
             message=run.state.message if run.state else None,
-            link=flow_run_link(run.id),
+            link=flow_run_link(run.id) if links else None,
         )
         for run in ordered
     ]
