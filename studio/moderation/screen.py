@@ -23,6 +23,7 @@ an image, and ends `rejected` with the policy's reason naming the category. Its
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from studio.moderation.base import ModerationItem, ModerationScores, Moderator
@@ -35,6 +36,9 @@ logger = logging.getLogger("studio.moderation")
 
 #: the suffix of a screened piece's reason: says the image was never generated
 SCREENED = "prompt screened before image generation"
+#: the moderator's time at screening, under the screen-prompts task's 120 s timeout: a
+#: slow moderator is treated as an outage here (step 4 checks again), never fails a batch
+MODERATOR_SECONDS = 90.0
 
 
 def prompt_items(specs: list[PieceSpec]) -> list[ModerationItem]:
@@ -78,7 +82,7 @@ class PromptScreen:
         if self.moderator.name == self.local.name:
             return await self.local.score(custom)
         try:
-            return await self.moderator.score(custom)
+            return await asyncio.wait_for(self.moderator.score(custom), MODERATOR_SECONDS)
         except Exception as exc:  # outage: the local hard flags still count below
             logger.warning(
                 "Prompt screening unavailable | Error: %s | Pieces: %d | checked again at step 4",

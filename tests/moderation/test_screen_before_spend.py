@@ -201,3 +201,24 @@ async def test_a_resume_neither_screens_again_nor_generates(prefect_api) -> None
     done = BatchProgress(batch_id="b1", verdicts={"a": earlier})
     blocked = await screen_before_generation([_spec("a", CLEAN)], done)
     assert blocked == {"a": earlier}  # from the rows: not screened (nor flagged) again
+
+
+async def test_a_hung_moderator_is_an_outage_not_a_failed_batch(
+    openai_emu, moderation_settings, monkeypatch, caplog
+) -> None:
+    """A moderator that does not answer in time at screening is treated as an outage:
+    the local hard-blocked flags still stop a piece; the rest go on to step 4."""
+    import studio.moderation.screen as screen_module
+    from studio.moderation.openai_moderator import OpenAIModerator
+
+    monkeypatch.setattr(screen_module, "MODERATOR_SECONDS", 0.3)
+    openai_emu.behaviour.hang = True
+    try:
+        screen = PromptScreen(OpenAIModerator(moderation_settings), moderation_settings)
+        rejected = await screen.run(
+            prompt_items([_spec("a", BLOCKED, tier="capa2"), _spec("b", CLEAN)])
+        )
+    finally:
+        openai_emu.behaviour.hang = False
+    assert list(rejected) == ["a"]
+    assert "Prompt screening unavailable | Error: TimeoutError" in caplog.text
