@@ -39,6 +39,9 @@ def resume_batch(batch_id: str):  # type: ignore[no-untyped-def]
     try:
         # the local API `batch run` uses, not Prefect's temporary server per command
         with local_server.api_of(server):
+            from flows.run_logs import quiet_console
+
+            quiet_console()  # the console of `batch run`: spec lines and warnings only
             return asyncio.run(
                 content_batch(
                     avatar_id=config["avatar_id"],
