@@ -77,7 +77,10 @@ def list_batches(
         stmt = stmt.where(Batch.status == "running")
     if since is not None:
         stmt = stmt.where(Batch.started_at >= since)
-    rows = session.execute(stmt.order_by(Batch.started_at.desc(), Batch.id).limit(limit)).all()
+    stmt = stmt.order_by(Batch.started_at.desc(), Batch.id)
+    if status not in ("interrupted", "running"):  # told apart below, from the owner marker
+        stmt = stmt.limit(limit)
+    rows = session.execute(stmt).all()
     ids = [batch.id for batch, _ in rows]
     pieces: dict[str, dict[str, int]] = {}
     for batch_id, piece_status, n in session.execute(
@@ -100,8 +103,10 @@ def list_batches(
             owner = owner_of(batch.id)
             if owner is not None and not owner.alive():
                 shown = "interrupted"
-        if status == "interrupted" and shown != "interrupted":
+        if status is not None and shown != status:  # asked for running: not interrupted ones
             continue
+        if len(out) == limit:
+            break
         resumes = [e.get("run_id") for e in (batch.resumes or []) if e.get("run_id")]
         counts = pieces.get(batch.id, {})
         out.append(

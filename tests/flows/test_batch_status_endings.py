@@ -188,6 +188,9 @@ def test_status_of_a_killed_local_batch_then_crashed_then_resumed(
     assert "settled when the batch is resumed" in text
     listed = json.loads(invoke("batch", "list", "--json").output)
     assert [(b["batch_id"], b["status"]) for b in listed] == [(batch_id, "interrupted")]
+    only = json.loads(invoke("batch", "list", "--status", "interrupted", "--json").output)
+    assert [b["batch_id"] for b in only] == [batch_id]
+    assert json.loads(invoke("batch", "list", "--status", "running", "--json").output) == []
 
     # the zombie automation marks the run Crashed: Prefect's state is the state
     asyncio.run(_crash(batch_id))
