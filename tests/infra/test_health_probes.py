@@ -269,3 +269,23 @@ async def test_health_deployment_fails_only_when_unhealthy(dead_port, monkeypatc
     state = await health_check(return_state=True)
     assert state.is_failed()
     assert "images unhealthy" in state.message
+
+
+def test_an_unreachable_postgresql_is_unhealthy_without_its_password(
+    dead_port, monkeypatch
+) -> None:
+    from studio.db.engine import dispose_engines
+    from studio.db.schema_check import forget_checks
+    from studio.settings import reload_settings
+
+    monkeypatch.setenv(
+        "DATABASE_URL", f"postgresql://studio:pw-SECRET-h3@127.0.0.1:{dead_port}/studio"
+    )
+    dispose_engines()
+    forget_checks()
+    reload_settings()
+    report = health_report()
+    assert report["status"] == "unhealthy"
+    assert _status(report, "database") == "unhealthy"
+    assert "DATABASE_URL" in report["components"]["database"]["reason"]
+    assert "pw-SECRET-h3" not in json.dumps(report)
