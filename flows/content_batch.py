@@ -279,11 +279,11 @@ async def _run_batch(
     checked = validate_batch(request, batch_id)
     if isinstance(checked, BatchRefusal):
         return _refused(checked)  # type: ignore[return-value]
-    validated = checked
     stand_in_policy = run_stand_in_policy()  # real content expected here? (studio/stand_ins.py)
     if stand_in_policy.refusal():
         refusal = BatchRefusal(field="providers", message=stand_in_policy.refusal() or "")
         return _refused(refusal)  # type: ignore[return-value]
+    validated = checked
     avatar = validated.avatar
     started = time.perf_counter()
     steps: dict[str, float] = {}
@@ -365,12 +365,12 @@ async def _run_batch(
     safety = await _check_safety(todo, hooks.hooks, images, request.safety_check, screened)
     held = hold_degraded(images, safety.verdicts, settings.publish_degraded)
     safety.verdicts.update(held)  # a cached image is not new: held for review by default
+    # a stand-in where real content is expected: held, never published (issue 16)
+    safety.verdicts.update(hold_stand_ins(stand_in_policy, images, hooks.hooks, safety.verdicts))
     if held:
         log.warning("Degraded pieces held for review | Count: %d | PUBLISH_DEGRADED=false",
                     len(held))
     record_progress("checked", list(safety.verdicts.values()))
-    # a stand-in where real content is expected: held, never published (issue 16)
-    safety.verdicts.update(hold_stand_ins(stand_in_policy, images, hooks.hooks, safety.verdicts))
     safety.verdicts = {**done.verdicts, **blocked, **safety.verdicts}
     steps["safety_check"] = time.perf_counter() - t0
     progress.advance("batch steps")

@@ -26,7 +26,17 @@ async def test_worker_run_fan_out_logs_avatars_due_and_each_submission(studio_en
     batches = await content_batch.ato_deployment(
         name="on-demand", parameters={"avatar_id": "demo", "num_pieces": 10}
     )
-    await batches.apply()  # no worker takes the submitted batch: it stays Scheduled
+    batches_id = await batches.aapply()  # no worker takes the submitted batch: it stays Scheduled
+    try:
+        await _fan_out_logs_its_lines(studio_env)
+    finally:
+        # the test API is shared: a fan-out of a later test must not find this deployment
+        # and submit to it instead of running its batches in-process
+        async with get_client() as client:
+            await client.delete_deployment(batches_id)
+
+
+async def _fan_out_logs_its_lines(studio_env) -> None:  # type: ignore[no-untyped-def]
     fan_out = await scheduled_batches.ato_deployment(name="fan-out-logs")
     fan_out_id = await fan_out.aapply()
     async with get_client() as client:
