@@ -84,9 +84,16 @@ def storage_sync(
     max_pieces: Annotated[int | None, typer.Option("--max-pieces")] = None,
 ) -> None:
     """Upload pieces kept locally during an R2 outage, then clear their sync mark."""
+    from studio import local_server
+
+    server = local_server.ensure_started()  # boots while the flow is imported
+    from flows.run_logs import quiet_console
     from flows.storage_sync import storage_sync as flow
 
-    report = flow(max_pieces=max_pieces)
+    # the local API `batch run` uses, not Prefect's temporary server per command
+    with local_server.api_of(server):
+        quiet_console()
+        report = flow(max_pieces=max_pieces)
     console.print_json(json.dumps(report))
     if report["failed"]:
         raise typer.Exit(code=1)
@@ -112,8 +119,9 @@ def storage_privatize(
     if problem:
         refuse(BatchRequestError("R2_PRIVATE_BUCKET_NAME", problem))
     remote = build_remote_store(settings)
-    if remote is None:
-        refuse(BatchRequestError("R2_ENDPOINT_URL", "R2 is not configured: nothing to move"))
+    if remote is None:  # the local store has no public bucket: nothing is exposed
+        console.print("R2 is not configured (local store): no premium piece to move")
+        return
     report = privatize_premium(
         session_scope, remote, storage.r2_bucket_name, key_secret(storage), dry_run=dry_run
     )

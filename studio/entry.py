@@ -15,7 +15,8 @@ import threading
 
 #: commands that run (or read) a batch on the local Prefect API: started first, it boots
 #: while the command imports
-BATCH_COMMANDS = (("batch", "run"), ("batch", "resume"), ("batch", "status"), ("demo",))
+BATCH_COMMANDS = (("batch", "run"), ("batch", "resume"), ("batch", "status"), ("demo",),
+                  ("storage-sync",))
 
 
 def runs_a_batch(argv: list[str]) -> bool:
