@@ -447,7 +447,7 @@ def prefect_server(kind: str, tmp: Path) -> Iterator[str]:
     """A throwaway Prefect server on PostgreSQL (the scale-out setup) or SQLite."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
-    from studio.local_server import EVENT_BATCHING
+    from engine.local_server import EVENT_BATCHING
 
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_LOGGING_LEVEL": "WARNING", "PREFECT_UI_ENABLED": "false",

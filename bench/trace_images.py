@@ -36,8 +36,8 @@ def _timed(kind: str, fn):  # type: ignore[no-untyped-def]
 def install() -> None:
     import prefect.concurrency._asyncio as pconc
 
+    import engine.provider_slots as ps
     import tasks.generate_images as gi
-    import tasks.provider_slots as ps
     from studio.providers.comfyui import ComfyUIProvider
     from studio.providers.modal_endpoint import ModalSDXLProvider
     from studio.providers.replicate_flux import ReplicateFluxProvider

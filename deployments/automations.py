@@ -16,7 +16,7 @@ shows every trigger), and a block id the server does not hold is refused. Two
 automations act as well as notify: "zombie flow runs crashed" marks a silent run
 Crashed, and "crashed batches resumed" runs the crash-recovery deployment when a batch
 run ends Crashed or TimedOut. The same command makes the deployments refuse unknown
-parameters (deployments/strict_parameters.py).
+parameters (engine/strict_parameters.py).
 
 To add an automation, append an `AutomationDefinition` to `DEFINITIONS` (or a
 `studio.alert.*` event to `ALERTS`); its name is its identity on the server.
@@ -24,7 +24,6 @@ To add an automation, append an `AutomationDefinition` to `DEFINITIONS` (or a
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
@@ -313,9 +312,3 @@ async def apply_automations(
             what += f", {len(duplicates)} duplicate(s) removed"
         outcome[definition.name] = what
     return outcome
-
-
-if __name__ == "__main__":  # pragma: no cover - the same code as `studio automations apply`
-    from studio.cli_automations import automations_app
-
-    automations_app(["apply", *sys.argv[1:]], prog_name="python -m deployments.automations")

@@ -19,8 +19,8 @@ from prefect.client.schemas.actions import (
 )
 from prefect.exceptions import ObjectNotFound
 
+from engine.provider_slots import limit_name
 from studio.providers.settings import PROVIDER_NAMES, ProviderSettings
-from tasks.provider_slots import limit_name
 
 
 @asynccontextmanager

@@ -18,14 +18,14 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
 from blocks import apply_registered_blocks
+from engine.run_clients import shared_sync_client
+from engine.run_logs import attach_run_logs
 from flows.batch_artifact import publish_batch_artifact
 from flows.batch_events import emit_batch_events, emit_budget_reached
 from flows.batch_state_hooks import BATCH_STATE_HOOKS, record_resume
 from flows.hook_step import write_batch_hooks
 from flows.image_chunk import image_chunk, staggered_starts
 from flows.image_progress import tracked_images
-from flows.run_clients import shared_sync_client
-from flows.run_logs import attach_run_logs
 from flows.stand_in_policy import run_stand_in_policy
 from studio import batchlog, progress
 from studio.batch_verdict import failure_summary

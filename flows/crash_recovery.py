@@ -43,11 +43,11 @@ from prefect.client.schemas.filters import (
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.sorting import FlowRunSort
 
-from deployments.strict_parameters import refuse_unknown_parameter_runs
+from engine.run_logs import attach_run_logs
+from engine.strict_parameters import refuse_unknown_parameter_runs
 from flows.batch_state_hooks import AUTO_RESUME_TAG, RESUMES_TAG_PREFIX, batch_id_of
 from flows.content_batch import content_batch
 from flows.resume_settings import original_job_variables
-from flows.run_logs import attach_run_logs
 from flows.schema_gate import schema_refusal
 from studio import batchlog
 from studio.db import batch_endings

@@ -17,6 +17,7 @@ from typing import Any
 
 from prefect import flow
 from prefect.artifacts import acreate_markdown_artifact
+from prefect.settings import PREFECT_API_URL
 from prefect.states import Completed
 
 from studio.health import health_report_async
@@ -110,7 +111,7 @@ def _not_healthy(report: dict[str, Any]) -> str:
 
 @flow(name="health-check")
 async def health_check() -> Any:
-    report = await health_report_async()
+    report = await health_report_async(prefect_api_url=PREFECT_API_URL.value())
     await acreate_markdown_artifact(markdown=health_markdown(report), key="studio-health")
     if report["status"] == "unhealthy":
         raise Unhealthy(_not_healthy(report) or "unhealthy")

@@ -20,9 +20,9 @@ from prefect.exceptions import ObjectNotFound
 from prefect.runtime import flow_run
 from prefect.settings import get_current_settings
 
-from deployments.batch_runs import BATCH_DEPLOYMENT
+from engine.run_logs import attach_run_logs
+from flows.batch_runs import BATCH_DEPLOYMENT
 from flows.content_batch import content_batch
-from flows.run_logs import attach_run_logs
 from flows.schema_gate import schema_refusal
 from studio import batchlog
 from studio.avatars import list_avatars
@@ -109,7 +109,7 @@ async def scheduled_batches(
     """
     # its own lines ("N avatars due", "Batch submitted") to app.log and to this run's
     # Prefect logs, as content_batch does: a worker's flow-run process sets up Prefect's
-    # logging before the project is imported (flows/run_logs.py)
+    # logging before the project is imported (engine/run_logs.py)
     settings = get_settings()
     batchlog.configure_logging(settings.log_file, settings.log_level)
     attach_run_logs()

@@ -269,7 +269,9 @@ def _component(check: dict[str, Any], healthy_reason: str = "ok") -> dict[str, A
     return {"status": UNHEALTHY, "reason": str(check.get("error") or status)}
 
 
-async def health_report_async(settings: Settings | None = None) -> dict[str, Any]:
+async def health_report_async(
+    settings: Settings | None = None, prefect_api_url: str | None = None
+) -> dict[str, Any]:
     """The report, every probe and check at once (see the module docstring)."""
     from studio.db.schema_check import schema_problem
     from studio.hooks.registry import hook_writer_status
@@ -280,7 +282,7 @@ async def health_report_async(settings: Settings | None = None) -> dict[str, Any
     s = settings or get_settings()
     timeout, timeout_error = probe_timeout()
     budget = 2 * timeout  # a check that reads the database may also count rows
-    probing = asyncio.ensure_future(run_probes(timeout))
+    probing = asyncio.ensure_future(run_probes(timeout, prefect_api_url))
     # first: is the schema there? (reading a database without it would create its file)
     no_answer = str(_timed_out(timeout)["error"])
     problem = await in_daemon_thread(lambda: schema_problem(s), timeout, no_answer)
@@ -336,12 +338,15 @@ async def health_report_async(settings: Settings | None = None) -> dict[str, Any
     }
 
 
-def health_report(settings: Settings | None = None) -> dict[str, Any]:
+def health_report(
+    settings: Settings | None = None, prefect_api_url: str | None = None
+) -> dict[str, Any]:
     """`health_report_async` for a synchronous caller (the CLI), also inside a running
     event loop (then on a worker thread with its own loop)."""
+    report = health_report_async(settings, prefect_api_url)
     try:
         asyncio.get_running_loop()
     except RuntimeError:
-        return asyncio.run(health_report_async(settings))
+        return asyncio.run(report)
     with ThreadPoolExecutor(max_workers=1) as pool:
-        return pool.submit(asyncio.run, health_report_async(settings)).result()
+        return pool.submit(asyncio.run, report).result()

@@ -28,6 +28,7 @@ key. The database probe lives in `studio.health` (it reuses the schema check).
 from __future__ import annotations
 
 import asyncio
+import os
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -166,12 +167,12 @@ def api_probes(client: httpx.AsyncClient, timeout: float) -> dict[str, Awaitable
     return probes
 
 
-def prefect_api_probe(client: httpx.AsyncClient, timeout: float) -> Awaitable[Probe] | None:
-    """`GET /api/health` of PREFECT_API_URL (exempt from the server's auth); None when
-    unset (the local API is started by the commands that need it)."""
-    from prefect.settings import PREFECT_API_URL
-
-    url = PREFECT_API_URL.value()
+def prefect_api_probe(
+    client: httpx.AsyncClient, timeout: float, url: str | None
+) -> Awaitable[Probe] | None:
+    """`GET /api/health` of the Prefect API at `url` (exempt from the server's auth); None
+    when there is none (the local API is started by the commands that need it). The
+    caller reads Prefect's setting: the domain imports no Prefect."""
     if not url:
         return None
     return http_probe(client, _join(url, "health"), timeout=timeout)
@@ -237,14 +238,16 @@ async def storage_probe(timeout: float) -> Probe | None:
         return result(DEGRADED, f"object store: {_failure(exc, timeout)}", started)
 
 
-async def run_probes(timeout: float) -> dict[str, Probe]:
-    """Every applicable probe at once: {component: probe result}."""
+async def run_probes(timeout: float, prefect_api_url: str | None = None) -> dict[str, Probe]:
+    """Every applicable probe at once: {component: probe result}. `prefect_api_url`
+    defaults to PREFECT_API_URL from the environment."""
+    prefect_api_url = prefect_api_url or os.environ.get("PREFECT_API_URL")
     async with httpx.AsyncClient(follow_redirects=False) as client:
         probes: dict[str, Awaitable[Probe]] = {
             **image_probes(client, timeout),
             **api_probes(client, timeout),
         }
-        prefect = prefect_api_probe(client, timeout)
+        prefect = prefect_api_probe(client, timeout, prefect_api_url)
         if prefect is not None:
             probes["prefect_api"] = prefect
         probes["storage"] = storage_probe(timeout)  # type: ignore[assignment]

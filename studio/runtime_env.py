@@ -6,7 +6,7 @@ Prefect logger, so the spec's log lines reach the run logs in the Prefect UI as 
 `studio health`). Explicit environment values always win.
 
 Not relied on: in a worker's flow-run process Prefect has set up logging before this
-runs, so flows/run_logs.py attaches Prefect's API log handler itself.
+runs, so engine/run_logs.py attaches Prefect's API log handler itself.
 """
 
 from __future__ import annotations

@@ -28,20 +28,20 @@ from tenacity import (
     wait_fixed,
 )
 
+from engine.lease_census import LeaseCensus
+from engine.provider_slots import PrefectSlots
+from engine.slot_reconcile import census_heal
 from studio.db import progress as db_progress
 from studio.db.engine import session_scope
 from studio.ledger.jobs import ImageCallLedger
 from studio.providers.asset_cache import AssetCache
 from studio.providers.build import caps
 from studio.providers.chain import BUDGET, ChainExhausted, ProviderChain
-from studio.providers.lease_census import LeaseCensus
 from studio.providers.registry import build_image_chain
 from studio.providers.settings import ProviderSettings
 from studio.settings import get_settings
 from studio.staging import ImageStaging, open_staging
 from studio.types import AvatarRef, GeneratedImage, ImageFailure, PieceSpec
-from tasks.provider_slots import PrefectSlots
-from tasks.slot_reconcile import census_heal
 
 log = logging.getLogger("studio.providers")
 

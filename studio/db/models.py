@@ -169,7 +169,7 @@ class CostLedgerEntry(Base):
 
 
 class ProviderLease(Base):
-    """One provider slot a pipeline process asked for or holds (studio/providers/lease_census.py).
+    """One provider slot a pipeline process asked for or holds (engine/lease_census.py).
 
     Written before the slot is asked of the Prefect server, beaten while the process
     lives, stamped `released_at` after the slot went back: the census a reconcile

@@ -15,7 +15,7 @@ connecting would create an empty database file (in the current folder, for the d
 Callers:
 - `require_schema()` raises `SchemaNotReady` (the flows turn it into a refusal);
 - `schema_problem()` returns the line or None (health reports it as a component);
-- studio/cli_schema.py prints it and exits 1 for a CLI command.
+- cli/schema.py prints it and exits 1 for a CLI command.
 """
 
 from __future__ import annotations

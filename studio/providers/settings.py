@@ -77,7 +77,7 @@ class ProviderSettings(BaseSettings):
     modal_max_concurrent: int = Field(3, ge=1, validation_alias="MODAL_MAX_CONCURRENT")
     replicate_max_concurrent: int = Field(5, ge=1, validation_alias="REPLICATE_MAX_CONCURRENT")
 
-    # how the global caps are held (see tasks/provider_slots.py)
+    # how the global caps are held (see engine/provider_slots.py)
     slot_poll_seconds: float = Field(0.2, gt=0, validation_alias="PROVIDER_SLOT_POLL_SECONDS")
     slot_linger_seconds: float = Field(1.0, ge=0, validation_alias="PROVIDER_SLOT_LINGER_SECONDS")
 

@@ -9,7 +9,7 @@ import textwrap
 
 import pytest
 
-from studio.entry import runs_a_batch
+from cli.entry import runs_a_batch
 
 
 @pytest.mark.parametrize(
@@ -33,7 +33,7 @@ def test_exit_code_and_exit_handlers_survive_the_fast_exit(tmp_path) -> None:
         f"""
         import atexit, sys
         atexit.register(lambda: open({str(tmp_path / "ran")!r}, "w").write("yes"))
-        from studio.entry import _exit_without_teardown
+        from cli.entry import _exit_without_teardown
         print("flushed", end="")
         _exit_without_teardown(3)
         """

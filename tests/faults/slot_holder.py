@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import sys
 
-from tasks.provider_slots import LeasePool
+from engine.provider_slots import LeasePool
 
 
 async def main(provider: str) -> None:

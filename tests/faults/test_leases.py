@@ -134,8 +134,8 @@ async def _lease_then_restart_then_release(server: Server) -> int:
 async def test_a_lease_survives_a_server_restart_only_with_studio_server(
     tmp_path, command, left, studio_env
 ):
-    from studio.providers.lease_census import LeaseCensus
-    from tasks.slot_reconcile import reconcile_provider_slots
+    from engine.lease_census import LeaseCensus
+    from engine.slot_reconcile import reconcile_provider_slots
 
     with running(tmp_path / command, command) as server:
         assert await _lease_then_restart_then_release(server) == left

@@ -18,11 +18,11 @@ from prefect.events.actions import SendNotification
 from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 from typer.testing import CliRunner
 
+from cli.app import app
 from deployments.automations import ALERTS, DEFINITIONS, apply_automations
 from deployments.serve import build_deployments
 from flows.crash_recovery import crash_recovery
 from studio.alerts import evaluate
-from studio.cli import app
 from studio.types import BatchResult
 
 runner = CliRunner()
@@ -122,7 +122,7 @@ def test_apply_from_other_processes_reads_as_unchanged(no_studio_automations) ->
     outputs = []
     for seed in ("1", "2"):
         done = subprocess.run(
-            [sys.executable, "-m", "deployments.automations"],
+            [sys.executable, "-m", "cli.automations"],
             env={**env, "PYTHONHASHSEED": seed}, cwd=ROOT, capture_output=True, text=True,
             timeout=120, check=False,
         )

@@ -19,11 +19,11 @@ from prefect.settings import get_current_settings
 from prefect.states import Crashed
 from typer.testing import CliRunner
 
+from cli.app import app
 from deployments.automations import DEFINITIONS, RECOVERY_DEPLOYMENT, apply_automations
-from deployments.strict_parameters import apply_strict_parameters
+from engine.strict_parameters import apply_strict_parameters
 from flows.content_batch import content_batch
 from flows.crash_recovery import crash_recovery
-from studio.cli import app
 from tests.flows.test_run_logs import ROOT, _worker_env
 
 runner = CliRunner()

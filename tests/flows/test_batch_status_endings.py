@@ -25,7 +25,7 @@ from prefect.states import Crashed
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from studio.cli import app
+from cli.app import app
 from studio.db.engine import session_scope
 from studio.db.models import Batch, ContentPiece, CostLedgerEntry
 from studio.ledger.totals import batch_cost

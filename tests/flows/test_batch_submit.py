@@ -20,10 +20,10 @@ from prefect.exceptions import ObjectNotFound
 from prefect.settings import PREFECT_API_URL, temporary_settings
 from typer.testing import CliRunner
 
+from cli.app import app
 from deployments.api import ui_url
-from deployments.batch_runs import BATCH_DEPLOYMENT
+from flows.batch_runs import BATCH_DEPLOYMENT
 from flows.content_batch import content_batch
-from studio.cli import app
 
 runner = CliRunner()
 
@@ -164,7 +164,7 @@ def test_parameters_the_server_schema_refuses_exit_2(studio_env, demo_avatar, ba
     refusal, exit 2, no run created."""
     import typer
 
-    from studio.cli_submit import _call_server, _submit
+    from cli.submit import _call_server, _submit
 
     before = len(runs_of(batch_deployment))
     parameters = {"avatar_id": "demo", "num_pieces": 1, "custom_prompts": ["x" * 1001]}

@@ -9,7 +9,7 @@ import pytest
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from studio.cli import app
+from cli.app import app
 from studio.db.engine import session_scope
 from studio.db.models import Batch, ContentPiece
 

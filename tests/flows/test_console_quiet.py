@@ -18,21 +18,21 @@ from pathlib import Path
 from prefect.logging.handlers import PrefectConsoleHandler
 from prefect.settings import get_current_settings
 
-from flows.run_logs import quiet_console
+from engine.run_logs import quiet_console
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC_STARTS = ("[BATCH START] Avatar: ", "Hook generation summary", "Safety check summary")
 
 
 def _studio(*args: str, verbose_env: bool = False) -> str:
-    """`python -m studio.cli ...` against the test Prefect API; stdout and stderr."""
+    """`python -m cli.app ...` against the test Prefect API; stdout and stderr."""
     env = {key: value for key, value in os.environ.items() if key != "STUDIO_VERBOSE"}
     env["PREFECT_API_URL"] = str(get_current_settings().api.url)
     env["PYTHONPATH"] = str(ROOT)
     if verbose_env:
         env["STUDIO_VERBOSE"] = "1"
     done = subprocess.run(
-        [sys.executable, "-m", "studio.cli", *args],
+        [sys.executable, "-m", "cli.app", *args],
         cwd=ROOT,
         env=env,
         capture_output=True,

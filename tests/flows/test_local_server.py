@@ -17,7 +17,7 @@ from pathlib import Path
 
 import httpx
 
-from studio.local_server import IdleWatch, LocalServer
+from engine.local_server import IdleWatch, LocalServer
 
 ROOT = Path(__file__).resolve().parents[2]
 STUDIO = [str(Path(sys.executable).parent / "studio")]  # the console script users run
@@ -133,7 +133,7 @@ def test_off_uses_prefects_temporary_server_per_command(tmp_path: Path) -> None:
 
 
 def test_an_api_url_in_the_environment_wins(tmp_path: Path, monkeypatch) -> None:
-    from studio import local_server
+    from engine import local_server
 
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
     monkeypatch.setenv("PREFECT_API_URL", "http://127.0.0.1:4200/api")
@@ -175,7 +175,7 @@ def test_a_dead_server_is_not_waited_for() -> None:
 
 def test_an_api_in_prefects_own_settings_wins(monkeypatch) -> None:
     """In-process (the CLI under a harness, a worker): Prefect's settings name the API."""
-    from studio import local_server
+    from engine import local_server
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     assert local_server.wanted() is False

@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import func, select
 from typer.testing import CliRunner
 
-from studio.cli import app
+from cli.app import app
 from studio.db.engine import session_scope
 from studio.db.models import Avatar, Batch
 
@@ -262,25 +262,25 @@ def test_seeded_avatars_are_inactive_and_a_second_seed_is_allowed(studio_env) ->
 def test_an_unexpected_error_is_one_line_exit_1(monkeypatch, capsys) -> None:
     """The console script turns an exception no command handled into one line (exit 1);
     STUDIO_DEBUG=1 adds the traceback."""
-    import studio.cli
-    import studio.entry
+    import cli.app
+    import cli.entry
 
     def broken() -> None:
         raise RuntimeError("disk on fire\nsecond line")
 
-    monkeypatch.setattr(studio.cli, "app", broken)
-    monkeypatch.setattr(studio.entry, "_exit_without_teardown", lambda code: None)
+    monkeypatch.setattr(cli.app, "app", broken)
+    monkeypatch.setattr(cli.entry, "_exit_without_teardown", lambda code: None)
     monkeypatch.setattr("sys.argv", ["studio", "avatar", "list"])
     monkeypatch.delenv("STUDIO_DEBUG", raising=False)
     with pytest.raises(SystemExit) as exited:
-        studio.entry.main()
+        cli.entry.main()
     assert exited.value.code == 1
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert lines == ["error RuntimeError: disk on fire second line (STUDIO_DEBUG=1 shows the "
                      "traceback)"]
     monkeypatch.setenv("STUDIO_DEBUG", "1")
     with pytest.raises(SystemExit):
-        studio.entry.main()
+        cli.entry.main()
     assert "Traceback" in capsys.readouterr().err
 
 
@@ -292,7 +292,7 @@ def test_batch_status_of_a_non_uuid_is_one_line_exit_2(studio_env) -> None:
 def test_since_takes_ages_dates_and_offsets_in_utc() -> None:
     from datetime import UTC, datetime, timedelta
 
-    from studio.cli_batch_list import parse_since
+    from cli.batch_list import parse_since
 
     now = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
     assert parse_since("30m", now) == now - timedelta(minutes=30)

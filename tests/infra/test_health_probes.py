@@ -16,7 +16,7 @@ from collections.abc import Iterator
 import pytest
 from typer.testing import CliRunner
 
-from studio.health import health_report
+from studio.health import health_report as domain_health_report
 from tests.emulators.anthropic_api import AnthropicEmulator
 from tests.emulators.base import Behaviour
 from tests.emulators.comfyui import ComfyUIEmulator
@@ -38,6 +38,14 @@ CONFIG = (
     "R2_PUBLIC_URL", "R2_PRIVATE_BUCKET_NAME", "R2_ACCOUNT_ID", "HEALTH_PROBE_TIMEOUT_SECONDS",
 )
 
+
+
+def health_report() -> dict:
+    """The report as `studio health` and the health flow ask for it: with Prefect's API
+    URL read by the caller (the domain imports no Prefect)."""
+    from prefect.settings import PREFECT_API_URL
+
+    return domain_health_report(prefect_api_url=PREFECT_API_URL.value())
 
 @pytest.fixture(autouse=True)
 def _clean(prefect_api, studio_env, monkeypatch) -> None:
@@ -133,7 +141,7 @@ def test_dead_comfyui_makes_studio_health_unhealthy(dead_port, monkeypatch) -> N
     """The issue's case: ComfyUI the only image provider, on a dead port: exit 1."""
     monkeypatch.setenv("COMFYUI_ENABLED", "true")
     monkeypatch.setenv("COMFYUI_ENDPOINT", f"http://127.0.0.1:{dead_port}")
-    from studio.cli import app
+    from cli.app import app
 
     result = CliRunner().invoke(app, ["health"])
     assert result.exit_code == 1, result.output
@@ -154,7 +162,7 @@ def test_a_comfyui_endpoint_set_but_not_enabled_is_still_probed(dead_port, monke
 
 
 def test_the_embedded_demo_is_degraded_and_exits_0() -> None:
-    from studio.cli import app
+    from cli.app import app
 
     result = CliRunner().invoke(app, ["health"])
     assert result.exit_code == 0, result.output

@@ -43,7 +43,7 @@ def count(model: type) -> int:
     ],
 )
 def test_bad_budget_or_price_exits_2_naming_the_variable(demo, monkeypatch, variable, value):
-    from studio.cli import app
+    from cli.app import app
 
     monkeypatch.setenv(variable, value)
     result = runner.invoke(app, ["batch", "run", "--avatar", demo, "--pieces", "2"])
@@ -68,8 +68,8 @@ def test_none_turns_a_budget_off_and_blank_keeps_the_default(demo, monkeypatch):
 
 
 def test_stats_show_billed_cost_by_provider_and_day(demo) -> None:
+    from cli.app import app
     from studio.avatars import find_avatar
-    from studio.cli import app
 
     with session_scope() as session:
         avatar_id = find_avatar(session, demo).id

@@ -79,7 +79,7 @@ def _batch(*args: str):
 
 
 def app():
-    from studio.cli import app as studio_app
+    from cli.app import app as studio_app
 
     return studio_app
 

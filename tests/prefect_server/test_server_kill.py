@@ -1,7 +1,7 @@
 """Issue 16, finding 11: `studio server` killed with -9 leaves nothing serving.
 
 `studio server` execs Prefect's server (the pid started is the server) and runs the slot
-reconcile as a child the kernel stops with it (studio/server_process.py). A real
+reconcile as a child the kernel stops with it (engine/server_process.py). A real
 `studio server` with a reconcile (DATABASE_URL on the test PostgreSQL): kill -9 the pid
 started, the port is free again and the reconcile child gone, and a restart on the same
 port binds and answers; a SIGTERM then stops both.
@@ -119,7 +119,7 @@ def test_kill_9_leaves_nothing_serving_and_a_restart_binds(
     first = start("first")
     assert "prefect server start" in _cmdline(first.pid)  # the pid started is the server
     _until(lambda: len(_children(first.pid)) >= 1, "no reconcile child")
-    reconcile = [p for p in _children(first.pid) if "studio.server_process" in _cmdline(p)]
+    reconcile = [p for p in _children(first.pid) if "engine.server_process" in _cmdline(p)]
     assert len(reconcile) == 1, [_cmdline(p) for p in _children(first.pid)]
 
     first.send_signal(signal.SIGKILL)
@@ -129,7 +129,7 @@ def test_kill_9_leaves_nothing_serving_and_a_restart_binds(
 
     second = start("second")  # the same port binds at once
     assert _healthy(port)
-    again = [p for p in _children(second.pid) if "studio.server_process" in _cmdline(p)]
+    again = [p for p in _children(second.pid) if "engine.server_process" in _cmdline(p)]
     second.send_signal(signal.SIGTERM)  # an ordinary stop ends both as well
     second.wait(timeout=60)
     for pid in again:

@@ -18,7 +18,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from studio.cli_server import ui_origin
+from cli.server import ui_origin
 from tests.emulators.comfyui import ComfyUIEmulator
 from tests.prefect_server.readme_block import Walkthrough, on_prefect_lines
 from tests.security.conftest import BIN, ROOT, SecuredServer, base_env, basic, free_port
@@ -153,7 +153,7 @@ def test_insecure_lets_no_auth_through_and_a_named_host_is_not_loopback(monkeypa
     """The decision itself (starting a server on 0.0.0.0 here would expose it)."""
     import typer
 
-    from studio.cli_server import is_loopback, secure_environment
+    from cli.server import is_loopback, secure_environment
 
     monkeypatch.setenv("PREFECT_HOME", str(tmp_path))
     env, auth, how = secure_environment({}, "0.0.0.0", 4200, no_auth=True, insecure=True)
@@ -365,8 +365,8 @@ async def test_a_refused_reconcile_round_is_a_warning_naming_the_setting(
 
     from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    from studio.providers.lease_census import LeaseCensus
-    from tasks.slot_reconcile import reconcile_forever
+    from engine.lease_census import LeaseCensus
+    from engine.slot_reconcile import reconcile_forever
 
     caplog.set_level(logging.DEBUG, logger="studio.providers")
     with temporary_settings({PREFECT_API_URL: secured_server.api_url,

@@ -59,7 +59,7 @@ def seam_chain(monkeypatch):
 
 
 def invoke(*args: str):
-    return runner.invoke(__import__("studio.cli", fromlist=["app"]).app, list(args))
+    return runner.invoke(__import__("cli.app", fromlist=["app"]).app, list(args))
 
 
 def count(model: type) -> int:

@@ -168,7 +168,7 @@ async def test_pieces_links_are_minted_on_demand_and_expire(
     )
     assert result.published == 3
     runner = CliRunner()
-    from studio.cli import app
+    from cli.app import app
 
     listed = runner.invoke(app, ["pieces", "--avatar", "demo"])
     assert listed.exit_code == 0, listed.output

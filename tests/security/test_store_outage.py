@@ -140,9 +140,9 @@ async def test_store_down_mid_batch_loses_no_piece_then_sync_publishes_each_once
     kept piece exactly once and it becomes published."""
     from typer.testing import CliRunner
 
+    from cli.app import app
     from flows.content_batch import content_batch
     from studio import progress as step_progress
-    from studio.cli import app
 
     settings, server, public, private, replicate = outage_env
     replicate.behaviour.latency = (0.2, 1.5)  # images finish one after the other

@@ -169,7 +169,7 @@ def main() -> None:
     _install_paid_call_probes(args.probe_dir)
 
     if args.resume:
-        from studio.cli_storage import resume_batch
+        from cli.storage import resume_batch
 
         resume_batch(args.batch_id)
     else:

@@ -9,7 +9,7 @@ import httpx
 import pytest
 from typer.testing import CliRunner
 
-from studio.cli import app
+from cli.app import app
 from studio.db import progress
 from studio.db.engine import session_scope
 from studio.db.models import ContentPiece

@@ -235,7 +235,7 @@ async def test_resuming_a_finished_batch_changes_nothing(demo_home) -> None:
 def test_resume_of_unknown_batch_is_refused(prefect_api, studio_env) -> None:
     from typer.testing import CliRunner
 
-    from studio.cli import app
+    from cli.app import app
 
     unknown = str(uuid.uuid4())
     result = CliRunner().invoke(app, ["batch", "resume", unknown])
@@ -293,8 +293,8 @@ def test_kill_at_image_step_then_resume_on_another_host(
 async def test_cli_resume_of_a_complete_batch_is_refused_before_any_run(demo_home) -> None:
     from typer.testing import CliRunner
 
+    from cli.app import app
     from flows.content_batch import content_batch
-    from studio.cli import app
 
     done = await content_batch(avatar_id="demo", num_pieces=3, seed=8)
     result = CliRunner().invoke(app, ["batch", "resume", done.batch_id])

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typer.testing import CliRunner
 
-from studio.cli import app
+from cli.app import app
 
 
 def test_limits_apply_then_show(monkeypatch):

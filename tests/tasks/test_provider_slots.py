@@ -8,12 +8,12 @@ import logging
 import pytest
 
 from deployments.concurrency_limits import apply_provider_limits, read_provider_limits
+from engine.provider_slots import LeasePool, PrefectSlots
 from studio.providers.chain import ProviderChain, ProviderPolicy
 from studio.providers.modal_endpoint import ModalSDXLProvider
 from studio.providers.settings import ProviderSettings
 from studio.providers.slots import SlotBusy
 from studio.types import AvatarRef, PieceSpec
-from tasks.provider_slots import LeasePool, PrefectSlots
 from tests.tasks.conftest import MODAL_KEY, MODAL_SECRET
 
 AVATAR = AvatarRef(id="a", name="A", niche="n", lora_weights_url="https://w/a.safetensors")
@@ -135,8 +135,8 @@ async def _leak(name: str, slots: int) -> None:
 
 
 async def test_reconcile_frees_only_the_slots_no_live_lease_holds(monkeypatch, studio_env):
-    from studio.providers.lease_census import LeaseCensus
-    from tasks.slot_reconcile import reconcile_provider_slots
+    from engine.lease_census import LeaseCensus
+    from engine.slot_reconcile import reconcile_provider_slots
 
     await _apply(monkeypatch, 3)
     census = LeaseCensus()
@@ -155,8 +155,8 @@ async def test_reconcile_frees_only_the_slots_no_live_lease_holds(monkeypatch, s
 
 
 async def test_a_pool_the_server_keeps_refusing_heals_the_leaked_limit(monkeypatch, studio_env):
-    from studio.providers.lease_census import LeaseCensus
-    from tasks.slot_reconcile import census_heal
+    from engine.lease_census import LeaseCensus
+    from engine.slot_reconcile import census_heal
 
     await _apply(monkeypatch, 2)
     await _leak("provider:modal", 2)  # full, and nobody holds it
@@ -173,8 +173,8 @@ async def test_a_pool_the_server_keeps_refusing_heals_the_leaked_limit(monkeypat
 def test_census_counts_live_processes_and_just_released_slots(studio_env):
     from datetime import UTC, datetime, timedelta
 
-    from studio.providers import lease_census
-    from studio.providers.lease_census import LeaseCensus
+    from engine import lease_census
+    from engine.lease_census import LeaseCensus
 
     census = LeaseCensus(holder="host-a:1")
     dead = LeaseCensus(holder="host-b:2")

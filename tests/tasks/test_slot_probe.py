@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
+from engine.provider_slots import PrefectSlots
 from studio.providers.slots import LocalSlots, SlotBusy
-from tasks.provider_slots import PrefectSlots
 
 
 async def test_local_probe_tracks_the_semaphore():

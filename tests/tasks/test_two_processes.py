@@ -10,7 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from deployments.concurrency_limits import apply_provider_limits, read_provider_limits
-from studio.providers.lease_census import LeaseCensus
+from engine.lease_census import LeaseCensus
 from studio.providers.settings import ProviderSettings
 
 ROOT = Path(__file__).resolve().parents[2]

@@ -15,12 +15,12 @@ slots of calls that end are never given back and `provider:<name>` stays full fo
   process's; leases last 60 s and are renewed while held) is freed within 65 s
   instead of 75 s.
 - beside it, when `DATABASE_URL` names the pipeline's shared database, the slot
-  reconcile every 15 s (tasks/slot_reconcile.py): slots the server counts beyond the
+  reconcile every 15 s (engine/slot_reconcile.py): slots the server counts beyond the
   lease census are freed, so even a leak Prefect cannot see heals within a minute.
 
 The command then *becomes* the server (`os.execve` into `prefect server start`, same
 pid) and runs the reconcile as a child that the kernel ends with it
-(studio/server_process.py, PR_SET_PDEATHSIG): killed even with -9, nothing keeps
+(engine/server_process.py, PR_SET_PDEATHSIG): killed even with -9, nothing keeps
 serving the port without the reconcile, and a restart binds (issue 16).
 
 And it is authenticated by default (issue 15: anyone who reached the API ran batches
@@ -53,9 +53,9 @@ from urllib.parse import urlsplit
 
 import typer
 
-from studio.cli_output import console, err
-from studio.local_server import EVENT_BATCHING, prefect_home
-from studio.server_process import start_reconcile
+from cli.output import console, err
+from engine.local_server import EVENT_BATCHING, prefect_home
+from engine.server_process import start_reconcile
 
 FILESYSTEM_LEASES = "prefect.server.concurrency.lease_storage.filesystem"
 SERVER_DEFAULTS = {

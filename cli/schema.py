@@ -16,7 +16,7 @@ import sys
 
 import typer
 
-from studio.cli_output import err
+from cli.output import err
 
 #: top-level commands (and command groups) that need the schema to exist
 NEEDS_SCHEMA = frozenset({

@@ -3,7 +3,7 @@
 Run it once per server, again after each `prefect deploy` and after an upgrade: each
 automation is created or updated in place, never duplicated (see
 deployments/automations.py), and the project's deployments are made to refuse unknown
-parameters at run creation (deployments/strict_parameters.py; `prefect deploy` undoes
+parameters at run creation (engine/strict_parameters.py; `prefect deploy` undoes
 that, so apply again after it). Exit 1 with one line naming the URL when no Prefect
 server answers there, or naming PREFECT_API_AUTH_STRING when the server refuses the
 credential; exit 2 with one line when `--notify-block` names no block on the server.
@@ -19,7 +19,7 @@ from uuid import UUID
 
 import typer
 
-from studio.cli_output import console, err
+from cli.output import console, err
 
 automations_app = typer.Typer(
     help="The spec's alerts as Prefect automations.", no_args_is_help=True
@@ -50,7 +50,7 @@ def apply(
     the deployments refuse unknown parameters."""
     from deployments.api import CredentialRefused, ServerUnreachable, api_url, server_client
     from deployments.automations import apply_automations, block_exists, notified_block
-    from deployments.strict_parameters import apply_strict_parameters
+    from engine.strict_parameters import apply_strict_parameters
 
     async def run() -> tuple[dict[str, str], dict[str, str], bool]:
         async with server_client() as client:
@@ -84,3 +84,9 @@ def apply(
             "apply --notify-block <block-document-id>`",
             highlight=False, soft_wrap=True,
         )
+
+
+if __name__ == "__main__":  # pragma: no cover - `python -m cli.automations`, the same command
+    import sys
+
+    automations_app(["apply", *sys.argv[1:]], prog_name="python -m cli.automations")

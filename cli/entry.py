@@ -1,9 +1,9 @@
 """The `studio` console script: start the local Prefect API first, then the CLI.
 
 WHY: a batch command's first half second goes to importing typer, rich and the
-request models; the local Prefect server (studio/local_server.py) takes ~5 s to boot
+request models; the local Prefect server (engine/local_server.py) takes ~5 s to boot
 and is what a cold command waits for, so it is started before any of that, from the
-command line alone. Everything else is `studio.cli`.
+command line alone. Everything else is `cli.app`.
 """
 
 from __future__ import annotations
@@ -26,10 +26,10 @@ def runs_a_batch(argv: list[str]) -> bool:
 
 def main() -> None:
     if runs_a_batch(sys.argv[1:]) and "--help" not in sys.argv:
-        from studio import local_server
+        from engine import local_server
 
         local_server.ensure_started()  # the command finds it running (or booting)
-    from studio.cli import app
+    from cli.app import app
 
     try:
         app()
@@ -37,7 +37,7 @@ def main() -> None:
         _exit_without_teardown(stop.code)
         raise
     except Exception as exc:  # what no command expected: one line, exit 1
-        from studio.cli_output import unexpected_error
+        from cli.output import unexpected_error
 
         code = unexpected_error(exc)
         _exit_without_teardown(code)

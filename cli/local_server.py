@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import typer
 
-from studio import local_server
-from studio.cli_output import console
+from cli.output import console
+from engine import local_server
 
 local_server_app = typer.Typer(
     help="The local Prefect API that `studio batch run` starts and reuses (no PREFECT_API_URL).",

@@ -1,7 +1,7 @@
 """`studio pieces`: an avatar's pieces, newest first, one keyset page at a time.
 
 Why its own module: the listing is what an operator reads every day (captions, links,
-`--json` for scripts); persistence commands (studio/cli_storage.py) change for other
+`--json` for scripts); persistence commands (cli/storage.py) change for other
 reasons.
 """
 
@@ -12,7 +12,7 @@ from typing import Annotated, Any
 
 import typer
 
-from studio.cli_output import console, print_json, refuse
+from cli.output import console, print_json, refuse
 from studio.request import BatchRequestError
 
 JsonOption = Annotated[bool, typer.Option("--json", help="print JSON (for scripts)")]

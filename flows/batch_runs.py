@@ -17,8 +17,7 @@ from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 from prefect.client.schemas.objects import FlowRun
 from prefect.client.schemas.sorting import LogSort
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
-
-from deployments.api import api_url
+from prefect.settings import get_current_settings
 
 #: the deployment a batch runs as (prefect.yaml, deployments/serve.py, flows/scheduled.py)
 BATCH_DEPLOYMENT = "content-batch/on-demand"
@@ -26,8 +25,9 @@ BATCH_DEPLOYMENT = "content-batch/on-demand"
 
 class NoBatchDeployment(Exception):
     def __init__(self) -> None:
+        api = get_current_settings().api.url or "http://127.0.0.1:4200/api"  # Prefect's default
         super().__init__(
-            f"no deployment {BATCH_DEPLOYMENT} on {api_url()}; register it with "
+            f"no deployment {BATCH_DEPLOYMENT} on {api}; register it with "
             "`prefect deploy --all` (or serve it with `python -m deployments.serve`)"
         )
 

@@ -18,9 +18,8 @@ from studio.runtime_env import apply_prefect_defaults
 
 apply_prefect_defaults()
 
-from studio.avatars import CADENCES, add_avatar, list_avatars  # noqa: E402
-from studio.cli_automations import automations_app  # noqa: E402
-from studio.cli_batch_options import (  # noqa: E402
+from cli.automations import automations_app  # noqa: E402
+from cli.batch_options import (  # noqa: E402
     AvatarOption,
     HookModeOption,
     HooksOption,
@@ -35,9 +34,10 @@ from studio.cli_batch_options import (  # noqa: E402
     VerboseOption,
     batch_request,
 )
-from studio.cli_limits import limits_app  # noqa: E402
-from studio.cli_local_server import local_server_app  # noqa: E402
-from studio.cli_output import batch_failed, console, print_json, refuse  # noqa: E402
+from cli.limits import limits_app  # noqa: E402
+from cli.local_server import local_server_app  # noqa: E402
+from cli.output import batch_failed, console, print_json, refuse  # noqa: E402
+from studio.avatars import CADENCES, add_avatar, list_avatars  # noqa: E402
 from studio.request import BatchRequest, BatchRequestError  # noqa: E402
 
 app = typer.Typer(help="Content batch pipeline for AI-avatar studios.", no_args_is_help=True)
@@ -66,7 +66,7 @@ def demo(
     pieces: Annotated[int, typer.Option("--pieces")] = 50, verbose: VerboseOption = False
 ) -> None:
     """Initialise, create the `demo` avatar if missing, and run a batch on the defaults."""
-    from studio import local_server
+    from engine import local_server
 
     local_server.ensure_started()  # boots while the database is initialised
     from studio.bootstrap import DEMO_AVATAR, ensure_demo_avatar, initialise
@@ -190,7 +190,7 @@ def batch_run(
         from studio.batchlog import show_everything_on_console
 
         show_everything_on_console()
-    from studio import local_server
+    from engine import local_server
 
     server = local_server.ensure_started()  # boots while the pipeline is imported
 
@@ -214,9 +214,9 @@ def batch_run(
 
 
 def _run_with_progress(request: BatchRequest):  # type: ignore[no-untyped-def]
+    from cli.local_run import OwnerMarker
     from flows.content_batch import content_batch
     from studio import progress
-    from studio.cli_local_run import OwnerMarker
 
     owner = OwnerMarker()  # a killed command leaves its batch `interrupted`, not running
     columns = (
@@ -300,31 +300,33 @@ def stats(
 @app.command()
 def health() -> None:
     """The spec's health JSON, every provider and store probed (exit 1 when unhealthy)."""
+    from prefect.settings import PREFECT_API_URL
+
     from studio.health import health_report
 
-    report = health_report()
+    report = health_report(prefect_api_url=PREFECT_API_URL.value())
     console.print_json(json.dumps(report, default=str))
     if report["status"] == "unhealthy":  # degraded works, on a fallback or a stand-in
         raise typer.Exit(code=1)
 
 
-from studio.cli_storage import register as _register_storage  # noqa: E402
+from cli.storage import register as _register_storage  # noqa: E402
 
 _register_storage(app, batch_app)  # batch resume, storage-sync, seed-history
 
-from studio.cli_submit import register as _register_submit  # noqa: E402
+from cli.submit import register as _register_submit  # noqa: E402
 
 _register_submit(batch_app)  # batch submit, batch status (runs the workers take)
 
-from studio.cli_batch_list import batch_list  # noqa: E402
+from cli.batch_list import batch_list  # noqa: E402
 
 batch_app.command("list")(batch_list)  # batch list: newest first, filters, --json
 
-from studio.cli_server import register as _register_server  # noqa: E402
+from cli.server import register as _register_server  # noqa: E402
 
 _register_server(app)  # server: prefect server start with durable leases
 
-from studio.cli_schema import schema_guard  # noqa: E402
+from cli.schema import schema_guard  # noqa: E402
 
 app.callback()(schema_guard)  # a database command before `studio init`: one line, exit 1
 

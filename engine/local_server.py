@@ -221,7 +221,7 @@ def ensure_started() -> LocalServer | None:
         env = server_env(auth)
         with open(home / LOG_FILE, "ab") as log:
             process = subprocess.Popen(
-                [sys.executable, "-m", "studio.local_server", str(port), str(idle_seconds())],
+                [sys.executable, "-m", "engine.local_server", str(port), str(idle_seconds())],
                 env=env,
                 stdin=subprocess.DEVNULL,
                 stdout=log,

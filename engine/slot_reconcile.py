@@ -4,15 +4,15 @@ WHY: a server that loses its leases (the default in-memory lease storage, restar
 keeps counting their slots: releases of leases it no longer knows do nothing, and no
 lease is left to expire (issue 10: `provider:comfyui` stayed 10 of 10 for good). Its API
 lists no leases per limit, so the census of the slots we hold is our own
-(studio/providers/lease_census.py). For each `provider:*` limit:
+(engine/lease_census.py). For each `provider:*` limit:
 
     freed = active_slots (read first) - live census rows (read after)
 
 Every slot the server counts has a live row from before it was asked for until after
 it went back, so `freed` only ever counts slots nobody holds: the cap is never passed.
 It runs where it is needed without an operator: in a lease pool whose waiters the server
-keeps refusing (tasks/provider_slots.py, after 10 s), and every 15 s beside `studio
-server` (studio/cli_server.py), so a leaked slot is back within 60 s on any server.
+keeps refusing (engine/provider_slots.py, after 10 s), and every 15 s beside `studio
+server` (cli/server.py), so a leaked slot is back within 60 s on any server.
 """
 
 from __future__ import annotations
@@ -25,8 +25,8 @@ from datetime import UTC, datetime
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 
-from studio.providers.lease_census import LeaseCensus
-from tasks.provider_slots import LIMIT_PREFIX, limit_name
+from engine.lease_census import LeaseCensus
+from engine.provider_slots import LIMIT_PREFIX, limit_name
 
 log = logging.getLogger("studio.providers")
 
@@ -122,6 +122,6 @@ async def reconcile_forever(census: LeaseCensus, every: float = 15.0) -> None:
         await asyncio.sleep(every)
 
 
-if __name__ == "__main__":  # python -m tasks.slot_reconcile: one pass, printed
+if __name__ == "__main__":  # python -m engine.slot_reconcile: one pass, printed
     for r in asyncio.run(reconcile_provider_slots()):
         print(f"{r.limit}: {r.active_slots} counted, {r.live} held, {r.freed} freed")

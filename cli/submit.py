@@ -18,8 +18,7 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from studio.batch_status import BatchStatus, RunFacts, read_rows, run_ids_of, step_from_log
-from studio.cli_batch_options import (
+from cli.batch_options import (
     AvatarOption,
     HookModeOption,
     HooksOption,
@@ -33,7 +32,8 @@ from studio.cli_batch_options import (
     UploadOption,
     batch_request,
 )
-from studio.cli_output import console, environment_problem, err, print_json, refuse
+from cli.output import console, environment_problem, err, print_json, refuse
+from studio.batch_status import BatchStatus, RunFacts, read_rows, run_ids_of, step_from_log
 from studio.request import BatchRequest, BatchRequestError
 
 
@@ -108,7 +108,7 @@ def deployment_parameters(request: BatchRequest, avatar: str) -> dict[str, Any]:
 
 async def _submit(parameters: dict[str, Any], run_name: str, key: str | None):  # type: ignore[no-untyped-def]
     from deployments.api import server_client
-    from deployments.batch_runs import submit_batch
+    from flows.batch_runs import submit_batch
 
     async with server_client() as client:
         return await submit_batch(client, parameters, run_name, key)
@@ -121,7 +121,7 @@ def status(
     """Print a batch's state, the step it is at, its pieces' counts and its cost (one
     source each: see studio/batch_status.py)."""
     from deployments.api import CredentialRefused
-    from studio import local_server
+    from engine import local_server
     from studio.request import parse_batch_id
 
     try:
@@ -154,7 +154,7 @@ async def _read_status(
 ) -> tuple[BatchStatus | None, str | None]:
     """The batch's facts from Prefect (its runs) and the database (rows, ledger, owner)."""
     from deployments.api import ServerUnreachable, server_client
-    from deployments.batch_runs import batch_id_of, read_run
+    from flows.batch_runs import batch_id_of, read_run
     from studio.batch_owner import owner_of
     from studio.db.engine import session_scope
 
@@ -197,7 +197,7 @@ async def _batch_runs(
     from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterTags
 
     from deployments.api import flow_run_link
-    from deployments.batch_runs import read_run
+    from flows.batch_runs import read_run
 
     found = {}
     for run_id in run_ids:
@@ -225,7 +225,7 @@ async def _batch_runs(
 async def _log_messages(client: Any, run_id: str) -> list[str]:
     from uuid import UUID
 
-    from deployments.batch_runs import newest_log_messages
+    from flows.batch_runs import newest_log_messages
 
     return await newest_log_messages(client, UUID(run_id))
 
@@ -234,7 +234,7 @@ def _call_server(work):  # type: ignore[no-untyped-def]
     """Run one API conversation; report an unreachable server, a missing deployment (1)
     or parameters the server's schema refused (2) the way every command does."""
     from deployments.api import CredentialRefused, ServerUnreachable
-    from deployments.batch_runs import NoBatchDeployment, RunRefused
+    from flows.batch_runs import NoBatchDeployment, RunRefused
 
     try:
         return asyncio.run(work)

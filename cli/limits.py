@@ -17,7 +17,7 @@ from typing import TypeVar
 import typer
 from rich.table import Table
 
-from studio.cli_output import console, err
+from cli.output import console, err
 
 limits_app = typer.Typer(help="Per-provider global concurrency limits.", no_args_is_help=True)
 T = TypeVar("T")

@@ -9,7 +9,7 @@ the server until released. Leases are short and renewed: each lasts `LEASE_SECON
 process holds it, so a dead process's slots expire within 60 s plus the server's
 repossessor loop (15 s by default) instead of the 900 s leases this module used to take.
 
-This module is the one place that works around an engine limitation: Prefect's own
+One of the workarounds in engine/ (listed in engine/WORKAROUNDS.md): Prefect's own
 `concurrency()` does not wake waiters of a limit when a slot is released, in this
 process or another; they sleep the server's Retry-After (seconds, up to 30 s), so a freed
 slot sits idle that long (PrefectHQ/prefect#23183, also #15618), and its acquisitions for
@@ -29,9 +29,9 @@ never holds more leases than the cap; a lease whose renewal failed (the server l
 expired it) is never handed on. If the limit does not exist the pool still caps this
 process at the configured number and warns once.
 
-With a `LeaseCensus` (studio/providers/lease_census.py) every slot is also written to
+With a `LeaseCensus` (engine/lease_census.py) every slot is also written to
 the studio database before it is asked for and stamped after it went back, and a pool
-whose waiters the server keeps refusing runs `heal` (tasks/slot_reconcile.py): slots the
+whose waiters the server keeps refusing runs `heal` (engine/slot_reconcile.py): slots the
 server counts beyond the census are slots no live process holds (a server that lost its
 leases in a restart), and are freed.
 """
@@ -55,7 +55,7 @@ from prefect.concurrency._leases import amaintain_concurrency_lease
 from prefect.context import AsyncClientContext
 from prefect.settings import PREFECT_API_URL
 
-from studio.providers.lease_census import LeaseCensus
+from engine.lease_census import LeaseCensus
 from studio.providers.slots import ReleaseSignal, SlotBusy
 
 logger = logging.getLogger("studio.providers")

@@ -17,7 +17,7 @@ import typer
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from studio.cli_output import console, print_json, refuse
+from cli.output import console, print_json, refuse
 from studio.request import BatchRequestError
 
 #: what a batch row's status may be (studio/db/batch_endings.py), plus the derived one

@@ -15,7 +15,7 @@ with the server's own credential even before anything is deployed, and it is a
 Linux-only guarantee we can name. Elsewhere (no prctl) the child notices its parent is
 gone at its next round (its parent pid changes) and exits.
 
-Run as `python -m studio.server_process <every-seconds>` with PREFECT_API_URL and
+Run as `python -m engine.server_process <every-seconds>` with PREFECT_API_URL and
 PREFECT_API_AUTH_STRING in its environment (never on the command line: `ps` shows it).
 """
 
@@ -55,7 +55,7 @@ def start_reconcile(api_url: str, auth: str | None, every: float,
     else:
         child_env.pop("PREFECT_API_AUTH_STRING", None)
     return subprocess.Popen(  # this interpreter, our own module
-        [sys.executable, "-m", "studio.server_process", str(every)],
+        [sys.executable, "-m", "engine.server_process", str(every)],
         env=child_env, stdin=subprocess.DEVNULL,
         preexec_fn=die_with_parent(os.getpid()),  # a plain prctl call, safe after fork
     )
@@ -64,8 +64,8 @@ def start_reconcile(api_url: str, auth: str | None, every: float,
 async def _reconcile_while_parent_lives(every: float) -> None:
     import asyncio
 
-    from studio.providers.lease_census import LeaseCensus
-    from tasks.slot_reconcile import reconcile_forever
+    from engine.lease_census import LeaseCensus
+    from engine.slot_reconcile import reconcile_forever
 
     parent = os.getppid()
     loop = asyncio.create_task(reconcile_forever(LeaseCensus(), every=every))

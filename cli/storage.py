@@ -1,6 +1,6 @@
 """CLI commands for persistence: resume a crashed batch, sync local files, seed history.
 
-Registered on the main `studio` app by `register(app, batch_app)` (see studio/cli.py).
+Registered on the main `studio` app by `register(app, batch_app)` (see cli/app.py).
 """
 
 from __future__ import annotations
@@ -11,19 +11,19 @@ from typing import Annotated
 
 import typer
 
-from studio.cli_output import batch_failed, console, refuse
-from studio.cli_pieces import pieces
+from cli.output import batch_failed, console, refuse
+from cli.pieces import pieces
 from studio.request import BatchRequestError, parse_batch_id
 
 
 def resume_batch(batch_id: str):  # type: ignore[no-untyped-def]
     """Run the content-batch flow again for `batch_id`; finished work is not repeated."""
-    from studio import local_server
+    from engine import local_server
 
     server = local_server.ensure_started()  # boots while the pipeline is imported
+    from cli.local_run import OwnerMarker
     from flows.content_batch import content_batch
     from studio import progress
-    from studio.cli_local_run import OwnerMarker
     from tasks.progress import resumable_batch_request
 
     # not a UUID, unknown or already complete: BatchRequestError (exit 2) before any run
@@ -39,7 +39,7 @@ def resume_batch(batch_id: str):  # type: ignore[no-untyped-def]
     try:
         # the local API `batch run` uses, not Prefect's temporary server per command
         with local_server.api_of(server):
-            from flows.run_logs import quiet_console
+            from engine.run_logs import quiet_console
 
             quiet_console()  # the console of `batch run`: spec lines and warnings only
             return asyncio.run(
@@ -84,10 +84,10 @@ def storage_sync(
     max_pieces: Annotated[int | None, typer.Option("--max-pieces")] = None,
 ) -> None:
     """Upload pieces kept locally during an R2 outage, then clear their sync mark."""
-    from studio import local_server
+    from engine import local_server
 
     server = local_server.ensure_started()  # boots while the flow is imported
-    from flows.run_logs import quiet_console
+    from engine.run_logs import quiet_console
     from flows.storage_sync import storage_sync as flow
 
     # the local API `batch run` uses, not Prefect's temporary server per command
@@ -187,7 +187,7 @@ def register(app: typer.Typer, batch_app: typer.Typer) -> None:
     """Add these commands to the main CLI: `batch resume`, `storage-sync`,
     `storage-privatize`, `seed-history`, `pieces`."""
     batch_app.command("resume")(batch_resume)
-    app.command("pieces")(pieces)  # studio/cli_pieces.py
+    app.command("pieces")(pieces)  # cli/pieces.py
     app.command("storage-sync")(storage_sync)
     app.command("storage-privatize")(storage_privatize)
     app.command("seed-history")(seed_history)
