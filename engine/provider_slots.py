@@ -7,7 +7,7 @@ the server until released. Leases are short and renewed: each lasts `LEASE_SECON
 (60 s, the shortest the server accepts) and is renewed by Prefect's own lease keeper
 (`prefect.concurrency._leases.amaintain_concurrency_lease`, a thread) while this
 process holds it, so a dead process's slots expire within 60 s plus the server's
-repossessor loop (15 s by default) instead of the 900 s leases this module used to take.
+repossessor loop (15 s by default).
 
 One of the workarounds in engine/ (listed in engine/WORKAROUNDS.md): Prefect's own
 `concurrency()` does not wake waiters of a limit when a slot is released, in this
