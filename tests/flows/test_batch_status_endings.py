@@ -16,7 +16,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 from prefect import get_client
@@ -29,6 +28,7 @@ from cli.app import app
 from studio.db.engine import session_scope
 from studio.db.models import Batch, ContentPiece, CostLedgerEntry
 from studio.ledger.totals import batch_cost
+from tests.polling import wait_for
 from tests.tasks.conftest import emulators, provider_env  # noqa: F401 - fixtures
 
 runner = CliRunner()
@@ -120,18 +120,6 @@ def test_status_of_a_refused_run(studio_env, demo_avatar) -> None:
         assert session.get(Batch, run_id) is None
 
 
-def _wait_for(what: str, check, seconds: float = 180.0):  # type: ignore[no-untyped-def]
-    """Poll until `check()` is truthy (a deadline against a hung test, not a timing
-    assertion)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"gave up waiting for {what}")
-
-
 def _start_local_batch(studio_env) -> subprocess.Popen:  # type: ignore[no-untyped-def]
     """`studio batch run` as an operator starts it, in its own process."""
     env = {**os.environ, "PREFECT_API_URL": get_current_settings().api.url}
@@ -161,7 +149,7 @@ def test_status_of_a_killed_local_batch_then_crashed_then_resumed(
     process = _start_local_batch(studio_env)
     try:
         markers = studio_env.studio_home / "running"
-        marker = _wait_for("the owner marker", lambda: next(iter(markers.glob("*.json")), None))
+        marker = wait_for("the owner marker", lambda: next(iter(markers.glob("*.json")), None))
         batch_id = marker.stem
 
         def image_calls_in_flight() -> bool:
@@ -170,7 +158,7 @@ def test_status_of_a_killed_local_batch_then_crashed_then_resumed(
                     CostLedgerEntry.batch_id == batch_id, CostLedgerEntry.status == "reserved"
                 )))
 
-        _wait_for("an image call in flight", image_calls_in_flight)
+        wait_for("an image call in flight", image_calls_in_flight)
     finally:
         process.send_signal(signal.SIGKILL)
         process.wait()

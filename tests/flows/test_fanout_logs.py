@@ -7,8 +7,6 @@ through the Prefect API.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from pathlib import Path
 
 from prefect.client.orchestration import get_client
@@ -17,7 +15,7 @@ from flows.content_batch import content_batch
 from flows.scheduled import scheduled_batches
 from studio.avatars import add_avatar
 from studio.db.engine import session_scope
-from tests.flows.test_run_logs import ROOT, _messages, _worker_env
+from tests.flows.test_run_logs import _messages, run_as_a_worker_does
 
 
 async def test_worker_run_fan_out_logs_avatars_due_and_each_submission(studio_env) -> None:
@@ -43,16 +41,7 @@ async def _fan_out_logs_its_lines(studio_env) -> None:  # type: ignore[no-untype
         run = await client.create_flow_run_from_deployment(
             fan_out_id, parameters={"cadence": "monthly", "num_pieces": 1}
         )
-    done = subprocess.run(
-        [sys.executable, "-m", "prefect.engine"],
-        cwd=ROOT,
-        env={**_worker_env(), "PREFECT__FLOW_RUN_ID": str(run.id)},
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_as_a_worker_does(run.id)
     async with get_client() as client:
         finished = await client.read_flow_run(run.id)
     assert finished.state is not None and finished.state.is_completed(), finished.state

@@ -18,7 +18,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,6 +25,7 @@ import pytest
 
 from tests.emulators.base import Behaviour
 from tests.emulators.comfyui import ComfyUIEmulator
+from tests.polling import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
@@ -45,18 +45,6 @@ def variants(line: str) -> Iterator[str]:
     yield optional.sub("", line)
     if optional.search(line):
         yield optional.sub(lambda m: " " + m.group(1), line)
-
-
-def _wait_for(what: str, check, seconds: float = 120.0):  # type: ignore[no-untyped-def]
-    """Poll until `check()` is truthy (a deadline against a hung test, not a timing
-    assertion)."""
-    deadline = time.monotonic() + seconds
-    while time.monotonic() < deadline:
-        found = check()
-        if found:
-            return found
-        time.sleep(0.1)
-    raise AssertionError(f"gave up waiting for {what}")
 
 
 class Walkthrough:
@@ -113,6 +101,7 @@ class Walkthrough:
         """`studio batch run` killed -9 while its images hang: the batch `batch resume`
         is for."""
         comfyui.behaviour.hang = True
+        sent_before = comfyui.counters.requests("prompt")  # the walk-through's earlier batches
         studio = self.folder / ".venv" / "bin" / "studio"
         process = subprocess.Popen(
             [str(studio), "batch", "run", "--avatar", "nova", "--pieces", "3"],
@@ -121,8 +110,11 @@ class Walkthrough:
         )
         try:
             markers = self.folder / "home" / "running"
-            marker = _wait_for("the owner marker", lambda: next(iter(markers.glob("*.json")), None))
-            _wait_for("an image in flight", lambda: comfyui.counters.requests("prompt") > 0)
+            marker = wait_for("the owner marker", lambda: next(iter(markers.glob("*.json")), None))
+            wait_for(
+                "an image of this batch in flight",
+                lambda: comfyui.counters.requests("prompt") > sent_before,
+            )
         finally:
             process.send_signal(signal.SIGKILL)
             process.wait()

@@ -49,6 +49,22 @@ async def _messages(run_ids: list) -> list[str]:
     return [log.message for log in logs]
 
 
+
+def run_as_a_worker_does(run_id: object, env: dict[str, str] | None = None) -> None:
+    """The flow run in a fresh interpreter, `python -m prefect.engine`, as a process
+    worker starts it (without PREFECT_LOGGING_EXTRA_LOGGERS); it must exit 0."""
+    done = subprocess.run(
+        [sys.executable, "-m", "prefect.engine"],
+        cwd=ROOT,
+        env={**(env or _worker_env()), "PREFECT__FLOW_RUN_ID": str(run_id)},
+        capture_output=True,
+        text=True,
+        timeout=240,
+        check=False,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
 async def test_worker_run_batch_sends_the_spec_lines_to_its_run_logs(
     studio_env, demo_avatar
 ) -> None:
@@ -60,16 +76,7 @@ async def test_worker_run_batch_sends_the_spec_lines_to_its_run_logs(
         )
     env = _worker_env()
     assert "PREFECT_LOGGING_EXTRA_LOGGERS" not in env
-    done = subprocess.run(
-        [sys.executable, "-m", "prefect.engine"],
-        cwd=ROOT,
-        env={**env, "PREFECT__FLOW_RUN_ID": str(run.id)},
-        capture_output=True,
-        text=True,
-        timeout=240,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_as_a_worker_does(run.id, env)
     async with get_client() as client:
         finished = await client.read_flow_run(run.id)
         chunks = await client.read_flow_runs(
