@@ -141,7 +141,7 @@ async def _run_count(deployment_id: str) -> int:
 async def test_unknown_parameter_is_refused_at_creation_once_applied(studio_env) -> None:
     deployment_id = await _on_demand()
     before_apply = _create_run(deployment_id, {"parameters": {"avatar_id": "demo", "pieces": 5}})
-    assert before_apply.status_code == 201  # Prefect's own schema lets it through (#6192)
+    assert before_apply.status_code in (200, 201)  # Prefect's own schema lets it through (#6192)
     async with get_client() as client:
         outcome = await apply_strict_parameters(client)
         again = await apply_strict_parameters(client)
@@ -153,7 +153,7 @@ async def test_unknown_parameter_is_refused_at_creation_once_applied(studio_env)
     assert "pieces" in refused.text
     assert await _run_count(deployment_id) == runs  # no run was created
     known = _create_run(deployment_id, {"parameters": {"avatar_id": "demo", "num_pieces": 3}})
-    assert known.status_code == 201, known.text
+    assert known.status_code in (200, 201), known.text
 
 
 async def test_a_run_past_the_schema_ends_refused_naming_the_unknown_parameter(
@@ -164,7 +164,7 @@ async def test_a_run_past_the_schema_ends_refused_naming_the_unknown_parameter(
         deployment_id,
         {"parameters": {"avatar_id": "demo", "pieces": 5}, "enforce_parameter_schema": False},
     )
-    assert created.status_code == 201, created.text
+    assert created.status_code in (200, 201), created.text  # 200: Prefect's created-at race
     run_id = uuid.UUID(created.json()["id"])
     # as a process worker runs it: Prefect's engine fails before any flow code runs
     done = subprocess.run(

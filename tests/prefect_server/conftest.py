@@ -347,7 +347,7 @@ def failed_batch(prefect_stack) -> FailedBatch:
             {"avatar_id": name, "num_pieces": 2, "include_hooks": False},
             job_variables={"env": failing_image_env(comfyui.url)},
         )
-        assert created.status_code == 201, created.text
+        assert created.status_code in (200, 201), created.text  # 200: Prefect's created-at race
         run = prefect_stack.wait_final(created.json()["id"])
         return FailedBatch(run=run, prompts=comfyui.counters.requests("prompt"))
 

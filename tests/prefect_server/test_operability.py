@@ -63,7 +63,7 @@ def test_a_crash_starts_crash_recovery_which_refuses_unknown_parameters(prefect_
         {"avatar_id": "demo", "pieces": 5},
         enforce_parameter_schema=False,  # past the strict schema, as an old deploy would be
     )
-    assert created.status_code == 201, created.text
+    assert created.status_code in (200, 201), created.text  # 200: Prefect's created-at race
     run = _wait_state_name(prefect_stack, created.json()["id"], "Refused")
     assert run["state_name"] == "Refused", (run["state"], prefect_stack.tail("worker"))
     assert "unknown parameter(s) 'pieces'" in run["state"]["message"]

@@ -217,5 +217,7 @@ def _burst(api: str, auth: tuple[str, str], count: int) -> list[str]:
         made = [rest.post(f"/deployments/{deployment}/create_flow_run",
                           json={"parameters": {"avatar_id": "nova", "num_pieces": 1}})
                 for _ in range(count)]
-    assert all(m.status_code == 201 for m in made), [m.text for m in made]
+    # a new run is 201, or 200 when its created timestamp precedes the handler's now
+    # (prefect/server/api/deployments.py: `if model.created >= right_now`)
+    assert all(m.status_code in (200, 201) for m in made), [m.text for m in made]
     return [m.json()["id"] for m in made]

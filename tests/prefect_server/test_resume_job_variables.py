@@ -86,7 +86,7 @@ def test_a_resume_runs_with_the_original_job_variables(prefect_stack, stack_db, 
             "content-batch/on-demand", {"avatar_id": name, "num_pieces": PIECES},
             job_variables=job_variables,
         )
-        assert created.status_code == 201, created.text
+        assert created.status_code in (200, 201), created.text  # 200: Prefect's created-at race
         run_id = created.json()["id"]
         # ComfyUI holds the prompts: the image step is under way, then the process dies
         wait_for(lambda: comfyui.counters.requests("prompt") >= PIECES, "prompts at ComfyUI")
@@ -130,7 +130,7 @@ def test_a_deployment_run_with_no_image_provider_is_refused(prefect_stack, stack
         "content-batch/on-demand", {"avatar_id": name, "num_pieces": 2},
         job_variables={"env": {"ALLOW_STAND_INS": "false"}},
     )
-    assert created.status_code == 201, created.text
+    assert created.status_code in (200, 201), created.text  # 200: Prefect's created-at race
     run = prefect_stack.wait_final(created.json()["id"])
     assert (run["state_type"], run["state"]["name"]) == ("FAILED", "Refused"), run["state"]
     message = run["state"]["message"]

@@ -38,7 +38,7 @@ def test_rest_triggered_batch_shows_every_step_line_in_its_logs(prefect_stack, s
     created = prefect_stack.create_run(
         "content-batch/on-demand", {"avatar_id": avatar, "num_pieces": 2}
     )
-    assert created.status_code == 201, created.text
+    assert created.status_code in (200, 201), created.text  # 200: Prefect's created-at race
     run = prefect_stack.wait_final(created.json()["id"])
     assert run["state_type"] == "COMPLETED", run["state"]
     assert run["name"] == f"content-batch-{avatar}-2"
@@ -93,7 +93,7 @@ def test_weekly_fan_out_makes_deployment_runs_named_after_avatars(prefect_stack,
     names = sorted(new_avatar("weekly", prefix="weekly") for _ in range(2))
     on_demand = prefect_stack.deployment_id("content-batch/on-demand")
     created = prefect_stack.create_run("scheduled-batches/weekly", {"num_pieces": 2})
-    assert created.status_code == 201, created.text
+    assert created.status_code in (200, 201), created.text  # 200: Prefect's created-at race
     parent = prefect_stack.wait_final(created.json()["id"])
     assert parent["state_type"] == "COMPLETED", parent["state"]
 
