@@ -64,13 +64,24 @@ def batch_resume(
         refuse(exc)
     except Exception as exc:
         batch_failed(exc)
-    if isinstance(result, tuple):  # a new run of the batch's deployment, with its settings
-        run_id, deployment = result
+    if isinstance(result, tuple):  # a run of the batch's deployment, with its settings
+        run_id, deployment, already = result
+        if already:  # crash recovery (or another operator) resumed it first
+            console.print(
+                f"batch {batch_id} is already being resumed as run {run_id} of deployment"
+                f" {deployment} (by {already}); nothing new started; follow it with"
+                f" `studio batch status {run_id}`",
+                soft_wrap=True,
+            )
+            return
         console.print(
             f"batch {batch_id} resumed as run {run_id} of deployment {deployment} (with the"
             f" original run's job variables); follow it with `studio batch status {run_id}`",
             soft_wrap=True,  # one line, ids unbroken
         )
+        return
+    if isinstance(result, str):  # another run finished it while this one waited its turn
+        console.print(f"batch {batch_id}: {result}; nothing left to do", soft_wrap=True)
         return
     console.print(
         f"[bold]batch {result.batch_id}[/bold] resumed: {result.published}/{result.requested}"

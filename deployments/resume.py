@@ -15,6 +15,9 @@ import asyncio
 from typing import Any
 from uuid import UUID
 
+#: (run id, deployment name, who started it if it was already on its way, else None)
+ResumeRun = tuple[str, str, str | None]
+
 #: the tag of a resume an operator asked for (crash recovery's are `auto-resume`)
 OPERATOR_RESUME_TAG = "operator-resume"
 
@@ -26,11 +29,12 @@ def configured_api() -> str | None:
     return PREFECT_API_URL.value() or None
 
 
-async def _resume_on_deployment(batch_id: str, config: dict[str, Any]) -> tuple[str, str] | None:
+async def _resume_on_deployment(batch_id: str, config: dict[str, Any]) -> ResumeRun | None:
     from prefect import get_client
     from prefect.exceptions import ObjectNotFound
 
     from flows.batch_state_hooks import RESUMES_TAG_PREFIX
+    from flows.resume_runs import resumes_on_their_way, who_resumes
     from flows.resume_settings import original_job_variables
 
     async with get_client() as client:
@@ -40,6 +44,10 @@ async def _resume_on_deployment(batch_id: str, config: dict[str, Any]) -> tuple[
             return None  # not a run of this API (a local batch): resumed here
         if original.deployment_id is None:
             return None
+        deployment = await client.read_deployment(original.deployment_id)
+        if on_its_way := await resumes_on_their_way(client, batch_id):
+            run = on_its_way[0]  # crash recovery (or someone) got there first: that one
+            return str(run.id), deployment.name, who_resumes(run)
         run = await client.create_flow_run_from_deployment(
             original.deployment_id,
             parameters={
@@ -51,13 +59,14 @@ async def _resume_on_deployment(batch_id: str, config: dict[str, Any]) -> tuple[
             tags=[OPERATOR_RESUME_TAG, f"{RESUMES_TAG_PREFIX}{original.id}"],
             job_variables=await original_job_variables(client, batch_id, [original]),
         )
-        deployment = await client.read_deployment(original.deployment_id)
-        return str(run.id), deployment.name
+        return str(run.id), deployment.name, None
 
 
-def resume_on_deployment(batch_id: str, config: dict[str, Any]) -> tuple[str, str] | None:
-    """(run id, deployment name) of the resume created on the batch's deployment, or
-    None when the batch is resumed in this process (no API configured, a local batch)."""
+def resume_on_deployment(batch_id: str, config: dict[str, Any]) -> ResumeRun | None:
+    """(run id, deployment name, None) of the resume created on the batch's deployment;
+    (run id, deployment name, who) of a resume already on its way, which is left to
+    finish the batch; None when the batch is resumed in this process (no API
+    configured, a local batch)."""
     if configured_api() is None:
         return None
     return asyncio.run(_resume_on_deployment(batch_id, config))

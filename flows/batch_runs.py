@@ -19,6 +19,8 @@ from prefect.client.schemas.sorting import LogSort
 from prefect.exceptions import ObjectNotFound, PrefectHTTPStatusError
 from prefect.settings import get_current_settings
 
+from engine.created_runs import existed_before, submission_tag
+
 #: the deployment a batch runs as (prefect.yaml, deployments/serve.py, flows/scheduled.py)
 BATCH_DEPLOYMENT = "content-batch/on-demand"
 
@@ -53,14 +55,16 @@ async def submit_batch(
     run_name: str,
     idempotency_key: str | None = None,
 ) -> SubmittedBatch:
-    """One run of the batch deployment; the server answers 200 instead of 201 when the
-    idempotency key already has a run, which is then returned unchanged."""
+    """One run of the batch deployment; when the idempotency key already has a run, that
+    run is returned unchanged (`existing`)."""
     try:
         deployment = await client.read_deployment_by_name(BATCH_DEPLOYMENT)
     except ObjectNotFound:
         raise NoBatchDeployment() from None
+    marker = submission_tag() if idempotency_key else None  # tells a new run from a found one
     body = DeploymentFlowRunCreate(
-        name=run_name, parameters=parameters, idempotency_key=idempotency_key
+        name=run_name, parameters=parameters, idempotency_key=idempotency_key,
+        **({"tags": [marker]} if marker else {}),
     ).model_dump(mode="json", exclude_unset=True)
     try:
         response = await client.request(
@@ -73,9 +77,8 @@ async def submit_batch(
         if exc.response.status_code in (400, 409, 422):
             raise RunRefused(_detail(exc)) from None
         raise
-    return SubmittedBatch(
-        run=FlowRun.model_validate(response.json()), existing=response.status_code == 200
-    )
+    run = FlowRun.model_validate(response.json())
+    return SubmittedBatch(run=run, existing=existed_before(run, marker))
 
 
 async def read_run(client: PrefectClient, run_id: str) -> FlowRun | None:

@@ -30,6 +30,7 @@ from flows.stand_in_policy import run_stand_in_policy
 from studio import batchlog, progress
 from studio.batch_verdict import failure_summary
 from studio.catalog import template_library
+from studio.db.batch_lease import one_run_per_batch
 from studio.db.progress import BatchProgress
 from studio.moderation.base import ModerationItem
 from studio.outcomes import (
@@ -78,6 +79,7 @@ from tasks.dead_runs import settle_dead_runs
 from tasks.generate_images import image_chain, images_started_early
 from tasks.ledger import ledger_cost
 from tasks.progress import (
+    finished_batch,
     load_batch_progress,
     record_plan,
     record_progress,
@@ -247,11 +249,55 @@ async def _run_batch(
     batch_id: str | None,
     resume_batch_id: str | None,
 ) -> BatchResult | State:
-    """The flow's body (see `content_batch`)."""
+    """The flow's body (see `content_batch`), run holding the batch's lease."""
     await apply_registered_blocks()  # endpoints/keys saved as Prefect blocks, if any
     settings = get_settings()
     batchlog.configure_logging(settings.log_file, settings.log_level)
     attach_run_logs()  # studio.* records to this run's Prefect logs, in every mode
+    params: dict[str, Any] = {
+        "avatar_id": avatar_id, "num_pieces": num_pieces, "platform": platform,
+        "tier_distribution": tier_distribution, "include_hooks": include_hooks,
+        "safety_check": safety_check, "upload_to_storage": upload_to_storage,
+        "custom_prompts": custom_prompts, "custom_tiers": custom_tiers,
+        "hook_mode": hook_mode, "seed": seed, "batch_id": batch_id,
+        "resume_batch_id": resume_batch_id,
+    }
+    try:
+        leased = parse_batch_id("resume_batch_id", resume_batch_id) or parse_batch_id(
+            "batch_id", batch_id
+        )
+    except BatchRequestError:
+        leased = None  # refused by the body below, with its message
+    if leased is None:  # a new batch: its id is this run's own, nobody else's
+        return await _make_batch(settings=settings, **params)
+    # a resume (or a given id) may meet another run of the same batch (crash recovery
+    # and an operator at once): one at a time, and the second reads what is left after
+    async with one_run_per_batch(leased) as lease:
+        if lease.waited and resume_batch_id and (done := finished_batch(leased)):
+            message = f"another run ended batch {leased} ({done}) while this one waited"
+            log.info("Batch resume skipped | Batch: %s | %s", leased, message)
+            return Completed(name="Skipped", message=message, data=message)  # type: ignore[return-value]
+        return await _make_batch(settings=settings, **params)
+
+
+async def _make_batch(
+    *,
+    settings: Any,
+    avatar_id: str,
+    num_pieces: int,
+    tier_distribution: TierShares | dict[str, float],
+    platform: str,
+    include_hooks: bool,
+    safety_check: bool,
+    upload_to_storage: bool,
+    custom_prompts: list[str] | None,
+    custom_tiers: list[str] | None,
+    hook_mode: str,
+    seed: int | None,
+    batch_id: str | None,
+    resume_batch_id: str | None,
+) -> BatchResult | State:
+    """Validate the request, then the seven steps."""
     try:
         # before anything reads them: a batch id names directories, keys and rows
         batch_id = parse_batch_id("batch_id", batch_id)

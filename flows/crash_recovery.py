@@ -47,6 +47,7 @@ from engine.run_logs import attach_run_logs
 from engine.strict_parameters import refuse_unknown_parameter_runs
 from flows.batch_state_hooks import AUTO_RESUME_TAG, RESUMES_TAG_PREFIX, batch_id_of
 from flows.content_batch import content_batch
+from flows.resume_runs import resumes_on_their_way
 from flows.resume_settings import original_job_variables
 from flows.schema_gate import schema_refusal
 from studio import batchlog
@@ -118,7 +119,7 @@ async def recover_batch(
             tags=FlowRunFilterTags(all_=[f"{AUTO_RESUME_TAG}:{batch_id}"])
         )
     )
-    if any(run.state is not None and not run.state.is_final() for run in attempts):
+    if await resumes_on_their_way(client, batch_id):  # crash recovery's or an operator's
         return "a resume is on its way"
     latest = max([*ended, *attempts], key=_started)
     if latest.state is None or latest.state.name not in INTERRUPTED_STATES:

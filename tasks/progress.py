@@ -65,6 +65,14 @@ def resumable_batch_request(batch_id: str, avatar_id: str | None) -> dict[str, A
         return batch_endings.resumable_config(session, batch_id, avatar_id)
 
 
+def finished_batch(batch_id: str) -> str | None:
+    """The status of `batch_id` if a run finished it (completed, failed, refused), else None."""
+    with session_scope() as session:
+        found = batch_endings.batch_status(session, batch_id)
+    status = found[0] if found else None
+    return status if status in batch_endings.FINISHED else None
+
+
 def stored_batch_request(batch_id: str) -> dict[str, Any]:
     """The request a batch was started with, to resume it with the same parameters."""
     with session_scope() as session:

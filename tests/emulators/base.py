@@ -101,6 +101,9 @@ class Behaviour:
     throttle_rate: probability that a create call answers 429 with `retry_after`.
     throttle_next: the next N create calls answer 429 (deterministic, for tests).
     hang: while True, generations never finish (until switched off or the server stops).
+    finish_at_most: when set, only that many generations (counted from when it was set)
+        get past the start; later ones wait as if hung until it is cleared.
+        A test uses it to have exactly N images done before it changes the world.
     """
 
     seed: int = 0
@@ -110,11 +113,18 @@ class Behaviour:
     throttle_next: int = 0
     retry_after: float = 1.0
     hang: bool = False
+    finish_at_most: int | None = None
     extra: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self._rng = random.Random(self.seed)
         self._lock = threading.Lock()
+        self._passed = 0  # generations that got past wait_while_hung
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name == "finish_at_most":
+            self.__dict__["_passed"] = 0  # counted from now
+        super().__setattr__(name, value)
 
     def reseed(self, seed: int) -> None:
         with self._lock:
@@ -143,8 +153,14 @@ class Behaviour:
         return self.draw_latency(), self.draw_failure()
 
     async def wait_while_hung(self, poll: float = 0.05) -> None:
-        """Block while the hang switch is on; returns as soon as it is switched off."""
-        while self.hang:
+        """Block while the hang switch is on, or while `finish_at_most` generations
+        already passed; returns as soon as neither holds."""
+        while True:
+            if not self.hang:
+                with self._lock:
+                    if self.finish_at_most is None or self._passed < self.finish_at_most:
+                        self._passed += 1
+                        return
             await asyncio.sleep(poll)
 
 

@@ -54,6 +54,23 @@ def base_env() -> dict[str, str]:
     }
 
 
+class RetryingTransport(httpx.HTTPTransport):
+    """Retries what Prefect's server says to retry (503: its database was busy, e.g.
+    SQLite locked under load; 429), as Prefect's own client does, honouring Retry-After."""
+
+    ATTEMPTS = 6
+
+    def handle_request(self, request: httpx.Request) -> httpx.Response:
+        for attempt in range(self.ATTEMPTS):
+            response = super().handle_request(request)
+            if response.status_code not in (429, 503) or attempt == self.ATTEMPTS - 1:
+                return response
+            response.read()
+            response.close()
+            time.sleep(float(response.headers.get("Retry-After") or 0.5 * 2**attempt))
+        raise AssertionError("unreachable")
+
+
 @dataclass
 class PrefectStack:
     """The running server and worker, and how to talk to them."""
@@ -80,7 +97,7 @@ class PrefectStack:
         headers = {"Prefect-Csrf-Token": token.json()["token"],
                    "Prefect-Csrf-Client": csrf_client}
         return httpx.Client(base_url=self.api_url, timeout=30, auth=(user, password),
-                            headers=headers)
+                            headers=headers, transport=RetryingTransport())
 
     def log_in(self, page: Any) -> None:
         """Log a Playwright page into the UI the way a person does: its login form asks

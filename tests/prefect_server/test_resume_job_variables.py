@@ -106,12 +106,19 @@ def test_a_resume_runs_with_the_original_job_variables(prefect_stack, stack_db, 
             done = prefect_stack.studio("batch", "resume", run_id)
             assert done.returncode == 0, done.stdout + done.stderr
             line = " ".join(done.stdout.split())
-            assert "of deployment on-demand (with the original run's job variables)" in line
+            # its own resume, or (the crash automation is on once `studio automations
+            # apply` ran) crash recovery's, which it then leaves to finish the batch
+            assert ("of deployment on-demand (with the original run's job variables)" in line
+                    or ("already being resumed as run" in line and "(by crash-recovery)" in line))
             resume_id = re.search(r"resumed as run ([0-9a-f-]{36})", line).group(1)
         resumed = prefect_stack.wait_final(resume_id)
         assert resumed["state_type"] == "COMPLETED", prefect_stack.tail("worker")
         assert resumed["job_variables"] == job_variables  # the original run's, carried over
         assert resumed["deployment_id"] == crashed["deployment_id"]
+        # any other resume of the batch (both asked at once) ended too, without failing
+        for other in prefect_stack.runs({"tags": {"any_": [f"auto-resume:{run_id}",
+                                                             f"resumes:{run_id}"]}}):
+            assert prefect_stack.wait_final(other["id"])["state_type"] == "COMPLETED"
     with session_scope() as session:
         pieces = list(session.scalars(select(ContentPiece).where(ContentPiece.batch_id == run_id)))
     assert len(pieces) == PIECES

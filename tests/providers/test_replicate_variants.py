@@ -270,3 +270,21 @@ async def test_a_retry_after_a_bad_shape_buys_a_new_prediction_not_the_same_outp
     image = await provider.generate(spec, avatar, retry)
     assert image.content_type == "image/png"
     assert replicate_api.billed_jobs == 2 and len(retry.created_ids) == 1
+
+
+async def test_finish_at_most_holds_later_predictions_until_cleared(
+    replicate_api: ReplicateEmulator, provider, spec, avatar
+):
+    """The `finish_at_most` switch: two predictions finish, the third waits (processing)
+    until the switch is cleared, then finishes; each is billed once."""
+    replicate_api.behaviour.finish_at_most = 2
+    await provider.generate(spec, avatar)
+    await provider.generate(spec, avatar)
+    third = asyncio.create_task(provider.generate(spec, avatar))
+    await asyncio.sleep(0.3)
+    assert not third.done()
+    assert [p["status"] for p in replicate_api.predictions.values()][-1] == "processing"
+    replicate_api.behaviour.finish_at_most = None
+    image = await asyncio.wait_for(third, 10)
+    assert image.data.startswith(PNG)
+    assert replicate_api.billed_jobs == 3

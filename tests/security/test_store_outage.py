@@ -145,11 +145,13 @@ async def test_store_down_mid_batch_loses_no_piece_then_sync_publishes_each_once
     from studio import progress as step_progress
 
     settings, server, public, private, replicate = outage_env
-    replicate.behaviour.latency = (0.2, 1.5)  # images finish one after the other
+    replicate.behaviour.latency = (0.05, 0.2)
+    replicate.behaviour.finish_at_most = 2  # two images are staged, the rest wait...
 
     def take_the_store_down(step: str, done: int, total: int) -> None:
         if step == "images" and done == 2 and server.running:
             server.stop()  # a real outage: the S3 gateway process is gone
+            replicate.behaviour.finish_at_most = None  # ...and finish once it is down
 
     step_progress.subscribe(take_the_store_down)
     try:

@@ -1,12 +1,14 @@
 """Run one content batch in this process, with probes, for the kill -9 tests.
 
     python -m tests.storage.crash_runner --batch-id ID --pieces N --probe-dir DIR
-        [--crash-at image:K | upload:K] [--resume]
+        [--crash-at image:K | upload:K] [--resume] [--hold-at-render GO_FILE]
 
 Probes (test-only, installed by patching classes in this process):
 - every preview render that completes appends the piece id to DIR/renders.log;
 - every piece sent to the hook writer / to moderation goes to DIR/hooks.log / checks.log;
-- every PutObject that gets a response appends the key to DIR/puts.log.
+- every PutObject that gets a response appends the key to DIR/puts.log;
+- with --hold-at-render, the first render writes DIR/holding and waits for GO_FILE
+  (a test starts a second run of the batch while this one holds it).
 Renders and remote puts are serialised, so "crash at the K-th" means exactly K-1 done:
 at the K-th render the runner first waits until the K-1 finished images are staged
 and recorded as generated (the record is written in a thread after staging), then
@@ -53,7 +55,9 @@ def _recorded_generated(piece_ids: list[str]) -> bool:
     return count == len(piece_ids)
 
 
-def _install_render_probe(probe_dir: Path, crash_at: int | None, staging: Path) -> None:
+def _install_render_probe(
+    probe_dir: Path, crash_at: int | None, staging: Path, hold_for: Path | None = None
+) -> None:
     from studio.providers.preview import PreviewRenderer
 
     original = PreviewRenderer.generate
@@ -66,6 +70,10 @@ def _install_render_probe(probe_dir: Path, crash_at: int | None, staging: Path) 
             await asyncio.sleep(0.01)
         try:
             calls["n"] += 1
+            if hold_for is not None and calls["n"] == 1:
+                _append(probe_dir / "holding", spec.piece_id)
+                while not hold_for.exists():
+                    await asyncio.sleep(0.05)
             if crash_at is not None and calls["n"] == crash_at:
                 done = renders.read_text().split() if renders.exists() else []
                 deadline = time.monotonic() + 60
@@ -155,6 +163,7 @@ def main() -> None:
     parser.add_argument("--probe-dir", required=True, type=Path)
     parser.add_argument("--crash-at", default=None, help="image:K or upload:K")
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--hold-at-render", default=None, type=Path)
     args = parser.parse_args()
 
     from studio.runtime_env import apply_prefect_defaults
@@ -164,14 +173,16 @@ def main() -> None:
 
     step, _, nth = (args.crash_at or ":").partition(":")
     staging = get_settings().work_dir.resolve() / args.batch_id
-    _install_render_probe(args.probe_dir, int(nth) if step == "image" else None, staging)
+    crash_at = int(nth) if step == "image" else None
+    _install_render_probe(args.probe_dir, crash_at, staging, args.hold_at_render)
     _install_upload_probe(args.probe_dir, int(nth) if step == "upload" else None)
     _install_paid_call_probes(args.probe_dir)
 
     if args.resume:
         from cli.storage import resume_batch
 
-        resume_batch(args.batch_id)
+        result = resume_batch(args.batch_id)
+        print(f"resume result: {result!r}"[:300], flush=True)
     else:
         from flows.content_batch import content_batch
 
