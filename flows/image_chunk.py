@@ -5,17 +5,17 @@ failed; a piece whose image fails comes back as an ImageFailure rather than fail
 the others, so the rest of the batch goes on. A chunk with failed pieces ends Failed,
 its message naming them and why, and its state still carries every item (images and
 failures): the batch reads it with `return_state=True` and keeps what was made.
+The chunks of a batch register one after the other (`staggered_starts`, from
+engine/early_start.py), each marking itself registered as its body begins.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
-
 from prefect import flow
 from prefect.states import Completed, Failed, State
 
+from engine.early_start import mark_registered
+from engine.early_start import staggered_starts as staggered_starts
 from flows.image_progress import image_progress
 from studio import progress
 from studio.types import AvatarRef, GeneratedImage, ImageFailure, PieceSpec
@@ -23,43 +23,6 @@ from tasks.generate_images import generate_images, release_idle_slots
 
 #: failed pieces a chunk's state message names one by one
 NAMED_FAILURES = 3
-
-#: per batch id, one event per chunk, set once the chunk's body runs (it is registered)
-_started: dict[str, list[asyncio.Event]] = {}
-
-
-@contextlib.asynccontextmanager
-async def staggered_starts(batch_id: str, chunks: int) -> AsyncIterator[StartGate]:
-    """Chunks of a batch register with the Prefect API one after the other.
-
-    Registering a subflow is a handful of writes; several at once on a SQLite server
-    collide ("database is locked", answered 503 and retried), so five chunks started
-    together each waited seconds before their first image. One after the other, each
-    takes a few round trips, while the chunks before it already make images."""
-    events = [asyncio.Event() for _ in range(chunks)]
-    _started[batch_id] = events
-
-    async def gate(index: int) -> None:
-        if index > 0:  # a chunk that never starts must not hold the others back for long
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(events[index - 1].wait(), START_WAIT_SECONDS)
-
-    try:
-        yield gate
-    finally:
-        _started.pop(batch_id, None)
-
-
-#: the longest a chunk waits for the one before it to be registered
-START_WAIT_SECONDS = 5.0
-
-StartGate = Callable[[int], Awaitable[None]]
-
-
-def _mark_started(batch_id: str, chunk_index: int) -> None:
-    events = _started.get(batch_id)
-    if events is not None and chunk_index < len(events):
-        events[chunk_index].set()
 
 
 def chunk_state(chunk_index: int, items: list[GeneratedImage | ImageFailure]) -> State:
@@ -89,7 +52,7 @@ async def image_chunk(
 ) -> list[GeneratedImage | ImageFailure]:
     tracker = image_progress(specs[0].batch_id) if specs else None
     if specs:
-        _mark_started(specs[0].batch_id, chunk_index)
+        mark_registered(specs[0].batch_id, chunk_index)  # the next chunk may register
 
     def piece_done(item: GeneratedImage | ImageFailure) -> None:
         if isinstance(item, GeneratedImage):

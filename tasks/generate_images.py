@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import weakref
 from collections.abc import AsyncIterator, Callable
@@ -28,6 +29,7 @@ from tenacity import (
     wait_fixed,
 )
 
+from engine.early_start import adopt, started_early
 from engine.lease_census import LeaseCensus
 from engine.provider_slots import PrefectSlots
 from engine.slot_reconcile import census_heal
@@ -128,7 +130,7 @@ async def _one_piece(
     spec: PieceSpec, avatar: AvatarRef, staging_root: str, on_piece: PieceDone | None
 ) -> GeneratedImage | ImageFailure:
     result: GeneratedImage | ImageFailure
-    early = _early.pop((staging_root, spec.piece_id), None)  # a retry starts afresh
+    early = adopt((staging_root, spec.piece_id))
     try:
         if early is not None:
             result = await early
@@ -144,53 +146,34 @@ async def _one_piece(
     return result
 
 
-#: images started when the step began, by (staging root, piece id)
-_early: dict[tuple[str, str], asyncio.Task[GeneratedImage]] = {}
-#: the staging of a batch whose step runs, by (staging root, batch id)
-_stagings: dict[tuple[str, str], ImageStaging] = {}
-
-
 @contextlib.asynccontextmanager
 async def images_started_early(
     specs: list[PieceSpec], avatar: AvatarRef, staging_root: str
 ) -> AsyncIterator[None]:
-    """Start every piece's image now; its chunk's `generate-images` task run adopts it.
+    """Start every piece's image now; its chunk's `generate-images` task run adopts it
+    (engine/early_start.py: the chunk subflows register one after the other).
 
-    Registering a chunk subflow and its task run is several Prefect API round trips, one
-    chunk after the other (flows/image_chunk.py), 0.1-0.5 s each on a busy server; the
-    provider calls, the step's critical path, need none of them. The chunk's task run
-    still reports every piece's outcome, and its retry starts afresh. An early image is
-    staged before it is returned, so one whose chunk never started is awaited here and
-    reused by a resumed batch; cancelling the step cancels the calls.
+    The chunk's task run still reports every piece's outcome, and its retry starts
+    afresh. An early image is staged before it is returned, so one whose chunk never
+    started is awaited here and reused by a resumed batch; cancelling the step cancels
+    the calls. The staging of each batch is opened once here, not once per piece.
     """
-    loop = asyncio.get_running_loop()
-    started: list[asyncio.Task[GeneratedImage]] = []
-    keys = [(staging_root, spec.piece_id) for spec in specs]
-    batches = {(staging_root, spec.batch_id) for spec in specs}
-    for batch in batches:  # read the storage settings once per step, not once per piece
+    stagings: dict[str, ImageStaging] = {}
+    for batch_id in {spec.batch_id for spec in specs}:
         with contextlib.suppress(Exception):  # else each piece opens it (and says why not)
-            _stagings[batch] = await asyncio.to_thread(open_staging, *batch)
-    for key, spec in zip(keys, specs, strict=True):
-        if key not in _early:
-            _early[key] = loop.create_task(generate_piece_image(spec, avatar, staging_root))
-            started.append(_early[key])
-    try:
+            stagings[batch_id] = await asyncio.to_thread(open_staging, staging_root, batch_id)
+    calls = {
+        (staging_root, spec.piece_id): functools.partial(
+            generate_piece_image, spec, avatar, staging_root, stagings.get(spec.batch_id)
+        )
+        for spec in specs
+    }
+    async with started_early(calls):
         yield
-    except asyncio.CancelledError:
-        for early in started:
-            early.cancel()
-        raise
-    finally:
-        for key in keys:
-            _early.pop(key, None)
-        for batch in batches:
-            _stagings.pop(batch, None)
-        # errors were the task runs' to report; unadopted ones were never run as tasks
-        await asyncio.gather(*started, return_exceptions=True)
 
 
 async def generate_piece_image(
-    spec: PieceSpec, avatar: AvatarRef, staging_root: str
+    spec: PieceSpec, avatar: AvatarRef, staging_root: str, staging: ImageStaging | None = None
 ) -> GeneratedImage:
     """One piece's image, with one more try after an unexpected error (a disk hiccup
     after staging, say): the staged image is found then, so nothing is paid twice."""
@@ -202,17 +185,19 @@ async def generate_piece_image(
     )
     async for attempt in retrying:
         with attempt:
-            image = await produce_image(spec, avatar, staging_root)
+            image = await produce_image(spec, avatar, staging_root, staging)
     return image
 
 
-async def produce_image(spec: PieceSpec, avatar: AvatarRef, staging_root: str) -> GeneratedImage:
+async def produce_image(
+    spec: PieceSpec, avatar: AvatarRef, staging_root: str, staging: ImageStaging | None = None
+) -> GeneratedImage:
     """One piece's image: the staged one if it exists, else the chain's, staged.
 
     The image is recorded as generated in the database the moment it is staged (not at
     the end of the step), so a process killed mid-step loses only the images in flight.
+    `staging`: the batch's, when the caller opened it already.
     """
-    staging = _stagings.get((staging_root, spec.batch_id))
     if staging is None:
         staging = await asyncio.to_thread(open_staging, staging_root, spec.batch_id)
     already = await asyncio.to_thread(staging.existing, spec.piece_id)

@@ -175,7 +175,8 @@ async def test_early_images_are_adopted_by_their_chunk_and_paid_once(
 ):
     from prefect import flow
 
-    from tasks.generate_images import _early, images_started_early
+    from engine.early_start import _early
+    from tasks.generate_images import images_started_early
 
     comfyui, _, _ = emulators
     root = str(studio_env.work_dir)
@@ -211,7 +212,8 @@ async def test_an_early_image_whose_chunk_never_ran_is_staged_and_reused(
 
 
 async def test_cancelling_the_step_cancels_its_early_images(studio_env, provider_env, emulators):
-    from tasks.generate_images import _early, images_started_early
+    from engine.early_start import _early
+    from tasks.generate_images import images_started_early
 
     comfyui, _, _ = emulators
     comfyui.behaviour.hang = True
