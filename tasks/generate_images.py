@@ -151,7 +151,8 @@ async def images_started_early(
     specs: list[PieceSpec], avatar: AvatarRef, staging_root: str
 ) -> AsyncIterator[None]:
     """Start every piece's image now; its chunk's `generate-images` task run adopts it
-    (engine/early_start.py: the chunk subflows register one after the other).
+    (engine/early_start.py: registering the chunk subflows takes API round trips, one
+    chunk after the other, that the provider calls do not need).
 
     The chunk's task run still reports every piece's outcome, and its retry starts
     afresh. An early image is staged before it is returned, so one whose chunk never
