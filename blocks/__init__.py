@@ -8,6 +8,7 @@ come from its own credentials block or both from the environment, never one from
 """
 
 from blocks.provider_credentials import (
+    PROVIDER_CREDENTIAL_BLOCKS,
     AnthropicCredentials,
     ModalCredentials,
     OpenAICredentials,
@@ -33,3 +34,8 @@ __all__ = [
     "apply_registered_blocks",
     "withdraw_block_exports",
 ]
+
+# every provider's credentials block, a new catalogue entry's too, where
+# `prefect block register -m blocks` finds it
+globals().update({block.__name__: block for block in PROVIDER_CREDENTIAL_BLOCKS.values()})
+__all__ += [b.__name__ for b in PROVIDER_CREDENTIAL_BLOCKS.values() if b.__name__ not in __all__]

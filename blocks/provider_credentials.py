@@ -7,21 +7,28 @@ at another host made the next batch send the environment's keys there (issue 15)
 a block that names a URL always carries the key for it, and `blocks/sources.py` takes a
 provider's URL and key from one block or from the environment, never one from each.
 
-ComfyUI has no key: its endpoint stays in `Studio Provider Endpoints`.
+Each block is made from a `CredentialsBlock` description: Anthropic's and OpenAI's
+here, each keyed image provider's in its catalogue entry, so a new image provider gets
+its block without a change here. A keyless provider (ComfyUI) has its endpoint in
+`Studio Provider Endpoints`.
 """
 
 from __future__ import annotations
 
-from typing import Annotated, ClassVar
+import types
+from typing import Annotated, Any, ClassVar
 from urllib.parse import urlsplit
 
 from prefect.blocks.core import Block
-from pydantic import AfterValidator, Field, SecretStr, field_validator
+from pydantic import AfterValidator, Field, SecretStr
 
 from studio.hooks.settings import ANTHROPIC_DEFAULT_BASE_URL
 from studio.moderation.settings import OPENAI_DEFAULT_BASE_URL
+from studio.providers.catalogue import IMAGE_PROVIDERS
+from studio.providers.entry import BlockField, CredentialsBlock
+from studio.providers.replicate_entry import REPLICATE_DEFAULT_BASE_URL
 
-REPLICATE_DEFAULT_BASE_URL = "https://api.replicate.com"
+__all__ = ["PROVIDER_CREDENTIAL_BLOCKS", "REPLICATE_DEFAULT_BASE_URL", "ProviderCredentialsBlock"]
 
 
 def _http_url(value: str | None) -> str | None:
@@ -35,6 +42,14 @@ def _http_url(value: str | None) -> str | None:
     return value
 
 
+def _required_url(value: str) -> str:
+    """The URL a block cannot do without (Modal's endpoint has no official default)."""
+    checked = _http_url(value)
+    if checked is None:
+        raise ValueError("the endpoint URL is required")
+    return checked
+
+
 def _non_empty(value: SecretStr) -> SecretStr:
     """A credentials block without its key would send a URL with no key: refused."""
     if not value.get_secret_value().strip():
@@ -44,6 +59,8 @@ def _non_empty(value: SecretStr) -> SecretStr:
 
 #: an optional base URL, checked when the block is saved or loaded
 BaseUrl = Annotated[str | None, AfterValidator(_http_url)]
+#: a URL that must be given
+RequiredUrl = Annotated[str, AfterValidator(_required_url)]
 #: a key that must not be empty
 Key = Annotated[SecretStr, AfterValidator(_non_empty)]
 
@@ -76,73 +93,81 @@ class ProviderCredentialsBlock(Block):
         return tuple(cls._fields.values())
 
 
-class AnthropicCredentials(ProviderCredentialsBlock):
-    """Claude for hooks: the API key and the base URL it is sent to (default Anthropic's)."""
-
-    _block_type_name = "Studio Anthropic Credentials"
-    url_variable: ClassVar[str] = "ANTHROPIC_BASE_URL"
-    default_url: ClassVar[str | None] = ANTHROPIC_DEFAULT_BASE_URL
-    _fields = {"base_url": "ANTHROPIC_BASE_URL", "api_key": "ANTHROPIC_API_KEY"}
-
-    api_key: Key = Field(description="ANTHROPIC_API_KEY; sent only to base_url")
-    base_url: BaseUrl = Field(
-        default=None, description=f"empty: {ANTHROPIC_DEFAULT_BASE_URL}"
-    )
+def _annotation(field: BlockField) -> Any:
+    if field.secret:
+        return Key if field.required else SecretStr | None
+    return RequiredUrl if field.required else BaseUrl
 
 
-class OpenAICredentials(ProviderCredentialsBlock):
-    """OpenAI moderation: the API key and the base URL it is sent to (default OpenAI's)."""
+def credentials_block(spec: CredentialsBlock) -> type[ProviderCredentialsBlock]:
+    """The block class `spec` describes, as its `class` statement would make it.
 
-    _block_type_name = "Studio OpenAI Credentials"
-    url_variable: ClassVar[str] = "OPENAI_BASE_URL"
-    default_url: ClassVar[str | None] = OPENAI_DEFAULT_BASE_URL
-    _fields = {"base_url": "OPENAI_BASE_URL", "api_key": "OPENAI_API_KEY"}
+    Made with `types.new_class` so the block type's name is in the class body when
+    Prefect registers the subclass (its dispatch key is read at class creation).
+    """
 
-    api_key: Key = Field(description="OPENAI_API_KEY; sent only to base_url")
-    base_url: BaseUrl = Field(default=None, description=f"empty: {OPENAI_DEFAULT_BASE_URL}")
+    def body(namespace: dict[str, Any]) -> None:
+        namespace.update(
+            __module__=__name__,
+            __qualname__=spec.class_name,
+            __doc__=spec.description,
+            __annotations__={f.name: _annotation(f) for f in spec.fields},
+            _block_type_name=spec.type_name,
+            url_variable=spec.url.variable,
+            default_url=spec.default_url,
+            _fields={f.name: f.variable for f in (spec.url, *spec.keys)},
+        )
+        for f in spec.fields:
+            default = {} if f.required else {"default": None}
+            namespace[f.name] = Field(**default, description=f.description)
 
-
-class ReplicateCredentials(ProviderCredentialsBlock):
-    """Replicate FLUX: the API token and the base URL it is sent to (default Replicate's)."""
-
-    _block_type_name = "Studio Replicate Credentials"
-    url_variable: ClassVar[str] = "REPLICATE_BASE_URL"
-    default_url: ClassVar[str | None] = REPLICATE_DEFAULT_BASE_URL
-    _fields = {"base_url": "REPLICATE_BASE_URL", "api_token": "REPLICATE_API_TOKEN"}
-
-    api_token: Key = Field(description="REPLICATE_API_TOKEN; sent only to base_url")
-    base_url: BaseUrl = Field(
-        default=None, description=f"empty: {REPLICATE_DEFAULT_BASE_URL}"
-    )
-
-
-class ModalCredentials(ProviderCredentialsBlock):
-    """Modal SDXL: the web endpoint and the proxy-auth token pair sent to it (and only to it)."""
-
-    _block_type_name = "Studio Modal Credentials"
-    url_variable: ClassVar[str] = "MODAL_SDXL_ENDPOINT"
-    _fields = {
-        "endpoint": "MODAL_SDXL_ENDPOINT",
-        "token_id": "MODAL_TOKEN_ID",
-        "token_secret": "MODAL_TOKEN_SECRET",
-    }
-
-    endpoint: str = Field(description="the deployed web endpoint's URL")
-    token_id: SecretStr | None = Field(default=None, description="proxy auth Modal-Key")
-    token_secret: SecretStr | None = Field(default=None, description="proxy auth Modal-Secret")
-
-    @field_validator("endpoint")
-    @classmethod
-    def _check_endpoint(cls, value: str) -> str:
-        checked = _http_url(value)
-        if checked is None:
-            raise ValueError("the endpoint URL is required")
-        return checked
+    made = types.new_class(spec.class_name, (ProviderCredentialsBlock,), exec_body=body)
+    return made  # type: ignore[return-value]
 
 
+ANTHROPIC = CredentialsBlock(
+    type_name="Studio Anthropic Credentials",
+    class_name="AnthropicCredentials",
+    description="Claude for hooks: the API key and the base URL it is sent to "
+    "(default Anthropic's).",
+    url=BlockField("base_url", "ANTHROPIC_BASE_URL", f"empty: {ANTHROPIC_DEFAULT_BASE_URL}"),
+    keys=(
+        BlockField(
+            "api_key", "ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY; sent only to base_url",
+            secret=True, required=True,
+        ),
+    ),
+    default_url=ANTHROPIC_DEFAULT_BASE_URL,
+    url_last=True,
+)
+OPENAI = CredentialsBlock(
+    type_name="Studio OpenAI Credentials",
+    class_name="OpenAICredentials",
+    description="OpenAI moderation: the API key and the base URL it is sent to "
+    "(default OpenAI's).",
+    url=BlockField("base_url", "OPENAI_BASE_URL", f"empty: {OPENAI_DEFAULT_BASE_URL}"),
+    keys=(
+        BlockField(
+            "api_key", "OPENAI_API_KEY", "OPENAI_API_KEY; sent only to base_url",
+            secret=True, required=True,
+        ),
+    ),
+    default_url=OPENAI_DEFAULT_BASE_URL,
+    url_last=True,
+)
+
+#: provider -> its credentials block: the hook and moderation providers, then each keyed
+#: image provider of the catalogue
 PROVIDER_CREDENTIAL_BLOCKS: dict[str, type[ProviderCredentialsBlock]] = {
-    "anthropic": AnthropicCredentials,
-    "openai": OpenAICredentials,
-    "replicate": ReplicateCredentials,
-    "modal": ModalCredentials,
+    "anthropic": credentials_block(ANTHROPIC),
+    "openai": credentials_block(OPENAI),
+    **{
+        entry.name: credentials_block(entry.credentials_block)
+        for entry in IMAGE_PROVIDERS
+        if entry.credentials_block is not None
+    },
 }
+
+# each block importable by its class name (AnthropicCredentials, ModalCredentials, ...)
+globals().update({block.__name__: block for block in PROVIDER_CREDENTIAL_BLOCKS.values()})
+__all__ += [block.__name__ for block in PROVIDER_CREDENTIAL_BLOCKS.values()]

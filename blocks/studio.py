@@ -6,10 +6,13 @@ How a saved block becomes configuration (which source wins, what is never mixed)
 
 from __future__ import annotations
 
-from typing import ClassVar
+import types
+from typing import Any, ClassVar
 
 from prefect.blocks.core import Block
 from pydantic import Field, SecretStr
+
+from studio.providers.catalogue import IMAGE_PROVIDERS
 
 DEFAULT_BLOCK_NAME = "default"
 
@@ -32,7 +35,24 @@ class _EnvironmentBlock(Block):
         return values
 
 
-class ProviderEndpoints(_EnvironmentBlock):
+#: the keyless image providers' endpoint fields (ComfyUI's), from the catalogue
+ENDPOINT_FIELDS = tuple(e.endpoint_field for e in IMAGE_PROVIDERS if e.endpoint_field)
+
+
+def _endpoint_fields(namespace: dict[str, Any]) -> None:
+    namespace["__module__"] = __name__
+    namespace["__annotations__"] = {f.name: str | None for f in ENDPOINT_FIELDS}
+    for f in ENDPOINT_FIELDS:
+        namespace[f.name] = Field(default=None, description=f.description)
+
+
+#: the block fields of the keyless providers' endpoints; first in `ProviderEndpoints`
+_KeylessEndpoints = types.new_class(
+    "_KeylessEndpoints", (_EnvironmentBlock,), exec_body=_endpoint_fields
+)
+
+
+class ProviderEndpoints(_KeylessEndpoints):  # type: ignore[misc,valid-type]
     """Where ComfyUI runs and the order the image providers are tried in.
 
     Its Modal, Replicate, Anthropic and OpenAI URL fields are no longer used (issue 15:
@@ -45,7 +65,7 @@ class ProviderEndpoints(_EnvironmentBlock):
 
     _block_type_name = "Studio Provider Endpoints"
     _env = {
-        "comfyui_endpoint": "COMFYUI_ENDPOINT",
+        **{f.name: f.variable for f in ENDPOINT_FIELDS},
         "provider_order": "LORA_INFERENCE_PROVIDER_ORDER",
     }
     #: field -> keyed provider whose credentials block now holds that URL (never exported)
@@ -55,7 +75,6 @@ class ProviderEndpoints(_EnvironmentBlock):
         "anthropic_base_url": "anthropic",
         "openai_base_url": "openai",
     }
-    comfyui_endpoint: str | None = Field(default=None, description="e.g. http://gpu-box:8188")
     modal_sdxl_endpoint: str | None = Field(
         default=None, description="ignored: use the Studio Modal Credentials block"
     )

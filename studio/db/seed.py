@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import Engine, insert
 
 from studio.db.models import Avatar, Batch, ContentPiece
+from studio.providers.catalogue import IMAGE_PROVIDERS
 from studio.storage.base import object_key
 
 NICHES = ("fitness", "lifestyle", "fashion", "travel", "food", "wellness")
@@ -35,7 +36,8 @@ STATUSES = (
     ("failed", "unchecked", 0.04),
     ("pending_review", "pending_review", 0.03),
 )
-PROVIDERS = (("comfyui", 0.0), ("modal", 0.0125), ("replicate", 0.003))
+#: (provider, USD per image), one picked at random per piece
+PROVIDERS = tuple((entry.name, entry.tuning.price_usd) for entry in IMAGE_PROVIDERS)
 BATCH_SIZE = 50
 FLAGSHIP_WEIGHT = 10  # the first avatar makes 10x the pieces of the others
 

@@ -1,11 +1,9 @@
 """The one price table: what each provider bills per call, with the source of each figure.
 
-Each entry: what, default, the variable that overrides it, and where the figure comes from.
-
-- image, ComfyUI: $0 (local GPU, free); COMFYUI_PRICE_USD; spec "ComfyUI (local, free)".
-- image, Modal SDXL LoRA: $0.01 per image; MODAL_PRICE_USD; spec "Modal ... $0.01/image".
-- image, Replicate FLUX LoRA: $0.03 per image; REPLICATE_PRICE_USD; spec "$0.01-0.05",
-  its cost table uses $0.03.
+- image: per image, declared with each provider (`ProviderEntry.tuning.price_usd` and
+  `.price_source` in the provider's module, listed in `studio/providers/catalogue.py`);
+  `<NAME>_PRICE_USD` overrides it (COMFYUI_PRICE_USD $0, MODAL_PRICE_USD $0.01,
+  REPLICATE_PRICE_USD $0.03 by default).
 - hook, Claude Haiku 4.5: $1.00 input, $5.00 output, $1.25 cache write (5 min), $0.10
   cache read per MTok; ANTHROPIC_PRICE_{INPUT,OUTPUT,CACHE_WRITE,CACHE_READ}_PER_MTOK;
   Anthropic's pricing page (cache write 1.25x, cache read 0.1x input).
@@ -15,11 +13,11 @@ Each entry: what, default, the variable that overrides it, and where the figure 
   spec's planning figure $0.001 per call (MODERATION_PRICE_PER_CALL_USD, "$0.05 of
   safety per 50 pieces") is kept beside it as `estimate_usd`, never summed as spent.
 
-Image prices are read from `ProviderSettings`, hook prices from `HookSettings` (their
-variables predate this table and stay where the code that bills them reads them); this
-module is the one place that says what a call costs. A hook call is priced from the
-usage the API reports (`studio.hooks.pricing.usage_cost`); before the call only an
-upper estimate is known, which is what a budget reserves. Moderation is recorded at $0
+Image prices are read from `ProviderSettings`, hook prices from `HookSettings` (each
+domain's settings read their own variables); this module is the one place that says
+what a call costs. A hook call is priced from the usage the API reports
+(`studio.hooks.pricing.usage_cost`); before the call only an upper estimate is known,
+which is what a budget reserves. Moderation is recorded at $0
 with the spec's figure kept apart as `estimate_usd`, so batch cost is what was billed.
 """
 
@@ -33,13 +31,12 @@ from typing import Any
 
 from studio.hooks.settings import HookSettings
 from studio.moderation.settings import ModerationSettings
-from studio.providers.settings import PROVIDER_NAMES, ProviderSettings
+from studio.providers.catalogue import IMAGE_PROVIDERS, PROVIDER_NAMES
+from studio.providers.settings import ProviderSettings
 
 #: the environment variable of every price, for messages naming what to fix
 PRICE_VARIABLES: tuple[str, ...] = (
-    "COMFYUI_PRICE_USD",
-    "MODAL_PRICE_USD",
-    "REPLICATE_PRICE_USD",
+    *(entry.variable("price_usd") for entry in IMAGE_PROVIDERS),
     "ANTHROPIC_PRICE_INPUT_PER_MTOK",
     "ANTHROPIC_PRICE_OUTPUT_PER_MTOK",
     "ANTHROPIC_PRICE_CACHE_WRITE_PER_MTOK",

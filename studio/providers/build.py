@@ -1,13 +1,13 @@
-"""Assemble the provider chain from `ProviderSettings`.
+"""Assemble the provider chain from `ProviderSettings` and the catalogue.
 
 The order comes from LORA_INFERENCE_PROVIDER_ORDER when set, else from
-PROVIDER_STRATEGY (spec: "Provider Chain Tuning"); providers that are not configured
-are left out. With COMFYUI_FALLBACK_ON_ERROR=false a ComfyUI failure is final. Under
-cost-optimized the free provider is tried 1 + COST_OPTIMIZED_FREE_RETRIES times before a
-billed one.
-`fallback` (the offline preview) is used only when no real provider is configured.
-The Replicate provider (and with it the `replicate` SDK, ~0.2 s to import) is imported
-only when it is built, so a chain without Replicate never pays for it.
+PROVIDER_STRATEGY (spec: "Provider Chain Tuning") applied to the catalogue's entries;
+providers that are not configured are left out. A first provider whose entry says it
+does not fall back (ComfyUI with COMFYUI_FALLBACK_ON_ERROR=false) is alone. Under
+cost-optimized a free provider is tried 1 + COST_OPTIMIZED_FREE_RETRIES times before a
+billed one. The offline preview is used only when no real provider is configured.
+Each entry builds its own provider, so an SDK (Replicate's, ~0.2 s to import) is
+imported only when its provider is built.
 """
 
 from __future__ import annotations
@@ -16,65 +16,44 @@ from studio.breaker import CircuitBreaker
 from studio.ledger.jobs import ImageCallLedger
 from studio.ledger.pricing import PriceTable
 from studio.providers.base import ImageProvider
+from studio.providers.catalogue import IMAGE_PROVIDERS, PROVIDER_NAMES, provider_entry
 from studio.providers.chain import ProviderChain, ProviderPolicy
-from studio.providers.comfyui import ComfyUIProvider
-from studio.providers.modal_endpoint import ModalSDXLProvider
-from studio.providers.settings import PROVIDER_NAMES, ProviderSettings, ProviderStrategy
+from studio.providers.preview import PreviewRenderer
+from studio.providers.settings import ProviderSettings, ProviderStrategy
 from studio.providers.slots import SlotFactory
 
-DEFAULT_ORDER: tuple[str, ...] = ("comfyui", "modal", "replicate")
+#: the stand-in every chain without a configured provider uses (one per process, so
+#: what it rendered can be counted)
+PREVIEW = PreviewRenderer()
+
+
+def strategy_order(settings: ProviderSettings) -> list[str]:
+    """Every provider, in the order PROVIDER_STRATEGY gives (configured or not)."""
+    if settings.strategy is ProviderStrategy.QUALITY:
+        return [e.name for e in sorted(IMAGE_PROVIDERS, key=lambda e: e.quality_rank)]
+    if settings.strategy is ProviderStrategy.COST:
+        own = [e.name for e in IMAGE_PROVIDERS if e.own_hardware]
+        paid = [e.name for e in IMAGE_PROVIDERS if not e.own_hardware]
+        return [*own, *sorted(paid, key=settings.price_usd)]
+    return list(PROVIDER_NAMES)
 
 
 def provider_order(settings: ProviderSettings) -> list[str]:
     """The configured providers in the order the chain tries them."""
     if settings.provider_order:
         order = list(dict.fromkeys(settings.provider_order))
-    elif settings.strategy is ProviderStrategy.QUALITY:
-        order = ["modal", "replicate", "comfyui"]
-    elif settings.strategy is ProviderStrategy.COST:
-        paid = sorted(("modal", "replicate"), key=settings.price_usd)
-        order = ["comfyui", *paid]
     else:
-        order = list(DEFAULT_ORDER)
+        order = strategy_order(settings)
     order = [name for name in order if settings.configured(name)]
-    if order and order[0] == "comfyui" and not settings.comfyui_fallback_on_error:
-        order = ["comfyui"]
+    if order and not provider_entry(order[0]).falls_back(settings):
+        order = order[:1]
     return order
 
 
 def build_provider(name: str, settings: ProviderSettings) -> ImageProvider:
-    if name == "comfyui":
-        return ComfyUIProvider(
-            settings.comfyui_endpoint,
-            price_usd=settings.price_usd(name),
-            checkpoint=settings.comfyui_checkpoint,
-            poll_interval=settings.comfyui_poll_interval,
-        )
-    if name == "modal":
-        assert settings.modal_sdxl_endpoint
-        return ModalSDXLProvider(
-            settings.modal_sdxl_endpoint,
-            token_id=_plain(settings.modal_token_id),
-            token_secret=_plain(settings.modal_token_secret),
-            price_usd=settings.price_usd(name),
-            timeout=settings.timeout(name),
-        )
-    if name == "replicate":
-        token = _plain(settings.replicate_api_token)
-        assert token
-        from studio.providers.replicate_flux import ReplicateFluxProvider
-
-        return ReplicateFluxProvider(
-            token,
-            base_url=settings.replicate_base_url,
-            model=settings.replicate_model,
-            lora_input=settings.replicate_lora_input,
-            price_usd=settings.price_usd(name),
-            poll_interval=settings.replicate_poll_interval,
-            throttle_retries=settings.replicate_throttle_retries,
-            wait_seconds=int(min(60, settings.timeout(name))),
-        )
-    raise ValueError(f"unknown provider {name!r}")
+    if name not in PROVIDER_NAMES:
+        raise ValueError(f"unknown provider {name!r}")
+    return provider_entry(name).build(settings, settings.tuning(name))
 
 
 def max_attempts(settings: ProviderSettings, name: str) -> int:
@@ -132,5 +111,33 @@ def build_provider_chain(
     )
 
 
-def _plain(secret: object) -> str | None:
-    return secret.get_secret_value() if secret is not None else None  # type: ignore[attr-defined]
+def build_image_chain(
+    settings: ProviderSettings | None = None,
+    *,
+    slot: SlotFactory | None = None,
+    ledger: ImageCallLedger | None = None,
+) -> ProviderChain:
+    """The batch's chain: the configured providers, or the offline preview when none is."""
+    return build_provider_chain(
+        settings or ProviderSettings(), slot=slot, fallback=PREVIEW, ledger=ledger
+    )
+
+
+def provider_availability(settings: ProviderSettings | None = None) -> dict[str, dict[str, object]]:
+    """Which image providers are configured, their place in the chain, cap and price."""
+    s = settings or ProviderSettings()
+    order = provider_order(s)
+    report: dict[str, dict[str, object]] = {
+        name: {
+            "available": name in order,
+            "configured": s.configured(name),
+            "position": order.index(name) + 1 if name in order else None,
+            "max_concurrent": s.max_concurrent(name),
+            "price_usd": s.price_usd(name),
+            "stand_in": False,
+        }
+        for name in PROVIDER_NAMES
+    }
+    report["preview"] = {"available": not order, "stand_in": True}
+    report["strategy"] = {"name": s.strategy.value, "order": order or ["preview"]}
+    return report

@@ -32,9 +32,12 @@ from urllib.parse import urlparse
 
 import httpx
 import websockets
+from pydantic import Field
+from pydantic_settings import BaseSettings
 from websockets.exceptions import WebSocketException
 
 from studio.providers.base import BilledJob, NoJobTracking, ProviderError, ProviderImage
+from studio.providers.entry import BlockField, ProviderEntry, Tuning
 from studio.providers.shapes import UnexpectedShape
 from studio.types import AvatarRef, PieceSpec
 
@@ -356,3 +359,42 @@ def _execution_error(status: dict[str, Any]) -> str:
         if message[0] == "execution_interrupted":
             return f"{info.get('node_type', '?')}: interrupted"
     return "unknown"
+
+
+class ComfyUISettings(BaseSettings):
+    """ComfyUI's variables (spec: "ComfyUI (local, free, fast, flaky)")."""
+
+    comfyui_enabled: bool = Field(False, validation_alias="COMFYUI_ENABLED")
+    comfyui_endpoint: str = Field("http://localhost:8188", validation_alias="COMFYUI_ENDPOINT")
+    comfyui_fallback_on_error: bool = Field(True, validation_alias="COMFYUI_FALLBACK_ON_ERROR")
+    comfyui_checkpoint: str = Field(
+        "sd_xl_base_1.0.safetensors", validation_alias="COMFYUI_CHECKPOINT"
+    )
+    comfyui_poll_interval: float = Field(0.2, validation_alias="COMFYUI_POLL_INTERVAL")
+
+
+def _build(settings: ComfyUISettings, tuning: Tuning) -> ComfyUIProvider:
+    return ComfyUIProvider(
+        settings.comfyui_endpoint,
+        price_usd=tuning.price_usd,
+        checkpoint=settings.comfyui_checkpoint,
+        poll_interval=settings.comfyui_poll_interval,
+    )
+
+
+ENTRY = ProviderEntry(
+    name="comfyui",
+    settings=ComfyUISettings,
+    tuning=Tuning(
+        max_concurrent=10, max_attempts=1, backoff_factor=1.0, timeout=30.0, price_usd=0.0
+    ),
+    price_source='spec "ComfyUI (local, free)": the studio\'s own GPU',
+    configured=lambda settings: settings.comfyui_enabled,
+    build=_build,
+    quality_rank=2,
+    own_hardware=True,
+    falls_back=lambda settings: settings.comfyui_fallback_on_error,
+    endpoint_field=BlockField(
+        "comfyui_endpoint", "COMFYUI_ENDPOINT", description="e.g. http://gpu-box:8188"
+    ),
+)

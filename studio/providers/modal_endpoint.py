@@ -26,9 +26,12 @@ import logging
 from urllib.parse import parse_qs, urlparse
 
 import httpx
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings
 
 from studio.providers.base import BilledJob, NoJobTracking, ProviderError, ProviderImage
 from studio.providers.comfyui import NEGATIVE_PROMPT, seed_for
+from studio.providers.entry import BlockField, CredentialsBlock, ProviderEntry, Tuning
 from studio.providers.same_origin import ForeignOrigin, origin_of, pin_origin
 from studio.providers.shapes import UnexpectedShape, sniff_image
 from studio.types import AvatarRef, PieceSpec
@@ -204,3 +207,55 @@ class ModalSDXLProvider:
 def _from_front_door(response: httpx.Response) -> bool:
     """Modal's HTTP proxy prefixes its own errors `modal-http:`; those ran no function."""
     return response.text.lstrip().startswith("modal-http:")
+
+
+class ModalSettings(BaseSettings):
+    """The Modal SDXL LoRA web endpoint and its proxy-auth token pair."""
+
+    modal_sdxl_endpoint: str | None = Field(None, validation_alias="MODAL_SDXL_ENDPOINT")
+    modal_token_id: SecretStr | None = Field(None, validation_alias="MODAL_TOKEN_ID")
+    modal_token_secret: SecretStr | None = Field(None, validation_alias="MODAL_TOKEN_SECRET")
+
+
+def _plain(secret: SecretStr | None) -> str | None:
+    return secret.get_secret_value() if secret is not None else None
+
+
+def _build(settings: ModalSettings, tuning: Tuning) -> ModalSDXLProvider:
+    assert settings.modal_sdxl_endpoint
+    return ModalSDXLProvider(
+        settings.modal_sdxl_endpoint,
+        token_id=_plain(settings.modal_token_id),
+        token_secret=_plain(settings.modal_token_secret),
+        price_usd=tuning.price_usd,
+        timeout=tuning.timeout,
+    )
+
+
+ENTRY = ProviderEntry(
+    name="modal",
+    settings=ModalSettings,
+    tuning=Tuning(
+        max_concurrent=3, max_attempts=3, backoff_factor=1.5, timeout=300.0, price_usd=0.01
+    ),
+    price_source='spec "Modal ... $0.01/image"',
+    configured=lambda settings: bool(settings.modal_sdxl_endpoint),
+    build=_build,
+    secret_fields=("modal_token_id", "modal_token_secret"),
+    quality_rank=0,
+    credentials_block=CredentialsBlock(
+        type_name="Studio Modal Credentials",
+        class_name="ModalCredentials",
+        description="Modal SDXL: the web endpoint and the proxy-auth token pair sent to it "
+        "(and only to it).",
+        url=BlockField(
+            "endpoint", "MODAL_SDXL_ENDPOINT", "the deployed web endpoint's URL", required=True
+        ),
+        keys=(
+            BlockField("token_id", "MODAL_TOKEN_ID", "proxy auth Modal-Key", secret=True),
+            BlockField(
+                "token_secret", "MODAL_TOKEN_SECRET", "proxy auth Modal-Secret", secret=True
+            ),
+        ),
+    ),
+)

@@ -1,20 +1,28 @@
 """Image-provider configuration from the spec's environment variables.
 
 Every number the spec gives for the provider chain (concurrency caps, retries and
-backoff, timeouts, the circuit breaker, prices) lives here with the spec's value as
-default and an environment variable to override it, so an operator tunes the chain
-without touching code and a test or benchmark points it at emulators.
+backoff, timeouts, the circuit breaker, prices) has the spec's value as default and an
+environment variable to override it, so an operator tunes the chain without touching
+code and a test or benchmark points it at emulators. Each provider's own variables and
+defaults are declared with the provider (its `ProviderEntry`, listed in
+`studio/providers/catalogue.py`); this module adds those to the chain's own variables.
 """
 
 from __future__ import annotations
 
+from dataclasses import fields
 from enum import StrEnum
-from typing import Annotated
+from typing import Annotated, Any
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, create_model, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
-PROVIDER_NAMES: tuple[str, ...] = ("comfyui", "modal", "replicate")
+from studio.providers.catalogue import IMAGE_PROVIDERS, PROVIDER_NAMES, provider_entry
+from studio.providers.entry import ProviderEntry, Tuning
+
+__all__ = ["PROVIDER_NAMES", "ProviderSettings", "ProviderStrategy"]
+
+TUNING_KNOBS: tuple[str, ...] = tuple(knob.name for knob in fields(Tuning))
 
 
 class ProviderStrategy(StrEnum):
@@ -29,40 +37,39 @@ class ProviderStrategy(StrEnum):
     COST = "cost-optimized"
 
 
-class ProviderSettings(BaseSettings):
+def _tuning_fields(entry: ProviderEntry) -> dict[str, Any]:
+    """The `<name>_<knob>` fields of one provider, its `Tuning` as defaults."""
+    t = entry.tuning
+
+    def knob(name: str, kind: type, default: object, **limits: Any) -> tuple[str, Any]:
+        alias = entry.variable(name)
+        return entry.field_name(name), (kind, Field(default, validation_alias=alias, **limits))
+
+    return dict(
+        (
+            knob("max_concurrent", int, t.max_concurrent, ge=1),
+            knob("max_attempts", int, t.max_attempts, ge=1),
+            knob("backoff_factor", float, t.backoff_factor),
+            knob("timeout", float, t.timeout, gt=0),
+            knob("price_usd", float, t.price_usd, ge=0, allow_inf_nan=False),
+        )
+    )
+
+
+#: every provider's own settings and tuning knobs, as one model the chain's settings extend
+_ProviderFields: type[BaseSettings] = create_model(  # type: ignore[call-overload]
+    "_ProviderFields",
+    __base__=tuple(entry.settings for entry in IMAGE_PROVIDERS),
+    **{name: spec for entry in IMAGE_PROVIDERS for name, spec in _tuning_fields(entry).items()},
+)
+
+
+class ProviderSettings(_ProviderFields):  # type: ignore[misc,valid-type]
     """Endpoints, credentials and the chain's tuning; secrets are `SecretStr`."""
 
     model_config = SettingsConfigDict(
         env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
     )
-
-    # --- ComfyUI (local, free, fast, flaky) ---
-    comfyui_enabled: bool = Field(False, validation_alias="COMFYUI_ENABLED")
-    comfyui_endpoint: str = Field("http://localhost:8188", validation_alias="COMFYUI_ENDPOINT")
-    comfyui_fallback_on_error: bool = Field(True, validation_alias="COMFYUI_FALLBACK_ON_ERROR")
-    comfyui_checkpoint: str = Field(
-        "sd_xl_base_1.0.safetensors", validation_alias="COMFYUI_CHECKPOINT"
-    )
-    comfyui_poll_interval: float = Field(0.2, validation_alias="COMFYUI_POLL_INTERVAL")
-
-    # --- Modal SDXL LoRA web endpoint ---
-    modal_sdxl_endpoint: str | None = Field(None, validation_alias="MODAL_SDXL_ENDPOINT")
-    modal_token_id: SecretStr | None = Field(None, validation_alias="MODAL_TOKEN_ID")
-    modal_token_secret: SecretStr | None = Field(None, validation_alias="MODAL_TOKEN_SECRET")
-
-    # --- Replicate FLUX LoRA ---
-    replicate_api_token: SecretStr | None = Field(None, validation_alias="REPLICATE_API_TOKEN")
-    replicate_base_url: str = Field(
-        "https://api.replicate.com", validation_alias="REPLICATE_BASE_URL"
-    )
-    replicate_model: str = Field(
-        "black-forest-labs/flux-dev-lora", validation_alias="REPLICATE_MODEL"
-    )
-    #: name of the model input that takes the LoRA weights URL
-    replicate_lora_input: str = Field("lora_weights", validation_alias="REPLICATE_LORA_INPUT")
-    replicate_poll_interval: float = Field(0.5, validation_alias="REPLICATE_POLL_INTERVAL")
-    #: how many 429s on create are waited out (per attempt), honouring Retry-After
-    replicate_throttle_retries: int = Field(5, validation_alias="REPLICATE_THROTTLE_RETRIES")
 
     # --- the chain ---
     provider_order: Annotated[list[str], NoDecode] = Field(
@@ -72,29 +79,12 @@ class ProviderSettings(BaseSettings):
         ProviderStrategy.DEFAULT, validation_alias="PROVIDER_STRATEGY"
     )
 
-    # concurrency caps, global across processes (spec: MAX_CONCURRENT)
-    comfyui_max_concurrent: int = Field(10, ge=1, validation_alias="COMFYUI_MAX_CONCURRENT")
-    modal_max_concurrent: int = Field(3, ge=1, validation_alias="MODAL_MAX_CONCURRENT")
-    replicate_max_concurrent: int = Field(5, ge=1, validation_alias="REPLICATE_MAX_CONCURRENT")
-
     # how the global caps are held (see engine/provider_slots.py)
     slot_poll_seconds: float = Field(0.2, gt=0, validation_alias="PROVIDER_SLOT_POLL_SECONDS")
     slot_linger_seconds: float = Field(1.0, ge=0, validation_alias="PROVIDER_SLOT_LINGER_SECONDS")
 
-    # retries (spec: RETRY_CONFIG); max_attempts counts the first try
-    comfyui_max_attempts: int = Field(1, ge=1, validation_alias="COMFYUI_MAX_ATTEMPTS")
-    modal_max_attempts: int = Field(3, ge=1, validation_alias="MODAL_MAX_ATTEMPTS")
-    replicate_max_attempts: int = Field(2, ge=1, validation_alias="REPLICATE_MAX_ATTEMPTS")
-    comfyui_backoff_factor: float = Field(1.0, validation_alias="COMFYUI_BACKOFF_FACTOR")
-    modal_backoff_factor: float = Field(1.5, validation_alias="MODAL_BACKOFF_FACTOR")
-    replicate_backoff_factor: float = Field(2.0, validation_alias="REPLICATE_BACKOFF_FACTOR")
     #: seconds the backoff factor is applied to: wait n = unit * factor**n (1.5 s, 2.25 s...)
     backoff_unit_seconds: float = Field(1.0, ge=0, validation_alias="PROVIDER_BACKOFF_UNIT")
-
-    # per-attempt timeouts in seconds
-    comfyui_timeout: float = Field(30.0, gt=0, validation_alias="COMFYUI_TIMEOUT")
-    modal_timeout: float = Field(300.0, gt=0, validation_alias="MODAL_TIMEOUT")
-    replicate_timeout: float = Field(60.0, gt=0, validation_alias="REPLICATE_TIMEOUT")
 
     # circuit breaker (spec: 5 failures, 60 s)
     breaker_failure_threshold: int = Field(
@@ -102,18 +92,6 @@ class ProviderSettings(BaseSettings):
     )
     breaker_recovery_seconds: float = Field(
         60.0, ge=0, validation_alias="PROVIDER_BREAKER_RECOVERY_SECONDS"
-    )
-
-    # prices per image in USD (spec: ComfyUI free, Modal $0.01, Replicate $0.01-0.05);
-    # the price table with the source of each figure is studio/ledger/pricing.py
-    comfyui_price_usd: float = Field(
-        0.0, ge=0, allow_inf_nan=False, validation_alias="COMFYUI_PRICE_USD"
-    )
-    modal_price_usd: float = Field(
-        0.01, ge=0, allow_inf_nan=False, validation_alias="MODAL_PRICE_USD"
-    )
-    replicate_price_usd: float = Field(
-        0.03, ge=0, allow_inf_nan=False, validation_alias="REPLICATE_PRICE_USD"
     )
 
     #: PROVIDER_STRATEGY=cost-optimized: how many more times the free provider (ComfyUI)
@@ -143,32 +121,33 @@ class ProviderSettings(BaseSettings):
 
     # --- derived views used by the chain and the limits command ---
 
+    def tuning(self, provider: str) -> Tuning:
+        """`provider`'s knobs as configured (its variables, else its entry's defaults)."""
+        entry = provider_entry(provider)
+        return Tuning(**{knob: getattr(self, entry.field_name(knob)) for knob in TUNING_KNOBS})
+
     def max_concurrent(self, provider: str) -> int:
-        return int(getattr(self, f"{provider}_max_concurrent"))
+        return self.tuning(provider).max_concurrent
 
     def max_attempts(self, provider: str) -> int:
-        return int(getattr(self, f"{provider}_max_attempts"))
+        return self.tuning(provider).max_attempts
 
     def backoff_factor(self, provider: str) -> float:
-        return float(getattr(self, f"{provider}_backoff_factor"))
+        return self.tuning(provider).backoff_factor
 
     def timeout(self, provider: str) -> float:
-        return float(getattr(self, f"{provider}_timeout"))
+        return self.tuning(provider).timeout
 
     def price_usd(self, provider: str) -> float:
-        return float(getattr(self, f"{provider}_price_usd"))
+        return self.tuning(provider).price_usd
 
     def configured(self, provider: str) -> bool:
         """True when the provider has what it needs to make a real image."""
-        if provider == "comfyui":
-            return self.comfyui_enabled
-        if provider == "modal":
-            return bool(self.modal_sdxl_endpoint)
-        if provider == "replicate":
-            return self.replicate_api_token is not None
-        return False
+        return provider in PROVIDER_NAMES and bool(provider_entry(provider).configured(self))
 
     def secret_values(self) -> list[str]:
         """Every configured secret's plain value, for redaction of messages."""
-        secrets = (self.modal_token_id, self.modal_token_secret, self.replicate_api_token)
+        secrets = [
+            getattr(self, name) for entry in IMAGE_PROVIDERS for name in entry.secret_fields
+        ]
         return [s.get_secret_value() for s in secrets if s is not None and s.get_secret_value()]
