@@ -276,7 +276,7 @@ async def health_report_async(
     from studio.db.schema_check import schema_problem
     from studio.hooks.registry import hook_writer_status
     from studio.moderation.registry import moderator_status
-    from studio.providers.registry import provider_availability
+    from studio.providers.build import provider_availability
     from studio.storage.registry import storage_status
 
     s = settings or get_settings()

@@ -21,7 +21,7 @@ apply_prefect_defaults()
 
 async def chain(batch_id: str, pieces: int) -> None:
     from studio.ledger.jobs import ImageCallLedger
-    from studio.providers.registry import build_image_chain
+    from studio.providers.build import build_image_chain
     from tests.ledger.conftest import AVATAR, piece
 
     images = build_image_chain(ledger=ImageCallLedger())
