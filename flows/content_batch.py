@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 import uuid
 from typing import Annotated, Any
 
@@ -27,6 +26,7 @@ from flows.hook_step import write_batch_hooks
 from flows.image_chunk import image_chunk, staggered_starts
 from flows.image_progress import tracked_images
 from flows.stand_in_policy import run_stand_in_policy
+from flows.step_runner import BatchSteps, chunked
 from studio import batchlog, progress
 from studio.batch_verdict import failure_summary
 from studio.catalog import template_library
@@ -60,7 +60,7 @@ from studio.request import (
     parse_tier_distribution,
 )
 from studio.settings import get_settings
-from studio.stand_ins import hold_stand_ins
+from studio.stand_ins import StandInPolicy, hold_stand_ins
 from studio.types import (
     AvatarRef,
     BatchResult,
@@ -82,7 +82,6 @@ from tasks.progress import (
     finished_batch,
     load_batch_progress,
     record_plan,
-    record_progress,
     resumable_batch_request,
 )
 from tasks.provider_tags import moderation_tags, storage_tags
@@ -98,10 +97,6 @@ log = logging.getLogger("studio.batch")
 
 class BatchBelowMinimum(Exception):
     """Fewer pieces than `min_success_ratio` came out; what was made is saved."""
-
-
-def chunked(items: list[Any], size: int) -> list[list[Any]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 # the operator-facing parameters besides studio/request.py's shared ones; the last three
@@ -317,67 +312,118 @@ async def _make_batch(
             resume_batch_id=resume_batch_id,
         )
     except BatchRequestError as exc:
-        return _refused(BatchRefusal(field=exc.field, message=exc.message))  # type: ignore[return-value]
+        return _refused(BatchRefusal(field=exc.field, message=exc.message))
     if resume_batch_id:
         batch_id = resume_batch_id
     batch_id = batch_id or flow_run.get_id() or str(uuid.uuid4())
     # another avatar's batch id is refused here, before anything is read or spent
     checked = validate_batch(request, batch_id)
     if isinstance(checked, BatchRefusal):
-        return _refused(checked)  # type: ignore[return-value]
-    stand_in_policy = run_stand_in_policy()  # real content expected here? (studio/stand_ins.py)
-    if stand_in_policy.refusal():
-        refusal = BatchRefusal(field="providers", message=stand_in_policy.refusal() or "")
-        return _refused(refusal)  # type: ignore[return-value]
-    validated = checked
-    avatar = validated.avatar
-    started = time.perf_counter()
-    steps: dict[str, float] = {}
-    log.info(batchlog.batch_start(avatar.id, request.num_pieces, request.platform))
-    progress.start("batch steps", 7)
-
-    # 1: templates
-    t0 = time.perf_counter()
+        return _refused(checked)
     done = load_batch_progress(batch_id)  # resume: what an earlier run of this batch finished
+    stand_in_policy = run_stand_in_policy()  # real content expected here? (studio/stand_ins.py)
     if done is not None:  # a batch with real images is never finished with previews
         stand_in_policy = stand_in_policy.resuming(done.images.values())
-        if stand_in_policy.refusal():
-            refusal = BatchRefusal(field="providers", message=stand_in_policy.refusal() or "")
-            return _refused(refusal)  # type: ignore[return-value]
-    specs = done.specs if done else select_templates(request, avatar, batch_id)
-    register_batch(batch_id, avatar.id, request.model_dump(mode="json"), len(specs))
-    if resume_batch_id and flow_run.get_id():
-        record_resume(batch_id, flow_run.get_id(), list(flow_run.get_tags()))
-    if done is None:
-        record_plan(avatar.id, batch_id, specs)
-        done = BatchProgress(batch_id=batch_id)
-    else:
-        log.info("Resuming batch %s | Progress: %s", batch_id, done.counts())
-        await settle_dead_runs(batch_id)  # dead runs' open ledger rows (studio/ledger/dead_runs.py)
-    steps["template_selection"] = time.perf_counter() - t0
-    progress.advance("batch steps")
-    log.info(batchlog.step_line(1, f"Selected: {len(specs)}", steps["template_selection"]))
+    if refusal := stand_in_policy.refusal():
+        return _refused(BatchRefusal(field="providers", message=refusal))
+    avatar = checked.avatar
+    log.info(batchlog.batch_start(avatar.id, request.num_pieces, request.platform))
+    steps = BatchSteps()
+
+    with steps.step(1) as step:  # templates: this batch's plan, or the earlier run's
+        specs = done.specs if done else select_templates(request, avatar, batch_id)
+        done = await _begin(batch_id, avatar.id, request, specs, done, bool(resume_batch_id))
+        step.says(f"Selected: {len(specs)}")
 
     # screen before spending: a rejected prompt never reaches an image provider
     blocked = await screen_before_generation(specs, done)
 
-    # 2: images, in concurrent chunk subflows
-    t0 = time.perf_counter()
-    todo = [s for s in specs if not done.image_done(s.piece_id) and s.piece_id not in blocked]
-    images, failures = await _generate_images(todo, avatar, settings.image_chunk_size)
-    record_progress("generated", list(images.values()))
-    images = {**{p: i for p, i in done.images.items() if done.image_done(p)}, **images}
-    steps["image_generation"] = time.perf_counter() - t0
-    progress.advance("batch steps")
-    avg = steps["image_generation"] / max(len(images), 1)
-    log.info(
-        batchlog.step_line(
-            2,
-            f"Generated: {len(images)}",
-            steps["image_generation"],
-            f"Avg per image: {avg:.2f}s",
+    with steps.step(2) as step:  # images, in concurrent chunk subflows
+        todo = step.left([s for s in specs if s.piece_id not in blocked], _reusable(done))
+        new_images, failures = await _generate_images(todo, avatar, settings.image_chunk_size)
+        images = step.record("generated", new_images)
+        per_image = max(len(images), 1)
+        step.says(f"Generated: {len(images)}", lambda s: f"Avg per image: {s / per_image:.2f}s")
+    _log_image_problems(images, failures)
+    made = [spec for spec in specs if spec.piece_id in images]
+
+    with steps.step(3) as step:  # hooks
+        todo = step.left(made, done.hooks)
+        write = request.include_hooks and todo  # a message batch may use the time left
+        hooks = (
+            await write_batch_hooks(todo, avatar, request, steps.elapsed())
+            if write
+            else HookBatch()
         )
+        hooks.hooks = step.record("captioned", hooks.hooks)
+        written = sum(1 for spec in made if spec.piece_id in hooks.hooks)
+        step.says(f"Generated: {written}/{len(made)}")
+
+    with steps.step(4) as step:  # safety
+        todo = step.left(made, {**done.verdicts, **blocked})
+        screened = {p: v for p, v in blocked.items() if p not in done.verdicts}  # this run's
+        safety = await _check_safety(todo, hooks.hooks, images, request.safety_check, screened)
+        _hold_for_review(safety.verdicts, images, hooks.hooks, settings, stand_in_policy)
+        safety.verdicts = step.record("checked", safety.verdicts)
+        passed = [s for s in made if safety.verdicts[s.piece_id].status in PUBLISHABLE]
+        rejected = [s for s in made if safety.verdicts[s.piece_id].status == "rejected"]
+        step.says(f"Passed: {len(passed)}, Rejected: {len(rejected)}")
+
+    with steps.step(5) as step:  # upload
+        kept = {s.piece_id: done.stored[s.piece_id] for s in passed if s.piece_id in done.stored}
+        todo = step.left(passed, kept)
+        new_stored = await _upload(todo, avatar, images, safety.verdicts, request.upload_to_storage)
+        stored = step.record("stored", new_stored)
+        store_name = next(iter(stored.values())).backend if stored else "none"
+        step.says(f"Uploaded: {len(stored)}/{len(specs)} to {store_name}")
+
+    with steps.step(6) as step:  # save
+        outcomes = piece_outcomes(specs, images, failures, hooks.hooks, safety.verdicts, stored)
+        stand_ins = stand_in_marks(images, hooks.hooks, safety.verdicts, stored)
+        rows = [
+            piece_row(o, spec, avatar, batch_id, stand_ins)
+            for o, spec in zip(outcomes, specs, strict=True)
+        ]
+        step.says(f"Saved: {save_pieces(rows)}")
+
+    with steps.step(7) as step:  # statistics
+        stats = calculate_statistics(avatar.id)
+        step.says("", f"Avatar pieces: {stats['total_pieces']}")
+
+    result = build_result(
+        batch_id, avatar, request, outcomes, steps.seconds, steps.started, hooks, safety, stand_ins
     )
+    return await _finish(result, settings, hooks, images)
+
+
+async def _begin(
+    batch_id: str,
+    avatar_id: str,
+    request: BatchRequest,
+    specs: list[PieceSpec],
+    done: BatchProgress | None,
+    resumed: bool,
+) -> BatchProgress:
+    """Register the batch and its plan, or take up an earlier run's; what is finished."""
+    register_batch(batch_id, avatar_id, request.model_dump(mode="json"), len(specs))
+    if resumed and flow_run.get_id():
+        record_resume(batch_id, flow_run.get_id(), list(flow_run.get_tags()))
+    if done is None:
+        record_plan(avatar_id, batch_id, specs)
+        return BatchProgress(batch_id=batch_id)
+    log.info("Resuming batch %s | Progress: %s", batch_id, done.counts())
+    await settle_dead_runs(batch_id)  # dead runs' open ledger rows (studio/ledger/dead_runs.py)
+    return done
+
+
+def _reusable(done: BatchProgress) -> dict[str, GeneratedImage]:
+    """The images an earlier run made that this one can use as they are."""
+    return {p: image for p, image in done.images.items() if done.image_done(p)}
+
+
+def _log_image_problems(
+    images: dict[str, GeneratedImage], failures: dict[str, ImageFailure]
+) -> None:
     degraded = sum(1 for image in images.values() if image.degraded)
     if degraded:
         log.warning(
@@ -389,88 +435,32 @@ async def _make_batch(
             "Image generation failed | Piece: %s | Reason: %s", failure.piece_id, failure.reason
         )
 
-    made = [spec for spec in specs if spec.piece_id in images]
 
-    # 3: hooks
-    t0 = time.perf_counter()
-    todo = [spec for spec in made if spec.piece_id not in done.hooks]
-    write = request.include_hooks and todo
-    elapsed = time.perf_counter() - started  # a message batch may use what the batch has left
-    hooks = await write_batch_hooks(todo, avatar, request, elapsed) if write else HookBatch()
-    record_progress("captioned", list(hooks.hooks.values()))
-    hooks.hooks = {**done.hooks, **hooks.hooks}
-    steps["hook_generation"] = time.perf_counter() - t0
-    progress.advance("batch steps")
-    written = sum(1 for spec in made if spec.piece_id in hooks.hooks)
-    log.info(batchlog.step_line(3, f"Generated: {written}/{len(made)}", steps["hook_generation"]))
-
-    # 4: safety
-    t0 = time.perf_counter()
-    todo = [spec for spec in made if spec.piece_id not in done.verdicts]
-    screened = {p: v for p, v in blocked.items() if p not in done.verdicts}  # this run's
-    safety = await _check_safety(todo, hooks.hooks, images, request.safety_check, screened)
-    held = hold_degraded(images, safety.verdicts, settings.publish_degraded)
-    safety.verdicts.update(held)  # a cached image is not new: held for review by default
-    # a stand-in where real content is expected: held, never published (issue 16)
-    safety.verdicts.update(hold_stand_ins(stand_in_policy, images, hooks.hooks, safety.verdicts))
+def _hold_for_review(
+    verdicts: dict[str, SafetyVerdict],
+    images: dict[str, GeneratedImage],
+    hooks: dict[str, Hook],
+    settings: Any,
+    stand_in_policy: StandInPolicy,
+) -> None:
+    """Hold what must not be published unseen: a cached image is not new (held by
+    default), and a stand-in where real content is expected is never published."""
+    held = hold_degraded(images, verdicts, settings.publish_degraded)
+    verdicts.update(held)
+    verdicts.update(hold_stand_ins(stand_in_policy, images, hooks, verdicts))
     if held:
         log.warning("Degraded pieces held for review | Count: %d | PUBLISH_DEGRADED=false",
                     len(held))
-    record_progress("checked", list(safety.verdicts.values()))
-    safety.verdicts = {**done.verdicts, **blocked, **safety.verdicts}
-    steps["safety_check"] = time.perf_counter() - t0
-    progress.advance("batch steps")
-    passed = [s for s in made if safety.verdicts[s.piece_id].status in PUBLISHABLE]
-    rejected = [s for s in made if safety.verdicts[s.piece_id].status == "rejected"]
-    log.info(
-        batchlog.step_line(
-            4, f"Passed: {len(passed)}, Rejected: {len(rejected)}", steps["safety_check"]
-        )
-    )
 
-    # 5: upload
-    t0 = time.perf_counter()
-    todo = [spec for spec in passed if spec.piece_id not in done.stored]
-    stored = await _upload(todo, avatar, images, safety.verdicts, request.upload_to_storage)
-    record_progress("stored", list(stored.values()))
-    stored = {
-        **{s.piece_id: done.stored[s.piece_id] for s in passed if s.piece_id in done.stored},
-        **stored,
-    }
-    steps["storage_upload"] = time.perf_counter() - t0
-    progress.advance("batch steps")
-    store_name = next(iter(stored.values())).backend if stored else "none"
-    log.info(
-        batchlog.step_line(
-            5, f"Uploaded: {len(stored)}/{len(specs)} to {store_name}", steps["storage_upload"]
-        )
-    )
 
-    # 6: save
-    t0 = time.perf_counter()
-    outcomes = piece_outcomes(specs, images, failures, hooks.hooks, safety.verdicts, stored)
-    stand_ins = stand_in_marks(images, hooks.hooks, safety.verdicts, stored)
-    rows = [
-        piece_row(o, spec, avatar, batch_id, stand_ins)
-        for o, spec in zip(outcomes, specs, strict=True)
-    ]
-    saved = save_pieces(rows)
-    steps["database_save"] = time.perf_counter() - t0
-    progress.advance("batch steps")
-    log.info(batchlog.step_line(6, f"Saved: {saved}", steps["database_save"]))
-
-    # 7: statistics
-    t0 = time.perf_counter()
-    stats = calculate_statistics(avatar.id)
-    steps["statistics"] = time.perf_counter() - t0
-    progress.advance("batch steps")
-    log.info(
-        batchlog.step_line(7, "", steps["statistics"], f"Avatar pieces: {stats['total_pieces']}")
-    )
-
-    result = build_result(
-        batch_id, avatar, request, outcomes, steps, started, hooks, safety, stand_ins
-    )
+async def _finish(
+    result: BatchResult,
+    settings: Any,
+    hooks: HookBatch,
+    images: dict[str, GeneratedImage],
+) -> BatchResult | State:
+    """Cost, the batch row, the ending line, artifact and events; the run's final state."""
+    batch_id = result.batch_id
     result, cost = ledger_cost(result)  # cost: what the ledger says providers billed
     ending = _ending(result, settings.min_success_ratio)
     row = batch_row_values(result)
@@ -481,13 +471,13 @@ async def _make_batch(
     if result.status == "failed":
         log.error(
             batchlog.batch_failed(
-                avatar.id, result.total_seconds, delivered, result.cost_usd, ending
+                result.avatar_id, result.total_seconds, delivered, result.cost_usd, ending
             )
         )
     else:
         log.info(
             batchlog.batch_complete(
-                avatar.id, result.total_seconds, delivered, result.cost_usd
+                result.avatar_id, result.total_seconds, delivered, result.cost_usd
             )
         )
     await publish_batch_artifact(result, {p: image.path for p, image in images.items()})
@@ -503,9 +493,9 @@ async def _make_batch(
     if cost.refused_calls:
         emit_budget_reached(result, cost.refused_calls)
     if result.status == "failed":  # the pieces made are saved; the run says what failed
-        return Failed(message=ending, data=BatchBelowMinimum(ending))  # type: ignore[return-value]
+        return Failed(message=ending, data=BatchBelowMinimum(ending))
     if result.failed:  # a Completed run that still says which pieces failed, and why
-        return Completed(message=ending, data=result)  # type: ignore[return-value]
+        return Completed(message=ending, data=result)
     # nothing to add: the plain value (a State returned after an in-run flow retry makes
     # a direct call re-raise the first attempt's exception: Prefect 3.9 keeps it)
     return result

@@ -18,6 +18,7 @@ import logging
 from prefect.client.orchestration import get_client
 from prefect.runtime import flow_run
 
+from flows.step_runner import chunked
 from studio.hooks.modes import AUTO, message_batch_budget, uses_message_batches
 from studio.hooks.settings import HookSettings
 from studio.hooks.template_writer import TemplateHookWriter
@@ -30,10 +31,6 @@ from tasks.write_hooks import TIMEOUT_SECONDS, write_hooks
 log = logging.getLogger("studio.batch")
 HOOK_GROUP_SIZE = 10
 SCHEDULED_FLOW = "scheduled-batches"
-
-
-def chunked(items: list[PieceSpec], size: int) -> list[list[PieceSpec]]:
-    return [items[i : i + size] for i in range(0, len(items), size)]
 
 
 async def started_by_schedule() -> bool:
