@@ -14,12 +14,18 @@ slots of calls that end are never given back and `provider:<name>` stays full fo
 - `PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS=5`: an expired lease (a dead
   process's; leases last 60 s and are renewed while held) is freed within 65 s
   instead of 75 s.
-- beside it, when `DATABASE_URL` names the pipeline's shared database, the slot
-  reconcile every 15 s (engine/slot_reconcile.py): slots the server counts beyond the
-  lease census are freed, so even a leak Prefect cannot see heals within a minute.
+- `PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS=1`: a refused
+  global-concurrency waiter is told to retry within about a second, not up to 30 s
+  (engine/local_server.py, SLOT_WAIT_SECONDS, says why 1).
+- beside it, only when the lease storage is one that loses leases on a restart (an
+  operator's `...lease_storage.memory`) and `DATABASE_URL` names the pipeline's shared
+  database, the slot reconcile every 15 s (engine/slot_reconcile.py): slots the server
+  counts beyond the lease census are freed, so a leak heals within a minute. Filesystem
+  and Redis storage keep leases and Prefect's repossessor frees a dead holder's slots:
+  no reconcile runs (and pipeline processes write no census: engine/lease_census.py).
 
 The command then *becomes* the server (`os.execve` into `prefect server start`, same
-pid) and runs the reconcile as a child that the kernel ends with it
+pid) and runs the reconcile, when it runs, as a child that the kernel ends with it
 (engine/server_process.py, PR_SET_PDEATHSIG): killed even with -9, nothing keeps
 serving the port without the reconcile, and a restart binds (issue 16).
 
@@ -54,16 +60,10 @@ from urllib.parse import urlsplit
 import typer
 
 from cli.output import console, err
-from engine.local_server import EVENT_BATCHING, prefect_home
+from engine.lease_census import DURABLE_LEASE_STORAGES
+from engine.local_server import SERVER_SETTINGS, prefect_home
 from engine.server_process import start_reconcile
 
-FILESYSTEM_LEASES = "prefect.server.concurrency.lease_storage.filesystem"
-SERVER_DEFAULTS = {
-    "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": FILESYSTEM_LEASES,
-    "PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": "5",
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    **EVENT_BATCHING,  # written in bursts, not one task run per transaction
-}
 RECONCILE_SECONDS = 15.0
 SERVER_AUTH = "PREFECT_SERVER_API_AUTH_STRING"
 CLIENT_AUTH = "PREFECT_API_AUTH_STRING"
@@ -72,9 +72,10 @@ AUTH_FILE = "studio-api-auth-string"
 
 
 def server_environment(base: dict[str, str] | None = None) -> dict[str, str]:
-    """The environment `prefect server start` runs with: the defaults above, unless set."""
+    """The environment `prefect server start` runs with: the project's server settings
+    (engine/local_server.py, SERVER_SETTINGS), each unless set."""
     env = dict(os.environ if base is None else base)
-    for key, value in SERVER_DEFAULTS.items():
+    for key, value in SERVER_SETTINGS.items():
         env.setdefault(key, value)
     return env
 
@@ -194,7 +195,8 @@ def server(
     port: Annotated[int, typer.Option("--port", help="port to listen on")] = 4200,
     reconcile: Annotated[
         bool, typer.Option("--reconcile/--no-reconcile",
-                           help="run the slot reconcile beside the server "
+                           help="run the slot reconcile beside a server whose "
+                                "lease storage loses leases on a restart "
                                 "(default: when DATABASE_URL is set)")
     ] = bool(os.environ.get("DATABASE_URL")),
     no_auth: Annotated[
@@ -205,16 +207,17 @@ def server(
                            help="allow --no-auth on an address other machines reach")
     ] = False,
 ) -> None:
-    """Start `prefect server start` with a credential, durable concurrency leases (and the
-    slot reconcile)."""
+    """Start `prefect server start` with a credential, durable concurrency leases (or, on
+    a lease storage that loses them, the slot reconcile)."""
     env, auth, how = secure_environment(
         server_environment(), host, port, no_auth=no_auth, insecure=insecure
     )
     storage = env["PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"]
-    if storage.endswith(".memory"):
+    durable = storage in DURABLE_LEASE_STORAGES
+    if not durable:
         console.print(
-            "[yellow]lease storage is in memory: a restart leaks provider slots until "
-            "the slot reconcile frees them[/yellow]"
+            f"[yellow]lease storage {storage} loses leases on a restart: provider slots "
+            "leak until the slot reconcile frees them[/yellow]"
         )
     console.print(f"lease storage: {storage}")
     command = [sys.executable, "-m", "prefect", "server", "start", "--host", host,
@@ -225,11 +228,14 @@ def server(
     if auth and not is_loopback(host):
         console.print("[yellow]plain HTTP: the auth string crosses the network in clear; "
                       "put TLS in front (a reverse proxy) for other machines[/yellow]")
-    if reconcile:
+    if reconcile and not durable:
         every = reconcile_seconds()
         start_reconcile(f"{origin}/api", auth, every, env)  # dies with the server
         console.print(f"slot reconcile every {every:g} s against the studio "
                       "database (DATABASE_URL)")
+    elif reconcile:
+        console.print("no slot reconcile: this lease storage keeps leases through a "
+                      "restart and Prefect frees a dead holder's slots")
     sys.stdout.flush()
     sys.stderr.flush()
     # this process becomes Prefect's server (same pid): killed, even with -9, nothing of

@@ -4,18 +4,27 @@ WHY: a Prefect server counts a global limit's slots in its database but keeps th
 that hold them in a lease storage, by default in its own memory. After a restart it knows
 no lease, so a slot whose call ends is never given back (issue 10: `provider:comfyui`
 10 of 10 active with nothing in flight, until reset by hand). The server's API lists no
-leases per limit, so the only count that holds on *any* server is our own:
+leases per limit, so the only count that holds on such a server is our own:
 
 - a pool writes a row *before* it asks the server for a slot (`reserve`),
 - its process beats every `BEAT_SECONDS` while it lives (one UPDATE per process),
 - it stamps `released_at` *after* the server took the slot back (`released`).
 
 So every slot the server counts for a `provider:*` limit has a live row from before it
-was counted until after it stopped being counted. A reconcile (deployments/
-slot_reconcile.py) reads the server's count first, then `live()`, and frees only the
-difference: a row released a moment ago still counts, a row of a dead process stops
-counting only after `STALE_SECONDS` (longer than Prefect takes to expire its lease by
-itself), so what it frees is never a slot a live call holds.
+was counted until after it stopped being counted. The reconcile (engine/slot_reconcile.py)
+reads the server's count first, then `live()`, and frees only the difference: a row
+released a moment ago still counts, a row of a dead process stops counting only after
+`STALE_SECONDS` (longer than Prefect takes to expire its lease by itself), so what it
+frees is never a slot a live call holds.
+
+Only where it is needed: a server whose lease storage keeps leases through a restart
+(`DURABLE_LEASE_STORAGES`: the filesystem storage every server this project starts uses,
+or Redis) expires a dead holder's lease with its own repossessor, so there is nothing
+to count. The census reads the server's lease storage once per process and API URL
+(`GET /api/admin/settings`, `server.concurrency.lease_storage`) at its first `reserve`,
+and records nothing (no rows, no heartbeat thread) on such a server. A storage it could
+not read counts as one that loses leases (rows cost little; a missed leak costs a
+provider); the reconcile acts only on a server that said so (`leases_expire_on_their_own`).
 
 Clocks: rows are stamped with each host's UTC clock; the margins (seconds) assume hosts
 kept in time by NTP.
@@ -50,6 +59,44 @@ STALE_SECONDS = 120.0
 RELEASED_GRACE_SECONDS = 5.0
 #: released or stale rows older than this are deleted by `purge`
 KEEP_SECONDS = 3600.0
+#: lease storages that keep a lease through a server restart and whose expired leases
+#: Prefect's repossessor frees: on a server using one, no census or reconcile is needed
+DURABLE_LEASE_STORAGES = frozenset({
+    "prefect.server.concurrency.lease_storage.filesystem",
+    "prefect_redis.lease_storage",
+})
+#: how long the one settings read may take (a server that does not answer is a server
+#: whose storage is unknown)
+SETTINGS_TIMEOUT_SECONDS = 10.0
+
+_lease_storages: dict[str, str] = {}
+
+
+def server_lease_storage() -> str:
+    """`server.concurrency.lease_storage` of the Prefect server this process talks to
+    (`GET /api/admin/settings`), read once per process and API URL; raises when the
+    server does not answer (an HTTP error names the status, as any API call's does).
+
+    A client of its own (its own timeout): the census reads it from a worker thread, where
+    the batch's shared sync client (engine/run_clients.py) must not be entered."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value() or ""  # "": Prefect's temporary server of this process
+    if url not in _lease_storages:
+        with get_client(
+            httpx_settings={"timeout": SETTINGS_TIMEOUT_SECONDS}, sync_client=True
+        ) as client:
+            settings = client.request("GET", "/admin/settings").json()
+        _lease_storages[url] = str(settings["server"]["concurrency"]["lease_storage"])
+    return _lease_storages[url]
+
+
+def leases_expire_on_their_own() -> bool:
+    """Whether the server keeps leases through a restart and frees a dead holder's slots
+    itself: then there is nothing for a census to count or a reconcile to free. Raises
+    when the server does not answer."""
+    return server_lease_storage() in DURABLE_LEASE_STORAGES
 
 
 def _now() -> datetime:
@@ -57,8 +104,8 @@ def _now() -> datetime:
 
 
 class LeaseCensus:
-    """Rows of `provider_lease` for this process (`holder` = host:pid). Blocking calls:
-    the async pool runs them in a thread."""
+    """Rows of `provider_lease` for this process (`holder` = host:pid), on a server that
+    loses leases. Blocking calls: the async pool runs them in a thread."""
 
     def __init__(
         self,
@@ -76,11 +123,28 @@ class LeaseCensus:
         self.beat_seconds = beat_seconds
         self._beating: threading.Thread | None = None
         self._stop = threading.Event()
+        self._recording: bool | None = None
+
+    def recording(self) -> bool:
+        """Whether this census records slots: not on a server whose leases expire on their
+        own. Decided at the first call; a server that does not answer then counts as one
+        that loses leases (see the module docstring)."""
+        if self._recording is None:
+            try:
+                self._recording = not leases_expire_on_their_own()
+            except Exception as exc:
+                log.warning("Could not read the Prefect server's lease storage (%s): "
+                            "recording the provider lease census", type(exc).__name__)
+                self._recording = True
+        return self._recording
 
     # --- one slot's life ---
 
-    def reserve(self, provider: str) -> str:
-        """A row for a slot about to be asked for; returns its id. Starts the heartbeat."""
+    def reserve(self, provider: str) -> str | None:
+        """A row for a slot about to be asked for; returns its id and starts the heartbeat.
+        None, and nothing written, on a server whose leases expire on their own."""
+        if not self.recording():
+            return None
         row_id = str(uuid.uuid4())
         now = _now()
         with self._sessions() as session:

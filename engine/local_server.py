@@ -10,8 +10,14 @@ command so it boots while the command imports the pipeline; later commands find 
 skip the start-up. It exits on its own after `STUDIO_LOCAL_SERVER_IDLE_SECONDS` (600)
 without a request or an open connection, so nothing lingers for long.
 
-Leases live in files under PREFECT_HOME (as with `studio server`): a batch killed while
-holding provider slots leaves no slot counted for good on a server that outlives it.
+Leases live in files under PREFECT_HOME (as with `studio server`), and Prefect's own
+lease repossessor runs in it: ephemeral mode starts only the services marked to run in
+ephemeral servers, which the repossessor is not (prefect/server/services/repossessor.py),
+so without it an expired lease was never freed. Here it is registered to run in ephemeral
+mode as well (`reap_expired_leases`): a batch killed -9 while holding provider slots gets
+them back within the lease (60 s) plus the repossessor's loop (5 s), and the server needs
+no lease census or reconcile (engine/lease_census.py reads its settings and records
+nothing).
 
 `STUDIO_LOCAL_SERVER=off` restores Prefect's own temporary server per command. An API
 URL set in the environment or the Prefect profile always wins: nothing is started then.
@@ -66,17 +72,36 @@ EVENT_BATCHING = {
     "PREFECT_SERVER_SERVICES_EVENT_PERSISTER_FLUSH_INTERVAL": "2",
 }
 
+#: how long, at most, the server tells a refused global-concurrency waiter to sleep
+#: (Prefect 3.9's bound on the 423's Retry-After; its default, 30 s, left a freed slot
+#: idle that long: PrefectHQ/prefect#23183). 1 s: a provider call lasts seconds, so a
+#: waiter of Prefect's own `concurrency()` retries within about a call's length of the
+#: slot's release (the jitter adds up to 30 %), at the cost of one refused request per
+#: waiter per second; it also makes a limit's denied-slot count decay at least one slot
+#: a second.
+SLOT_WAIT_SECONDS = "1"
+
+#: the settings every Prefect server this project starts runs with (this one, `studio
+#: server`), each unless the environment sets it: leases in files that outlive a restart,
+#: expired leases reaped every 5 s (Prefect's default is 15 s), the slot-wait bound,
+#: event batching, no analytics
+SERVER_SETTINGS = {
+    "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": (
+        "prefect.server.concurrency.lease_storage.filesystem"
+    ),
+    "PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": "5",
+    "PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS": SLOT_WAIT_SECONDS,
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    **EVENT_BATCHING,
+}
+
 #: what Prefect's own temporary server runs with (prefect/server/api/server.py,
-#: SubprocessASGIServer._run_uvicorn_command), plus durable leases and no analytics
+#: SubprocessASGIServer._run_uvicorn_command), plus the project's server settings
 SERVER_ENV = {
     "PREFECT_UI_ENABLED": "0",
     "PREFECT__SERVER_EPHEMERAL": "1",
     "PREFECT__SERVER_FINAL": "1",
-    "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": (
-        "prefect.server.concurrency.lease_storage.filesystem"
-    ),
-    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-    **EVENT_BATCHING,
+    **SERVER_SETTINGS,
 }
 
 
@@ -287,11 +312,27 @@ class IdleWatch:
         return 0.0 if self.open else time.monotonic() - self.last
 
 
+def reap_expired_leases() -> None:
+    """Run Prefect's lease repossessor in this ephemeral server too: its own service
+    function, registered with Prefect's own decorator to run in ephemeral mode, enabled
+    and timed by its own settings (PREFECT_SERVER_SERVICES_REPOSSESSOR_ENABLED /
+    _LOOP_SECONDS). Before the app is created: its lifespan schedules the services."""
+    from prefect.server.services.perpetual_services import perpetual_service
+    from prefect.server.services.repossessor import monitor_expired_leases
+    from prefect.settings import get_current_settings
+
+    perpetual_service(
+        enabled_getter=lambda: get_current_settings().server.services.repossessor.enabled,
+        run_in_ephemeral=True,
+    )(monitor_expired_leases)
+
+
 def serve(port: int, idle: float) -> None:
     """Run Prefect's API app on `port` until idle for `idle` seconds or SIGTERM."""
     import uvicorn
     from prefect.server.api.server import create_app
 
+    reap_expired_leases()
     watch = IdleWatch(create_app(ephemeral=True, final=True))
     server = uvicorn.Server(
         uvicorn.Config(watch, host="127.0.0.1", port=port, log_level="error", lifespan="on")

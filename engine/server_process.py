@@ -1,5 +1,10 @@
 """The slot reconcile beside `studio server`, as a child process that dies with the server.
 
+Only beside a server whose lease storage loses leases on a restart (an operator's
+`PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=...memory`): `studio server` starts none on
+the filesystem or Redis storage, whose expired leases Prefect's repossessor frees
+(cli/server.py; engine/slot_reconcile.py checks the server's settings again).
+
 WHY (issue 16, finding 11): `studio server` ran Prefect's server as a child and the
 reconcile as a thread of its own process. Killed with -9, the parent died and the child
 kept serving the port with no reconcile beside it; a restart could not bind. Now

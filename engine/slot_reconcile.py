@@ -10,9 +10,15 @@ lists no leases per limit, so the census of the slots we hold is our own
 
 Every slot the server counts has a live row from before it was asked for until after
 it went back, so `freed` only ever counts slots nobody holds: the cap is never passed.
-It runs where it is needed without an operator: in a lease pool whose waiters the server
+
+It runs only on a server that said its leases do not outlive it (`GET
+/api/admin/settings`, read once per process: engine/lease_census.py); on one whose lease
+storage keeps them (filesystem, Redis) Prefect's repossessor frees a dead holder's slots
+and the census records nothing, so a reconcile there would free live slots: it does
+nothing. Where it runs, it needs no operator: in a lease pool whose waiters the server
 keeps refusing (engine/provider_slots.py, after 10 s), and every 15 s beside `studio
-server` (cli/server.py), so a leaked slot is back within 60 s on any server.
+server` started on in-memory lease storage (cli/server.py), so a leaked slot is back
+within 60 s.
 """
 
 from __future__ import annotations
@@ -25,7 +31,7 @@ from datetime import UTC, datetime
 from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 
-from engine.lease_census import LeaseCensus
+from engine.lease_census import LeaseCensus, leases_expire_on_their_own
 from engine.provider_slots import LIMIT_PREFIX, limit_name
 
 log = logging.getLogger("studio.providers")
@@ -42,8 +48,11 @@ class Reconciled:
 async def reconcile_limit(
     census: LeaseCensus, provider: str, *, exclude: str | None = None
 ) -> Reconciled | None:
-    """Reconcile one provider's limit; None when the limit does not exist. `exclude`: a
-    census row its caller knows the server does not count (a refused request's)."""
+    """Reconcile one provider's limit; None when the limit does not exist or the server's
+    leases expire on their own. `exclude`: a census row its caller knows the server does
+    not count (a refused request's)."""
+    if await asyncio.to_thread(leases_expire_on_their_own):
+        return None
     name = limit_name(provider)
     at = datetime.now(UTC)  # before the server's count: rows released after it still count
     async with get_client() as client:
@@ -68,7 +77,10 @@ async def reconcile_limit(
 async def reconcile_provider_slots(
     census: LeaseCensus | None = None, providers: list[str] | None = None
 ) -> list[Reconciled]:
-    """Reconcile every `provider:*` limit on the server (or the named providers)."""
+    """Reconcile every `provider:*` limit on the server (or the named providers); none
+    on a server whose leases expire on their own."""
+    if await asyncio.to_thread(leases_expire_on_their_own):
+        return []
     census = census or LeaseCensus()
     if providers is None:
         async with get_client() as client:

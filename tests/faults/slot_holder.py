@@ -13,7 +13,7 @@ from engine.provider_slots import LeasePool
 
 
 async def main(provider: str) -> None:
-    pool = LeasePool(provider, 1, poll_seconds=0.1)
+    pool = LeasePool(provider, 1)
     await pool.acquire()
     print("HOLDING", flush=True)
     await asyncio.sleep(3600)

@@ -1,16 +1,24 @@
-"""`studio server` keeps provider leases through a restart; leases are short and renewed.
+"""`studio server` keeps provider leases through a restart; leases are short and renewed;
+the lease census and the slot reconcile run only on a server that loses leases; the
+local server reaps expired leases itself.
 
 - (fast, in CI) a lease taken before the server is killed -9 is still known after it
   starts again, so its release frees the slot; with plain `prefect server start`
-  (leases in memory) the same release frees nothing: the leak issue 10 measured, which
-  the slot reconcile then frees (no live process holds it).
+  (leases in memory) the same release frees nothing: the leak issue 10 measured. There
+  the census records and the reconcile frees the slot (no live process holds it); on
+  `studio server` (filesystem leases) the census records nothing and the reconcile does
+  nothing. Each server reports the slot-wait bound it runs with (`GET /api/admin/settings`).
+- (in CI, ~90 s) the local server of `studio batch run`: a slot whose holder is killed
+  -9 is freed by Prefect's repossessor within the 60 s lease plus its loop.
 - (slow, `make faults`) a slot held by a live process outlives its 60 s lease because
   Prefect renews it; the holder killed -9, the slot is free again within 90 s.
 """
 
 from __future__ import annotations
 
+import asyncio
 import importlib.util
+import json
 import os
 import shutil
 import signal
@@ -88,11 +96,30 @@ def running(home: Path, command: str, extra: dict[str, str] | None = None) -> It
 
 
 @contextmanager
-def api(url: str):  # type: ignore[no-untyped-def]
-    from prefect.settings import PREFECT_API_URL, temporary_settings
+def api(url: str, auth: str | None = None):  # type: ignore[no-untyped-def]
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
 
-    with temporary_settings({PREFECT_API_URL: url}):
+    with temporary_settings({PREFECT_API_URL: url, PREFECT_API_AUTH_STRING: auth}):
         yield
+
+
+@contextmanager
+def local_server(home: Path, **extra: str) -> Iterator[dict[str, str]]:
+    """The local server `studio batch run` starts (engine/local_server.py) in `home`, with
+    `extra` in its environment; the environment a client of it runs with. Stopped with
+    `studio local-server stop`."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "STUDIO_"))}
+    env.update({"PREFECT_HOME": str(home), "PYTHONPATH": str(ROOT), **extra})
+    start = ("import sys; from engine.local_server import ensure_started; "
+             "sys.exit(0 if ensure_started().wait_ready() else 1)")
+    started = subprocess.run([sys.executable, "-c", start], cwd=ROOT, env=env, timeout=180)
+    try:
+        assert started.returncode == 0, (home / "studio-local-server.log").read_text()[-3000:]
+        state = json.loads((home / "studio-local-server.json").read_text())
+        yield {**env, "PREFECT_API_URL": state["url"], "PREFECT_API_AUTH_STRING": state["auth"]}
+    finally:
+        subprocess.run([str(BIN / "studio"), "local-server", "stop"], cwd=ROOT, env=env,
+                       capture_output=True, timeout=60)
 
 
 async def _limit(name: str, size: int) -> None:
@@ -130,19 +157,84 @@ async def _lease_then_restart_then_release(server: Server) -> int:
         return await _active("provider:restart")
 
 
-@pytest.mark.parametrize(("command", "left"), [("studio", 0), ("prefect", 1)])
+async def _leak(name: str) -> None:
+    """A slot counted with no lease at all (what a server that lost its leases keeps)."""
+    from prefect import get_client
+
+    async with get_client() as client:
+        await client.increment_concurrency_slots(names=[name], slots=1, mode="concurrency")
+
+
+async def _server_settings() -> dict:
+    from prefect import get_client
+
+    async with get_client() as client:
+        return (await client.request("GET", "/admin/settings")).json()
+
+
+@pytest.mark.parametrize(
+    ("command", "left", "slot_wait", "census"),
+    [("studio", 0, 1.0, False), ("prefect", 1, 30.0, True)],
+)
 async def test_a_lease_survives_a_server_restart_only_with_studio_server(
-    tmp_path, command, left, studio_env
+    tmp_path, command, left, slot_wait, census, studio_env
 ):
     from engine.lease_census import LeaseCensus
     from engine.slot_reconcile import reconcile_provider_slots
 
     with running(tmp_path / command, command) as server:
         assert await _lease_then_restart_then_release(server) == left
-        with api(server.url):  # whatever the server, the reconcile frees the leaked slot
+        with api(server.url):
+            concurrency = (await _server_settings())["server"]["concurrency"]
+            assert concurrency["maximum_concurrency_slot_wait_seconds"] == slot_wait
+            if left == 0:
+                await _leak("provider:restart")  # a leak the reconcile must leave alone
+            recorder = LeaseCensus()
+            row = recorder.reserve("restart")
+            assert recorder.recording() is census
+            assert len([*recorder.rows("restart")]) == (1 if census else 0)
+            if row is not None:
+                recorder.forget(row)  # never asked for: the server does not count it
+            recorder.stop()
             freed = {r.limit: r.freed for r in await reconcile_provider_slots(LeaseCensus())}
-            assert freed == {"provider:restart": left}
-            assert await _active("provider:restart") == 0
+            if census:  # in-memory leases: the reconcile frees the slot nobody holds
+                assert freed == {"provider:restart": 1}
+                assert await _active("provider:restart") == 0
+            else:  # durable leases: neither census nor reconcile runs
+                assert freed == {}
+                assert await _active("provider:restart") == 1
+
+
+async def test_the_local_server_frees_a_dead_holders_slot_itself(tmp_path):
+    """Prefect's repossessor runs in the local server (ephemeral mode runs none by
+    itself): the lease of a holder killed -9 expires (60 s, renewed while it lived) and
+    the server frees its slot within one repossessor loop (1 s here) of that."""
+    from engine.provider_slots import LEASE_SECONDS
+
+    loop = 1.0
+    with local_server(tmp_path / "prefect",
+                      PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS=str(loop)) as env, \
+            api(env["PREFECT_API_URL"], env["PREFECT_API_AUTH_STRING"]):
+        await _limit("provider:reaped", 1)
+        holder = subprocess.Popen(
+            [sys.executable, "-m", "tests.faults.slot_holder", "reaped"], cwd=ROOT,
+            env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+        )
+        try:
+            assert holder.stdout is not None
+            assert holder.stdout.readline().strip() == b"HOLDING", holder.stderr.read()
+            holder.send_signal(signal.SIGKILL)
+            holder.wait(timeout=10)
+            killed = time.monotonic()
+            assert await _active("provider:reaped") == 1  # nobody released it
+            while await _active("provider:reaped") and time.monotonic() - killed < 120:
+                await asyncio.sleep(0.5)
+            freed_after = time.monotonic() - killed
+        finally:
+            holder.kill()
+        assert await _active("provider:reaped") == 0
+    print(f"\n[lease reaped] slot free {freed_after:.0f} s after its holder's kill -9")
+    assert freed_after < LEASE_SECONDS + loop + 15  # 15 s: the scheduler's slack under load
 
 
 @contextmanager

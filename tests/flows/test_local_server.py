@@ -91,6 +91,11 @@ def test_the_first_command_starts_the_server_and_the_next_reuses_it(tmp_path: Pa
         assert second.returncode == 0, second.stdout + second.stderr
         assert state(tmp_path) == started  # the same process and address
         assert "Starting temporary server" not in first.stdout + second.stdout
+        settings = httpx.get(f"{started['url']}/admin/settings", timeout=10,
+                             auth=basic(started["auth"])).json()["server"]
+        assert settings["concurrency"]["maximum_concurrency_slot_wait_seconds"] == 1.0
+        assert settings["concurrency"]["lease_storage"].endswith(".filesystem")
+        assert settings["services"]["repossessor"]["loop_seconds"] == 5.0
         names = flow_run_names(started["url"], started["auth"])
         assert names.count("content-batch-demo-2") == 2  # both runs on the one server
         status = studio(env, "local-server", "status")
@@ -179,3 +184,19 @@ def test_an_api_in_prefects_own_settings_wins(monkeypatch) -> None:
 
     monkeypatch.delenv("PREFECT_API_URL", raising=False)
     assert local_server.wanted() is False
+
+
+def test_an_operator_sets_the_servers_settings_from_the_environment(monkeypatch) -> None:
+    """The slot-wait bound (and every other server setting the project picks) is a
+    default: the local server and `studio server` keep an operator's value."""
+    from cli.server import server_environment
+    from engine.local_server import SERVER_SETTINGS, server_env
+
+    key = "PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS"
+    assert SERVER_SETTINGS[key] == "1"
+    monkeypatch.delenv(key, raising=False)
+    assert server_env("studio:x")[key] == "1"
+    assert server_environment()[key] == "1"
+    monkeypatch.setenv(key, "3")
+    assert server_env("studio:x")[key] == "3"
+    assert server_environment()[key] == "3"

@@ -1,10 +1,12 @@
 """Issue 16, finding 11: `studio server` killed with -9 leaves nothing serving.
 
-`studio server` execs Prefect's server (the pid started is the server) and runs the slot
-reconcile as a child the kernel stops with it (engine/server_process.py). A real
-`studio server` with a reconcile (DATABASE_URL on the test PostgreSQL): kill -9 the pid
-started, the port is free again and the reconcile child gone, and a restart on the same
-port binds and answers; a SIGTERM then stops both.
+`studio server` execs Prefect's server (the pid started is the server) and, on a lease
+storage that loses leases (in memory), runs the slot reconcile as a child the kernel
+stops with it (engine/server_process.py). A real `studio server` with a reconcile
+(DATABASE_URL on the test PostgreSQL, in-memory leases): kill -9 the pid started, the
+port is free again and the reconcile child gone, and a restart on the same port binds
+and answers; a SIGTERM then stops both. On its default filesystem lease storage it
+starts no reconcile at all: Prefect's repossessor frees a dead holder's slots.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ import httpx
 import pytest
 
 from tests.prefect_server.conftest import BIN, ROOT, base_env, free_port
+
+MEMORY_LEASES = "prefect.server.concurrency.lease_storage.memory"
 
 
 def _children(pid: int) -> list[int]:
@@ -83,6 +87,7 @@ def server_env(tmp_path: Path, postgres_url: str) -> dict[str, str]:
         "PREFECT_API_DATABASE_CONNECTION_URL": f"sqlite+aiosqlite:///{tmp_path}/prefect.db",
         "PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED": "false",
         "STUDIO_SLOT_RECONCILE_SECONDS": "1",
+        "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": MEMORY_LEASES,
     }
     init = subprocess.run([str(BIN / "studio"), "init"], cwd=ROOT, env=env,
                           capture_output=True, text=True, timeout=300)
@@ -100,21 +105,26 @@ def started(tmp_path: Path) -> Iterator[list[subprocess.Popen[bytes]]]:
         process.wait(timeout=10)
 
 
+def _start(tmp_path: Path, name: str, port: int, env: dict[str, str],
+           started: list[subprocess.Popen[bytes]]) -> subprocess.Popen[bytes]:
+    log = open(tmp_path / f"{name}.log", "ab")  # noqa: SIM115 - lives with the process
+    process = subprocess.Popen(
+        [str(BIN / "studio"), "server", "--port", str(port)], cwd=ROOT, env=env,
+        stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+    )
+    started.append(process)
+    _until(lambda: _healthy(port) or process.poll() is not None, f"{name} not up")
+    assert process.poll() is None, (tmp_path / f"{name}.log").read_text()
+    return process
+
+
 def test_kill_9_leaves_nothing_serving_and_a_restart_binds(
     tmp_path: Path, server_env: dict[str, str], started: list[subprocess.Popen[bytes]]
 ) -> None:
     port = free_port()
 
     def start(name: str) -> subprocess.Popen[bytes]:
-        log = open(tmp_path / f"{name}.log", "ab")  # noqa: SIM115 - lives with the process
-        process = subprocess.Popen(
-            [str(BIN / "studio"), "server", "--port", str(port)], cwd=ROOT, env=server_env,
-            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-        started.append(process)
-        _until(lambda: _healthy(port) or process.poll() is not None, f"{name} not up")
-        assert process.poll() is None, (tmp_path / f"{name}.log").read_text()
-        return process
+        return _start(tmp_path, name, port, server_env, started)
 
     first = start("first")
     assert "prefect server start" in _cmdline(first.pid)  # the pid started is the server
@@ -136,3 +146,13 @@ def test_kill_9_leaves_nothing_serving_and_a_restart_binds(
         _until(lambda pid=pid: not _alive(pid), "the reconcile outlived a stopped server",
                timeout=30)
     assert _port_free(port)
+
+
+def test_no_reconcile_beside_a_server_whose_leases_outlive_it(
+    tmp_path: Path, server_env: dict[str, str], started: list[subprocess.Popen[bytes]]
+) -> None:
+    env = {k: v for k, v in server_env.items() if k != "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE"}
+    server = _start(tmp_path, "filesystem", free_port(), env, started)
+    time.sleep(2)  # a reconcile child would be started before the exec: it would be here
+    assert _children(server.pid) == []
+    assert "no slot reconcile" in (tmp_path / "filesystem.log").read_text()
