@@ -36,8 +36,15 @@ from pydantic import Field
 from pydantic_settings import BaseSettings
 from websockets.exceptions import WebSocketException
 
+from studio.ledger.dead_runs import JobAnswer, OpenRow
 from studio.providers.base import BilledJob, NoJobTracking, ProviderError, ProviderImage
-from studio.providers.entry import BlockField, ProviderEntry, Tuning
+from studio.providers.entry import (
+    CANNOT_TELL,
+    LOOKUP_TIMEOUT,
+    BlockField,
+    ProviderEntry,
+    Tuning,
+)
 from studio.providers.shapes import UnexpectedShape
 from studio.types import AvatarRef, PieceSpec
 
@@ -382,6 +389,26 @@ def _build(settings: ComfyUISettings, tuning: Tuning) -> ComfyUIProvider:
     )
 
 
+async def find_job(settings: ComfyUISettings, row: OpenRow) -> JobAnswer:
+    """A dead run's prompt: `GET /history/{prompt_id}`, then `GET /queue`."""
+    if not row.job_id:
+        return CANNOT_TELL
+    async with httpx.AsyncClient(
+        base_url=settings.comfyui_endpoint, timeout=LOOKUP_TIMEOUT
+    ) as client:
+        history = await client.get(f"/history/{row.job_id}")
+        history.raise_for_status()
+        if history.json().get(row.job_id):
+            return JobAnswer(True, row.job_id)
+        queue = await client.get("/queue")
+        queue.raise_for_status()
+        body = queue.json()
+        for item in [*body.get("queue_running", []), *body.get("queue_pending", [])]:
+            if isinstance(item, list) and len(item) > 1 and item[1] == row.job_id:
+                return JobAnswer(True, row.job_id)
+    return JobAnswer(False)
+
+
 ENTRY = ProviderEntry(
     name="comfyui",
     settings=ComfyUISettings,
@@ -397,4 +424,5 @@ ENTRY = ProviderEntry(
     endpoint_field=BlockField(
         "comfyui_endpoint", "COMFYUI_ENDPOINT", description="e.g. http://gpu-box:8188"
     ),
+    find_job=find_job,
 )

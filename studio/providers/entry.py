@@ -8,11 +8,14 @@ writing its module (client, settings, entry) and one catalogue line.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+import httpx
 from pydantic_settings import BaseSettings
+
+from studio.ledger.dead_runs import JobAnswer, OpenRow
 
 if TYPE_CHECKING:
     from studio.providers.base import ImageProvider
@@ -20,6 +23,16 @@ if TYPE_CHECKING:
 #: the prefix of every provider's Prefect name: its global concurrency limit
 #: `provider:<name>` for image providers, its task tag for the others
 LIMIT_PREFIX = "provider:"
+
+
+#: a provider's answer when it cannot be asked about a dead run's job
+CANNOT_TELL = JobAnswer(None)
+#: how long a dead run's job lookup waits for the provider
+LOOKUP_TIMEOUT = httpx.Timeout(10.0, connect=5.0)
+
+#: asks the provider, with the whole `ProviderSettings`, whether it has (and so billed)
+#: the job of a ledger row a dead run left open (studio/ledger/dead_runs.py)
+FindJob = Callable[[Any, OpenRow], Awaitable[JobAnswer]]
 
 
 def limit_name(provider: str) -> str:
@@ -117,6 +130,8 @@ class ProviderEntry:
     credentials_block: CredentialsBlock | None = None
     #: a keyless provider's endpoint field in the `Studio Provider Endpoints` block
     endpoint_field: BlockField | None = None
+    #: its cheapest documented read of a job; None: its dead-run rows stay "cannot tell"
+    find_job: FindJob | None = None
 
     @property
     def limit_name(self) -> str:

@@ -29,9 +29,17 @@ import httpx
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings
 
+from studio.ledger.dead_runs import JobAnswer, OpenRow
 from studio.providers.base import BilledJob, NoJobTracking, ProviderError, ProviderImage
 from studio.providers.comfyui import NEGATIVE_PROMPT, seed_for
-from studio.providers.entry import BlockField, CredentialsBlock, ProviderEntry, Tuning
+from studio.providers.entry import (
+    CANNOT_TELL,
+    LOOKUP_TIMEOUT,
+    BlockField,
+    CredentialsBlock,
+    ProviderEntry,
+    Tuning,
+)
 from studio.providers.same_origin import ForeignOrigin, origin_of, pin_origin
 from studio.providers.shapes import UnexpectedShape, sniff_image
 from studio.types import AvatarRef, PieceSpec
@@ -232,6 +240,31 @@ def _build(settings: ModalSettings, tuning: Tuning) -> ModalSDXLProvider:
     )
 
 
+async def find_job(settings: ModalSettings, row: OpenRow) -> JobAnswer:
+    """A dead run's call: its result URL (404: no such call; a 303, a 200 or an answer
+    still pending: the call exists). Without a call id Modal cannot be asked."""
+    endpoint = settings.modal_sdxl_endpoint
+    if not row.job_id or not endpoint:
+        return CANNOT_TELL
+    headers = {
+        "Modal-Key": _plain(settings.modal_token_id) or "",
+        "Modal-Secret": _plain(settings.modal_token_secret) or "",
+    }
+    params = None if row.job_id.startswith("http") else {CALL_ID: row.job_id}
+    url = row.job_id if params is None else endpoint
+    async with httpx.AsyncClient(headers=headers, timeout=LOOKUP_TIMEOUT) as client:
+        try:
+            answer = await client.get(url, params=params, follow_redirects=False)
+        except httpx.ReadTimeout:
+            return JobAnswer(True, row.job_id)  # still running: the call exists
+    if answer.status_code == 404:
+        return JobAnswer(False)
+    if answer.status_code < 400:
+        return JobAnswer(True, row.job_id)
+    answer.raise_for_status()
+    return CANNOT_TELL
+
+
 ENTRY = ProviderEntry(
     name="modal",
     settings=ModalSettings,
@@ -258,4 +291,5 @@ ENTRY = ProviderEntry(
             ),
         ),
     ),
+    find_job=find_job,
 )

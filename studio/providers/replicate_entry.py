@@ -1,4 +1,4 @@
-"""Replicate FLUX LoRA's settings and catalogue entry.
+"""Replicate FLUX LoRA's settings, catalogue entry and dead-run job lookup.
 
 Why apart from its client (`replicate_flux.py`): the client imports the `replicate` SDK
 (~0.2 s), and the catalogue imports every entry, so the entry lives where importing it
@@ -7,17 +7,32 @@ costs nothing; `_build` imports the client only when Replicate is configured.
 
 from __future__ import annotations
 
+from datetime import datetime, timedelta
 from typing import TYPE_CHECKING
 
+import httpx
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings
 
-from studio.providers.entry import BlockField, CredentialsBlock, ProviderEntry, Tuning
+from studio.ledger.dead_runs import JobAnswer, OpenRow
+from studio.providers.comfyui import seed_for
+from studio.providers.entry import (
+    CANNOT_TELL,
+    LOOKUP_TIMEOUT,
+    BlockField,
+    CredentialsBlock,
+    ProviderEntry,
+    Tuning,
+)
 
 if TYPE_CHECKING:
     from studio.providers.replicate_flux import ReplicateFluxProvider
 
 REPLICATE_DEFAULT_BASE_URL = "https://api.replicate.com"
+#: clock skew allowed between our reservation and the prediction's `created_at`
+SKEW = timedelta(minutes=5)
+#: list pages read at most when searching a row without a job id
+MAX_PAGES = 20
 
 
 class ReplicateSettings(BaseSettings):
@@ -53,6 +68,67 @@ def _build(settings: ReplicateSettings, tuning: Tuning) -> ReplicateFluxProvider
     )
 
 
+async def find_job(settings: ReplicateSettings, row: OpenRow) -> JobAnswer:
+    """A dead run's prediction: `GET /v1/predictions/{id}` (404: no such job). A row
+    without an id (the process died while `Prefer: wait` held the create's answer) is
+    looked up in `GET /v1/predictions` (newest first, paged by `next`): the prediction
+    of this piece's seed created since the reservation, not one the ledger already holds.
+    """
+    if settings.replicate_api_token is None:
+        return CANNOT_TELL
+    headers = {"Authorization": f"Bearer {settings.replicate_api_token.get_secret_value()}"}
+    async with httpx.AsyncClient(
+        base_url=settings.replicate_base_url, headers=headers, timeout=LOOKUP_TIMEOUT
+    ) as client:
+        if row.job_id:
+            answer = await client.get(f"/v1/predictions/{row.job_id}")
+            if answer.status_code == 404:
+                return JobAnswer(False)
+            answer.raise_for_status()
+            return JobAnswer(True, row.job_id)
+        if row.piece_id is None:
+            return CANNOT_TELL
+        return await _search(client, row)
+
+
+async def _search(client: httpx.AsyncClient, row: OpenRow) -> JobAnswer:
+    assert row.piece_id is not None
+    seed = seed_for(row.piece_id) % 2**31
+    since = row.created_at - SKEW
+    url: str | None = "/v1/predictions"
+    for _ in range(MAX_PAGES):
+        if url is None:
+            return JobAnswer(False)  # every prediction since the reservation was read
+        page = await client.get(url)
+        page.raise_for_status()
+        body = page.json()
+        for prediction in body.get("results") or []:
+            created = _moment(prediction.get("created_at"))
+            if created is not None and created < since:
+                return JobAnswer(False)  # newest first: older ones are not this call's
+            pid = prediction.get("id")
+            if not pid or pid in row.known_job_ids:
+                continue
+            inputs = prediction.get("input")
+            if inputs is None:  # the list may leave inputs out: read the prediction
+                full = await client.get(f"/v1/predictions/{pid}")
+                full.raise_for_status()
+                inputs = full.json().get("input") or {}
+            if inputs.get("seed") == seed:
+                return JobAnswer(True, str(pid))
+        url = body.get("next")
+    return CANNOT_TELL  # too many predictions to read: counted, not guessed away
+
+
+def _moment(value: str | None) -> datetime | None:
+    if not value:
+        return None
+    try:
+        return datetime.fromisoformat(value.replace("Z", "+00:00"))
+    except ValueError:
+        return None
+
+
 ENTRY = ProviderEntry(
     name="replicate",
     settings=ReplicateSettings,
@@ -79,4 +155,5 @@ ENTRY = ProviderEntry(
         default_url=REPLICATE_DEFAULT_BASE_URL,
         url_last=True,
     ),
+    find_job=find_job,
 )
