@@ -28,12 +28,13 @@ TUNING_KNOBS: tuple[str, ...] = tuple(knob.name for knob in fields(Tuning))
 class ProviderStrategy(StrEnum):
     """How the chain orders and routes (spec: "Provider Chain Tuning")."""
 
+    #: the catalogue's order (ComfyUI, Modal, Replicate)
     DEFAULT = "default"
-    #: ComfyUI first; an image goes to the next provider with a free slot
+    #: the catalogue's order; an image goes to the next provider with a free slot
     SPEED = "speed"
-    #: Modal first, Replicate as fallback, ComfyUI last
+    #: by each entry's `quality_rank`: Modal first, Replicate as fallback, ComfyUI last
     QUALITY = "quality"
-    #: ComfyUI first, then the cheapest paid provider
+    #: the studio's own hardware first (ComfyUI), then the billed providers by price
     COST = "cost-optimized"
 
 
