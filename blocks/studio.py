@@ -40,6 +40,7 @@ ENDPOINT_FIELDS = tuple(e.endpoint_field for e in IMAGE_PROVIDERS if e.endpoint_
 
 
 def _endpoint_fields(namespace: dict[str, Any]) -> None:
+    """The class body of `_KeylessEndpoints`: one optional URL field per keyless provider."""
     namespace["__module__"] = __name__
     namespace["__annotations__"] = {f.name: str | None for f in ENDPOINT_FIELDS}
     for f in ENDPOINT_FIELDS:
