@@ -1,9 +1,10 @@
 """What an image provider declares about itself: one `ProviderEntry` per provider module.
 
-Why: the settings, the chain's builder, the price table, the Prefect blocks and the
-concurrency limits all need to know the providers. Each reads the entries listed in
-`studio/providers/catalogue.py` instead of naming providers, so a provider is added by
-writing its module (client, settings, entry) and one catalogue line.
+Why: the settings, the chain's builder, the price table, the Prefect blocks, the
+concurrency limits and the dead-run job lookup all need to know the providers. Each
+reads the entries listed in `studio/providers/catalogue.py` instead of naming
+providers, so a provider is added by writing its module (client, settings, entry) and
+one catalogue line.
 """
 
 from __future__ import annotations
@@ -23,7 +24,6 @@ if TYPE_CHECKING:
 #: the prefix of every provider's Prefect name: its global concurrency limit
 #: `provider:<name>` for image providers, its task tag for the others
 LIMIT_PREFIX = "provider:"
-
 
 #: a provider's answer when it cannot be asked about a dead run's job
 CANNOT_TELL = JobAnswer(None)
