@@ -75,21 +75,32 @@ _lease_storages: dict[str, str] = {}
 def server_lease_storage() -> str:
     """`server.concurrency.lease_storage` of the Prefect server this process talks to
     (`GET /api/admin/settings`), read once per process and API URL; raises when the
-    server does not answer (an HTTP error names the status, as any API call's does).
-
-    A client of its own (its own timeout): the census reads it from a worker thread, where
-    the batch's shared sync client (engine/run_clients.py) must not be entered."""
-    from prefect.client.orchestration import get_client
+    server does not answer (an HTTP error names the status, as any API call's does)."""
     from prefect.settings import PREFECT_API_URL
 
     url = PREFECT_API_URL.value() or ""  # "": Prefect's temporary server of this process
     if url not in _lease_storages:
+        _lease_storages[url] = _read_lease_storage()
+    return _lease_storages[url]
+
+
+def _read_lease_storage() -> str:
+    """Through the batch's shared sync client when there is one (engine/run_clients.py;
+    used from this worker thread, never entered: entering counts on the client), else a
+    client of its own, whose creation (~60 ms: an SSL context) would otherwise delay the
+    first image's slot."""
+    from prefect.client.orchestration import get_client
+    from prefect.context import SyncClientContext
+
+    shared = SyncClientContext.get()
+    if shared is not None:
+        settings = shared.client.request("GET", "/admin/settings").json()
+    else:
         with get_client(
             httpx_settings={"timeout": SETTINGS_TIMEOUT_SECONDS}, sync_client=True
         ) as client:
             settings = client.request("GET", "/admin/settings").json()
-        _lease_storages[url] = str(settings["server"]["concurrency"]["lease_storage"])
-    return _lease_storages[url]
+    return str(settings["server"]["concurrency"]["lease_storage"])
 
 
 def leases_expire_on_their_own() -> bool:
