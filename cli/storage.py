@@ -13,7 +13,7 @@ import typer
 
 from cli.output import batch_failed, console, refuse
 from cli.pieces import pieces
-from studio.request import BatchRequestError, parse_batch_id
+from studio.request import BatchRequestError, parse_batch_id, resume_parameters
 
 
 def resume_batch(batch_id: str):  # type: ignore[no-untyped-def]
@@ -42,13 +42,7 @@ def resume_batch(batch_id: str):  # type: ignore[no-untyped-def]
             from engine.run_logs import quiet_console
 
             quiet_console()  # the console of `batch run`: spec lines and warnings only
-            return asyncio.run(
-                content_batch(
-                    avatar_id=config["avatar_id"],
-                    num_pieces=config["num_pieces"],
-                    resume_batch_id=batch_id,
-                )
-            )
+            return asyncio.run(content_batch(**resume_parameters(batch_id, config)))
     finally:
         progress.unsubscribe(owner)
         owner.release()

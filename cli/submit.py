@@ -18,37 +18,15 @@ from typing import Annotated, Any, NoReturn
 
 import typer
 
-from cli.batch_options import (
-    AvatarOption,
-    HookModeOption,
-    HooksOption,
-    PiecesOption,
-    PlatformOption,
-    PromptOption,
-    SafetyOption,
-    SeedOption,
-    TierOption,
-    TiersOption,
-    UploadOption,
-    batch_request,
-)
+from cli.batch_options import batch_options
 from cli.output import console, environment_problem, err, print_json, refuse
 from studio.batch_status import BatchStatus, RunFacts, read_rows, run_ids_of, step_from_log
 from studio.request import BatchRequest, BatchRequestError
 
 
+@batch_options
 def submit(
-    avatar: AvatarOption,
-    pieces: PiecesOption = 50,
-    platform: PlatformOption = "instagram",
-    tiers: TiersOption = "0.6,0.3,0.1",
-    hooks: HooksOption = True,
-    safety: SafetyOption = True,
-    upload: UploadOption = True,
-    prompt: PromptOption = None,
-    tier: TierOption = None,
-    seed: SeedOption = None,
-    hook_mode: HookModeOption = "direct",
+    request: BatchRequest,
     idempotency_key: Annotated[
         str | None,
         typer.Option(
@@ -61,17 +39,12 @@ def submit(
     from tasks.validate import validate_batch_request
 
     try:
-        request = batch_request(
-            avatar=avatar, pieces=pieces, platform=platform, tiers=tiers, hooks=hooks,
-            safety=safety, upload=upload, prompt=prompt, tier=tier, seed=seed,
-            hook_mode=hook_mode,
-        )
         validated = validate_batch_request(request)
     except BatchRequestError as exc:
         refuse(exc)
         return
     # the avatar by name: the run (and its name, content-batch-<name>-<pieces>) reads as such
-    parameters = deployment_parameters(request, validated.avatar.name)
+    parameters = {**request.run_parameters(), "avatar_id": validated.avatar.name}
     run_name = f"content-batch-{validated.avatar.name}-{request.num_pieces}"
     submitted = _call_server(_submit(parameters, run_name, idempotency_key))
     from deployments.api import api_url, flow_run_link
@@ -83,27 +56,6 @@ def submit(
         )
     console.print(f"run {run.id} ({run.name}) on {api_url()}, state {run.state_name}")
     console.print(flow_run_link(run.id))
-
-
-def deployment_parameters(request: BatchRequest, avatar: str) -> dict[str, Any]:
-    """The flow's parameters for `request`; unset optional ones are left to the flow."""
-    parameters: dict[str, Any] = {
-        "avatar_id": avatar,
-        "num_pieces": request.num_pieces,
-        "tier_distribution": request.tier_distribution.as_dict(),
-        "platform": request.platform,
-        "include_hooks": request.include_hooks,
-        "safety_check": request.safety_check,
-        "upload_to_storage": request.upload_to_storage,
-        "hook_mode": request.hook_mode,
-    }
-    optional = {
-        "custom_prompts": request.custom_prompts,
-        "custom_tiers": request.custom_tiers,
-        "seed": request.seed,
-    }
-    parameters.update({k: v for k, v in optional.items() if v is not None})
-    return parameters
 
 
 async def _submit(parameters: dict[str, Any], run_name: str, key: str | None):  # type: ignore[no-untyped-def]

@@ -36,6 +36,7 @@ async def _resume_on_deployment(batch_id: str, config: dict[str, Any]) -> Resume
     from flows.batch_state_hooks import RESUMES_TAG_PREFIX
     from flows.resume_runs import resumes_on_their_way, who_resumes
     from flows.resume_settings import original_job_variables
+    from studio.request import resume_parameters
 
     async with get_client() as client:
         try:
@@ -50,11 +51,7 @@ async def _resume_on_deployment(batch_id: str, config: dict[str, Any]) -> Resume
             return str(run.id), deployment.name, who_resumes(run)
         run = await client.create_flow_run_from_deployment(
             original.deployment_id,
-            parameters={
-                "avatar_id": config["avatar_id"],
-                "num_pieces": config["num_pieces"],
-                "resume_batch_id": batch_id,
-            },
+            parameters=resume_parameters(batch_id, config),
             name=f"resume-{batch_id[:8]}-by-operator",
             tags=[OPERATOR_RESUME_TAG, f"{RESUMES_TAG_PREFIX}{original.id}"],
             job_variables=await original_job_variables(client, batch_id, [original]),

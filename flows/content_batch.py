@@ -10,7 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
-from typing import Annotated, Any
+from typing import Any
 
 from prefect import flow
 from prefect.runtime import flow_run
@@ -43,21 +43,24 @@ from studio.outcomes import (
     stand_in_marks,
 )
 from studio.request import (
-    BATCH_ID_PATTERN,
-    MAX_NAME_CHARS,
-    NO_CONTROL_PATTERN,
+    AvatarParam,
+    BatchIdParam,
+    BatchParameters,
     BatchRequest,
     BatchRequestError,
     HookModeParam,
+    HooksParam,
     PiecesParam,
     PlatformParam,
     PromptsParam,
+    ResumeParam,
+    SafetyParam,
+    SeedParam,
     TierShares,
     TierSharesParam,
     TiersParam,
-    described,
+    UploadParam,
     parse_batch_id,
-    parse_tier_distribution,
 )
 from studio.settings import get_settings
 from studio.stand_ins import StandInPolicy, hold_stand_ins
@@ -99,64 +102,18 @@ class BatchBelowMinimum(Exception):
     """Fewer pieces than `min_success_ratio` came out; what was made is saved."""
 
 
-# the operator-facing parameters besides studio/request.py's shared ones; the last three
-# are set by the pipeline itself (retries, resumes, tests) and say so
-AvatarParam = Annotated[
-    str,
-    described(
-        min_length=1,
-        description="The avatar's id or name (`studio avatar list`); it must have LoRA weights.",
-        schema={"maxLength": MAX_NAME_CHARS, "pattern": NO_CONTROL_PATTERN},
-    ),
-]
-HooksParam = Annotated[bool, described(description="Write a caption (hook) for every piece.")]
-SafetyParam = Annotated[bool, described(description="Moderate every piece before it is published.")]
-UploadParam = Annotated[
-    bool, described(description="Upload to the object store (off: keep files in the local store).")
-]
-SeedParam = Annotated[
-    int | None,
-    described(
-        description=(
-            "Internal, leave empty: seeds template selection so a test or a re-run picks "
-            "the same templates."
-        )
-    ),
-]
-#: a batch id names directories, object keys and rows: a UUID and nothing else (the
-#: deployment refuses anything else at create_flow_run; the flow body refuses it too)
-UUID_SCHEMA = {"format": "uuid", "pattern": BATCH_ID_PATTERN}
-BatchIdParam = Annotated[
-    str | None,
-    described(
-        description=(
-            "Internal, leave empty: the batch's id, a UUID (defaults to this run's id, so a "
-            "retry of the run continues the same batch)."
-        ),
-        schema=UUID_SCHEMA,
-    ),
-]
-ResumeParam = Annotated[
-    str | None,
-    described(
-        description=(
-            "Only to finish a crashed batch: its batch id (a UUID). Its stored request and "
-            "plan are used and only unfinished pieces are made; the other parameters are "
-            "ignored."
-        ),
-        schema=UUID_SCHEMA,
-    ),
-]
-
-
-def _batch_request(*, resume_batch_id: str | None, **params: Any) -> BatchRequest:
+def _batch_request(
+    params: BatchParameters, resume_batch_id: str | None, settings: Any
+) -> BatchRequest:
     """The request to run; a resume's stored request wins (refused if it cannot resume)."""
     if resume_batch_id:
         # unknown, complete or another avatar's batch: refused here, before any spend
-        config = resumable_batch_request(resume_batch_id, params["avatar_id"])
+        config = resumable_batch_request(resume_batch_id, params.avatar_id)
         return BatchRequest.model_validate(config)
-    params["tier_distribution"] = parse_tier_distribution(params["tier_distribution"])
-    return BatchRequest(**params)
+    request = params.request()
+    request.include_hooks = request.include_hooks and settings.hook_generation_enabled
+    request.upload_to_storage = request.upload_to_storage and settings.upload_to_storage_enabled
+    return request
 
 
 def _refused(refusal: BatchRefusal) -> State:
@@ -210,107 +167,44 @@ async def content_batch(
     min_success_ratio ends Failed with what failed where; a direct call raises
     BatchRequestError / BatchBelowMinimum for those.
     """
+    # first, while the locals are exactly the parameters: BatchParameters' fields, which
+    # this signature spells out for Prefect's schema (tests/flows/test_params_schema.py)
+    params = BatchParameters(**locals())
     with shared_sync_client():  # one API client for every sync task run (see module)
-        return await _run_batch(
-            avatar_id=avatar_id,
-            num_pieces=num_pieces,
-            tier_distribution=tier_distribution,
-            platform=platform,
-            include_hooks=include_hooks,
-            safety_check=safety_check,
-            upload_to_storage=upload_to_storage,
-            custom_prompts=custom_prompts,
-            custom_tiers=custom_tiers,
-            hook_mode=hook_mode,
-            seed=seed,
-            batch_id=batch_id,
-            resume_batch_id=resume_batch_id,
-        )
+        return await _run_batch(params)
 
 
-async def _run_batch(
-    *,
-    avatar_id: str,
-    num_pieces: int,
-    tier_distribution: TierShares | dict[str, float],
-    platform: str,
-    include_hooks: bool,
-    safety_check: bool,
-    upload_to_storage: bool,
-    custom_prompts: list[str] | None,
-    custom_tiers: list[str] | None,
-    hook_mode: str,
-    seed: int | None,
-    batch_id: str | None,
-    resume_batch_id: str | None,
-) -> BatchResult | State:
+async def _run_batch(params: BatchParameters) -> BatchResult | State:
     """The flow's body (see `content_batch`), run holding the batch's lease."""
     await apply_registered_blocks()  # endpoints/keys saved as Prefect blocks, if any
     settings = get_settings()
     batchlog.configure_logging(settings.log_file, settings.log_level)
     attach_run_logs()  # studio.* records to this run's Prefect logs, in every mode
-    params: dict[str, Any] = {
-        "avatar_id": avatar_id, "num_pieces": num_pieces, "platform": platform,
-        "tier_distribution": tier_distribution, "include_hooks": include_hooks,
-        "safety_check": safety_check, "upload_to_storage": upload_to_storage,
-        "custom_prompts": custom_prompts, "custom_tiers": custom_tiers,
-        "hook_mode": hook_mode, "seed": seed, "batch_id": batch_id,
-        "resume_batch_id": resume_batch_id,
-    }
     try:
-        leased = parse_batch_id("resume_batch_id", resume_batch_id) or parse_batch_id(
-            "batch_id", batch_id
+        leased = parse_batch_id("resume_batch_id", params.resume_batch_id) or parse_batch_id(
+            "batch_id", params.batch_id
         )
     except BatchRequestError:
         leased = None  # refused by the body below, with its message
     if leased is None:  # a new batch: its id is this run's own, nobody else's
-        return await _make_batch(settings=settings, **params)
+        return await _make_batch(params, settings)
     # a resume (or a given id) may meet another run of the same batch (crash recovery
     # and an operator at once): one at a time, and the second reads what is left after
     async with one_run_per_batch(leased) as lease:
-        if lease.waited and resume_batch_id and (done := finished_batch(leased)):
+        if lease.waited and params.resume_batch_id and (done := finished_batch(leased)):
             message = f"another run ended batch {leased} ({done}) while this one waited"
             log.info("Batch resume skipped | Batch: %s | %s", leased, message)
-            return Completed(name="Skipped", message=message, data=message)  # type: ignore[return-value]
-        return await _make_batch(settings=settings, **params)
+            return Completed(name="Skipped", message=message, data=message)
+        return await _make_batch(params, settings)
 
 
-async def _make_batch(
-    *,
-    settings: Any,
-    avatar_id: str,
-    num_pieces: int,
-    tier_distribution: TierShares | dict[str, float],
-    platform: str,
-    include_hooks: bool,
-    safety_check: bool,
-    upload_to_storage: bool,
-    custom_prompts: list[str] | None,
-    custom_tiers: list[str] | None,
-    hook_mode: str,
-    seed: int | None,
-    batch_id: str | None,
-    resume_batch_id: str | None,
-) -> BatchResult | State:
+async def _make_batch(params: BatchParameters, settings: Any) -> BatchResult | State:
     """Validate the request, then the seven steps."""
     try:
         # before anything reads them: a batch id names directories, keys and rows
-        batch_id = parse_batch_id("batch_id", batch_id)
-        resume_batch_id = parse_batch_id("resume_batch_id", resume_batch_id)
-        request = _batch_request(
-            avatar_id=avatar_id,
-            num_pieces=num_pieces,
-            tier_distribution=tier_distribution,
-            platform=platform,
-            include_hooks=include_hooks and settings.hook_generation_enabled,
-            safety_check=safety_check,
-            upload_to_storage=upload_to_storage and settings.upload_to_storage_enabled,
-            custom_prompts=custom_prompts,
-            custom_tiers=custom_tiers,
-            seed=seed,
-            hook_mode=hook_mode,
-            resume_batch_id=resume_batch_id,
-        )
+        batch_id = parse_batch_id("batch_id", params.batch_id)
+        resume_batch_id = parse_batch_id("resume_batch_id", params.resume_batch_id)
+        request = _batch_request(params, resume_batch_id, settings)
     except BatchRequestError as exc:
         return _refused(BatchRefusal(field=exc.field, message=exc.message))
     if resume_batch_id:

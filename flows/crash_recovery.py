@@ -53,6 +53,7 @@ from flows.schema_gate import schema_refusal
 from studio import batchlog
 from studio.db import batch_endings
 from studio.db.engine import session_scope
+from studio.request import resume_parameters
 from studio.settings import get_settings
 
 log = logging.getLogger("studio.recovery")
@@ -141,7 +142,7 @@ async def recover_batch(
         deployment_id = (await client.read_deployment_by_name(deployment)).id
     run = await client.create_flow_run_from_deployment(
         deployment_id,
-        parameters=_resume_parameters(batch_id, config),
+        parameters=resume_parameters(batch_id, config),
         name=f"resume-{batch_id[:8]}-attempt-{attempt}-of-{latest.name}"[:200],
         tags=[AUTO_RESUME_TAG, f"{AUTO_RESUME_TAG}:{batch_id}", f"{RESUMES_TAG_PREFIX}{latest.id}"],
         idempotency_key=f"{AUTO_RESUME_TAG}:{batch_id}:{attempt}",
@@ -158,14 +159,6 @@ async def recover_batch(
         latest.state.name,
     )
     return f"resumed (attempt {attempt}/{max_attempts}) by run {run.id}"
-
-
-def _resume_parameters(batch_id: str, config: dict[str, Any]) -> dict[str, Any]:
-    return {
-        "avatar_id": config["avatar_id"],
-        "num_pieces": config["num_pieces"],
-        "resume_batch_id": batch_id,
-    }
 
 
 def _started(run: FlowRun) -> datetime:

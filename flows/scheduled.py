@@ -28,6 +28,7 @@ from studio import batchlog
 from studio.avatars import list_avatars
 from studio.db.engine import session_scope
 from studio.request import (
+    BatchRequest,
     HookModeParam,
     PiecesParam,
     PlatformParam,
@@ -120,10 +121,9 @@ async def scheduled_batches(
     parameters: dict[str, Any] = {
         "num_pieces": num_pieces,
         "platform": platform,
+        "tier_distribution": tier_distribution,
         "hook_mode": hook_mode,
     }
-    if tier_distribution is not None:
-        parameters["tier_distribution"] = _as_json(tier_distribution)
     if not ready:
         return {}
     if not await _deployment_exists(BATCH_DEPLOYMENT):
@@ -158,8 +158,7 @@ async def submit_batches(
         try:
             child = await run_deployment(
                 BATCH_DEPLOYMENT,
-                # by name: the worker names the run from it (content-batch-<name>-<pieces>)
-                parameters={"avatar_id": name, **parameters},
+                parameters=_batch_parameters(name, parameters),
                 flow_run_name=run_name,
                 idempotency_key=batch_idempotency_key(cadence, slot, avatar_id),
                 tags=["scheduled", cadence],
@@ -187,7 +186,7 @@ async def _run_in_process(
         *(
             content_batch.with_options(
                 flow_run_name=batch_run_name(name, parameters["num_pieces"])
-            )(avatar_id=name, **parameters)
+            )(**_batch_parameters(name, parameters))
             for _, name in ready
         ),
         return_exceptions=True,
@@ -205,7 +204,8 @@ async def _run_in_process(
     return summary
 
 
-def _as_json(value: Any) -> Any:
-    """Typed parameter values (pydantic models) as the JSON the deployment run takes."""
-    dump = getattr(value, "model_dump", None)
-    return dump(mode="json") if callable(dump) else value
+def _batch_parameters(avatar_name: str, shared: dict[str, Any]) -> dict[str, Any]:
+    """One avatar's batch parameters as JSON, checked against the batch request's own
+    definition; the avatar by name, so the worker names the run from it
+    (content-batch-<name>-<pieces>)."""
+    return BatchRequest(avatar_id=avatar_name, **shared).run_parameters()

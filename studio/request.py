@@ -6,15 +6,13 @@ request that cannot succeed; every refusal names the field and how to fix it.
 
 from __future__ import annotations
 
-import math
 import unicodedata
 import uuid
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from studio.hooks.modes import HOOK_MODES
-from studio.types import TIERS, Platform, Tier
+from studio.types import TIERS, Tier
 
 MAX_PIECES = 500
 #: a custom prompt longer than this is a pasted document, not a picture's description
@@ -105,31 +103,6 @@ def parse_batch_id(field: str, value: str | uuid.UUID | None) -> str | None:
     if text.strip().lower() not in (str(parsed), parsed.hex):
         raise BatchRequestError(field, f"{shown} is not a batch id in UUID form")
     return str(parsed)
-
-
-class TierDistribution(BaseModel):
-    capa1_ratio: float = 0.6
-    capa2_ratio: float = 0.3
-    capa3_ratio: float = 0.1
-
-    def as_dict(self) -> dict[str, float]:
-        return {"capa1": self.capa1_ratio, "capa2": self.capa2_ratio, "capa3": self.capa3_ratio}
-
-
-class BatchRequest(BaseModel):
-    """Mirrors the spec's BatchProcessorConfig plus the avatar and custom prompts."""
-
-    avatar_id: str
-    num_pieces: int = 50
-    tier_distribution: TierDistribution = Field(default_factory=TierDistribution)
-    platform: str = Platform.INSTAGRAM.value
-    include_hooks: bool = True
-    safety_check: bool = True
-    upload_to_storage: bool = True
-    custom_prompts: list[str] | None = None
-    custom_tiers: list[str] | None = None
-    seed: int | None = None
-    hook_mode: str = "direct"
 
 
 # --- the flows' parameters, typed so Prefect's parameter schema (and so the deployment's
@@ -244,18 +217,26 @@ class TierShares(BaseModel):
     @model_validator(mode="before")
     @classmethod
     def _other_forms(cls, value: Any) -> Any:
-        """Python callers may still pass the spec's `capa1_ratio` keys, a 3-list or
-        "0.6,0.3,0.1"; the schema shows only the named form."""
-        if isinstance(value, TierDistribution | str | list | tuple) or (
-            isinstance(value, dict) and any(str(k).endswith("_ratio") for k in value)
-        ):
-            return parse_tier_distribution(value).as_dict()
+        """Read every form callers use into the named one the schema shows: the spec's
+        `capa1_ratio` keys, three numbers as a list or as the CLI's "0.6,0.3,0.1", and
+        None for the default."""
+        if value is None:
+            return {}
+        if isinstance(value, str):
+            try:
+                value = [float(part) for part in value.split(",")]
+            except ValueError:
+                raise ValueError(f"{value!r} is not three numbers like 0.6,0.3,0.1") from None
+        if isinstance(value, list | tuple):
+            if len(value) != 3:
+                raise ValueError(f"needs three ratios (capa1,capa2,capa3), got {len(value)}")
+            return dict(zip(TIERS, value, strict=True))
+        if isinstance(value, dict):
+            return {str(key).removesuffix("_ratio"): ratio for key, ratio in value.items()}
         return value
 
-    def to_distribution(self) -> TierDistribution:
-        return TierDistribution(
-            capa1_ratio=self.capa1, capa2_ratio=self.capa2, capa3_ratio=self.capa3
-        )
+    def as_dict(self) -> dict[str, float]:
+        return self.model_dump()
 
 
 TierSharesParam = Annotated[
@@ -266,78 +247,171 @@ TierSharesParam = Annotated[
         )
     ),
 ]
+# the operator-facing parameters besides those above; the last three are set by the
+# pipeline itself (retries, resumes, tests) and say so
+AvatarParam = Annotated[
+    str,
+    described(
+        min_length=1,
+        description="The avatar's id or name (`studio avatar list`); it must have LoRA weights.",
+        schema={"maxLength": MAX_NAME_CHARS, "pattern": NO_CONTROL_PATTERN},
+    ),
+]
+HooksParam = Annotated[bool, described(description="Write a caption (hook) for every piece.")]
+SafetyParam = Annotated[bool, described(description="Moderate every piece before it is published.")]
+UploadParam = Annotated[
+    bool, described(description="Upload to the object store (off: keep files in the local store).")
+]
+SeedParam = Annotated[
+    int | None,
+    described(
+        description=(
+            "Internal, leave empty: seeds template selection so a test or a re-run picks "
+            "the same templates."
+        )
+    ),
+]
+#: a batch id names directories, object keys and rows: a UUID and nothing else (the
+#: deployment refuses anything else at create_flow_run; the flow body refuses it too)
+UUID_SCHEMA = {"format": "uuid", "pattern": BATCH_ID_PATTERN}
+BatchIdParam = Annotated[
+    str | None,
+    described(
+        description=(
+            "Internal, leave empty: the batch's id, a UUID (defaults to this run's id, so a "
+            "retry of the run continues the same batch)."
+        ),
+        schema=UUID_SCHEMA,
+    ),
+]
+ResumeParam = Annotated[
+    str | None,
+    described(
+        description=(
+            "Only to finish a crashed batch: its batch id (a UUID). Its stored request and "
+            "plan are used and only unfinished pieces are made; the other parameters are "
+            "ignored."
+        ),
+        schema=UUID_SCHEMA,
+    ),
+]
 
 
-def parse_tier_distribution(value: Any) -> TierDistribution:
-    """Accept the spec's dict form, a {capa1: x} form, a 3-list or "0.6,0.3,0.1"."""
-    if isinstance(value, TierDistribution):
-        return value
-    if isinstance(value, TierShares):
-        return value.to_distribution()
-    if value is None:
-        return TierDistribution()
-    if isinstance(value, str):
-        try:
-            value = [float(part) for part in value.split(",")]
-        except ValueError as exc:
-            raise BatchRequestError(
-                "tier_distribution", f"{value!r} is not three numbers like 0.6,0.3,0.1"
-            ) from exc
-    if isinstance(value, list | tuple):
-        if len(value) != 3:
-            raise BatchRequestError(
-                "tier_distribution", f"needs three ratios (capa1,capa2,capa3), got {len(value)}"
-            )
-        value = dict(zip(("capa1_ratio", "capa2_ratio", "capa3_ratio"), value, strict=True))
-    if isinstance(value, dict):
-        normalized = {}
-        for key, ratio in value.items():
-            name = key if str(key).endswith("_ratio") else f"{key}_ratio"
-            if name not in TierDistribution.model_fields:
-                raise BatchRequestError(
-                    "tier_distribution", f"unknown tier {key!r}; use capa1, capa2 and capa3"
-                )
-            normalized[name] = ratio
-        try:
-            return TierDistribution(**normalized)
-        except ValueError as exc:
-            raise BatchRequestError("tier_distribution", "ratios must be numbers") from exc
-    raise BatchRequestError("tier_distribution", f"cannot read {value!r}")
+class BatchRequest(BaseModel):
+    """What to make: the spec's BatchProcessorConfig plus the avatar and custom prompts.
+
+    The one definition of a batch's parameters: the `content-batch` flow's signature
+    (and so the deployment's parameter schema), the CLI options of `batch run` and
+    `batch submit` (cli/batch_options.py), the scheduled fan-out and resumes all read
+    their names, types, limits, defaults and descriptions from these fields.
+    """
+
+    avatar_id: AvatarParam
+    num_pieces: PiecesParam = 50
+    tier_distribution: TierSharesParam = TierShares()
+    platform: PlatformParam = "instagram"
+    include_hooks: HooksParam = True
+    safety_check: SafetyParam = True
+    upload_to_storage: UploadParam = True
+    custom_prompts: PromptsParam = None
+    custom_tiers: TiersParam = None
+    hook_mode: HookModeParam = "direct"
+    seed: SeedParam = None
+
+    def run_parameters(self) -> dict[str, Any]:
+        """The request as a `content-batch` run's parameters (JSON): what was given and
+        is not None; the rest is left to the deployment's or the flow's defaults."""
+        return self.model_dump(mode="json", exclude_unset=True, exclude_none=True)
+
+
+class BatchParameters(BatchRequest):
+    """The `content-batch` flow's parameters: the request, and which batch it continues."""
+
+    batch_id: BatchIdParam = None
+    resume_batch_id: ResumeParam = None
+
+    def request(self) -> BatchRequest:
+        return BatchRequest.model_validate(self.model_dump(exclude={"batch_id", "resume_batch_id"}))
+
+
+def resume_parameters(batch_id: str, stored: dict[str, Any]) -> dict[str, Any]:
+    """A resume run's parameters: the batch's stored request is used, so only what names
+    the run (`content-batch-{avatar_id}-{num_pieces}`) goes with the batch id."""
+    return {
+        "avatar_id": stored["avatar_id"],
+        "num_pieces": stored["num_pieces"],
+        "resume_batch_id": batch_id,
+    }
+
+
+def make_request(**values: Any) -> BatchRequest:
+    """The request `values` describe; BatchRequestError naming the first field that its
+    type or limits refuse (an unknown platform, 0 pieces, a ratio above 1...)."""
+    try:
+        return BatchRequest(**values)
+    except ValidationError as exc:
+        raise _request_error(exc) from None
+
+
+_LABELS = {"custom_tiers": "tier", "hook_mode": "hook mode", "platform": "platform"}
+
+
+def choices(annotation: Any) -> tuple[str, ...]:
+    """The values a Literal (or a list or optional of one) allows, else ()."""
+    if get_origin(annotation) is Literal:
+        return get_args(annotation)
+    for arg in get_args(annotation):
+        if allowed := choices(arg):
+            return allowed
+    return ()
+
+
+def _request_error(exc: ValidationError) -> BatchRequestError:
+    """Pydantic's first complaint about a request, said as a refusal: the field, the
+    value and how to fix it."""
+    error = exc.errors()[0]
+    loc = error["loc"]
+    field, where = str(loc[0]), loc[1:]
+    value = error.get("input")
+    kind = error["type"]
+    if field == "avatar_id":
+        return BatchRequestError(
+            field, f"give an avatar's id or name (1..{MAX_NAME_CHARS} characters)"
+        )
+    if field == "num_pieces" and kind in ("greater_than_equal", "less_than_equal"):
+        return BatchRequestError(field, f"{value} is outside 1..{MAX_PIECES}; pick a size in range")
+    if kind == "literal_error":
+        allowed = ", ".join(choices(BatchRequest.model_fields[field].annotation))
+        return BatchRequestError(field, f"unknown {_LABELS[field]} {value!r}; use one of {allowed}")
+    if field == "custom_prompts" and where and kind == "string_too_long":
+        return BatchRequestError(
+            field,
+            f"prompt {int(where[0]) + 1} has {len(value)} characters; at most {MAX_PROMPT_CHARS}",
+        )
+    if field == "custom_prompts" and where and kind == "string_too_short":
+        return BatchRequestError(field, f"prompt {int(where[0]) + 1} is empty")
+    if field == "tier_distribution" and kind == "extra_forbidden":
+        return BatchRequestError(field, f"unknown tier {where[-1]!r}; use capa1, capa2 and capa3")
+    if field == "tier_distribution" and kind in ("float_parsing", "float_type"):
+        return BatchRequestError(field, "ratios must be numbers")
+    message = error["msg"].removeprefix("Value error, ")
+    place = ".".join(str(part) for part in where)
+    return BatchRequestError(field, f"{place}: {message}" if place else message)
 
 
 def validate_request(request: BatchRequest) -> BatchRequest:
-    """Check everything that does not need the database; raise BatchRequestError."""
+    """Check what the request's types and limits cannot say, without the database;
+    raise BatchRequestError naming the field."""
     check_free_text("avatar_id", request.avatar_id)
     if not request.avatar_id.strip() or len(request.avatar_id) > MAX_NAME_CHARS:
         raise BatchRequestError(
             "avatar_id", f"give an avatar's id or name (1..{MAX_NAME_CHARS} characters)"
         )
-    if not 1 <= request.num_pieces <= MAX_PIECES:
-        raise BatchRequestError(
-            "num_pieces", f"{request.num_pieces} is outside 1..{MAX_PIECES}; pick a size in range"
-        )
-    ratios = request.tier_distribution.as_dict()
-    for tier, ratio in ratios.items():
-        if not math.isfinite(ratio) or ratio < 0:
-            raise BatchRequestError(
-                "tier_distribution", f"{tier} ratio {ratio} must be a number >= 0"
-            )
-    total = sum(ratios.values())
+    total = sum(request.tier_distribution.as_dict().values())
     if abs(total - 1.0) > 1e-6:
         raise BatchRequestError(
             "tier_distribution",
             f"ratios sum to {total:g}; they must sum to 1 (e.g. 0.6,0.3,0.1)",
-        )
-    if request.platform not in {p.value for p in Platform}:
-        raise BatchRequestError(
-            "platform",
-            f"unknown platform {request.platform!r}; use one of "
-            + ", ".join(p.value for p in Platform),
-        )
-    if request.hook_mode not in HOOK_MODES:
-        raise BatchRequestError(
-            "hook_mode",
-            f"unknown hook mode {request.hook_mode!r}; use one of " + ", ".join(HOOK_MODES),
         )
     if request.custom_prompts is not None:
         if len(request.custom_prompts) != request.num_pieces:
@@ -347,14 +421,9 @@ def validate_request(request: BatchRequest) -> BatchRequest:
                 "prompt per piece or set num_pieces to the number of prompts",
             )
         for i, prompt in enumerate(request.custom_prompts):
-            if not prompt or not prompt.strip():
+            if not prompt.strip():
                 raise BatchRequestError("custom_prompts", f"prompt {i + 1} is empty")
             check_free_text("custom_prompts", prompt, f"prompt {i + 1}")
-            if len(prompt) > MAX_PROMPT_CHARS:
-                raise BatchRequestError(
-                    "custom_prompts",
-                    f"prompt {i + 1} has {len(prompt)} characters; at most {MAX_PROMPT_CHARS}",
-                )
     if request.custom_tiers is not None:
         if len(request.custom_tiers) != request.num_pieces:
             raise BatchRequestError(
@@ -362,12 +431,6 @@ def validate_request(request: BatchRequest) -> BatchRequest:
                 f"{len(request.custom_tiers)} tiers for {request.num_pieces} pieces; give one "
                 "tier per piece",
             )
-        for i, tier in enumerate(request.custom_tiers):
-            check_free_text("custom_tiers", tier, f"tier {i + 1}")
-            if tier not in TIERS:
-                raise BatchRequestError(
-                    "custom_tiers", f"unknown tier {tier!r}; use capa1, capa2 or capa3"
-                )
         if request.custom_prompts is None:
             raise BatchRequestError(
                 "custom_tiers", "custom tiers apply to custom prompts; pass custom_prompts too"

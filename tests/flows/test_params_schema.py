@@ -67,6 +67,34 @@ def test_scheduled_batches_schema() -> None:
     assert props["hook_mode"]["default"] == "auto"
 
 
+def test_the_flow_signature_is_the_batch_parameters() -> None:
+    """The flow spells its parameters out for Prefect; they are BatchParameters' fields
+    (names, order, defaults, descriptions), the one definition the CLI, the fan-out
+    and resumes derive from."""
+    import inspect
+
+    from studio.request import BatchParameters
+
+    signature = inspect.signature(content_batch.fn)
+    fields = BatchParameters.model_fields
+    assert list(signature.parameters) == list(fields)
+    for name, parameter in signature.parameters.items():
+        field = fields[name]
+        default = field.get_default() if not field.is_required() else inspect.Parameter.empty
+        assert parameter.default == default, name
+    props = _schema(content_batch)["properties"]
+    for name, field in fields.items():
+        assert props[name]["description"] == field.description, name
+    scheduled = inspect.signature(scheduled_batches.fn).parameters
+    for name in ("num_pieces", "platform", "tier_distribution", "hook_mode"):
+        assert _schema(scheduled_batches)["properties"][name]["description"] == (
+            fields[name].description
+        )
+        assert scheduled[name].annotation == inspect.signature(content_batch.fn).parameters[
+            name
+        ].annotation
+
+
 def test_python_callers_keep_the_other_tier_forms() -> None:
     from studio.request import TierShares
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from studio.hooks.modes import message_batch_budget, uses_message_batches
-from studio.request import BatchRequest, BatchRequestError, validate_request
+from studio.request import BatchRequestError, make_request
 
 
 @pytest.mark.parametrize(
@@ -30,6 +30,6 @@ def test_the_budget_is_what_the_batch_has_left_less_the_margin_capped() -> None:
 
 def test_an_unknown_hook_mode_is_refused_naming_the_field() -> None:
     with pytest.raises(BatchRequestError) as info:
-        validate_request(BatchRequest(avatar_id="a", hook_mode="cheap"))
+        make_request(avatar_id="a", hook_mode="cheap")
     assert info.value.field == "hook_mode"
     assert "direct, message-batches, auto" in info.value.message
