@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import uuid
+from dataclasses import dataclass
 from typing import Any
 
 from prefect import flow
@@ -198,8 +199,20 @@ async def _run_batch(params: BatchParameters) -> BatchResult | State:
         return await _make_batch(params, settings)
 
 
-async def _make_batch(params: BatchParameters, settings: Any) -> BatchResult | State:
-    """Validate the request, then the seven steps."""
+@dataclass
+class _Admitted:
+    """A request that may run, and where its batch stands."""
+
+    batch_id: str
+    resumed: bool
+    request: BatchRequest
+    avatar: AvatarRef
+    done: BatchProgress | None  # what an earlier run of this batch finished, if any
+    stand_in_policy: StandInPolicy
+
+
+def _admit(params: BatchParameters, settings: Any) -> _Admitted | State:
+    """The request to run, or the "Refused" state saying why not, before any spend."""
     try:
         # before anything reads them: a batch id names directories, keys and rows
         batch_id = parse_batch_id("batch_id", params.batch_id)
@@ -207,26 +220,36 @@ async def _make_batch(params: BatchParameters, settings: Any) -> BatchResult | S
         request = _batch_request(params, resume_batch_id, settings)
     except BatchRequestError as exc:
         return _refused(BatchRefusal(field=exc.field, message=exc.message))
-    if resume_batch_id:
-        batch_id = resume_batch_id
-    batch_id = batch_id or flow_run.get_id() or str(uuid.uuid4())
+    batch_id = resume_batch_id or batch_id or flow_run.get_id() or str(uuid.uuid4())
     # another avatar's batch id is refused here, before anything is read or spent
     checked = validate_batch(request, batch_id)
     if isinstance(checked, BatchRefusal):
         return _refused(checked)
-    done = load_batch_progress(batch_id)  # resume: what an earlier run of this batch finished
+    done = load_batch_progress(batch_id)
     stand_in_policy = run_stand_in_policy()  # real content expected here? (studio/stand_ins.py)
     if done is not None:  # a batch with real images is never finished with previews
         stand_in_policy = stand_in_policy.resuming(done.images.values())
     if refusal := stand_in_policy.refusal():
         return _refused(BatchRefusal(field="providers", message=refusal))
-    avatar = checked.avatar
+    return _Admitted(
+        batch_id, bool(resume_batch_id), request, checked.avatar, done, stand_in_policy
+    )
+
+
+async def _make_batch(params: BatchParameters, settings: Any) -> BatchResult | State:
+    """Validate the request, then the seven steps."""
+    admitted = _admit(params, settings)
+    if isinstance(admitted, State):
+        return admitted
+    batch_id, request, avatar, done = (
+        admitted.batch_id, admitted.request, admitted.avatar, admitted.done
+    )
     log.info(batchlog.batch_start(avatar.id, request.num_pieces, request.platform))
     steps = BatchSteps()
 
     with steps.step(1) as step:  # templates: this batch's plan, or the earlier run's
         specs = done.specs if done else select_templates(request, avatar, batch_id)
-        done = await _begin(batch_id, avatar.id, request, specs, done, bool(resume_batch_id))
+        done = await _begin(batch_id, avatar.id, request, specs, done, admitted.resumed)
         step.says(f"Selected: {len(specs)}")
 
     # screen before spending: a rejected prompt never reaches an image provider
@@ -243,12 +266,9 @@ async def _make_batch(params: BatchParameters, settings: Any) -> BatchResult | S
 
     with steps.step(3) as step:  # hooks
         todo = step.left(made, done.hooks)
-        write = request.include_hooks and todo  # a message batch may use the time left
-        hooks = (
-            await write_batch_hooks(todo, avatar, request, steps.elapsed())
-            if write
-            else HookBatch()
-        )
+        hooks = HookBatch()
+        if request.include_hooks and todo:  # a message batch may use the time left
+            hooks = await write_batch_hooks(todo, avatar, request, steps.elapsed())
         hooks.hooks = step.record("captioned", hooks.hooks)
         written = sum(1 for spec in made if spec.piece_id in hooks.hooks)
         step.says(f"Generated: {written}/{len(made)}")
@@ -257,7 +277,7 @@ async def _make_batch(params: BatchParameters, settings: Any) -> BatchResult | S
         todo = step.left(made, {**done.verdicts, **blocked})
         screened = {p: v for p, v in blocked.items() if p not in done.verdicts}  # this run's
         safety = await _check_safety(todo, hooks.hooks, images, request.safety_check, screened)
-        _hold_for_review(safety.verdicts, images, hooks.hooks, settings, stand_in_policy)
+        _hold_for_review(safety.verdicts, images, hooks.hooks, settings, admitted.stand_in_policy)
         safety.verdicts = step.record("checked", safety.verdicts)
         passed = [s for s in made if safety.verdicts[s.piece_id].status in PUBLISHABLE]
         rejected = [s for s in made if safety.verdicts[s.piece_id].status == "rejected"]
