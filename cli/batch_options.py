@@ -100,8 +100,13 @@ def batch_options(command: Callable[..., None]) -> Callable[..., None]:
         if parameter.name != "request"
     ]
 
+    signature = own.replace(parameters=[*_request_options(), *rest])
+
     @functools.wraps(command)
     def run(**values: Any) -> None:
+        bound = signature.bind(**values)  # a Python caller (`demo`) may leave defaults out
+        bound.apply_defaults()
+        values = dict(bound.arguments)
         given = {name: values.pop(name) for name, _ in OPTIONS.values()}
         try:
             request = batch_request(**given)
@@ -109,7 +114,7 @@ def batch_options(command: Callable[..., None]) -> Callable[..., None]:
             refuse(exc)
         command(request, **values)
 
-    run.__signature__ = own.replace(parameters=[*_request_options(), *rest])  # type: ignore[attr-defined]
+    run.__signature__ = signature  # type: ignore[attr-defined]
     return run
 
 
