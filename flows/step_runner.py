@@ -16,12 +16,14 @@ from contextlib import contextmanager
 from typing import Any, TypeVar
 
 from studio import batchlog, progress
-from studio.types import PieceSpec
+from studio.types import GeneratedImage, Hook, PieceSpec, SafetyVerdict, StoredObject
 from tasks.progress import record_progress
 
 log = logging.getLogger("studio.batch")
 
 T = TypeVar("T")
+#: what a step makes per piece and records as the piece's progress
+Made = TypeVar("Made", GeneratedImage, Hook, SafetyVerdict, StoredObject)
 
 #: the progress bar of the whole batch, one unit per step (cli/local_run.py listens to it)
 BATCH_STEPS = "batch steps"
@@ -55,10 +57,10 @@ class Step:
         self._earlier = dict(earlier)
         return [spec for spec in specs if spec.piece_id not in earlier]
 
-    def record(self, kind: str, made: dict[str, T]) -> dict[str, T]:
+    def record(self, kind: str, made: dict[str, Made]) -> dict[str, Made]:
         """Record `made` as the pieces' `kind` progress, durable before the next step
         starts; return it merged over what `left` was told was finished earlier."""
-        record_progress(kind, list(made.values()))  # type: ignore[arg-type]
+        record_progress(kind, list(made.values()))
         return {**self._earlier, **made}
 
     def says(self, details: str, extra: str | Callable[[float], str] = "") -> None:
