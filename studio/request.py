@@ -353,7 +353,12 @@ def make_request(**values: Any) -> BatchRequest:
         raise _request_error(exc) from None
 
 
-_LABELS = {"custom_tiers": "tier", "hook_mode": "hook mode", "platform": "platform"}
+_LABELS = {
+    "custom_tiers": "tier",
+    "custom_prompts": "prompt",
+    "hook_mode": "hook mode",
+    "platform": "platform",
+}
 
 
 def choices(annotation: Any) -> tuple[str, ...]:
@@ -377,6 +382,12 @@ def _request_error(exc: ValidationError) -> BatchRequestError:
     if field == "avatar_id":
         return BatchRequestError(
             field, f"give an avatar's id or name (1..{MAX_NAME_CHARS} characters)"
+        )
+    bad = control_character(value) if isinstance(value, str) else None
+    if bad is not None:  # said as such, escaped: never echoed into a log line or terminal
+        what = f"{_LABELS.get(field, field)} {int(where[0]) + 1} " if where else ""
+        return BatchRequestError(
+            field, f"{what}contains the control character {bad}; use printable text only"
         )
     if field == "num_pieces" and kind in ("greater_than_equal", "less_than_equal"):
         return BatchRequestError(field, f"{value} is outside 1..{MAX_PIECES}; pick a size in range")

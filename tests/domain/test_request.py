@@ -201,3 +201,10 @@ def test_names_are_printable_trimmed_and_bounded(name: str) -> None:
     with pytest.raises(BatchRequestError) as exc:
         check_name("name", name, 100)
     assert exc.value.field == "name"
+
+
+def test_a_control_character_where_a_choice_is_expected_is_named_not_echoed() -> None:
+    with pytest.raises(BatchRequestError) as exc:
+        request(num_pieces=1, custom_prompts=["a"], custom_tiers=["capa1\x00"])
+    assert exc.value.message.startswith("tier 1 contains the control character \\x00")
+    assert "\x00" not in str(exc.value)
