@@ -19,21 +19,7 @@ from studio.runtime_env import apply_prefect_defaults
 apply_prefect_defaults()
 
 from cli.automations import automations_app  # noqa: E402
-from cli.batch_options import (  # noqa: E402
-    AvatarOption,
-    HookModeOption,
-    HooksOption,
-    PiecesOption,
-    PlatformOption,
-    PromptOption,
-    SafetyOption,
-    SeedOption,
-    TierOption,
-    TiersOption,
-    UploadOption,
-    VerboseOption,
-    batch_request,
-)
+from cli.batch_options import VerboseOption, batch_options  # noqa: E402
 from cli.limits import limits_app  # noqa: E402
 from cli.local_server import local_server_app  # noqa: E402
 from cli.output import batch_failed, console, print_json, refuse  # noqa: E402
@@ -171,20 +157,8 @@ def avatar_list() -> None:
 
 
 @batch_app.command("run")
-def batch_run(
-    avatar: AvatarOption,
-    pieces: PiecesOption = 50,
-    platform: PlatformOption = "instagram",
-    tiers: TiersOption = "0.6,0.3,0.1",
-    hooks: HooksOption = True,
-    safety: SafetyOption = True,
-    upload: UploadOption = True,
-    prompt: PromptOption = None,
-    tier: TierOption = None,
-    seed: SeedOption = None,
-    hook_mode: HookModeOption = "direct",
-    verbose: VerboseOption = False,
-) -> None:
+@batch_options
+def batch_run(request: BatchRequest, verbose: VerboseOption = False) -> None:
     """Run one content batch for an avatar, with a progress bar."""
     if verbose:
         from studio.batchlog import show_everything_on_console
@@ -197,11 +171,6 @@ def batch_run(
     from tasks.validate import validate_batch_request
 
     try:
-        request = batch_request(
-            avatar=avatar, pieces=pieces, platform=platform, tiers=tiers, hooks=hooks,
-            safety=safety, upload=upload, prompt=prompt, tier=tier, seed=seed,
-            hook_mode=hook_mode,
-        )
         validate_batch_request(request)
     except BatchRequestError as exc:
         refuse(exc)
@@ -236,21 +205,7 @@ def _run_with_progress(request: BatchRequest):  # type: ignore[no-untyped-def]
         progress.subscribe(listener)
         progress.subscribe(owner)
         try:
-            return asyncio.run(
-                content_batch(
-                    avatar_id=request.avatar_id,
-                    num_pieces=request.num_pieces,
-                    tier_distribution=request.tier_distribution.as_dict(),
-                    platform=request.platform,
-                    include_hooks=request.include_hooks,
-                    safety_check=request.safety_check,
-                    upload_to_storage=request.upload_to_storage,
-                    custom_prompts=request.custom_prompts,
-                    custom_tiers=request.custom_tiers,
-                    seed=request.seed,
-                    hook_mode=request.hook_mode,
-                )
-            )
+            return asyncio.run(content_batch(**request.run_parameters()))
         except BatchRequestError as exc:
             refuse(exc)
         except Exception as exc:

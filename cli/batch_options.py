@@ -137,24 +137,6 @@ def batch_request(**options: Any) -> BatchRequest:
     return make_request(**values)
 
 
-def _spelled_out(field: str) -> Any:
-    """The option of one field, for a command that lists its options one by one."""
-    return _request_options()[list(OPTIONS).index(field)].annotation
-
-
-# `batch run` (cli/app.py) lists the request's options one by one with these;
-# `batch_options` gives a command all of them at once
-AvatarOption = _spelled_out("avatar_id")
-PiecesOption = _spelled_out("num_pieces")
-PlatformOption = _spelled_out("platform")
-TiersOption = _spelled_out("tier_distribution")
-HooksOption = _spelled_out("include_hooks")
-SafetyOption = _spelled_out("safety_check")
-UploadOption = _spelled_out("upload_to_storage")
-PromptOption = _spelled_out("custom_prompts")
-TierOption = _spelled_out("custom_tiers")
-SeedOption = _spelled_out("seed")
-HookModeOption = _spelled_out("hook_mode")
 #: `batch run` and `demo` only: a submitted batch's console is its worker's (STUDIO_VERBOSE)
 VerboseOption = Annotated[
     bool,
