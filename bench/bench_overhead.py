@@ -18,7 +18,9 @@ Printed per run and, at the end, as medians over `--runs` with the spread (min-m
   the last sample is up to 0.1 s before the server exits), or printed combined;
 - marginal CPU per piece, command + server: (cpu_total(50) - cpu_total(5)) / 45 and
   (cpu_total(500) - cpu_total(50)) / 450 in ms, per round (paired runs), against the
-  issue's 20 ms.
+  issue's 20 ms;
+- server start: from `ensure_started()` to the local server's first healthy answer, on
+  a migrated PREFECT_HOME (what a cold command waits for at most), once per round.
 
 Runs, in one session (a temporary STUDIO_HOME and PREFECT_HOME, `studio init`, the demo
 avatar): first the first-ever run (fresh PREFECT_HOME: Prefect's database migrations),
@@ -31,6 +33,7 @@ To reproduce one figure by hand (the detached local server's CPU is not in /usr/
      .venv/bin/studio batch run --avatar demo --pieces 5'
 
 Usage: python bench/bench_overhead.py [--runs 3] [--pieces 5,50,500] [--skip-500]
+       [--no-server-start]
 """
 
 from __future__ import annotations
@@ -222,6 +225,27 @@ def run_command(kind: str, pieces: int, env: dict[str, str], prefect_home: Path,
     return Result(kind, pieces, wall, batch, outcome, cpu_command, cpu_server, how)
 
 
+#: started in a process of its own, as a command starts it: seconds until healthy
+SERVER_START = ("import time; from engine.local_server import ensure_started; "
+                "t = time.perf_counter(); ok = ensure_started().wait_ready(); "
+                "print(time.perf_counter() - t if ok else 'failed')")
+
+
+def time_server_start(env: dict[str, str], prefect_home: Path, cwd: Path) -> float | None:
+    """Seconds from `ensure_started()` to the local server's first healthy answer (None:
+    it did not start); stopped again afterwards."""
+    stop_local_server(prefect_home)
+    done = subprocess.run([str(PYTHON), "-c", SERVER_START], env=env, cwd=cwd,
+                          capture_output=True, text=True, timeout=COMMAND_TIMEOUT)
+    stop_local_server(prefect_home)
+    try:
+        return float(done.stdout.strip().splitlines()[-1])
+    except (ValueError, IndexError):
+        print(f"  local server did not start: {done.stdout[-500:]}{done.stderr[-500:]}",
+              file=sys.stderr)
+        return None
+
+
 def setup(session: Path) -> tuple[dict[str, str], Path]:
     studio_home, prefect_home = session / "studio", session / "prefect"
     prefect_home.mkdir(parents=True)
@@ -256,7 +280,7 @@ def spread(values: list[float | None], spec: str = ".2f") -> str:
     return f"{med:{spec}} ({min(known):{spec}}-{max(known):{spec}})"
 
 
-def summary(results: list[Result], counts: list[int]) -> None:
+def summary(results: list[Result], counts: list[int], starts: list[float | None]) -> None:
     groups: dict[tuple[str, int], list[Result]] = {}
     for r in results:
         groups.setdefault((r.kind, r.pieces), []).append(r)
@@ -285,6 +309,8 @@ def summary(results: list[Result], counts: list[int]) -> None:
     first = [r.wall for r in groups.get(("first", counts[0]), [])]
     if first:
         print(f"first-ever run (migrations):  {spread(first)} s")
+    if starts:
+        print(f"local server start (to healthy):  {spread(starts)} s")
     batch50 = [r.batch for r in groups.get(("warm", 50), []) if r.batch is not None]
     if batch50:
         med = statistics.median(batch50)
@@ -327,6 +353,7 @@ def main(args: argparse.Namespace) -> None:
     print(f"bench_overhead: studio batch run --avatar demo --pieces {counts}, "
           f"{args.runs} runs each, embedded defaults")
     results: list[Result] = []
+    starts: list[float | None] = []
     with tempfile.TemporaryDirectory(prefix="bench-overhead-") as tmp:
         session = Path(tmp)
         env, prefect_home = setup(session)
@@ -337,6 +364,9 @@ def main(args: argparse.Namespace) -> None:
             results.append(first)
             for round_number in range(args.runs):
                 print(f"round {round_number + 1}/{args.runs}:")
+                if args.server_start:
+                    starts.append(time_server_start(env, prefect_home, session))
+                    print(f"  local server start: {_fmt(starts[-1], '.2f')} s", flush=True)
                 plan = [("cold", counts[0])] + [("warm", n) for n in counts]
                 for kind, pieces in plan:
                     result = run_command(kind, pieces, env, prefect_home, session)
@@ -344,7 +374,7 @@ def main(args: argparse.Namespace) -> None:
                     results.append(result)
         finally:
             stop_local_server(prefect_home)
-    summary(results, counts)
+    summary(results, counts, starts)
 
 
 if __name__ == "__main__":
@@ -352,4 +382,6 @@ if __name__ == "__main__":
     parser.add_argument("--runs", type=int, default=3, help="rounds (medians over them)")
     parser.add_argument("--pieces", default="5,50,500", help="comma-separated piece counts")
     parser.add_argument("--skip-500", action="store_true", help="leave out 500 (a quick run)")
+    parser.add_argument("--no-server-start", dest="server_start", action="store_false",
+                        help="do not time the local server's start on its own")
     main(parser.parse_args())
