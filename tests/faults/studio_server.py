@@ -1,6 +1,6 @@
 """The fault cluster (tests/faults/worker_cluster.py) run the way the README says:
 the Prefect server started by `studio server` (its credential, durable lease storage,
-the slot reconcile beside it) on a fixed port, so it can be killed -9 and started again
+which needs no slot reconcile) on a fixed port, so it can be killed -9 and started again
 at the same address with the same PREFECT_HOME (and so the same generated auth string,
 which every worker, flow run and client of the cluster sends); workers started with
 `--limit`.

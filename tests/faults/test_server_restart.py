@@ -1,7 +1,7 @@
 """Fault (a): the Prefect server is killed -9 and started again mid image step.
 
 The server runs as the README says (`studio server`: leases in files that survive the
-restart, the slot reconcile beside it) on PostgreSQL, with two process workers, a shared
+restart and expire, so no slot reconcile) on PostgreSQL, with two process workers, a shared
 pipeline database and S3 store, and the ComfyUI (10 slots) and Replicate (5) emulators.
 Three batches are making images when the server is killed; it is started again at the
 same address at once. Every batch completes (by itself, or resumed by the crash

@@ -5,8 +5,10 @@ as the README says, with no auth string configured: the command generates one in
 `$PREFECT_HOME/studio-api-auth-string` (0600), and the fixture reads it from there, as
 an operator's clients do. The server runs Prefect's SQLite database in its own
 PREFECT_HOME, the UI on (it must keep working with auth), the scheduler off (the
-deployments' schedules would start runs of their own), and the slot reconcile beside it
-every 2 s against the studio database on the test PostgreSQL.
+deployments' schedules would start runs of their own), and its filesystem lease storage
+(so no slot reconcile beside it; a test that needs one passes in-memory lease storage to
+`start_secured_server`, and the reconcile then runs every 2 s against the studio
+database on the test PostgreSQL).
 
 Other modules use it as it is, or `start_secured_server(root, postgres_url, **env)` for
 one of their own. `SecuredServer.http()` is an httpx client with the credential (and a

@@ -333,9 +333,20 @@ def call(api: httpx.Client, method: str, path: str, ok: tuple[int, ...] = (200, 
     return answer
 
 
-def test_the_reconcile_beside_the_server_frees_a_leaked_slot(secured_server) -> None:
-    """A slot counted with no lease and no census row (a leak) is freed by the reconcile
-    that `studio server` runs with its own credential (every 2 s here)."""
+def test_the_reconcile_beside_the_server_frees_a_leaked_slot(tmp_path, postgres_url) -> None:
+    """On a server that keeps leases in memory (an operator's choice; `studio server`'s
+    default is filesystem leases, which need no reconcile), a slot counted with no lease
+    and no census row (a leak) is freed by the reconcile that `studio server` then runs
+    with its own credential (every 2 s here)."""
+    from tests.security.conftest import start_secured_server
+
+    memory = "prefect.server.concurrency.lease_storage.memory"
+    with start_secured_server(tmp_path / "memory-leases", postgres_url,
+                              PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=memory) as server:
+        _leak_and_wait_for_the_reconcile(server)
+
+
+def _leak_and_wait_for_the_reconcile(secured_server) -> None:  # type: ignore[no-untyped-def]
     name = "provider:comfyui"
     with secured_server.http() as api:
         if call(api, "GET", f"/v2/concurrency_limits/{name}", ok=(200, 404)).status_code == 404:
