@@ -28,7 +28,14 @@ Also printed: when the pieces' chains started after the step's start (the time a
 piece waits for Prefect before it may call a provider).
 The emulators run in their own process (reached by URL, like the real services).
 
+The provider slots are held by the project's lease pool (engine/provider_slots.py,
+`--slots pool`) or by Prefect's own `concurrency()` around each call (`--slots
+concurrency`), the baseline the pool must beat to keep its lines. The server runs with
+PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS=`--slot-wait` (the bound
+on the Retry-After a refused waiter sleeps; the project's servers run with 1 s).
+
 Usage: python bench/bench_images.py [--scale 0.1] [--pieces 50] [--seed 7]
+       [--slots pool|concurrency] [--slot-wait 1]
 """
 
 from __future__ import annotations
@@ -108,9 +115,9 @@ class ChainWindows:
             finally:
                 chain_ends[spec.piece_id] = (start, time.time())
 
-        async def timed_produce(spec, avatar, staging_root):  # type: ignore[no-untyped-def]
+        async def timed_produce(spec, avatar, staging_root, staging=None):  # type: ignore[no-untyped-def]
             try:
-                return await produce(spec, avatar, staging_root)
+                return await produce(spec, avatar, staging_root, staging)
             finally:
                 if spec.piece_id in chain_ends:
                     spans[spec.piece_id] = (*chain_ends[spec.piece_id], time.time())
@@ -317,6 +324,8 @@ async def run_image_step(strategy: str, args: argparse.Namespace, home: Path) ->
     # the chain writes every provider call to the cost ledger, as in a batch: a database
     await asyncio.to_thread(initialise)
     generate_images._chain = None
+    if args.slots == "concurrency":
+        generate_images._chain = concurrency_chain()
 
     avatar = AvatarRef(id="bench", name="Bench", niche="fitness",
                        lora_weights_url="https://weights.example/loras/bench.safetensors")
@@ -406,6 +415,73 @@ async def run_image_step(strategy: str, args: argparse.Namespace, home: Path) ->
     return run
 
 
+class PrefectConcurrencySlots:
+    """Prefect's own `concurrency()` around each provider call (`--slots concurrency`).
+
+    What the chain asks beyond the call, for speed routing (may a slot be free, wake me
+    when one was freed), is answered from this process's own count, as `LocalSlots`
+    does: no round trip, no polling of the server.
+    """
+
+    def __init__(self, caps: dict[str, int]) -> None:
+        from studio.providers.slots import ReleaseSignal
+
+        self.caps = caps
+        self._held: dict[str, int] = defaultdict(int)
+        self._released = ReleaseSignal()
+
+    async def wait_for_release(self, timeout: float) -> None:
+        await self._released.wait(timeout)
+
+    def may_be_free(self, provider: str) -> bool:
+        return provider not in self.caps or self._held[provider] < self.caps[provider]
+
+    @contextlib.asynccontextmanager
+    async def __call__(self, provider: str, *, wait: bool = True):  # type: ignore[no-untyped-def]
+        from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, concurrency
+
+        from engine.provider_slots import LEASE_SECONDS, limit_name
+        from studio.providers.slots import SlotBusy
+
+        if provider not in self.caps:  # uncapped (the offline preview)
+            yield
+            return
+        granted = False
+        try:
+            async with concurrency(
+                limit_name(provider), lease_duration=LEASE_SECONDS, strict=True,
+                max_retries=None if wait else 0,
+            ):
+                granted = True
+                self._held[provider] += 1
+                try:
+                    yield
+                finally:
+                    self._held[provider] -= 1
+        except ConcurrencySlotAcquisitionError as exc:
+            refused = isinstance(exc.__cause__, httpx.HTTPStatusError) and (
+                exc.__cause__.response.status_code == 423
+            )
+            if granted or wait or not refused:
+                raise
+            raise SlotBusy(provider) from None
+        finally:
+            if granted:
+                self._released.notify()
+
+
+def concurrency_chain():  # type: ignore[no-untyped-def]
+    """The batch's chain with its slots held by `PrefectConcurrencySlots`."""
+    from studio.ledger.jobs import ImageCallLedger
+    from studio.providers.build import caps
+    from studio.providers.registry import build_image_chain
+    from studio.providers.settings import ProviderSettings
+
+    settings = ProviderSettings()
+    slots = PrefectConcurrencySlots(caps(settings))
+    return build_image_chain(settings, slot=slots, ledger=ImageCallLedger())
+
+
 def report(run: Run, caps: dict[str, int]) -> dict[str, float]:
     bound = lower_bound(run, caps)
     replay = fifo_replay(run, caps, sorted(run.calls))
@@ -443,7 +519,7 @@ def report(run: Run, caps: dict[str, int]) -> dict[str, float]:
 
 
 @contextlib.contextmanager
-def prefect_server(kind: str, tmp: Path) -> Iterator[str]:
+def prefect_server(kind: str, tmp: Path, slot_wait: float) -> Iterator[str]:
     """A throwaway Prefect server on PostgreSQL (the scale-out setup) or SQLite."""
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -451,7 +527,8 @@ def prefect_server(kind: str, tmp: Path) -> Iterator[str]:
 
     env = {**os.environ, "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
            "PREFECT_LOGGING_LEVEL": "WARNING", "PREFECT_UI_ENABLED": "false",
-           **EVENT_BATCHING}  # as `studio server` and the local server run
+           **EVENT_BATCHING,  # as `studio server` and the local server run
+           "PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS": f"{slot_wait:g}"}
     stop_db = None
     if kind == "postgres":
         from tests.infra.postgres import create_database, start_embedded_postgres
@@ -500,10 +577,14 @@ async def main(args: argparse.Namespace) -> None:
     from studio.providers.settings import ProviderSettings
 
     caps = {name: cap for name, (_, _, cap) in SPEC.items()}
-    with tempfile.TemporaryDirectory() as tmp, prefect_server(args.prefect_db, Path(tmp)):
+    with (
+        tempfile.TemporaryDirectory() as tmp,
+        prefect_server(args.prefect_db, Path(tmp), args.slot_wait),
+    ):
         await apply_provider_limits(ProviderSettings(_env_file=None))
         print(f"bench_images: {args.pieces} pieces, scale {args.scale:g}, seed {args.seed}, "
-              f"caps {caps}, Prefect server on {args.prefect_db}")
+              f"caps {caps}, Prefect server on {args.prefect_db}, slots {args.slots}, "
+              f"slot wait bound {args.slot_wait:g} s")
         walls = {}
         for strategy in args.strategies.split(","):
             run = await run_image_step(strategy, args, Path(tmp) / strategy)
@@ -523,4 +604,9 @@ if __name__ == "__main__":
                         help="comma-separated PROVIDER_STRATEGY values to run")
     parser.add_argument("--prefect-db", choices=("postgres", "sqlite"), default="postgres",
                         help="the Prefect server's database (scale-out setups use PostgreSQL)")
+    parser.add_argument("--slots", choices=("pool", "concurrency"), default="pool",
+                        help="the lease pool (engine/provider_slots.py) or Prefect's concurrency()")
+    parser.add_argument("--slot-wait", type=float, default=1.0,
+                        help="the server's PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_"
+                             "SLOT_WAIT_SECONDS")
     asyncio.run(main(parser.parse_args()))

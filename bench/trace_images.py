@@ -118,4 +118,6 @@ if __name__ == "__main__":
     parser.add_argument("--seed", type=int, default=7)
     parser.add_argument("--strategies", default="default")
     parser.add_argument("--prefect-db", default="postgres")
+    parser.add_argument("--slots", choices=("pool", "concurrency"), default="pool")
+    parser.add_argument("--slot-wait", type=float, default=1.0)
     asyncio.run(main(parser.parse_args()))

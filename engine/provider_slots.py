@@ -29,6 +29,27 @@ never holds more leases than the cap; a lease whose renewal failed (the server l
 expired it) is never handed on. If the limit does not exist the pool still caps this
 process at the configured number and warns once.
 
+Measured against Prefect's own `concurrency()` around each call, on a server whose
+slot-wait bound (PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS) is 1 s:
+`python bench/bench_images.py --scale S --slots pool|concurrency --slot-wait 1`, 50
+pieces, image step wall time, median [range] of 3 runs on PostgreSQL:
+
+- spec latencies (`--scale 1`): default order 70.8 s [70.5-71.0] with the pool, 71.5 s
+  [71.3-71.9] with `concurrency()` (+1 %); speed routing 34.8 s [34.7-35.1] vs 29.8 s
+  [28.3-31.8], on different routings (same-routing lower bound 32.0 s vs 24.8 s);
+- `--scale 0.25` (calls a quarter as long, the Retry-After sleep not): default 19.5 s
+  [18.9-19.9] vs 22.7 s [21.4-23.9] (+16 %; with a 0.5 s bound 21.9 s [19.1-22.0]);
+  speed 9.8 s [9.2-9.9] vs 10.1 s [9.6-12.8];
+- the linger (`PROVIDER_SLOT_LINGER_SECONDS=0` to switch it off, `--scale 0.25`): on
+  PostgreSQL it changes nothing (default 18.6 s without, speed 10.0 s); on SQLite
+  (`--prefect-db sqlite`, the local server's database, 2 runs) speed routing takes
+  12.0 s [11.6-12.3] with it and 19.8 s [19.0-20.5] without (a lingering lease is
+  tried with no round trip), while the default order takes 24.3 s with it, 20.3 s
+  without.
+
+The bench runs one process, so the polling of slots other processes free is not
+measured by it.
+
 With a `LeaseCensus` (engine/lease_census.py) every slot is also written to
 the studio database before it is asked for and stamped after it went back, and a pool
 whose waiters the server keeps refusing runs `heal` (engine/slot_reconcile.py): slots the
@@ -123,7 +144,7 @@ class LeasePool:
         self._background: set[asyncio.Task[None]] = set()
         self._missing_warned = False
         self._census_warned = False
-        #: counters for tests and the benchmark
+        #: counters for the tests
         self.server_grants = 0
         self.handoffs = 0
         self.healed = 0
@@ -561,14 +582,6 @@ class PrefectSlots:
     async def release_idle(self) -> None:
         pools = self._pools.get(asyncio.get_running_loop(), {})
         await asyncio.gather(*(pool.release_idle() for pool in pools.values()))
-
-    def requesting(self) -> int:
-        """Increments of this loop's pools on the wire or wanted (waiters not yet served)."""
-        pools = self._pools.get(asyncio.get_running_loop(), {})
-        return sum(
-            pool._pending + min(pool._live_waiters(), pool.cap - pool.held)
-            for pool in pools.values()
-        )
 
     async def drain(self) -> None:
         """Wait for background lease work, then close this loop's API client."""
