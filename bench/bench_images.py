@@ -440,7 +440,8 @@ class PrefectConcurrencySlots:
     async def __call__(self, provider: str, *, wait: bool = True):  # type: ignore[no-untyped-def]
         from prefect.concurrency.asyncio import ConcurrencySlotAcquisitionError, concurrency
 
-        from engine.provider_slots import LEASE_SECONDS, limit_name
+        from engine.provider_slots import LEASE_SECONDS
+        from studio.providers.entry import limit_name
         from studio.providers.slots import SlotBusy
 
         if provider not in self.caps:  # uncapped (the offline preview)
@@ -473,8 +474,7 @@ class PrefectConcurrencySlots:
 def concurrency_chain():  # type: ignore[no-untyped-def]
     """The batch's chain with its slots held by `PrefectConcurrencySlots`."""
     from studio.ledger.jobs import ImageCallLedger
-    from studio.providers.build import caps
-    from studio.providers.registry import build_image_chain
+    from studio.providers.build import build_image_chain, caps
     from studio.providers.settings import ProviderSettings
 
     settings = ProviderSettings()

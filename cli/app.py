@@ -185,7 +185,7 @@ def batch_run(request: BatchRequest, verbose: VerboseOption = False) -> None:
 def _run_with_progress(request: BatchRequest):  # type: ignore[no-untyped-def]
     from cli.local_run import OwnerMarker
     from flows.content_batch import content_batch
-    from studio import progress
+    from studio import progress_events
 
     owner = OwnerMarker()  # a killed command leaves its batch `interrupted`, not running
     columns = (
@@ -202,8 +202,8 @@ def _run_with_progress(request: BatchRequest):  # type: ignore[no-untyped-def]
                 task_ids[step] = bar.add_task(step, total=total)
             bar.update(task_ids[step], completed=done, total=total)
 
-        progress.subscribe(listener)
-        progress.subscribe(owner)
+        progress_events.subscribe(listener)
+        progress_events.subscribe(owner)
         try:
             return asyncio.run(content_batch(**request.run_parameters()))
         except BatchRequestError as exc:
@@ -211,8 +211,8 @@ def _run_with_progress(request: BatchRequest):  # type: ignore[no-untyped-def]
         except Exception as exc:
             batch_failed(exc)
         finally:
-            progress.unsubscribe(listener)
-            progress.unsubscribe(owner)
+            progress_events.unsubscribe(listener)
+            progress_events.unsubscribe(owner)
             owner.release()
 
 

@@ -13,7 +13,7 @@ from studio import batch_owner
 
 
 class OwnerMarker:
-    """Subscribe it to studio.progress for the run; call `release()` when it returns."""
+    """Subscribe it to studio.progress_events for the run; call `release()` when it returns."""
 
     def __init__(self) -> None:
         self.batch_id: str | None = None

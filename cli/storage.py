@@ -23,8 +23,8 @@ def resume_batch(batch_id: str):  # type: ignore[no-untyped-def]
     server = local_server.ensure_started()  # boots while the pipeline is imported
     from cli.local_run import OwnerMarker
     from flows.content_batch import content_batch
-    from studio import progress
-    from tasks.progress import resumable_batch_request
+    from studio import progress_events
+    from tasks.piece_progress import resumable_batch_request
 
     # not a UUID, unknown or already complete: BatchRequestError (exit 2) before any run
     batch_id = parse_batch_id("batch_id", batch_id) or ""
@@ -35,7 +35,7 @@ def resume_batch(batch_id: str):  # type: ignore[no-untyped-def]
     if submitted is not None:
         return submitted
     owner = OwnerMarker()  # killed again: `batch status` says interrupted again
-    progress.subscribe(owner)
+    progress_events.subscribe(owner)
     try:
         # the local API `batch run` uses, not Prefect's temporary server per command
         with local_server.api_of(server):
@@ -44,7 +44,7 @@ def resume_batch(batch_id: str):  # type: ignore[no-untyped-def]
             quiet_console()  # the console of `batch run`: spec lines and warnings only
             return asyncio.run(content_batch(**resume_parameters(batch_id, config)))
     finally:
-        progress.unsubscribe(owner)
+        progress_events.unsubscribe(owner)
         owner.release()
 
 

@@ -19,7 +19,7 @@ from prefect.client.schemas.actions import (
 )
 from prefect.exceptions import ObjectNotFound
 
-from engine.provider_slots import limit_name
+from studio.providers.entry import limit_name
 from studio.providers.settings import PROVIDER_NAMES, ProviderSettings
 
 

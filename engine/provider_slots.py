@@ -77,11 +77,11 @@ from prefect.context import AsyncClientContext
 from prefect.settings import PREFECT_API_URL
 
 from engine.lease_census import LeaseCensus
+from studio.providers.entry import limit_name
 from studio.providers.slots import ReleaseSignal, SlotBusy
 
 logger = logging.getLogger("studio.providers")
 
-LIMIT_PREFIX = "provider:"
 #: a slot's lease: the shortest the Prefect server accepts (it refuses under 60 s)
 LEASE_SECONDS = 60.0
 #: a waiter refused this long asks `heal` to free slots no live process holds
@@ -90,10 +90,6 @@ HEAL_AFTER_SECONDS = 10.0
 #: frees slots of a provider's limit that no live lease holds, not counting the caller's
 #: own census row (the slot it is asking for); returns how many it freed
 Heal = Callable[[str, str | None], Awaitable[int]]
-
-
-def limit_name(provider: str) -> str:
-    return f"{LIMIT_PREFIX}{provider}"
 
 
 @dataclass(eq=False)

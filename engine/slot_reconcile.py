@@ -32,7 +32,7 @@ from prefect.client.orchestration import get_client
 from prefect.exceptions import ObjectNotFound
 
 from engine.lease_census import LeaseCensus, leases_expire_on_their_own
-from engine.provider_slots import LIMIT_PREFIX, limit_name
+from studio.providers.entry import LIMIT_PREFIX, limit_name
 
 log = logging.getLogger("studio.providers")
 

@@ -2,8 +2,8 @@
 
 Why: finish_batch (tasks/save.py) runs only when a batch gets to its end. A run that
 times out (BATCH_GENERATION_TIMEOUT: Prefect's TimedOut, a Failed state), crashes, is
-cancelled or fails before step 6 used to leave the row `running` for good, while
-Prefect said otherwise. These hooks write the same ending onto the row (see
+cancelled or fails before step 6 would leave the row `running` for good, while
+Prefect says otherwise. These hooks write the same ending onto the row (see
 studio/db/batch_endings.py). A process killed -9 runs no hook: the zombie automation
 marks its run Crashed and the crash-recovery flow (flows/crash_recovery.py) writes
 the row and resumes it.

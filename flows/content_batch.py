@@ -18,21 +18,22 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
 from blocks import apply_registered_blocks
+from engine.early_start import staggered_starts
 from engine.run_clients import shared_sync_client
 from engine.run_logs import attach_run_logs
 from flows.batch_artifact import publish_batch_artifact
 from flows.batch_events import emit_batch_events, emit_budget_reached
 from flows.batch_state_hooks import BATCH_STATE_HOOKS, record_resume
 from flows.hook_step import write_batch_hooks
-from flows.image_chunk import image_chunk, staggered_starts
-from flows.image_progress import tracked_images
+from flows.image_chunk import image_chunk
+from flows.progress_artifact import tracked_images
 from flows.stand_in_policy import run_stand_in_policy
 from flows.step_runner import BatchSteps, chunked
-from studio import batchlog, progress
+from studio import batchlog, progress_events
 from studio.batch_verdict import failure_summary
 from studio.catalog import template_library
 from studio.db.batch_lease import one_run_per_batch
-from studio.db.progress import BatchProgress
+from studio.db.piece_progress import BatchProgress
 from studio.moderation.base import ModerationItem
 from studio.outcomes import (
     PUBLISHABLE,
@@ -82,7 +83,7 @@ from tasks.clean_staging import clean_staging
 from tasks.dead_runs import settle_dead_runs
 from tasks.generate_images import image_chain, images_started_early
 from tasks.ledger import ledger_cost
-from tasks.progress import (
+from tasks.piece_progress import (
     finished_batch,
     load_batch_progress,
     record_plan,
@@ -437,7 +438,7 @@ def _ending(result: BatchResult, min_success_ratio: float) -> str:
 async def _generate_images(
     specs: list[PieceSpec], avatar: AvatarRef, chunk_size: int
 ) -> tuple[dict[str, GeneratedImage], dict[str, ImageFailure]]:
-    progress.start("images", len(specs))
+    progress_events.start("images", len(specs))
     staging_root = str(get_settings().work_dir.resolve())
     image_chain()  # build providers once, before chunks start in parallel
     chunks = chunked(specs, chunk_size)

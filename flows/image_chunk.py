@@ -15,9 +15,8 @@ from prefect import flow
 from prefect.states import Completed, Failed, State
 
 from engine.early_start import mark_registered
-from engine.early_start import staggered_starts as staggered_starts
-from flows.image_progress import image_progress
-from studio import progress
+from flows.progress_artifact import image_progress
+from studio import progress_events
 from studio.types import AvatarRef, GeneratedImage, ImageFailure, PieceSpec
 from tasks.generate_images import generate_images, release_idle_slots
 
@@ -56,7 +55,7 @@ async def image_chunk(
 
     def piece_done(item: GeneratedImage | ImageFailure) -> None:
         if isinstance(item, GeneratedImage):
-            progress.advance("images")
+            progress_events.advance("images")
         if tracker is not None:
             tracker.advance(failed=isinstance(item, ImageFailure))
 

@@ -15,9 +15,9 @@ from collections.abc import Callable, Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any, TypeVar
 
-from studio import batchlog, progress
+from studio import batchlog, progress_events
 from studio.types import GeneratedImage, Hook, PieceSpec, SafetyVerdict, StoredObject
-from tasks.progress import record_progress
+from tasks.piece_progress import record_progress
 
 log = logging.getLogger("studio.batch")
 
@@ -74,7 +74,7 @@ class BatchSteps:
     def __init__(self) -> None:
         self.started = time.perf_counter()
         self.seconds: dict[str, float] = {}
-        progress.start(BATCH_STEPS, len(STEP_KEYS))
+        progress_events.start(BATCH_STEPS, len(STEP_KEYS))
 
     def elapsed(self) -> float:
         """Seconds since the batch started (a message batch may use what is left)."""
@@ -88,6 +88,6 @@ class BatchSteps:
         yield current
         seconds = time.perf_counter() - began
         self.seconds[STEP_KEYS[number]] = seconds
-        progress.advance(BATCH_STEPS)
+        progress_events.advance(BATCH_STEPS)
         closing = current.closing(seconds) if callable(current.closing) else current.closing
         log.info(batchlog.step_line(number, current.details, seconds, closing))

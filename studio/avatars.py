@@ -209,8 +209,8 @@ def deactivate_avatar(session: Session, id_or_name: str) -> tuple[Avatar, bool]:
 
 def find_avatar(session: Session, id_or_name: str) -> Avatar | None:
     """The avatar with this id or name. Text with a control character names none (a NUL
-    would reach PostgreSQL as a DataError; such names can no longer be added, and an
-    older one is still found by its id)."""
+    would reach PostgreSQL as a DataError; such names cannot be added, and one stored
+    before that check is still found by its id)."""
     if control_character(id_or_name) is not None:
         return None
     return session.scalar(

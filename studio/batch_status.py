@@ -31,7 +31,7 @@ from studio.db.models import Batch, ContentPiece, CostLedgerEntry
 
 _MARK = re.compile(r"^\[(?:STEP (?P<step>[1-7])/7\]|BATCH (?P<end>START|COMPLETE|FAILED)\])")
 
-#: the step a piece in this progress status waits for (studio/db/progress.py PROGRESS)
+#: the step a piece in this progress status waits for (studio/db/piece_progress.py PROGRESS)
 _WAITING_FOR = {"planned": 2, "generated": 3, "captioned": 4, "checked": 5, "stored": 6}
 #: piece statuses that are an ending, in the order they are printed
 FINAL_PIECES = ("published", "stored_locally", "rejected", "failed", "pending_review")

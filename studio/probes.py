@@ -1,7 +1,7 @@
 """Health probes: ask each configured provider and store whether it answers, now.
 
-WHY (issue 16, "Why" 5): the health check used to read the configuration only, so a
-ComfyUI on a dead port was reported `available` and the set-up `healthy`. Each probe
+Why: a health check that reads the configuration only reports a ComfyUI on a dead
+port as `available` and the set-up as `healthy`. Each probe
 here makes the cheapest request that proves the component works, under one short
 timeout (HEALTH_PROBE_TIMEOUT_SECONDS, default 3), and they run concurrently, so the
 check takes about one timeout however many components are down:

@@ -33,13 +33,12 @@ from engine.early_start import adopt, started_early
 from engine.lease_census import LeaseCensus
 from engine.provider_slots import PrefectSlots
 from engine.slot_reconcile import census_heal
-from studio.db import progress as db_progress
+from studio.db import piece_progress
 from studio.db.engine import session_scope
 from studio.ledger.jobs import ImageCallLedger
 from studio.providers.asset_cache import AssetCache
-from studio.providers.build import caps
+from studio.providers.build import build_image_chain, caps
 from studio.providers.chain import BUDGET, ChainExhausted, ProviderChain
-from studio.providers.registry import build_image_chain
 from studio.providers.settings import ProviderSettings
 from studio.settings import get_settings
 from studio.staging import ImageStaging, open_staging
@@ -253,7 +252,7 @@ def _record_generated(images: list[GeneratedImage]) -> None:
     """One forward-only UPDATE (planned -> generated); the step's final record repeats it."""
     try:
         with session_scope() as session:
-            db_progress.record_images(session, images)
+            piece_progress.record_images(session, images)
     except Exception as exc:  # the end-of-step record_progress retries it
         log.warning("Images not recorded yet | Pieces: %d | %s", len(images), exc)
 

@@ -10,11 +10,11 @@ from __future__ import annotations
 
 from prefect import task
 
-from studio.db.progress import BatchProgress
+from studio.db.piece_progress import BatchProgress
 from studio.moderation.registry import build_prompt_screen
 from studio.moderation.screen import prompt_items
 from studio.types import PieceSpec, SafetyVerdict
-from tasks.progress import record_progress
+from tasks.piece_progress import record_progress
 from tasks.provider_tags import moderation_tags
 
 

@@ -7,7 +7,7 @@ from pydantic import BaseModel
 
 from studio.avatars import resolve_avatar
 from studio.db.engine import session_scope
-from studio.db.progress import batch_owners
+from studio.db.piece_progress import batch_owners
 from studio.db.schema_check import SchemaNotReady, require_schema
 from studio.ledger.validation import validate_cost_settings
 from studio.request import BatchRequest, BatchRequestError, validate_request

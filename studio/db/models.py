@@ -113,7 +113,7 @@ class ContentPiece(Base):
     stand_ins: Mapped[list[str]] = mapped_column(JSON, default=list)
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     # durable per-piece progress (migration 0002): what each finished step produced,
-    # so a resumed batch repeats and pays for nothing (see studio/db/progress.py)
+    # so a resumed batch repeats and pays for nothing (see studio/db/piece_progress.py)
     spec: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     image_info: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
     hook_info: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)

@@ -1,8 +1,8 @@
-"""Screen prompts before an image is bought (issue 16: "screen before spending").
+"""Screen prompts before an image is bought.
 
-Why: the safety step (step 4) checks a piece after its image was generated, so a
-custom prompt in a hard-blocked category used to be sent to the image provider, paid
-for, and only then rejected. This screen runs on the prompt text alone, before step 2:
+Why: the safety step (step 4) checks a piece after its image was generated, so on its
+own a custom prompt in a hard-blocked category would be sent to the image provider,
+paid for, and only then rejected. This screen runs on the prompt text alone, before step 2:
 
 - every prompt (custom and template, the avatar and niche filled in) goes through the
   free local rule-based screen; its hard-blocked flags (HARD_BLOCKED_CATEGORIES, and

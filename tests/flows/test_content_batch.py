@@ -141,7 +141,7 @@ def _assert_nothing_written(settings) -> None:
 async def test_flow_retry_creates_no_duplicates(studio_env, demo_avatar, monkeypatch) -> None:
     """A flow run that fails after saving and is retried by Prefect makes nothing twice."""
     import flows.content_batch as module
-    from studio.providers import registry
+    from studio.providers.build import PREVIEW
 
     calls = {"n": 0}
     real_stats = module.calculate_statistics
@@ -153,12 +153,12 @@ async def test_flow_retry_creates_no_duplicates(studio_env, demo_avatar, monkeyp
         return real_stats(avatar_id)
 
     monkeypatch.setattr(module, "calculate_statistics", flaky_statistics)
-    before = registry._PREVIEW.rendered
+    before = PREVIEW.rendered
     result = await content_batch.with_options(retries=1, retry_delay_seconds=0)(
         avatar_id="demo", num_pieces=6
     )
     assert calls["n"] == 2
-    assert registry._PREVIEW.rendered - before == 6  # the retry reused staged images
+    assert PREVIEW.rendered - before == 6  # the retry reused staged images
     with session_scope() as session:
         count = session.scalar(
             select(func.count())

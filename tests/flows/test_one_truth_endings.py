@@ -86,7 +86,7 @@ async def test_one_truth_resume_of_another_avatars_batch_is_refused_and_changes_
     from flows.content_batch import content_batch
     from studio.avatars import add_avatar
     from studio.bootstrap import ensure_demo_avatar
-    from studio.providers import registry
+    from studio.providers.build import PREVIEW
 
     ensure_demo_avatar()
     with session_scope() as session:
@@ -100,7 +100,7 @@ async def test_one_truth_resume_of_another_avatars_batch_is_refused_and_changes_
                 select(ContentPiece).where(ContentPiece.batch_id == first.batch_id)
             )
         ]
-    rendered = registry._PREVIEW.rendered
+    rendered = PREVIEW.rendered
     state = await content_batch(
         avatar_id="other", resume_batch_id=first.batch_id, return_state=True
     )
@@ -108,7 +108,7 @@ async def test_one_truth_resume_of_another_avatars_batch_is_refused_and_changes_
     assert f"batch '{first.batch_id}' belongs to another avatar, not 'other'" in (
         state.message or ""
     )
-    assert registry._PREVIEW.rendered == rendered  # nothing made, nothing spent
+    assert PREVIEW.rendered == rendered  # nothing made, nothing spent
     assert _row(first.batch_id).status == "crashed"  # the refusal rewrote nothing
     with session_scope() as session:
         after = [

@@ -16,7 +16,7 @@ from typer.testing import CliRunner
 
 from studio.db.engine import session_scope
 from studio.db.models import ContentPiece, CostLedgerEntry
-from studio.db.progress import BatchProgress
+from studio.db.piece_progress import BatchProgress
 from studio.moderation.screen import PromptScreen, prompt_items
 from studio.moderation.settings import ModerationSettings
 from studio.types import PieceSpec, SafetyVerdict

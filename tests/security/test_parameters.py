@@ -132,19 +132,19 @@ async def test_the_deployment_takes_a_uuid_batch_id(deployment_id: str) -> None:
 @pytest.mark.parametrize("field", ["batch_id", "resume_batch_id"])
 async def test_a_traversal_batch_id_is_refused_and_writes_nothing(demo, studio_env, field) -> None:
     from flows.content_batch import content_batch
-    from studio.providers import registry
+    from studio.providers.build import PREVIEW
 
     home = Path(studio_env.studio_home)
     target = (Path(studio_env.work_dir) / TRAVERSAL).resolve()
     assert not target.is_relative_to(home.resolve())  # the probe would land outside
-    rendered = registry._PREVIEW.rendered
+    rendered = PREVIEW.rendered
     state = await content_batch(
         avatar_id=demo, num_pieces=2, return_state=True, **{field: TRAVERSAL}
     )
     assert state.is_failed() and state.name == "Refused"
     assert state.message.startswith(f"{field}: ") and "UUID" in state.message
     assert not target.exists()
-    assert registry._PREVIEW.rendered == rendered
+    assert PREVIEW.rendered == rendered
     assert count(Batch) == count(ContentPiece) == count(CostLedgerEntry) == 0
     assert files_under(home) == []
 

@@ -142,7 +142,7 @@ async def test_store_down_mid_batch_loses_no_piece_then_sync_publishes_each_once
 
     from cli.app import app
     from flows.content_batch import content_batch
-    from studio import progress as step_progress
+    from studio import progress_events as step_progress
 
     settings, server, public, private, replicate = outage_env
     replicate.behaviour.latency = (0.05, 0.2)
@@ -219,7 +219,7 @@ def test_resume_with_the_store_down_reuses_the_local_staged_images(
     still down: the images staged on this host are reused, nothing is bought again,
     every piece is saved (kept locally for the sync)."""
     from studio.bootstrap import ensure_demo_avatar
-    from studio.db.progress import SAVED
+    from studio.db.piece_progress import SAVED
     from tests.storage.test_resume_kill import _child_env, _lines
 
     ensure_demo_avatar()

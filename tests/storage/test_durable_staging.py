@@ -17,7 +17,7 @@ from sqlalchemy import select
 
 from studio.db.engine import session_scope
 from studio.db.models import Batch, ContentPiece
-from studio.db.progress import record_plan
+from studio.db.piece_progress import record_plan
 from studio.types import AvatarRef, PieceSpec
 from tests.tasks.conftest import emulators, provider_env  # noqa: F401 - fixtures
 
@@ -71,9 +71,9 @@ def staged_in_s3(studio_env, s3_server, monkeypatch):
 
 
 def _rendered() -> int:
-    from studio.providers import registry
+    from studio.providers.build import PREVIEW
 
-    return registry._PREVIEW.rendered if registry._PREVIEW is not None else 0
+    return PREVIEW.rendered if PREVIEW is not None else 0
 
 
 async def test_durable_image_is_recorded_as_generated_the_moment_it_is_staged(

@@ -10,7 +10,7 @@ import httpx
 import pytest
 from sqlalchemy import select
 
-from studio import progress as step_progress
+from studio import progress_events as step_progress
 from studio.db.engine import session_scope
 from studio.db.models import ContentPiece
 from studio.settings import reload_settings
@@ -166,7 +166,7 @@ def test_sync_does_not_reupload_what_a_dead_sync_already_uploaded(
     r2_env, s3_server, s3_bucket, s3_private_bucket, tmp_path
 ):
     """A sync that died after its PUT but before its commit: the next one only clears marks."""
-    from studio.db import progress
+    from studio.db import piece_progress
     from tests.storage.test_persistence import _avatar_and_batch, _specs
 
     avatar_id = _avatar_and_batch("batch-s")
@@ -178,8 +178,8 @@ def test_sync_does_not_reupload_what_a_dead_sync_already_uploaded(
         obj = local.put(spec.piece_id, key, PNG + spec.piece_id.encode(), "image/png", spec.tier)
         kept.append(obj.model_copy(update={"needs_sync": True}))
     with session_scope() as session:
-        progress.record_plan(session, avatar_id, "batch-s", specs)
-        progress.record_stored(session, kept)
+        piece_progress.record_plan(session, avatar_id, "batch-s", specs)
+        piece_progress.record_stored(session, kept)
     remote = R2ContentStore(r2_settings(s3_server, s3_bucket, s3_private_bucket))
     # the dead sync got as far as uploading the first file
     first = kept[0]
@@ -197,15 +197,15 @@ def test_sync_does_not_reupload_what_a_dead_sync_already_uploaded(
 def test_sync_counts_a_missing_local_file_and_keeps_its_mark(
     r2_env, s3_server, s3_bucket, tmp_path
 ):
-    from studio.db import progress
+    from studio.db import piece_progress
     from tests.storage.test_persistence import _avatar_and_batch, _specs
 
     avatar_id = _avatar_and_batch("batch-m")
     spec = _specs("batch-m", 1)[0]
     lost = object_key(avatar_id, "batch-m", spec.piece_id)
     with session_scope() as session:
-        progress.record_plan(session, avatar_id, "batch-m", [spec])
-        progress.record_stored(
+        piece_progress.record_plan(session, avatar_id, "batch-m", [spec])
+        piece_progress.record_stored(
             session,
             [
                 LocalContentStore(tmp_path)

@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import event, func, select
 
 from studio.avatars import add_avatar
-from studio.db import progress
+from studio.db import piece_progress
 from studio.db.engine import dispose_engines, get_engine, session_scope
 from studio.db.models import Batch, ContentPiece
 from studio.db.pool import PoolExhausted
@@ -75,10 +75,10 @@ def test_plan_is_recorded_once_and_read_back(any_database) -> None:
     specs = _specs("batch-1", 5)
     for _ in range(2):  # a re-run records the same plan: no duplicates
         with session_scope() as session:
-            progress.record_plan(session, avatar_id, "batch-1", specs)
+            piece_progress.record_plan(session, avatar_id, "batch-1", specs)
     with session_scope() as session:
         count = session.scalar(select(func.count()).select_from(ContentPiece))
-        loaded = progress.load_progress(session, "batch-1")
+        loaded = piece_progress.load_progress(session, "batch-1")
     assert count == 5
     assert loaded is not None
     assert loaded.specs == specs
@@ -111,14 +111,14 @@ def test_each_step_is_one_statement_and_progress_only_moves_forward(any_database
         for s in specs[:3]
     ]
     with session_scope() as session:
-        progress.record_plan(session, avatar_id, "batch-1", specs)
+        piece_progress.record_plan(session, avatar_id, "batch-1", specs)
     counter = StatementCounter(get_engine())
     try:
         for step, items in (
-            (progress.record_images, images),
-            (progress.record_hooks, hooks),
-            (progress.record_verdicts, verdicts),
-            (progress.record_stored, stored),
+            (piece_progress.record_images, images),
+            (piece_progress.record_hooks, hooks),
+            (piece_progress.record_verdicts, verdicts),
+            (piece_progress.record_stored, stored),
         ):
             with session_scope() as session:
                 step(session, items)
@@ -130,9 +130,9 @@ def test_each_step_is_one_statement_and_progress_only_moves_forward(any_database
 
     with session_scope() as session:
         # a late duplicate of an earlier step must not move pieces backwards
-        progress.record_images(session, images)
+        piece_progress.record_images(session, images)
     with session_scope() as session:
-        loaded = progress.load_progress(session, "batch-1")
+        loaded = piece_progress.load_progress(session, "batch-1")
         rows = {r.id: r for r in session.scalars(select(ContentPiece))}
     assert loaded is not None
     assert loaded.counts() == {"stored": 3, "checked": 1}
@@ -154,23 +154,23 @@ def test_image_without_staged_file_is_not_done(any_database, tmp_path) -> None:
     specs = _specs("batch-1", 1)
     image = GeneratedImage(piece_id=specs[0].piece_id, provider="p", path=str(tmp_path / "gone"))
     with session_scope() as session:
-        progress.record_plan(session, avatar_id, "batch-1", specs)
-        progress.record_images(session, [image])
+        piece_progress.record_plan(session, avatar_id, "batch-1", specs)
+        piece_progress.record_images(session, [image])
     with session_scope() as session:
-        loaded = progress.load_progress(session, "batch-1")
+        loaded = piece_progress.load_progress(session, "batch-1")
     assert loaded is not None and not loaded.image_done(specs[0].piece_id)
 
 
 def test_unknown_batch_has_no_progress(any_database) -> None:
     with session_scope() as session:
-        assert progress.load_progress(session, "nope") is None
+        assert piece_progress.load_progress(session, "nope") is None
 
 
 def _bulk_rows(avatar_id: str, batch_id: str, n: int, same_time: bool) -> None:
     base = datetime(2026, 1, 1, tzinfo=UTC)
     specs = _specs(batch_id, n)
     with session_scope() as session:
-        progress.record_plan(session, avatar_id, batch_id, specs)
+        piece_progress.record_plan(session, avatar_id, batch_id, specs)
         for i, spec in enumerate(specs):
             row = session.get(ContentPiece, spec.piece_id)
             assert row is not None

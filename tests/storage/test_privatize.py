@@ -10,7 +10,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.app import app
-from studio.db import progress
+from studio.db import piece_progress
 from studio.db.engine import session_scope
 from studio.db.models import ContentPiece
 from studio.settings import reload_settings
@@ -47,8 +47,8 @@ def old_layout(studio_env, s3_server, s3_bucket, s3_private_bucket, monkeypatch)
             )
         )
     with session_scope() as session:
-        progress.record_plan(session, avatar_id, "batch-old", specs)
-        progress.record_stored(session, stored)
+        piece_progress.record_plan(session, avatar_id, "batch-old", specs)
+        piece_progress.record_stored(session, stored)
     return {s.piece_id: s for s in stored}
 
 

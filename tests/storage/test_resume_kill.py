@@ -22,7 +22,7 @@ from sqlalchemy import func, select
 
 from studio.db.engine import session_scope
 from studio.db.models import Batch, ContentPiece
-from studio.db.progress import SAVED
+from studio.db.piece_progress import SAVED
 
 ROOT = Path(__file__).resolve().parents[2]
 PIECES = 10
@@ -207,11 +207,11 @@ def test_kill_at_upload_step_then_resume(
 
 async def test_resuming_a_finished_batch_changes_nothing(demo_home) -> None:
     from flows.content_batch import content_batch
-    from studio.providers import registry
+    from studio.providers.build import PREVIEW
     from studio.request import BatchRequestError
 
     first = await content_batch(avatar_id="demo", num_pieces=6, seed=3)
-    rendered = registry._PREVIEW.rendered
+    rendered = PREVIEW.rendered
     with session_scope() as session:
         before = {
             r.id: (r.status, r.url, r.checksum)
@@ -221,7 +221,7 @@ async def test_resuming_a_finished_batch_changes_nothing(demo_home) -> None:
         }
     with pytest.raises(BatchRequestError, match=f"batch '{first.batch_id}' is already complete"):
         await content_batch(avatar_id="demo", resume_batch_id=first.batch_id)
-    assert registry._PREVIEW.rendered == rendered
+    assert PREVIEW.rendered == rendered
     with session_scope() as session:
         after = {
             r.id: (r.status, r.url, r.checksum)

@@ -71,7 +71,7 @@ def test_a_piece_held_for_review_keeps_its_staged_image(
     staging_env, s3_server, s3_private_bucket
 ) -> None:
     """Its staged image is its only copy: kept (privately) until the retention sweep."""
-    from studio.db import progress
+    from studio.db import piece_progress
     from studio.db.models import ContentPiece
 
     batch_id = str(uuid.uuid4())
@@ -79,7 +79,7 @@ def test_a_piece_held_for_review_keeps_its_staged_image(
     held = f"{batch_id}-p1"
     with session_scope() as session:
         avatar_id = session.get(Batch, batch_id).avatar_id  # type: ignore[union-attr]
-        progress.record_plan(session, avatar_id, batch_id, _specs(batch_id, 3))
+        piece_progress.record_plan(session, avatar_id, batch_id, _specs(batch_id, 3))
         session.get(ContentPiece, held).status = "pending_review"  # type: ignore[union-attr]
 
     clean_batch_staging(batch_id)

@@ -1,6 +1,6 @@
 """Durable per-piece progress as Prefect tasks: read it back, record each finished step.
 
-Each record is one statement and one commit (see studio/db/progress.py), retried like
+Each record is one statement and one commit (see studio/db/piece_progress.py), retried like
 the save step, so the rows always say how far every piece got.
 """
 
@@ -10,30 +10,30 @@ from typing import Any
 
 from prefect import task
 
-from studio.db import batch_endings, progress
+from studio.db import batch_endings, piece_progress
 from studio.db.engine import session_scope
 from studio.db.models import Batch
 from studio.request import BatchRequestError
 from studio.types import GeneratedImage, Hook, PieceSpec, SafetyVerdict, StoredObject
 
 _RECORDERS = {
-    "generated": progress.record_images,
-    "captioned": progress.record_hooks,
-    "checked": progress.record_verdicts,
-    "stored": progress.record_stored,
+    "generated": piece_progress.record_images,
+    "captioned": piece_progress.record_hooks,
+    "checked": piece_progress.record_verdicts,
+    "stored": piece_progress.record_stored,
 }
 
 
 @task(name="load-progress", retries=3, retry_delay_seconds=1, timeout_seconds=30)
-def load_batch_progress(batch_id: str) -> progress.BatchProgress | None:
+def load_batch_progress(batch_id: str) -> piece_progress.BatchProgress | None:
     with session_scope() as session:
-        return progress.load_progress(session, batch_id)
+        return piece_progress.load_progress(session, batch_id)
 
 
 @task(name="record-plan", retries=3, retry_delay_seconds=[1, 3, 9], timeout_seconds=30)
 def record_plan(avatar_id: str, batch_id: str, specs: list[PieceSpec]) -> int:
     with session_scope() as session:
-        return progress.record_plan(session, avatar_id, batch_id, specs)
+        return piece_progress.record_plan(session, avatar_id, batch_id, specs)
 
 
 @task(
