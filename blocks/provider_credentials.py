@@ -125,35 +125,21 @@ def credentials_block(spec: CredentialsBlock) -> type[ProviderCredentialsBlock]:
     return made  # type: ignore[return-value]
 
 
-ANTHROPIC = CredentialsBlock(
-    type_name="Studio Anthropic Credentials",
-    class_name="AnthropicCredentials",
-    description="Claude for hooks: the API key and the base URL it is sent to "
-    "(default Anthropic's).",
-    url=BlockField("base_url", "ANTHROPIC_BASE_URL", f"empty: {ANTHROPIC_DEFAULT_BASE_URL}"),
-    keys=(
-        BlockField(
-            "api_key", "ANTHROPIC_API_KEY", "ANTHROPIC_API_KEY; sent only to base_url",
-            secret=True, required=True,
-        ),
-    ),
+ANTHROPIC = CredentialsBlock.one_key_with_base_url(
+    "Studio Anthropic Credentials",
+    "AnthropicCredentials",
+    "Claude for hooks: the API key and the base URL it is sent to (default Anthropic's).",
+    key=("api_key", "ANTHROPIC_API_KEY"),
+    url_env="ANTHROPIC_BASE_URL",
     default_url=ANTHROPIC_DEFAULT_BASE_URL,
-    url_last=True,
 )
-OPENAI = CredentialsBlock(
-    type_name="Studio OpenAI Credentials",
-    class_name="OpenAICredentials",
-    description="OpenAI moderation: the API key and the base URL it is sent to "
-    "(default OpenAI's).",
-    url=BlockField("base_url", "OPENAI_BASE_URL", f"empty: {OPENAI_DEFAULT_BASE_URL}"),
-    keys=(
-        BlockField(
-            "api_key", "OPENAI_API_KEY", "OPENAI_API_KEY; sent only to base_url",
-            secret=True, required=True,
-        ),
-    ),
+OPENAI = CredentialsBlock.one_key_with_base_url(
+    "Studio OpenAI Credentials",
+    "OpenAICredentials",
+    "OpenAI moderation: the API key and the base URL it is sent to (default OpenAI's).",
+    key=("api_key", "OPENAI_API_KEY"),
+    url_env="OPENAI_BASE_URL",
     default_url=OPENAI_DEFAULT_BASE_URL,
-    url_last=True,
 )
 
 #: provider -> its credentials block: the hook and moderation providers, then each keyed

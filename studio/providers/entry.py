@@ -97,6 +97,25 @@ class CredentialsBlock:
     def fields(self) -> tuple[BlockField, ...]:
         return (*self.keys, self.url) if self.url_last else (self.url, *self.keys)
 
+    @classmethod
+    def one_key_with_base_url(
+        cls, type_name: str, class_name: str, description: str,
+        key: tuple[str, str], url_env: str, default_url: str,
+    ) -> CredentialsBlock:
+        """The common shape of a hosted API's block: one required secret `key` (field,
+        variable), sent only to `base_url` (`url_env`, empty: `default_url`)."""
+        field, env = key
+        return cls(
+            type_name=type_name,
+            class_name=class_name,
+            description=description,
+            url=BlockField("base_url", url_env, f"empty: {default_url}"),
+            keys=(BlockField(field, env, f"{env}; sent only to base_url",
+                             secret=True, required=True),),
+            default_url=default_url,
+            url_last=True,
+        )
+
 
 @dataclass(frozen=True)
 class ProviderEntry:

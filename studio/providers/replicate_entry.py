@@ -19,7 +19,6 @@ from studio.providers.comfyui import seed_for
 from studio.providers.entry import (
     CANNOT_TELL,
     LOOKUP_TIMEOUT,
-    BlockField,
     CredentialsBlock,
     ProviderEntry,
     Tuning,
@@ -140,20 +139,13 @@ ENTRY = ProviderEntry(
     build=_build,
     secret_fields=("replicate_api_token",),
     quality_rank=1,
-    credentials_block=CredentialsBlock(
-        type_name="Studio Replicate Credentials",
-        class_name="ReplicateCredentials",
-        description="Replicate FLUX: the API token and the base URL it is sent to "
-        "(default Replicate's).",
-        url=BlockField("base_url", "REPLICATE_BASE_URL", f"empty: {REPLICATE_DEFAULT_BASE_URL}"),
-        keys=(
-            BlockField(
-                "api_token", "REPLICATE_API_TOKEN", "REPLICATE_API_TOKEN; sent only to base_url",
-                secret=True, required=True,
-            ),
-        ),
+    credentials_block=CredentialsBlock.one_key_with_base_url(
+        "Studio Replicate Credentials",
+        "ReplicateCredentials",
+        "Replicate FLUX: the API token and the base URL it is sent to (default Replicate's).",
+        key=("api_token", "REPLICATE_API_TOKEN"),
+        url_env="REPLICATE_BASE_URL",
         default_url=REPLICATE_DEFAULT_BASE_URL,
-        url_last=True,
     ),
     find_job=find_job,
 )

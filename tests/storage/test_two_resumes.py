@@ -54,6 +54,7 @@ def test_two_resumes_at_once_work_the_batch_once(home, tmp_path) -> None:
 
     go = tmp_path / "go"
     first = _resume(env, probes, batch_id, "--hold-at-render", str(go))
+    second = None
     try:
         wait_for("resume A at its first render", lambda: (probes / "holding").exists(), 120)
         second = _resume(env, probes, batch_id)
@@ -66,7 +67,7 @@ def test_two_resumes_at_once_work_the_batch_once(home, tmp_path) -> None:
         out_a, _ = first.communicate(timeout=300)
         out_b, _ = second.communicate(timeout=300)
     finally:
-        for process in (first, locals().get("second")):
+        for process in (first, second):
             if process is not None and process.poll() is None:
                 process.kill()
     assert first.returncode == 0, out_a[-3000:]
