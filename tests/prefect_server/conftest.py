@@ -60,6 +60,12 @@ class RetryingTransport(httpx.HTTPTransport):
 
     ATTEMPTS = 6
 
+    def __init__(self) -> None:
+        # a fresh connection per request: a kept-alive one the server closes as idle
+        # (uvicorn's 5 s) while a request is sent on it is reset, and a POST cannot be
+        # retried safely
+        super().__init__(limits=httpx.Limits(max_keepalive_connections=0))
+
     def handle_request(self, request: httpx.Request) -> httpx.Response:
         for attempt in range(self.ATTEMPTS):
             response = super().handle_request(request)

@@ -28,7 +28,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.prefect_server.conftest import FINAL, base_env, free_port
+from tests.prefect_server.conftest import FINAL, RetryingTransport, base_env, free_port
 from tests.prefect_server.readme_block import ROOT, Walkthrough, on_prefect_lines
 
 
@@ -212,7 +212,8 @@ def _burst(api: str, auth: tuple[str, str], count: int) -> list[str]:
     client = str(uuid.uuid4())
     token = httpx.get(f"{api}/csrf-token", params={"client": client}, auth=auth, timeout=30)
     headers = {"Prefect-Csrf-Token": token.json()["token"], "Prefect-Csrf-Client": client}
-    with httpx.Client(base_url=api, auth=auth, headers=headers, timeout=30) as rest:
+    with httpx.Client(base_url=api, auth=auth, headers=headers, timeout=30,
+                      transport=RetryingTransport()) as rest:
         deployment = rest.get("/deployments/name/content-batch/on-demand").json()["id"]
         made = [rest.post(f"/deployments/{deployment}/create_flow_run",
                           json={"parameters": {"avatar_id": "nova", "num_pieces": 1}})
