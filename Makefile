@@ -41,7 +41,7 @@ test: install-test chromium
 # workers, S3 and the provider emulators, killed and flooded; prints one [FAULT ...] line
 # per scenario. About 15 minutes on 2 cores; not part of `make test`.
 faults: install-test
-	STUDIO_FAULTS=1 $(BIN)/pytest tests/faults -s -rA -p no:cacheprovider
+	STUDIO_FAULTS=1 $(BIN)/pytest tests/faults -s -rA -p no:cacheprovider --timeout 1800
 
 lint: install-test
 	$(BIN)/ruff check .

@@ -53,15 +53,20 @@ def _specs(batch_id: str, n: int) -> list[PieceSpec]:
 
 
 class StatementCounter:
-    """Counts the SQL statements (and executemany calls) the engine sends."""
+    """Counts the SQL statements (and executemany calls) this thread sends on the engine.
+
+    Only this thread's: a background thread an earlier test left behind in the same
+    process (a lease keeper, a progress writer) may use the engine meanwhile."""
 
     def __init__(self, engine) -> None:
         self.statements: list[tuple[str, bool]] = []
         self.engine = engine
+        self.thread = threading.get_ident()
         event.listen(engine, "before_cursor_execute", self._on)
 
     def _on(self, conn, cursor, statement, parameters, context, executemany) -> None:
-        self.statements.append((statement.split()[0].upper(), executemany))
+        if threading.get_ident() == self.thread:
+            self.statements.append((statement.split()[0].upper(), executemany))
 
     def close(self) -> None:
         event.remove(self.engine, "before_cursor_execute", self._on)
@@ -212,7 +217,8 @@ def test_bulk_status_update_is_one_statement_and_one_commit(any_database) -> Non
     engine = get_engine()
     counter = StatementCounter(engine)
     commits: list[int] = []
-    event.listen(engine, "commit", lambda conn: commits.append(1))
+    me = threading.get_ident()
+    event.listen(engine, "commit", lambda conn: me == threading.get_ident() and commits.append(1))
     try:
         with session_scope() as session:
             changed = bulk_set_status(session, ids, "published")
