@@ -41,12 +41,35 @@ class PieceStatus(StrEnum):
 
 
 class AvatarRef(BaseModel):
-    """What the steps need to know of an avatar; detached from the ORM session."""
+    """What the steps need to know of an avatar; detached from the ORM session.
+
+    Beyond its identity it carries the avatar's profile: a LoRA trained on a person needs
+    its trigger word in every prompt (or the face does not appear), and each avatar has
+    its own tier mix, platforms, run size, budget and image settings. None/empty means
+    "the studio-wide default" (settings or the request)."""
 
     id: str
     name: str
     niche: str
     lora_weights_url: str | None = None
+    #: put in every prompt of this avatar, in this order (the LoRA's trained tokens)
+    trigger_words: list[str] = Field(default_factory=list)
+    #: the LoRA's weight in the image model (ComfyUI/Modal lora strength, Replicate lora_scale)
+    lora_strength: float = 1.0
+    #: this avatar's default tier shares, e.g. {"capa1": 0.6, "capa2": 0.3, "capa3": 0.1}
+    tier_mix: dict[str, float] | None = None
+    #: platforms it posts to; the scheduled fan-out makes each platform's share
+    platforms: list[str] = Field(default_factory=list)
+    #: pieces per scheduled run (split over `platforms`)
+    pieces_per_run: int | None = None
+    #: what all its batches may spend in a UTC day (overrides AVATAR_DAILY_BUDGET_USD)
+    daily_budget_usd: float | None = None
+    #: API-format ComfyUI workflow file (overrides COMFYUI_WORKFLOW)
+    workflow: str | None = None
+    #: checkpoint file name (overrides COMFYUI_CHECKPOINT)
+    checkpoint: str | None = None
+    #: aspect ratio such as "9:16" (overrides the platform's format)
+    format: str | None = None
 
 
 class PieceSpec(BaseModel):
@@ -62,6 +85,13 @@ class PieceSpec(BaseModel):
     niche: str | None = None
     hook_pattern: str | None = None
     custom: bool = False
+    #: the platform the piece is made for, and its image format: the aspect ratio (e.g.
+    #: "4:5") and the size native to SDXL for it (ComfyUI and Modal are sent width and
+    #: height, Replicate's FLUX the aspect ratio); None: square 1024x1024 as before
+    platform: str | None = None
+    aspect_ratio: str | None = None
+    width: int | None = None
+    height: int | None = None
 
 
 class GeneratedImage(BaseModel):
