@@ -54,8 +54,8 @@ PLATFORM_ASPECT: dict[str, str] = {
     Platform.INSTAGRAM.value: "4:5",  # feed portrait, the tallest a feed post shows whole
     Platform.TIKTOK.value: "9:16",  # full-screen vertical
     Platform.TWITTER.value: "16:9",  # in-timeline single image shown uncropped
-    Platform.PATREON.value: "1:1",
-    Platform.ONLYFANS.value: "4:5",
+    Platform.PATREON.value: "4:5",  # one of the ratios Patreon recommends for post images
+    Platform.ONLYFANS.value: "4:5",  # no published guidance: the mobile portrait feed ratio
 }
 
 #: SDXL's ~1 MP training buckets (width, height), sides multiples of 64 (SDXL report,

@@ -3,9 +3,22 @@
 The endpoint is protected by Modal's proxy auth: the token pair goes in the
 `Modal-Key`/`Modal-Secret` headers. Modal answers a request that runs longer than
 150 s with `303 See Other` to a result URL (`?__modal_function_call_id=fc-...`) that
-"can be reloaded without triggering a new request" and may answer 303 again. Body (our
-endpoint's contract): prompt, negative_prompt, lora_url, seed, width, height,
-num_inference_steps -> image bytes.
+"can be reloaded without triggering a new request" and may answer 303 again.
+
+The endpoint is our own (`modal.fastapi_endpoint`), so its body is our contract: a JSON
+object, answered 200 with the image bytes, or 422 `{"detail": [...]}` (FastAPI's
+validation error) naming each bad field:
+
+- `prompt` (string, required): the piece's prompt, trigger words included;
+- `negative_prompt` (string): what SDXL steers away from;
+- `lora_url` (string, required): the avatar's LoRA weights;
+- `lora_strength` (number, -1 to 3, default 1.0): the LoRA's weight, the avatar's
+  `lora_strength` (the same range as Replicate's FLUX `lora_scale`);
+- `seed` (integer): derived from the piece id, so a retry makes the same image;
+- `width`, `height` (integers, multiples of 64, 512 to 2048, default 1024): the
+  SDXL-native size of the piece's aspect ratio (`studio/formats.py`; a piece planned
+  without a format is square 1024x1024);
+- `num_inference_steps` (integer): sampler steps.
 
 Redirects are followed here, not by httpx, because the first 303 carries the job id:
 the function call is billed from the moment the endpoint accepted the request, so
@@ -29,6 +42,7 @@ import httpx
 from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings
 
+from studio.formats import FormatError, sdxl_size
 from studio.ledger.dead_runs import JobAnswer, OpenRow
 from studio.providers.base import BilledJob, NoJobTracking, ProviderError, ProviderImage
 from studio.providers.comfyui import NEGATIVE_PROMPT, seed_for
@@ -50,6 +64,8 @@ logger = logging.getLogger("studio.providers")
 NOT_RETRYABLE = {400, 401, 403, 404, 405, 422}
 REDIRECTS = {301, 302, 303, 307, 308}
 CALL_ID = "__modal_function_call_id"
+#: a piece planned without a format (before issue 18): SDXL's square size
+DEFAULT_SIZE = (1024, 1024)
 #: transport failures before the request reached the endpoint: nothing was billed
 NOT_SENT = (httpx.ConnectError, httpx.ConnectTimeout, httpx.PoolTimeout, httpx.UnsupportedProtocol)
 
@@ -107,13 +123,15 @@ class ModalSDXLProvider:
                     "provider_resume provider=modal job=%s outcome=%s",
                     job.resume_job_id, outcome,
                 )
+        width, height = self._size(spec)
         body = {
             "prompt": spec.prompt,
             "negative_prompt": NEGATIVE_PROMPT,
             "lora_url": avatar.lora_weights_url,
+            "lora_strength": avatar.lora_strength,
             "seed": seed_for(spec.piece_id),
-            "width": 1024,
-            "height": 1024,
+            "width": width,
+            "height": height,
             "num_inference_steps": 30,
         }
         try:
@@ -133,6 +151,20 @@ class ModalSDXLProvider:
             return await self._result(response)
         except _ResultGone:
             raise ProviderError(self.name, "result URL answered HTTP 404") from None
+
+    def _size(self, spec: PieceSpec) -> tuple[int, int]:
+        """The piece's width and height; from its aspect ratio when only that is set.
+
+        A plan made before formats existed has neither: square 1024x1024, as before.
+        """
+        if spec.width and spec.height:
+            return spec.width, spec.height
+        if spec.aspect_ratio:
+            try:
+                return sdxl_size(spec.aspect_ratio)
+            except FormatError as exc:
+                raise ProviderError(self.name, str(exc), retryable=False) from None
+        return DEFAULT_SIZE
 
     def _job_id(self, response: httpx.Response) -> str | None:
         """The call id from the 303's result URL, or the URL itself when it has none.

@@ -5,6 +5,15 @@ weights URL in its LoRA input (REPLICATE_LORA_INPUT, `lora_weights` for
 black-forest-labs/flux-dev-lora). Creation uses `Prefer: wait` so a fast prediction
 comes back in one round trip; otherwise the client polls.
 
+Format and LoRA weight: FLUX takes no width/height but an `aspect_ratio` from an enum
+(1:1, 16:9, 21:9, 3:2, 2:3, 4:5, 5:4, 3:4, 4:3, 9:16, 9:21 on black-forest-labs/flux-dev,
+flux-schnell and flux-dev-lora), so the piece's aspect ratio is sent as the enum's
+spelling of the same ratio ("18:32" as "9:16"; none: "1:1"). A ratio the enum lacks is
+sent as it is: the batch refuses such a format before it starts
+(`studio.formats.format_refusal`), and a model of the studio's own may accept more;
+Replicate answers 422 otherwise, a failure without retry. `lora_scale` (-1 to 3 on
+flux-dev-lora) is the avatar's `lora_strength`.
+
 The output may be a list of files or one file, each an `https://` delivery URL or (in
 sync mode) a `data:` URI: the SDK's `FileOutput` reads both, so no hand-written fetching
 (httpx alone refuses `data:`, which once lost every sync-mode image after it was paid
@@ -35,6 +44,7 @@ from replicate.exceptions import ReplicateError
 from replicate.helpers import FileOutput, transform_output
 from replicate.prediction import Prediction
 
+from studio.formats import DEFAULT_ASPECT, FormatError, replicate_aspect_ratio
 from studio.providers.base import BilledJob, NoJobTracking, ProviderError, ProviderImage
 from studio.providers.comfyui import seed_for
 from studio.providers.same_origin import RedirectRefused, pin_origin, refuse_redirects
@@ -51,6 +61,16 @@ TERMINAL = frozenset({"succeeded", "failed", "canceled", "aborted"})
 DEAD = frozenset({"failed", "canceled", "aborted"})
 #: a delivery URL that answers these no longer holds the file (retention ended)
 GONE = frozenset({404, 410})
+
+def flux_aspect_ratio(aspect_ratio: str | None) -> str:
+    """What FLUX's `aspect_ratio` input is sent for a piece's ratio (module docstring)."""
+    if aspect_ratio is None:
+        return DEFAULT_ASPECT
+    try:
+        return replicate_aspect_ratio(aspect_ratio) or aspect_ratio
+    except FormatError:
+        return aspect_ratio  # not a ratio at all: Replicate's 422 names it
+
 
 def describe_shape(value: Any) -> str:
     """A short name for an output value, for error messages (never the value itself)."""
@@ -161,10 +181,10 @@ class ReplicateFluxProvider:
         return {
             "prompt": spec.prompt,
             self.lora_input: avatar.lora_weights_url,
-            "lora_scale": 0.8,
+            "lora_scale": avatar.lora_strength,
             "seed": seed_for(spec.piece_id) % 2**31,
             "num_outputs": 1,
-            "aspect_ratio": "1:1",
+            "aspect_ratio": flux_aspect_ratio(spec.aspect_ratio),
             "output_format": "png",
         }
 
