@@ -3,12 +3,17 @@
 An avatar's name and niche reach log lines, artifacts, hooks and prompts, and its LoRA
 URL is handed to image providers that fetch it: all three are checked when an avatar is
 added or updated, and the URL again when a batch resolves the avatar (rows stored before
-the check).
+the check). Its profile (trigger words, LoRA strength, tier mix, platforms, run size,
+budget, workflow, checkpoint, format: studio/avatar_profiles.py) is checked the same
+way, and every refusal names the avatar and the field.
 """
 
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
+from typing import Any
 from urllib.parse import urlsplit
 
 from pydantic import Field, field_validator
@@ -16,6 +21,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from sqlalchemy import or_, select
 from sqlalchemy.orm import Session
 
+from studio.avatar_profiles import PROFILE_FIELDS, check_profile, default, stored_profile
 from studio.db.models import Avatar
 from studio.request import (
     MAX_NAME_CHARS,
@@ -114,6 +120,20 @@ def _check_name_free(session: Session, name: str, other_than: str | None = None)
         raise BatchRequestError("name", f"an avatar named {name!r} exists already")
 
 
+@contextmanager
+def about_avatar(name: str, where: str = "") -> Iterator[None]:
+    """Refusals raised inside name the avatar: `lora_strength: avatar 'nova': ...`.
+
+    Not for the name itself (its message shows it already) nor an unknown avatar."""
+    try:
+        yield
+    except BatchRequestError as exc:
+        if exc.field in ("name", "avatar") or exc.message.startswith("avatar "):
+            raise
+        shown = repr(name[:60]) if isinstance(name, str) else repr(name)
+        raise BatchRequestError(exc.field, f"avatar {shown}{where}: {exc.message}") from None
+
+
 def add_avatar(
     session: Session,
     name: str,
@@ -121,14 +141,20 @@ def add_avatar(
     lora_weights_url: str | None,
     cadence: str = "daily",
     active: bool = True,
+    profile: Mapping[str, Any] | None = None,
 ) -> Avatar:
-    """Register an avatar; every value is checked first (BatchRequestError naming it)."""
-    _check_name(name)
-    check_name("niche", niche, MAX_NICHE_CHARS)
-    if lora_weights_url is not None:
-        check_lora_url(lora_weights_url, "lora")
-    _check_cadence(cadence)
-    _check_name_free(session, name)
+    """Register an avatar; every value is checked first (BatchRequestError naming it).
+
+    `profile`: the profile fields to set (studio/avatar_profiles.py); the rest keep
+    their defaults."""
+    with about_avatar(name):
+        _check_name(name)
+        check_name("niche", niche, MAX_NICHE_CHARS)
+        if lora_weights_url is not None:
+            check_lora_url(lora_weights_url, "lora")
+        _check_cadence(cadence)
+        checked = check_profile(profile or {})
+        _check_name_free(session, name)
     avatar = Avatar(
         id=str(uuid.uuid4()),
         name=name,
@@ -136,6 +162,7 @@ def add_avatar(
         lora_weights_url=lora_weights_url,
         cadence=cadence,
         active=active,
+        **{field: checked.get(field, default(field)) for field in PROFILE_FIELDS},
     )
     session.add(avatar)
     session.flush()
@@ -161,13 +188,29 @@ def update_avatar(
     lora_weights_url: str | None = None,
     cadence: str | None = None,
     active: bool | None = None,
+    profile: Mapping[str, Any] | None = None,
 ) -> tuple[Avatar, list[str]]:
     """Change the given fields (checked as `add_avatar` checks them); the avatar and the
     names of the fields that changed. Its id, batches and pieces stay as they are.
+    `profile`: profile fields to set; a None value resets that field to its default.
 
     Why: an avatar added without `--lora` could never get one, and a typo in a niche
     stayed for good."""
     avatar = get_avatar(session, id_or_name)
+    with about_avatar(avatar.name):
+        return _update(session, avatar, name, niche, lora_weights_url, cadence, active, profile)
+
+
+def _update(
+    session: Session,
+    avatar: Avatar,
+    name: str | None,
+    niche: str | None,
+    lora_weights_url: str | None,
+    cadence: str | None,
+    active: bool | None,
+    profile: Mapping[str, Any] | None,
+) -> tuple[Avatar, list[str]]:
     wanted: dict[str, object] = {}
     if name is not None:
         _check_name(name)
@@ -184,10 +227,12 @@ def update_avatar(
         wanted["cadence"] = cadence
     if active is not None:
         wanted["active"] = active
+    wanted.update(check_profile(profile or {}))
     if not wanted:
         raise BatchRequestError(
             "options",
-            "nothing to change; give --name, --niche, --lora, --cadence or --active/--inactive",
+            "nothing to change; give --name, --niche, --lora, --cadence, --active/--inactive "
+            "or a profile option (see `studio avatar update --help`)",
         )
     changed = [key for key, value in wanted.items() if getattr(avatar, key) != value]
     for key in changed:
@@ -233,12 +278,37 @@ def resolve_avatar(session: Session, id_or_name: str) -> AvatarRef:
         )
     # a row stored before URLs were checked (file://, ftp://...) is refused by name
     check_lora_url(avatar.lora_weights_url, "avatar_id", f"avatar {avatar.name!r}: ")
+    # a profile written around the checks (SQL, an older tool) is refused the same way
+    set_fields = {
+        field: value for field, value in stored_profile(avatar).items() if value != default(field)
+    }
+    try:
+        check_profile(set_fields)
+    except BatchRequestError as exc:
+        raise BatchRequestError(
+            "avatar_id", f"avatar {avatar.name!r}: {exc.field}: {exc.message}"
+        ) from None
     return to_ref(avatar)
 
 
 def to_ref(avatar: Avatar) -> AvatarRef:
+    """The avatar and its whole profile, detached from the session (what flows read)."""
+    profile = stored_profile(avatar)
+    tier_mix = profile["tier_mix"]
     return AvatarRef(
-        id=avatar.id, name=avatar.name, niche=avatar.niche, lora_weights_url=avatar.lora_weights_url
+        id=avatar.id,
+        name=avatar.name,
+        niche=avatar.niche,
+        lora_weights_url=avatar.lora_weights_url,
+        trigger_words=list(profile["trigger_words"]),
+        lora_strength=float(profile["lora_strength"]),
+        tier_mix=dict(tier_mix) if tier_mix is not None else None,
+        platforms=list(profile["platforms"]),
+        pieces_per_run=profile["pieces_per_run"],
+        daily_budget_usd=profile["daily_budget_usd"],
+        workflow=profile["workflow"],
+        checkpoint=profile["checkpoint"],
+        format=profile["format"],
     )
 
 

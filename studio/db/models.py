@@ -20,6 +20,7 @@ from sqlalchemy import (
     String,
     Text,
     false,
+    text,
 )
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 
@@ -42,6 +43,23 @@ class Avatar(Base):
     active: Mapped[bool] = mapped_column(Boolean, default=True)
     cadence: Mapped[str] = mapped_column(String(20), default="daily")
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    # the avatar's profile (migration 0007; checked by studio/avatar_profiles.py).
+    # Empty/NULL means the studio-wide default, which is what avatars added before had.
+    #: the LoRA's trained tokens, put in every prompt of this avatar
+    trigger_words: Mapped[list[str]] = mapped_column(
+        JSON, default=list, server_default=text("'[]'")
+    )
+    lora_strength: Mapped[float] = mapped_column(Float, default=1.0, server_default="1.0")
+    #: {"capa1": .., "capa2": .., "capa3": ..} summing to 1
+    tier_mix: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    platforms: Mapped[list[str]] = mapped_column(JSON, default=list, server_default=text("'[]'"))
+    pieces_per_run: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    daily_budget_usd: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: path of an API-format ComfyUI workflow (overrides COMFYUI_WORKFLOW)
+    workflow: Mapped[str | None] = mapped_column(Text, nullable=True)
+    checkpoint: Mapped[str | None] = mapped_column(Text, nullable=True)
+    #: aspect ratio "W:H" (overrides the platform's format)
+    format: Mapped[str | None] = mapped_column(String(20), nullable=True)
 
 
 class Template(Base):
@@ -126,6 +144,9 @@ class ContentPiece(Base):
     needs_sync: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     #: migration 0004: the image is a cached asset of an earlier batch, not a fresh one
     degraded: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: migration 0007: the size the image was asked for (NULL: made before, 1024x1024)
+    width: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    height: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class CostLedgerEntry(Base):

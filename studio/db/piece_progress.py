@@ -73,6 +73,9 @@ def record_plan(session: Session, avatar_id: str, batch_id: str, specs: list[Pie
             "created_at": now,
             "spec": spec.model_dump(mode="json"),
             "needs_sync": False,
+            # the size asked of the provider (None: the old square 1024x1024)
+            "width": spec.width,
+            "height": spec.height,
         }
         for spec in specs
     ]
