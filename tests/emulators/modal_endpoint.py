@@ -11,8 +11,15 @@ It behaves like Modal's HTTP front door for a `@modal.fastapi_endpoint` with
 - a failing function call answers 500 "Internal Server Error"; a bad body answers 422
   with FastAPI's `{"detail": [...]}`; an unknown call id answers 404.
 
-The endpoint contract (ours): POST JSON {prompt, negative_prompt, lora_url, seed, width,
-height, num_inference_steps} -> 200 image/png.
+The endpoint contract (ours, documented in studio/providers/modal_endpoint.py): POST JSON
+{prompt, negative_prompt, lora_url, lora_strength, seed, width, height,
+num_inference_steps} -> 200 image/png. `width`/`height` (default 1024) must be integers,
+multiples of 64 from 512 to 2048, `lora_strength` (default 1.0) a number from -1 to 3:
+anything else answers 422 with pydantic's error per field (`int_type`, `multiple_of`,
+`greater_than_equal`, `less_than_equal`, `float_type`), before any call is made.
+`jobs` records what each function call was asked for ({call_id, seed, width, height,
+lora_strength}), and its image has the asked-for proportions (`image_size` pixels per
+1024, so 1024x1024 gives the 64x64 PNG of before and 768x1344 a 48x84 one).
 
 Switches (one per documented variant, see tests/emulators/README.md): latency,
 failure_rate, hang, `redirect_after` (seconds; 0 = always redirect); `fail_next(*statuses)`
@@ -32,9 +39,75 @@ from collections import deque
 
 from aiohttp import web
 
-from tests.emulators.base import Behaviour, Emulator, png_bytes
+from tests.emulators.base import Behaviour, Emulator
 
 MODAL_REDIRECT_AFTER = 150.0
+#: our endpoint's size and LoRA-strength constraints (studio/providers/modal_endpoint.py)
+SIZE_MULTIPLE = 64
+SIZE_MIN, SIZE_MAX = 512, 2048
+STRENGTH_MIN, STRENGTH_MAX = -1.0, 3.0
+
+
+def sized_png(label: str, width: int, height: int) -> bytes:
+    """A real PNG of width x height whose colour derives from `label`."""
+    import hashlib
+    import io
+
+    from PIL import Image
+
+    digest = hashlib.sha256(label.encode()).digest()
+    image = Image.new("RGB", (max(1, width), max(1, height)), tuple(digest[:3]))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _error(kind: str, field: str, msg: str, value: object, **ctx: object) -> dict:
+    """One pydantic v2 error as FastAPI lists it in a 422's `detail`."""
+    error: dict = {"type": kind, "loc": ["body", field], "msg": msg, "input": value}
+    if ctx:
+        error["ctx"] = ctx
+    return error
+
+
+def body_errors(body: dict) -> list[dict]:
+    """The 422 `detail` entries for width, height and lora_strength (empty: valid)."""
+    errors = []
+    for field in ("width", "height"):
+        value = body.get(field, 1024)
+        if not isinstance(value, int) or isinstance(value, bool):
+            errors.append(_error("int_type", field, "Input should be a valid integer", value))
+        elif value % SIZE_MULTIPLE:
+            errors.append(_error(
+                "multiple_of", field, f"Input should be a multiple of {SIZE_MULTIPLE}", value,
+                multiple_of=SIZE_MULTIPLE,
+            ))
+        elif value < SIZE_MIN:
+            errors.append(_error(
+                "greater_than_equal", field,
+                f"Input should be greater than or equal to {SIZE_MIN}", value, ge=SIZE_MIN,
+            ))
+        elif value > SIZE_MAX:
+            errors.append(_error(
+                "less_than_equal", field,
+                f"Input should be less than or equal to {SIZE_MAX}", value, le=SIZE_MAX,
+            ))
+    strength = body.get("lora_strength", 1.0)
+    if not isinstance(strength, int | float) or isinstance(strength, bool):
+        errors.append(_error("float_type", "lora_strength", "Input should be a valid number",
+                             strength))
+    elif strength < STRENGTH_MIN:
+        errors.append(_error(
+            "greater_than_equal", "lora_strength",
+            f"Input should be greater than or equal to {STRENGTH_MIN}", strength,
+            ge=STRENGTH_MIN,
+        ))
+    elif strength > STRENGTH_MAX:
+        errors.append(_error(
+            "less_than_equal", "lora_strength",
+            f"Input should be less than or equal to {STRENGTH_MAX}", strength, le=STRENGTH_MAX,
+        ))
+    return errors
 
 
 class _Failed(Exception):
@@ -57,6 +130,8 @@ class ModalEndpointEmulator(Emulator):
         self.redirect_after = redirect_after
         self.image_size = image_size
         self.bodies: list[dict] = []
+        #: what each function call was asked for: {call_id, seed, width, height, lora_strength}
+        self.jobs: list[dict] = []
         self._calls: dict[str, asyncio.Task[bytes]] = {}
         #: one (key, latency, failed) per generation; key = the body's seed
         self.records: list[tuple[str, float, bool]] = []
@@ -97,7 +172,9 @@ class ModalEndpointEmulator(Emulator):
             status=401, text="modal-http: missing credentials for proxy authorization"
         )
 
-    async def _generate(self, call_id: str, key: str = "") -> bytes:
+    async def _generate(
+        self, call_id: str, key: str = "", size: tuple[int, int] = (1024, 1024)
+    ) -> bytes:
         latency, fail = self.behaviour.draw()
         self.records.append((key, latency, fail))
         async with self.counters.generating():
@@ -107,7 +184,8 @@ class ModalEndpointEmulator(Emulator):
             self.counters.hit("failed")
             raise _Failed(call_id)
         self.counters.hit("succeeded")
-        return png_bytes(f"modal-{call_id}", self.image_size)
+        width, height = (round(side * self.image_size / 1024) for side in size)
+        return sized_png(f"modal-{call_id}", width, height)
 
     async def _answer(self, request: web.Request, call_id: str) -> web.Response:
         task = self._calls[call_id]
@@ -140,12 +218,20 @@ class ModalEndpointEmulator(Emulator):
                 for k in missing
             ]
             return web.json_response({"detail": detail}, status=422)
+        if detail := body_errors(body):
+            self.counters.hit("invalid")
+            return web.json_response({"detail": detail}, status=422)
         self.bodies.append(body)
         self.bill()
         call_id = f"fc-{uuid.uuid4().hex[:26]}"
+        size = (body.get("width", 1024), body.get("height", 1024))
+        self.jobs.append({
+            "call_id": call_id, "seed": body.get("seed"), "width": size[0], "height": size[1],
+            "lora_strength": body.get("lora_strength", 1.0),
+        })
         self._shapes[call_id] = (self.body_override, self.content_type)
         self._calls[call_id] = asyncio.create_task(
-            self._generate(call_id, str(body.get("seed", "")))
+            self._generate(call_id, str(body.get("seed", "")), size)
         )
         return await self._answer(request, call_id)
 

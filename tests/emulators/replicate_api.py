@@ -30,6 +30,17 @@ Switches (one per documented variant, see tests/emulators/README.md):
 - `remove_data(pid)`: the hour of data retention passed: the prediction answers with
   `output: null`, `data_removed: true`, its file 404s;
 - `forget(pid)`: the prediction is gone (404).
+- input validation against the model's schema, before a prediction exists (nothing
+  billed): an `aspect_ratio` outside `aspect_ratios` (FLUX's enum: 1:1, 16:9, 21:9, 3:2,
+  2:3, 4:5, 5:4, 3:4, 4:3, 9:16, 9:21) or a `lora_scale` outside `lora_scale_range`
+  (-1 to 3 on black-forest-labs/flux-dev-lora) answers 422 "Input validation failed"
+  whose `detail` has one `- input.<field>: <message>` line per bad field and whose
+  `invalid_fields` lists `{type, field, description}` (Replicate validates inputs with a
+  JSON schema; the messages are its validator's: `input.aspect_ratio must be one of the
+  following: "1:1", ...`, `Must be less than or equal to 3`).
+- `jobs`: what each prediction was asked for ({id, seed, aspect_ratio, lora_scale}, the
+  model's defaults "1:1" and 1 when absent); its image has that ratio (`image_size`
+  pixels a side for 1:1).
 - GET /v1/predictions: the account's predictions, newest first, `list_page_size` (100)
   a page with a `next` cursor URL (the dead-run lookup searches it).
 `billed_jobs` counts created predictions (Replicate bills each one that runs).
@@ -48,10 +59,35 @@ from typing import Any
 
 from aiohttp import web
 
-from tests.emulators.base import Behaviour, Emulator, png_bytes
+from tests.emulators.base import Behaviour, Emulator
 
 TERMINAL = {"succeeded", "failed", "canceled", "aborted"}
 _UNSET: Any = object()
+#: the `aspect_ratio` enum of black-forest-labs/flux-dev, flux-schnell and flux-dev-lora
+FLUX_ASPECT_RATIOS = (
+    "1:1", "16:9", "21:9", "3:2", "2:3", "4:5", "5:4", "3:4", "4:3", "9:16", "9:21",
+)
+#: `lora_scale` minimum and maximum on black-forest-labs/flux-dev-lora
+FLUX_LORA_SCALE = (-1.0, 3.0)
+
+
+def _ratio_png(label: str, aspect_ratio: str, size: int) -> bytes:
+    """A real PNG with `aspect_ratio` (size x size for 1:1) coloured from `label`."""
+    import hashlib
+    import io
+
+    from PIL import Image
+
+    try:
+        width, height = (float(part) for part in aspect_ratio.split(":"))
+        scale = math.sqrt(width / height)
+    except (ValueError, ZeroDivisionError):  # e.g. "custom": the model's own size
+        scale = 1.0
+    digest = hashlib.sha256(label.encode()).digest()
+    image = Image.new("RGB", (round(size * scale), round(size / scale)), tuple(digest[:3]))
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
 
 
 def _now() -> str:
@@ -98,6 +134,41 @@ class ReplicateEmulator(Emulator):
         #: the Authorization header of each file download (None when absent)
         self.file_authorizations: list[str | None] = []
         self._ready: dict[str, asyncio.Event] = {}
+        #: the model's input schema: accepted aspect ratios, lora_scale (min, max)
+        self.aspect_ratios: tuple[str, ...] = FLUX_ASPECT_RATIOS
+        self.lora_scale_range: tuple[float, float] = FLUX_LORA_SCALE
+        #: what each prediction was asked for: {id, seed, aspect_ratio, lora_scale}
+        self.jobs: list[dict[str, Any]] = []
+
+    def _invalid_fields(self, inputs: dict[str, Any]) -> list[dict[str, str]]:
+        """The schema violations of `inputs` as Replicate lists them (empty: valid)."""
+        invalid = []
+        if "aspect_ratio" in inputs and inputs["aspect_ratio"] not in self.aspect_ratios:
+            allowed = ", ".join(f'"{value}"' for value in self.aspect_ratios)
+            invalid.append({
+                "type": "enum", "field": "input.aspect_ratio",
+                "description": f"input.aspect_ratio must be one of the following: {allowed}",
+            })
+        if "lora_scale" in inputs:
+            value = inputs["lora_scale"]
+            low, high = self.lora_scale_range
+            if not isinstance(value, int | float) or isinstance(value, bool):
+                given = "string" if isinstance(value, str) else type(value).__name__
+                invalid.append({
+                    "type": "invalid_type", "field": "input.lora_scale",
+                    "description": f"Invalid type. Expected: number, given: {given}",
+                })
+            elif value > high:
+                invalid.append({
+                    "type": "number_lte", "field": "input.lora_scale",
+                    "description": f"Must be less than or equal to {high:g}",
+                })
+            elif value < low:
+                invalid.append({
+                    "type": "number_gte", "field": "input.lora_scale",
+                    "description": f"Must be greater than or equal to {low:g}",
+                })
+        return invalid
 
     def remove_data(self, pid: str) -> None:
         """Replicate's automatic clean-up: inputs, output and files removed, prediction kept."""
@@ -176,6 +247,14 @@ class ReplicateEmulator(Emulator):
         inputs = body.get("input") or {}
         if not version or not isinstance(inputs, dict) or not inputs.get("prompt"):
             return _problem(422, "Input validation failed", "- input: prompt is required")
+        if invalid := self._invalid_fields(inputs):
+            self.counters.hit("invalid")
+            detail = "".join(f"- {e['field']}: {e['description']}\n" for e in invalid)
+            return web.json_response(
+                {"title": "Input validation failed", "detail": detail, "status": 422,
+                 "invalid_fields": invalid},
+                status=422, content_type="application/problem+json",
+            )
         pid = secrets.token_hex(13)[:26]
         base = str(request.url.origin())
         prediction: dict[str, Any] = {
@@ -199,6 +278,11 @@ class ReplicateEmulator(Emulator):
             },
         }
         self.predictions[pid] = prediction
+        self.jobs.append({
+            "id": pid, "seed": inputs.get("seed"),
+            "aspect_ratio": inputs.get("aspect_ratio", "1:1"),
+            "lora_scale": inputs.get("lora_scale", 1),
+        })
         self.bill()
         self._done[pid] = asyncio.Event()
         self._ready[pid] = asyncio.Event()
@@ -244,7 +328,10 @@ class ReplicateEmulator(Emulator):
                 prediction["error"] = "Prediction failed: the model raised an error"
             else:
                 self.counters.hit("succeeded")
-                self.files[pid] = png_bytes(f"replicate-{pid}", self.image_size)
+                self.files[pid] = _ratio_png(
+                    f"replicate-{pid}", prediction["input"].get("aspect_ratio", "1:1"),
+                    self.image_size,
+                )
                 prediction["output"] = self._output(pid, base)
                 if self.files_before_end is not None:
                     self._ready[pid].set()  # the held answer goes out while "processing"
