@@ -1,8 +1,13 @@
 """ComfyUI over its HTTP API: free, local and fast, but it fails often (spec: ~30%).
 
-One image = POST /prompt with an API-format SDXL graph that loads the avatar's LoRA
-(LoraLoader), wait for it to finish, then GET /history/{prompt_id} and GET /view for the
-file. Completion comes from ComfyUI's /ws event stream (opened before the prompt is
+One image = POST /prompt with an API-format workflow (the studio's own, named by
+COMFYUI_WORKFLOW or the avatar's `workflow`; by default the shipped SDXL + LoRA graph
+studio/workflows/sdxl_lora.json) whose bindings (prompt, negative prompt, seed, size,
+LoRA and strength, checkpoint: studio/providers/comfyui_workflow.py) are filled for the
+piece and the avatar, wait for it to finish, then GET /history/{prompt_id} and GET /view
+for the file. A workflow that cannot be used (unreadable, no binding, a LoRA mismatch
+with the avatar) is refused before anything is posted, not retryably.
+Completion comes from ComfyUI's /ws event stream (opened before the prompt is
 posted, under the same client id), which says the moment a prompt is done; polling
 /history (which answers `{}` until done) would add up to one poll interval to every
 image, and is only the fallback when the stream is unavailable. A 400 means the graph
@@ -38,6 +43,14 @@ from websockets.exceptions import WebSocketException
 
 from studio.ledger.dead_runs import JobAnswer, OpenRow
 from studio.providers.base import BilledJob, NoJobTracking, ProviderError, ProviderImage
+from studio.providers.comfyui_workflow import (
+    Workflow,
+    WorkflowError,
+    avatar_values,
+    load_workflow,
+    resolve_workflow,
+    workflow_graph,
+)
 from studio.providers.entry import (
     CANNOT_TELL,
     LOOKUP_TIMEOUT,
@@ -62,59 +75,20 @@ def seed_for(piece_id: str) -> int:
     return int.from_bytes(hashlib.sha256(piece_id.encode()).digest()[:6], "big")
 
 
-def sdxl_lora_graph(
-    spec: PieceSpec,
-    lora_name: str,
-    *,
-    checkpoint: str,
-    width: int = 1024,
-    height: int = 1024,
-    steps: int = 25,
-    lora_strength: float = 0.8,
-) -> dict[str, Any]:
-    """The API-format graph: checkpoint -> LoRA -> prompts -> KSampler -> decode -> save."""
-    return {
-        "4": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": checkpoint}},
-        "10": {
-            "class_type": "LoraLoader",
-            "inputs": {
-                "model": ["4", 0],
-                "clip": ["4", 1],
-                "lora_name": lora_name,
-                "strength_model": lora_strength,
-                "strength_clip": lora_strength,
-            },
-        },
-        "6": {"class_type": "CLIPTextEncode", "inputs": {"text": spec.prompt, "clip": ["10", 1]}},
-        "7": {
-            "class_type": "CLIPTextEncode",
-            "inputs": {"text": NEGATIVE_PROMPT, "clip": ["10", 1]},
-        },
-        "5": {
-            "class_type": "EmptyLatentImage",
-            "inputs": {"width": width, "height": height, "batch_size": 1},
-        },
-        "3": {
-            "class_type": "KSampler",
-            "inputs": {
-                "seed": seed_for(spec.piece_id),
-                "steps": steps,
-                "cfg": 7.0,
-                "sampler_name": "euler",
-                "scheduler": "normal",
-                "denoise": 1.0,
-                "model": ["10", 0],
-                "positive": ["6", 0],
-                "negative": ["7", 0],
-                "latent_image": ["5", 0],
-            },
-        },
-        "8": {"class_type": "VAEDecode", "inputs": {"samples": ["3", 0], "vae": ["4", 2]}},
-        "9": {
-            "class_type": "SaveImage",
-            "inputs": {"filename_prefix": f"studio_{spec.piece_id}", "images": ["8", 0]},
-        },
-    }
+def workflow_for(
+    spec: PieceSpec, avatar: AvatarRef, *, workflow: str | None, checkpoint: str | None
+) -> tuple[Workflow, dict[str, Any]]:
+    """The workflow to post for `spec` (the avatar's, else `workflow`, else the default)
+    and its graph with every binding filled; WorkflowError when it cannot be used."""
+    loaded = load_workflow(resolve_workflow(avatar.workflow or workflow))
+    values = avatar_values(
+        avatar, checkpoint=checkpoint, prompt=spec.prompt, seed=seed_for(spec.piece_id),
+        width=spec.width, height=spec.height, piece_id=spec.piece_id,
+    )
+    graph = workflow_graph(
+        loaded, values, has_lora=bool(avatar.lora_weights_url), avatar_name=avatar.name
+    )
+    return loaded, graph
 
 
 def _rejection(body: Any) -> str:
@@ -146,7 +120,8 @@ class ComfyUIProvider:
         endpoint: str,
         *,
         price_usd: float = 0.0,
-        checkpoint: str = "sd_xl_base_1.0.safetensors",
+        checkpoint: str | None = None,
+        workflow: str | None = None,
         poll_interval: float = 0.2,
         use_websocket: bool = True,
         client: httpx.AsyncClient | None = None,
@@ -154,7 +129,10 @@ class ComfyUIProvider:
         self.endpoint = endpoint.rstrip("/")
         self.use_websocket = use_websocket
         self.price_usd = price_usd
+        #: COMFYUI_CHECKPOINT (None: the workflow's own) and COMFYUI_WORKFLOW (None:
+        #: the shipped sdxl_lora); an avatar's `checkpoint`/`workflow` override them
         self.checkpoint = checkpoint
+        self.workflow = workflow
         self.poll_interval = poll_interval
         self._client = client or httpx.AsyncClient(
             base_url=self.endpoint,
@@ -169,15 +147,16 @@ class ComfyUIProvider:
         self, spec: PieceSpec, avatar: AvatarRef, job: BilledJob | None = None
     ) -> ProviderImage:
         job = job or NoJobTracking()
-        if not avatar.lora_weights_url:
-            raise ProviderError(self.name, "avatar has no LoRA weights", retryable=False)
+        try:
+            workflow, graph = workflow_for(
+                spec, avatar, workflow=self.workflow, checkpoint=self.checkpoint
+            )
+        except WorkflowError as exc:
+            raise ProviderError(self.name, str(exc), retryable=False) from None
         if job.resume_job_id:
             resumed = await self._resume(job.resume_job_id)
             if resumed is not None:
                 return resumed
-        graph = sdxl_lora_graph(
-            spec, lora_file_name(avatar.lora_weights_url), checkpoint=self.checkpoint
-        )
         client_id = uuid.uuid4().hex
         async with contextlib.AsyncExitStack() as stack:
             events = await self._open_events(stack, client_id)
@@ -192,7 +171,7 @@ class ComfyUIProvider:
                     entry = await self._wait_for_event(events, prompt_id)
                 if entry is None:
                     entry = await self._wait_for(prompt_id)
-                return await self._fetch_image(entry)
+                return await self._fetch_image(entry, prefer=workflow.outputs)
             except _OutputGone:
                 raise ProviderError(self.name, "view answered HTTP 404") from None
             except asyncio.CancelledError:
@@ -322,12 +301,18 @@ class ComfyUIProvider:
             await asyncio.sleep(delay)
             delay = min(delay * 2, self.poll_interval)
 
-    async def _fetch_image(self, entry: dict[str, Any]) -> ProviderImage:
-        """The first image of the finished prompt, by filename, subfolder and type."""
+    async def _fetch_image(
+        self, entry: dict[str, Any], prefer: tuple[str, ...] = ()
+    ) -> ProviderImage:
+        """The first image of the finished prompt, by filename, subfolder and type; the
+        workflow's output nodes (`prefer`) first, so an intermediate PreviewImage of a
+        studio's workflow is not taken for the finished image."""
         outputs = entry.get("outputs")
         if not isinstance(outputs, dict):
             raise UnexpectedShape(self.name, "history without outputs")
-        for output in outputs.values():
+        rank = {node: i for i, node in enumerate(prefer)}
+        ordered = sorted(outputs, key=lambda node: rank.get(str(node), len(rank)))
+        for output in (outputs[node] for node in ordered):
             images = output.get("images") if isinstance(output, dict) else None
             for image in images or []:
                 if not isinstance(image, dict) or not image.get("filename"):
@@ -374,9 +359,11 @@ class ComfyUISettings(BaseSettings):
     comfyui_enabled: bool = Field(False, validation_alias="COMFYUI_ENABLED")
     comfyui_endpoint: str = Field("http://localhost:8188", validation_alias="COMFYUI_ENDPOINT")
     comfyui_fallback_on_error: bool = Field(True, validation_alias="COMFYUI_FALLBACK_ON_ERROR")
-    comfyui_checkpoint: str = Field(
-        "sd_xl_base_1.0.safetensors", validation_alias="COMFYUI_CHECKPOINT"
-    )
+    #: None: the checkpoint the workflow file names (the default's: SDXL base 1.0)
+    comfyui_checkpoint: str | None = Field(None, validation_alias="COMFYUI_CHECKPOINT")
+    #: an API-format workflow file, or a shipped one by name (docs/comfyui-workflows.md);
+    #: None: the shipped sdxl_lora
+    comfyui_workflow: str | None = Field(None, validation_alias="COMFYUI_WORKFLOW")
     comfyui_poll_interval: float = Field(0.2, validation_alias="COMFYUI_POLL_INTERVAL")
 
 
@@ -385,6 +372,7 @@ def _build(settings: ComfyUISettings, tuning: Tuning) -> ComfyUIProvider:
         settings.comfyui_endpoint,
         price_usd=tuning.price_usd,
         checkpoint=settings.comfyui_checkpoint,
+        workflow=settings.comfyui_workflow,
         poll_interval=settings.comfyui_poll_interval,
     )
 
