@@ -285,6 +285,10 @@ from cli.schema import schema_guard  # noqa: E402
 
 app.callback()(schema_guard)  # a database command before `studio init`: one line, exit 1
 
+from cli.workflow import workflow_app  # noqa: E402
+
+app.add_typer(workflow_app, name="workflow")  # workflow check: a ComfyUI workflow file
+
 
 if __name__ == "__main__":  # pragma: no cover
     app()
