@@ -12,22 +12,20 @@ from typing import Annotated
 
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-from rich.table import Table
 
 from studio.runtime_env import apply_prefect_defaults
 
 apply_prefect_defaults()
 
 from cli.automations import automations_app  # noqa: E402
+from cli.avatars import avatar_app  # noqa: E402
 from cli.batch_options import VerboseOption, batch_options  # noqa: E402
 from cli.limits import limits_app  # noqa: E402
 from cli.local_server import local_server_app  # noqa: E402
 from cli.output import batch_failed, console, print_json, refuse  # noqa: E402
-from studio.avatars import CADENCES, add_avatar, list_avatars  # noqa: E402
 from studio.request import BatchRequest, BatchRequestError  # noqa: E402
 
 app = typer.Typer(help="Content batch pipeline for AI-avatar studios.", no_args_is_help=True)
-avatar_app = typer.Typer(help="Manage avatars.", no_args_is_help=True)
 batch_app = typer.Typer(help="Run content batches.", no_args_is_help=True)
 app.add_typer(avatar_app, name="avatar")
 app.add_typer(batch_app, name="batch")
@@ -60,100 +58,6 @@ def demo(
     initialise()
     ensure_demo_avatar()
     batch_run(avatar=DEMO_AVATAR, pieces=pieces, verbose=verbose)
-
-
-@avatar_app.command("add")
-def avatar_add(
-    name: str,
-    niche: Annotated[str, typer.Option(help="fitness, lifestyle, fashion, travel, food, ...")],
-    cadence: Annotated[str, typer.Option(help=f"one of {', '.join(CADENCES)}")] = "daily",
-    lora: Annotated[
-        str | None,
-        typer.Option("--lora", help="https:// URL of the trained LoRA weights (LORA_URL_SCHEMES)"),
-    ] = None,
-    inactive: Annotated[bool, typer.Option("--inactive")] = False,
-) -> None:
-    """Register an avatar: a printable name (1..100 characters) and niche (1..50), an
-    https:// LoRA URL; anything else exits 2 naming the field."""
-    from studio.db.engine import session_scope
-
-    try:
-        with session_scope() as session:
-            avatar = add_avatar(session, name, niche.lower(), lora, cadence, not inactive)
-            console.print(f"added avatar {avatar.name} ({avatar.id})")
-    except BatchRequestError as exc:
-        refuse(exc)
-
-
-@avatar_app.command("update")
-def avatar_update(
-    avatar: Annotated[str, typer.Argument(help="avatar id or name")],
-    name: Annotated[str | None, typer.Option("--name", help="a new name")] = None,
-    niche: Annotated[str | None, typer.Option("--niche")] = None,
-    lora: Annotated[
-        str | None,
-        typer.Option("--lora", help="https:// URL of the trained LoRA weights (LORA_URL_SCHEMES)"),
-    ] = None,
-    cadence: Annotated[str | None, typer.Option(help=f"one of {', '.join(CADENCES)}")] = None,
-    active: Annotated[
-        bool | None, typer.Option("--active/--inactive", help="in the scheduled runs or not")
-    ] = None,
-) -> None:
-    """Change an avatar's name, niche, LoRA URL, cadence or active flag (checked as at
-    `avatar add`; bad input exits 2 naming the field). Its id and history stay."""
-    from studio.avatars import update_avatar
-    from studio.db.engine import session_scope
-
-    try:
-        with session_scope() as session:
-            found, changed = update_avatar(
-                session, avatar, name=name, niche=niche.lower() if niche else niche,
-                lora_weights_url=lora, cadence=cadence, active=active,
-            )
-            what = ", ".join(changed) if changed else "nothing (same values)"
-            console.print(f"updated avatar {found.name} ({found.id}): {what}", highlight=False)
-    except BatchRequestError as exc:
-        refuse(exc)
-
-
-@avatar_app.command("remove")
-def avatar_remove(avatar: Annotated[str, typer.Argument(help="avatar id or name")]) -> None:
-    """Deactivate an avatar: no scheduled batch runs it any more; its batches, pieces and
-    costs are kept (`avatar update --active` brings it back)."""
-    from studio.avatars import deactivate_avatar
-    from studio.db.engine import session_scope
-
-    try:
-        with session_scope() as session:
-            found, was_active = deactivate_avatar(session, avatar)
-            state = "deactivated" if was_active else "was already inactive"
-            console.print(
-                f"avatar {found.name} ({found.id}) {state}: schedules skip it; its batches,"
-                " pieces and costs are kept (`studio avatar update "
-                f"{found.name} --active` brings it back)",
-                highlight=False, soft_wrap=True, markup=False,
-            )
-    except BatchRequestError as exc:
-        refuse(exc)
-
-
-@avatar_app.command("list")
-def avatar_list() -> None:
-    """List avatars."""
-    from studio.db.engine import session_scope
-
-    table = Table("id", "name", "niche", "cadence", "active", "lora")
-    with session_scope() as session:
-        for a in list_avatars(session):
-            table.add_row(
-                a.id,
-                a.name,
-                a.niche,
-                a.cadence,
-                str(a.active),
-                "yes" if a.lora_weights_url else "no",
-            )
-    console.print(table)
 
 
 @batch_app.command("run")

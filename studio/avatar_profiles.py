@@ -16,6 +16,7 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import ValidationError
 
@@ -165,7 +166,7 @@ def check_tier_mix(value: Any) -> dict[str, float]:
 
 
 def check_platforms(value: Any) -> list[str]:
-    platforms = _text_list("platforms", value)
+    platforms = [p.lower() if isinstance(p, str) else p for p in _text_list("platforms", value)]
     for platform in platforms:
         if platform not in PLATFORMS:
             raise BatchRequestError(
@@ -275,3 +276,13 @@ def stored_profile(avatar: Any) -> dict[str, Any]:
         value = getattr(avatar, field, None)
         profile[field] = default(field) if value is None else value
     return profile
+
+
+def shown_url(url: str | None) -> str | None:
+    """A LoRA URL without its query and fragment, for output: a signed download link
+    carries its credential there, and command output ends up in tickets and chat."""
+    if not url:
+        return url
+    parts = urlsplit(url)
+    hidden = "?…" if parts.query or parts.fragment else ""
+    return urlunsplit((parts.scheme, parts.netloc, parts.path, "", "")) + hidden
