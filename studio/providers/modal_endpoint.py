@@ -233,7 +233,8 @@ class ModalSDXLProvider:
             raise ProviderError(
                 self.name,
                 f"endpoint answered HTTP {status}"
-                + (f" after {redirects} redirect(s)" if redirects else ""),
+                + (f" after {redirects} redirect(s)" if redirects else "")
+                + (f": {_validation_text(response)}" if status == 422 else ""),
                 retryable=status not in NOT_RETRYABLE,
             )
         content_type = sniff_image(response.content)
@@ -242,6 +243,27 @@ class ModalSDXLProvider:
             shape = "empty body" if not response.content else f"{declared} body, not an image"
             raise UnexpectedShape(self.name, shape)
         return ProviderImage(response.content, content_type, self.price_usd)
+
+
+def _validation_text(response: httpx.Response) -> str:
+    """The fields FastAPI's 422 names and why ("width: Input should be a multiple of 64").
+
+    Only each error's location and message: its `input` echoes the body back.
+    """
+    try:
+        errors = response.json().get("detail")
+    except (ValueError, AttributeError):
+        errors = None
+    if not isinstance(errors, list) or not errors:
+        return "invalid body"
+    parts = []
+    for error in errors:
+        if not isinstance(error, dict):
+            continue
+        loc = [str(part) for part in error.get("loc", []) if part != "body"]
+        parts.append(f"{'.'.join(loc) or 'body'}: {error.get('msg', 'invalid')}")
+    text = "; ".join(parts) or "invalid body"
+    return text if len(text) <= 200 else text[:197] + "..."
 
 
 def _from_front_door(response: httpx.Response) -> bool:
