@@ -149,7 +149,10 @@ def avatar_add(
             avatar = add_avatar(
                 session, name, niche.lower(), lora, cadence, not inactive, profile=profile
             )
-            console.print(f"added avatar {escape(avatar.name)} ({avatar.id})", highlight=False)
+            console.print(
+                f"added avatar {escape(avatar.name)} ({avatar.id})", highlight=False,
+                soft_wrap=True,
+            )
     except BatchRequestError as exc:
         refuse(exc)
 
@@ -198,16 +201,17 @@ def avatar_update(
 ) -> None:
     """Change an avatar's name, niche, LoRA URL, cadence, active flag or profile (checked
     as at `avatar add`; bad input exits 2 naming the field). Its id and history stay."""
-    from studio.avatars import update_avatar
+    from studio.avatars import about_avatar, update_avatar
     from studio.db.engine import session_scope
 
     profile = _profile(trigger_word, lora_strength, tier_mix, platform, pieces_per_run,
                        daily_budget, workflow, checkpoint, format_)
     try:
-        for field in _clear_fields(clear):
-            if field in profile:
-                raise BatchRequestError(field, "is both set and cleared; give one of the two")
-            profile[field] = None
+        with about_avatar(avatar):
+            for field in _clear_fields(clear):
+                if field in profile:
+                    raise BatchRequestError(field, "is both set and cleared; give one of them")
+                profile[field] = None
         with session_scope() as session:
             found, changed = update_avatar(
                 session, avatar, name=name, niche=niche.lower() if niche else niche,
@@ -215,7 +219,8 @@ def avatar_update(
             )
             what = ", ".join(changed) if changed else "nothing (same values)"
             console.print(
-                f"updated avatar {escape(found.name)} ({found.id}): {what}", highlight=False
+                f"updated avatar {escape(found.name)} ({found.id}): {what}",
+                highlight=False, soft_wrap=True,
             )
     except BatchRequestError as exc:
         refuse(exc)
@@ -296,13 +301,13 @@ def avatar_import(
     summary = (f"{counts['create']} to create, {counts['update']} to update, "
                f"{counts['unchanged']} unchanged")
     if dry_run:
-        console.print(f"dry run: {summary}; nothing written", highlight=False)
+        console.print(f"dry run: {summary}; nothing written", highlight=False, soft_wrap=True)
     else:
         console.print(
             f"imported {len(plan)} avatars from {escape(file.name)}: "
             f"{counts['create']} created, {counts['update']} updated, "
             f"{counts['unchanged']} unchanged",
-            highlight=False,
+            highlight=False, soft_wrap=True,
         )
 
 
