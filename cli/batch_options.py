@@ -27,6 +27,7 @@ OPTIONS: dict[str, tuple[str, str]] = {
     "avatar_id": ("avatar", ""),
     "num_pieces": ("pieces", ""),
     "platform": ("platform", ""),
+    "format": ("format", "Over the avatar's format and the platform's (--format 9:16)."),
     "tier_distribution": ("tiers", "As capa1,capa2,capa3; not with --prompt (give --tier)."),
     "include_hooks": ("hooks", ""),
     "safety_check": ("safety", ""),

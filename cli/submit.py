@@ -43,9 +43,11 @@ def submit(
     except BatchRequestError as exc:
         refuse(exc)
         return
-    # the avatar by name: the run (and its name, content-batch-<name>-<pieces>) reads as such
-    parameters = {**request.run_parameters(), "avatar_id": validated.avatar.name}
-    run_name = f"content-batch-{validated.avatar.name}-{request.num_pieces}"
+    # the avatar by name: the run (and its name, content-batch-<name>-<pieces>) reads as such;
+    # the request resolved against the avatar's profile, so the run says what it makes
+    resolved = validated.request
+    parameters = {**resolved.run_parameters(), "avatar_id": validated.avatar.name}
+    run_name = f"content-batch-{validated.avatar.name}-{resolved.num_pieces}"
     submitted = _call_server(_submit(parameters, run_name, idempotency_key))
     from deployments.api import api_url, flow_run_link
 

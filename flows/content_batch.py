@@ -50,6 +50,7 @@ from studio.request import (
     BatchParameters,
     BatchRequest,
     BatchRequestError,
+    FormatParam,
     HookModeParam,
     HooksParam,
     PiecesParam,
@@ -58,7 +59,6 @@ from studio.request import (
     ResumeParam,
     SafetyParam,
     SeedParam,
-    TierShares,
     TierSharesParam,
     TiersParam,
     UploadParam,
@@ -126,9 +126,40 @@ def _refused(refusal: BatchRefusal) -> State:
     )
 
 
+def batch_run_name() -> str:
+    """`content-batch-{avatar_id}-{num_pieces}`; a run left to the avatar's profile for
+    its size (num_pieces empty: a run created in the UI or by a direct call) is named
+    by the size the profile gives, so the name still says what the run makes."""
+    parameters = flow_run.get_parameters() or {}
+    avatar_id = parameters.get("avatar_id")
+    pieces = parameters.get("num_pieces")
+    if pieces is None:
+        pieces = _profile_pieces(str(avatar_id), parameters.get("custom_prompts"))
+    return f"content-batch-{avatar_id}-{pieces}"
+
+
+def _profile_pieces(avatar_id: str, custom_prompts: Any) -> int | str:
+    """What resolve_request will make of an empty num_pieces; "profile" when the
+    avatar cannot be read yet (the body refuses it, naming why)."""
+    from studio.avatars import find_avatar, to_ref
+    from studio.db.engine import session_scope
+    from studio.request import DEFAULT_PIECES
+
+    if isinstance(custom_prompts, list) and custom_prompts:
+        return len(custom_prompts)
+    try:
+        with session_scope() as session:
+            row = find_avatar(session, avatar_id)
+            if row is None:
+                return "profile"
+            return to_ref(row).pieces_per_run or DEFAULT_PIECES
+    except Exception:  # a name must never fail the run: the body says what is wrong
+        return "profile"
+
+
 @flow(
     name="content-batch",
-    flow_run_name="content-batch-{avatar_id}-{num_pieces}",
+    flow_run_name=batch_run_name,
     log_prints=False,
     timeout_seconds=get_settings().batch_generation_timeout,
     retries=0,
@@ -136,9 +167,10 @@ def _refused(refusal: BatchRefusal) -> State:
 )
 async def content_batch(
     avatar_id: AvatarParam,
-    num_pieces: PiecesParam = 50,
-    tier_distribution: TierSharesParam = TierShares(),
-    platform: PlatformParam = "instagram",
+    num_pieces: PiecesParam = None,
+    tier_distribution: TierSharesParam = None,
+    platform: PlatformParam = None,
+    format: FormatParam = None,
     include_hooks: HooksParam = True,
     safety_check: SafetyParam = True,
     upload_to_storage: UploadParam = True,
@@ -150,6 +182,10 @@ async def content_batch(
     resume_batch_id: ResumeParam = None,
 ) -> BatchResult:
     """Make `num_pieces` ready-to-publish pieces for one avatar.
+
+    `num_pieces`, `tier_distribution`, `platform` and `format` left empty come from the
+    avatar's profile (pieces per run, tier mix, first platform, format), else 50,
+    0.6/0.3/0.1, instagram and the platform's own format (studio.request.resolve_request).
 
     `batch_id` defaults to the flow run's id, so a retry of the same flow run resumes
     the same batch: staged images, stored files and rows are keyed by piece id and
@@ -163,7 +199,8 @@ async def content_batch(
     schedule started the run); see studio/hooks/modes.py.
 
     A request the parameter schema lets through but that cannot run (ratios not summing
-    to 1, prompts not one per piece, an unknown or untrained avatar, a broken resume)
+    to 1, prompts not one per piece, an unknown or untrained avatar, a format a provider
+    cannot serve, a ComfyUI workflow the server cannot run, a broken resume)
     ends the run "Refused" (a Failed state: not the failed-batch automation's
     `prefect.flow-run.Failed`) with its message, before anything is spent. A batch below
     min_success_ratio ends Failed with what failed where; a direct call raises
@@ -232,9 +269,21 @@ def _admit(params: BatchParameters, settings: Any) -> _Admitted | State:
         stand_in_policy = stand_in_policy.resuming(done.images.values())
     if refusal := stand_in_policy.refusal():
         return _refused(BatchRefusal(field="providers", message=refusal))
+    # the request resolved against the avatar's profile: what the batch stores and makes
     return _Admitted(
-        batch_id, bool(resume_batch_id), request, checked.avatar, done, stand_in_policy
+        batch_id, bool(resume_batch_id), checked.request, checked.avatar, done, stand_in_policy
     )
+
+
+async def workflow_refusal(avatar: AvatarRef) -> str | None:
+    """Why the avatar's ComfyUI workflow cannot run (parsed, bound, and every node type
+    and model file present on the server), or None: the check of
+    studio.providers.comfyui_workflow, when that module is installed."""
+    try:
+        from studio.providers.comfyui_workflow import workflow_refusal as check
+    except ImportError:
+        return None
+    return await check(avatar)
 
 
 async def _make_batch(params: BatchParameters, settings: Any) -> BatchResult | State:
@@ -242,6 +291,9 @@ async def _make_batch(params: BatchParameters, settings: Any) -> BatchResult | S
     admitted = _admit(params, settings)
     if isinstance(admitted, State):
         return admitted
+    # still before any spend: a workflow the server lacks a node or model for is refused
+    if refusal := await workflow_refusal(admitted.avatar):
+        return _refused(BatchRefusal(field="workflow", message=refusal))
     batch_id, request, avatar, done = (
         admitted.batch_id, admitted.request, admitted.avatar, admitted.done
     )

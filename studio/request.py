@@ -12,9 +12,17 @@ from typing import Annotated, Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from studio.types import TIERS, Tier
+from studio.types import TIERS, AvatarRef, Tier
 
 MAX_PIECES = 500
+#: what a request that leaves a field empty gets when the avatar's profile says nothing
+#: either (the spec's daily size, its lifestyle mix, the first platform it names)
+DEFAULT_PIECES = 50
+DEFAULT_TIER_SHARES = {"capa1": 0.6, "capa2": 0.3, "capa3": 0.1}
+DEFAULT_PLATFORM = "instagram"
+#: the schema's idea of an aspect ratio ("9:16"); studio.formats.parse_aspect_ratio is
+#: the real check (a direct call's bad format ends the run "Refused" naming the field)
+ASPECT_RATIO_PATTERN = r"^ *[0-9]{1,4}(\.[0-9]{1,3})? *[:xX/] *[0-9]{1,4}(\.[0-9]{1,3})? *$"
 #: a custom prompt longer than this is a pasted document, not a picture's description
 MAX_PROMPT_CHARS = 1000
 #: the database's column widths (avatar.name, avatar.niche): longer would be a DataError
@@ -135,18 +143,35 @@ PlatformName = Literal["instagram", "tiktok", "twitter", "patreon", "onlyfans"]
 HookMode = Literal["direct", "message-batches", "auto"]
 
 PiecesParam = Annotated[
-    int,
+    int | None,
     described(
         ge=1,
         le=MAX_PIECES,
         description=(
-            f"How many pieces to make (1..{MAX_PIECES}). The spec's sizes: 10 on demand, "
-            "50 daily (the flow's default), 20 weekly, 100 monthly."
+            f"How many pieces to make (1..{MAX_PIECES}). Leave empty for the avatar's "
+            f"pieces per run (its profile), else {DEFAULT_PIECES}. The spec's sizes: 10 on "
+            "demand, 50 daily, 20 weekly, 100 monthly."
         ),
     ),
 ]
 PlatformParam = Annotated[
-    PlatformName, described(description="Where the pieces will be posted; sets the hooks' style.")
+    PlatformName | None,
+    described(
+        description=(
+            "Where the pieces will be posted; sets the hooks' style and the images' format. "
+            f"Leave empty for the avatar's first platform (its profile), else {DEFAULT_PLATFORM}."
+        )
+    ),
+]
+FormatParam = Annotated[
+    str | None,
+    described(
+        description=(
+            "The images' aspect ratio, e.g. 9:16 or 4:5. Leave empty for the avatar's format "
+            "(its profile), else the platform's own (TikTok 9:16, Instagram 4:5...)."
+        ),
+        schema={"pattern": ASPECT_RATIO_PATTERN, "maxLength": 16},
+    ),
 ]
 HookModeParam = Annotated[
     HookMode,
@@ -240,10 +265,34 @@ class TierShares(BaseModel):
 
 
 TierSharesParam = Annotated[
-    TierShares,
+    TierShares | None,
     described(
         description=(
-            "Shares of the three access tiers, each 0..1, summing to 1 (default 0.6 / 0.3 / 0.1)."
+            "Shares of the three access tiers, each 0..1, summing to 1. Leave empty for the "
+            "avatar's tier mix (its profile), else 0.6 / 0.3 / 0.1."
+        )
+    ),
+]
+#: the scheduled fan-out's own forms of the same parameters: per due avatar
+FanOutPiecesParam = Annotated[
+    int,
+    described(
+        ge=1,
+        le=MAX_PIECES,
+        description=(
+            f"Pieces per due avatar (1..{MAX_PIECES}) whose profile sets no pieces per run; "
+            "an avatar's pieces per run wins. The spec's sizes: 50 daily, 20 weekly, 100 "
+            "monthly."
+        ),
+    ),
+]
+FanOutPlatformParam = Annotated[
+    PlatformName | None,
+    described(
+        description=(
+            "Leave empty: each avatar's pieces are split over its platforms (its profile), "
+            f"one batch per platform, else all for {DEFAULT_PLATFORM}. Given: every avatar's "
+            "batch is for this platform."
         )
     ),
 ]
@@ -304,12 +353,17 @@ class BatchRequest(BaseModel):
     (and so the deployment's parameter schema), the CLI options of `batch run` and
     `batch submit` (cli/batch_options.py), the scheduled fan-out and resumes all read
     their names, types, limits, defaults and descriptions from these fields.
+
+    `num_pieces`, `tier_distribution`, `platform` and `format` left empty (None) mean
+    "the avatar's profile, else the studio default": `resolve_request` fills them once
+    the avatar is known, so a batch's stored request (what a resume uses) is complete.
     """
 
     avatar_id: AvatarParam
-    num_pieces: PiecesParam = 50
-    tier_distribution: TierSharesParam = TierShares()
-    platform: PlatformParam = "instagram"
+    num_pieces: PiecesParam = None
+    tier_distribution: TierSharesParam = None
+    platform: PlatformParam = None
+    format: FormatParam = None
     include_hooks: HooksParam = True
     safety_check: SafetyParam = True
     upload_to_storage: UploadParam = True
@@ -337,11 +391,12 @@ class BatchParameters(BatchRequest):
 def resume_parameters(batch_id: str, stored: dict[str, Any]) -> dict[str, Any]:
     """A resume run's parameters: the batch's stored request is used, so only what names
     the run (`content-batch-{avatar_id}-{num_pieces}`) goes with the batch id."""
-    return {
+    parameters = {
         "avatar_id": stored["avatar_id"],
-        "num_pieces": stored["num_pieces"],
+        "num_pieces": stored.get("num_pieces"),
         "resume_batch_id": batch_id,
     }
+    return {name: value for name, value in parameters.items() if value is not None}
 
 
 def make_request(**values: Any) -> BatchRequest:
@@ -358,6 +413,7 @@ _LABELS = {
     "custom_prompts": "prompt",
     "hook_mode": "hook mode",
     "platform": "platform",
+    "format": "format",
 }
 
 
@@ -418,14 +474,17 @@ def validate_request(request: BatchRequest) -> BatchRequest:
         raise BatchRequestError(
             "avatar_id", f"give an avatar's id or name (1..{MAX_NAME_CHARS} characters)"
         )
-    total = sum(request.tier_distribution.as_dict().values())
-    if abs(total - 1.0) > 1e-6:
-        raise BatchRequestError(
-            "tier_distribution",
-            f"ratios sum to {total:g}; they must sum to 1 (e.g. 0.6,0.3,0.1)",
-        )
+    if request.tier_distribution is not None:
+        total = sum(request.tier_distribution.as_dict().values())
+        if abs(total - 1.0) > 1e-6:
+            raise BatchRequestError(
+                "tier_distribution",
+                f"ratios sum to {total:g}; they must sum to 1 (e.g. 0.6,0.3,0.1)",
+            )
+    if request.format is not None:
+        request.format = check_format(request.format)
     if request.custom_prompts is not None:
-        if len(request.custom_prompts) != request.num_pieces:
+        if request.num_pieces is not None and len(request.custom_prompts) != request.num_pieces:
             raise BatchRequestError(
                 "custom_prompts",
                 f"{len(request.custom_prompts)} prompts for {request.num_pieces} pieces; give one "
@@ -436,10 +495,13 @@ def validate_request(request: BatchRequest) -> BatchRequest:
                 raise BatchRequestError("custom_prompts", f"prompt {i + 1} is empty")
             check_free_text("custom_prompts", prompt, f"prompt {i + 1}")
     if request.custom_tiers is not None:
-        if len(request.custom_tiers) != request.num_pieces:
+        wanted = request.num_pieces
+        if wanted is None and request.custom_prompts is not None:
+            wanted = len(request.custom_prompts)
+        if wanted is not None and len(request.custom_tiers) != wanted:
             raise BatchRequestError(
                 "custom_tiers",
-                f"{len(request.custom_tiers)} tiers for {request.num_pieces} pieces; give one "
+                f"{len(request.custom_tiers)} tiers for {wanted} pieces; give one "
                 "tier per piece",
             )
         if request.custom_prompts is None:
@@ -447,3 +509,63 @@ def validate_request(request: BatchRequest) -> BatchRequest:
                 "custom_tiers", "custom tiers apply to custom prompts; pass custom_prompts too"
             )
     return request
+
+
+def check_format(value: str, field: str = "format", whose: str = "") -> str:
+    """The aspect ratio `value` names, in its one spelling ("9:16"); BatchRequestError
+    naming `field` when it is none (studio.formats says what it accepts)."""
+    from studio.formats import FormatError, parse_aspect_ratio  # studio.formats may use us
+
+    try:
+        return parse_aspect_ratio(value)
+    except FormatError as exc:
+        raise BatchRequestError(field, f"{whose}{exc}") from None
+
+
+def resolve_request(request: BatchRequest, avatar: AvatarRef) -> BatchRequest:
+    """The request with what it left empty taken from the avatar's profile, else the
+    studio defaults: pieces per run (or one piece per custom prompt) else 50, its tier mix
+    else 0.6/0.3/0.1, its first platform else instagram, its format else none (the
+    platform's own). What the request gives always wins.
+
+    Why resolved once, here: the resolved request is what the batch stores, so a resume
+    makes the same batch even if the profile changed since; and `batch submit` and the
+    fan-out send it whole, so a run's name and parameters say what it makes. A profile
+    value the request cannot hold is refused naming the field and the avatar.
+    """
+    whose = f"avatar {avatar.name!r}'s profile: "
+    values: dict[str, Any] = {}
+    if request.num_pieces is None:
+        if request.custom_prompts is not None:
+            values["num_pieces"] = len(request.custom_prompts)
+        else:
+            pieces = avatar.pieces_per_run or DEFAULT_PIECES
+            if not 1 <= pieces <= MAX_PIECES:
+                raise BatchRequestError(
+                    "num_pieces", f"{whose}pieces per run {pieces} is outside 1..{MAX_PIECES}"
+                )
+            values["num_pieces"] = pieces
+    if request.tier_distribution is None:
+        try:
+            shares = TierShares.model_validate(avatar.tier_mix or DEFAULT_TIER_SHARES)
+        except ValidationError as exc:
+            message = exc.errors()[0]["msg"].removeprefix("Value error, ")
+            raise BatchRequestError("tier_distribution", f"{whose}tier mix: {message}") from None
+        total = sum(shares.as_dict().values())
+        if abs(total - 1.0) > 1e-6:
+            raise BatchRequestError(
+                "tier_distribution", f"{whose}tier mix sums to {total:g}; it must sum to 1"
+            )
+        values["tier_distribution"] = shares
+    if request.platform is None:
+        platform = avatar.platforms[0] if avatar.platforms else DEFAULT_PLATFORM
+        allowed = choices(PlatformName)
+        if platform not in allowed:
+            raise BatchRequestError(
+                "platform", f"{whose}unknown platform {platform!r}; use one of {', '.join(allowed)}"
+            )
+        values["platform"] = platform
+    if request.format is None and avatar.format:
+        values["format"] = check_format(avatar.format, "format", whose)
+    resolved = request.model_copy(update=values)
+    return validate_request(resolved)

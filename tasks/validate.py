@@ -3,19 +3,20 @@
 from __future__ import annotations
 
 from prefect import task
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from studio.avatars import resolve_avatar
 from studio.db.engine import session_scope
 from studio.db.piece_progress import batch_owners
 from studio.db.schema_check import SchemaNotReady, require_schema
 from studio.ledger.validation import validate_cost_settings
-from studio.request import BatchRequest, BatchRequestError, validate_request
+from studio.request import BatchRequest, BatchRequestError, resolve_request, validate_request
 from studio.storage.registry import validate_storage_settings
 from studio.types import AvatarRef
 
 
 class ValidatedBatch(BaseModel):
+    #: the request with what it left empty filled from the avatar's profile (resolved)
     request: BatchRequest
     avatar: AvatarRef
 
@@ -35,6 +36,10 @@ def validate_batch_request(request: BatchRequest, batch_id: str | None = None) -
 
     `batch_id` (the run's, when known): refused when it belongs to another avatar, so a
     run never continues, moves or publishes another avatar's batch.
+
+    The request comes back resolved against the avatar's profile (studio.request.
+    resolve_request), and its image format is checked against every configured image
+    provider, so a format one of them cannot serve is refused here, naming it.
     """
     require_schema()  # no schema (e.g. no shared DATABASE_URL): SchemaNotReady, one line
     validate_cost_settings()  # budgets and prices: refused before anything is spent
@@ -50,7 +55,32 @@ def validate_batch_request(request: BatchRequest, batch_id: str | None = None) -
                     f"batch {batch_id!r} belongs to another avatar, not {request.avatar_id!r};"
                     " leave batch_id empty to start a new batch",
                 )
-    return ValidatedBatch(request=request, avatar=avatar)
+    resolved = resolve_request(request, avatar)
+    check_provider_format(resolved)
+    return ValidatedBatch(request=resolved, avatar=avatar)
+
+
+def check_provider_format(request: BatchRequest) -> None:
+    """Refuse (field `format`) a format a configured image provider cannot be sent: the
+    request's (or the avatar's) override, else its platform's default. Why before any
+    spend: Replicate's FLUX answers an aspect ratio off its enum with a 422 per piece, and
+    an SDXL size far off its buckets makes distorted images that are still billed."""
+    from studio.formats import FormatError, format_refusal, image_format
+    from studio.providers.build import provider_order
+    from studio.providers.settings import ProviderSettings
+
+    try:
+        aspect = image_format(request.platform, request.format).aspect_ratio
+    except FormatError as exc:
+        raise BatchRequestError("format", str(exc)) from None
+    try:
+        providers = provider_order(ProviderSettings())
+    except ValidationError as exc:  # said by field and reason only: never a value (a key)
+        error = exc.errors()[0]
+        where = ".".join(str(part) for part in error["loc"])
+        raise BatchRequestError("providers", f"{where}: {error['msg']}") from None
+    if refusal := format_refusal(aspect, providers):
+        raise BatchRequestError("format", refusal)
 
 
 @task(name="validate", retries=0, timeout_seconds=30)

@@ -2,7 +2,10 @@
 
 BATCH_BUDGET_USD caps what one batch may spend on billed provider calls (images, hooks,
 moderation); AVATAR_DAILY_BUDGET_USD caps what all batches of one avatar may spend in a
-UTC day, across processes. Both are checked before a billed call, against the ledger.
+UTC day, across processes; an avatar whose profile sets a daily budget
+(AvatarRef.daily_budget_usd, set with `studio avatar add/update`) has that one instead
+(studio/ledger/store.py `avatar_daily_budget`). Both are checked before a billed call,
+against the ledger.
 
 Why defaults, not "unset = no budget": anyone able to start runs (or a loop of retries,
 resumes and schedules) could otherwise spend without limit. The spec prices a 50-piece

@@ -14,6 +14,9 @@ lock on the avatar serialises the check-and-insert of one avatar's reservations 
 batches and its day); on SQLite the transaction's first statement is a write, which
 takes the database's single write lock before the sums are read.
 
+The avatar daily budget is the avatar's own (its profile's `daily_budget_usd`) when it
+has one, else AVATAR_DAILY_BUDGET_USD (`avatar_daily_budget`).
+
 Every method opens its own short transaction through `session_scope()`, so rows are
 durable as soon as a method returns.
 """
@@ -30,7 +33,7 @@ from sqlalchemy import Table, func, select, text, update
 from sqlalchemy.orm import Session
 
 from studio.db.engine import session_scope
-from studio.db.models import ContentPiece, CostLedgerEntry
+from studio.db.models import Avatar, ContentPiece, CostLedgerEntry
 from studio.ledger.settings import LedgerSettings
 
 log = logging.getLogger("studio.ledger")
@@ -134,7 +137,8 @@ class CostLedger:
         row_id = str(uuid.uuid4())
         now = _now()
         refusal: tuple[str, float, float] | None = None
-        if price_usd > 0 and budgets.any_budget:
+        # an avatar may have a budget of its own with the studio's turned off
+        if price_usd > 0 and (budgets.any_budget or call.avatar_id is not None):
             _lock_avatar(session, call.avatar_id)
             refusal = self._over_budget(session, call, price_usd, budgets, now)
         session.execute(
@@ -171,14 +175,17 @@ class CostLedger:
             spent = _counted_sum(session, _TABLE.c.batch_id == call.batch_id)
             if spent + price > budgets.batch_budget_usd + _EPSILON:
                 return "batch", budgets.batch_budget_usd, spent
-        if budgets.avatar_daily_budget_usd is not None and call.avatar_id is not None:
+        if call.avatar_id is None:
+            return None
+        daily = avatar_daily_budget(session, call.avatar_id, budgets)
+        if daily is not None:
             spent = _counted_sum(
                 session,
                 _TABLE.c.avatar_id == call.avatar_id,
                 _TABLE.c.created_at >= day_start(now),
             )
-            if spent + price > budgets.avatar_daily_budget_usd + _EPSILON:
-                return "avatar daily", budgets.avatar_daily_budget_usd, spent
+            if spent + price > daily + _EPSILON:
+                return "avatar daily", daily, spent
         return None
 
     def recoverable_job(self, piece_id: str, provider: str) -> str | None:
@@ -301,6 +308,27 @@ class CostLedger:
                 })
             session.execute(_TABLE.insert(), rows)
         return ids
+
+
+def avatar_daily_budget(
+    session: Session, avatar_id: str, budgets: LedgerSettings
+) -> float | None:
+    """What `avatar_id`'s batches may spend in a UTC day: its profile's daily budget,
+    else AVATAR_DAILY_BUDGET_USD (None: no daily budget).
+
+    Why read here, from its row: every billed call of the avatar (images, hooks, from
+    any process) passes this check inside the reservation's transaction, so a budget
+    changed with `studio avatar update` holds from the next call on."""
+    from studio.avatars import to_ref  # studio.avatars imports the request, not the ledger
+
+    row = session.get(Avatar, avatar_id)
+    own = None
+    if row is not None:
+        try:
+            own = to_ref(row).daily_budget_usd
+        except (ValueError, TypeError) as exc:  # a profile unreadable: the studio's budget
+            log.warning("Avatar %s: its daily budget is unreadable (%s)", avatar_id, exc)
+    return own if own is not None else budgets.avatar_daily_budget_usd
 
 
 def _owners(session: Session, piece_ids: list[str]) -> dict[str, tuple[str, str]]:

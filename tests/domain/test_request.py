@@ -12,9 +12,11 @@ from studio.request import (
     check_name,
     make_request,
     parse_batch_id,
+    resolve_request,
     resume_parameters,
     validate_request,
 )
+from studio.types import AvatarRef
 
 
 def request(**overrides: object) -> BatchRequest:
@@ -73,7 +75,10 @@ def test_ratios_within_tolerance_accepted() -> None:
 def test_every_tier_form_reads_into_the_one_model(
     value: object, expected: tuple[float, ...]
 ) -> None:
-    shares = request(tier_distribution=value).tier_distribution
+    # None: the request leaves it to the avatar's profile; one without a tier mix gets
+    # the default once the request is resolved
+    given = request(tier_distribution=value)
+    shares = resolve_request(given, AvatarRef(id="1", name="demo", niche="x")).tier_distribution
     assert (shares.capa1, shares.capa2, shares.capa3) == expected
     assert TierShares.model_validate(value) == shares
 

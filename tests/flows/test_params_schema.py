@@ -33,9 +33,18 @@ def test_every_parameter_has_a_description(flow) -> None:
 def test_content_batch_schema_ranges_and_enums() -> None:
     schema = _schema(content_batch)
     props = schema["properties"]
-    assert (props["num_pieces"]["minimum"], props["num_pieces"]["maximum"]) == (1, 500)
-    assert props["num_pieces"]["default"] == 50
-    assert props["platform"]["enum"] == ["instagram", "tiktok", "twitter", "patreon", "onlyfans"]
+    pieces = _branch(props["num_pieces"])
+    assert (pieces["minimum"], pieces["maximum"]) == (1, 500)
+    # issue 18: empty means the avatar's profile, else the studio default, as it says
+    assert props["num_pieces"]["default"] is None
+    assert "else 50" in props["num_pieces"]["description"]
+    assert _branch(props["platform"])["enum"] == [
+        "instagram", "tiktok", "twitter", "patreon", "onlyfans"
+    ]
+    assert props["platform"]["default"] is None and "else instagram" in (
+        props["platform"]["description"]
+    )
+    assert props["format"]["pattern"] and props["format"]["default"] is None
     assert props["hook_mode"]["enum"] == ["direct", "message-batches", "auto"]
     tiers = _branch(props["custom_tiers"])
     assert tiers["items"]["enum"] == ["capa1", "capa2", "capa3"]
@@ -44,7 +53,8 @@ def test_content_batch_schema_ranges_and_enums() -> None:
     assert (prompts["items"]["minLength"], prompts["items"]["maxLength"]) == (1, 1000)
     shares = schema["definitions"]["TierShares"]
     assert shares["additionalProperties"] is False
-    assert props["tier_distribution"]["default"] == {"capa1": 0.6, "capa2": 0.3, "capa3": 0.1}
+    assert props["tier_distribution"]["default"] is None
+    assert "0.6 / 0.3 / 0.1" in props["tier_distribution"]["description"]
     for tier in ("capa1", "capa2", "capa3"):
         field = shares["properties"][tier]
         assert (field["minimum"], field["maximum"]) == (0, 1) and field["description"]
@@ -86,13 +96,20 @@ def test_the_flow_signature_is_the_batch_parameters() -> None:
     for name, field in fields.items():
         assert props[name]["description"] == field.description, name
     scheduled = inspect.signature(scheduled_batches.fn).parameters
-    for name in ("num_pieces", "platform", "tier_distribution", "hook_mode"):
+    for name in ("tier_distribution", "hook_mode"):
         assert _schema(scheduled_batches)["properties"][name]["description"] == (
             fields[name].description
         )
         assert scheduled[name].annotation == inspect.signature(content_batch.fn).parameters[
             name
         ].annotation
+    # the fan-out's size and platform are per due avatar, its profile first (issue 18):
+    # their own descriptions, the batch's limits and choices
+    fan_out = _schema(scheduled_batches)["properties"]
+    assert (fan_out["num_pieces"]["minimum"], fan_out["num_pieces"]["maximum"]) == (1, 500)
+    assert "pieces per run" in fan_out["num_pieces"]["description"]
+    assert _branch(fan_out["platform"])["enum"] == _branch(props["platform"])["enum"]
+    assert "its platforms" in fan_out["platform"]["description"]
 
 
 def test_python_callers_keep_the_other_tier_forms() -> None:
@@ -126,6 +143,8 @@ BAD = [
     ({"custom_prompts": ["a\x00b"]}, "nul"),
     ({"batch_id": "../../x"}, "traversal"),
     ({"resume_batch_id": "not-a-uuid"}, "resume"),
+    ({"format": "portrait"}, "format-word"),
+    ({"format": "9:16 portrait"}, "format-words"),
 ]
 
 
