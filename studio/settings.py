@@ -48,6 +48,11 @@ class Settings(BaseSettings):
     publish_degraded: bool = Field(default=False, alias="PUBLISH_DEGRADED")
     #: automatic resumes of a crashed or timed-out batch before it is marked failed
     auto_resume_max_attempts: int = Field(default=3, alias="AUTO_RESUME_MAX_ATTEMPTS", ge=0)
+    #: a batch may borrow templates of other niches where the avatar's own niche has none
+    #: for a tier (or none with a fresh prompt left); default: never leave the niche
+    templates_allow_other_niches: bool = Field(
+        default=False, alias="TEMPLATES_ALLOW_OTHER_NICHES"
+    )
     # the R2 buckets (content, private: R2_PRIVATE_BUCKET_NAME / R2_STAGING_BUCKET) are
     # studio/storage/settings.py's, with the rest of the store's configuration
 

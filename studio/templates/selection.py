@@ -1,8 +1,9 @@
 """Step 1 of a batch: turn a tier distribution into a planned list of `PieceSpec`.
 
 Everything here is a pure function of its arguments (and the library's contents), so a
-retried or re-run step plans exactly the same pieces with the same `piece_id`s, and the
-later steps can key their work by those ids.
+retried or re-run step plans exactly the same pieces with the same `piece_id`s and the
+same filled prompts, and the later steps can key their work by those ids. (The one
+setting read, TEMPLATES_ALLOW_OTHER_NICHES, is only a default for an argument.)
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ import uuid
 from collections import Counter
 from collections.abc import Mapping, Sequence
 
+from studio.settings import get_settings
 from studio.templates.library import TemplateLibrary
 from studio.templates.models import Template
 from studio.types import TIERS, PieceSpec, Platform, Tier
@@ -80,6 +82,10 @@ def piece_id_for(batch_id: str, index: int) -> str:
     return str(uuid.uuid5(namespace, f"{batch_id}:{index}"))
 
 
+class NicheWithoutTemplates(ValueError):
+    """The avatar's niche has no template and the batch may not borrow another niche's."""
+
+
 def select_templates(
     library: TemplateLibrary,
     *,
@@ -91,14 +97,23 @@ def select_templates(
     seed: int | str | None = None,
     custom_prompts: Sequence[str] | None = None,
     custom_tiers: Sequence[str] | None = None,
+    allow_other_niches: bool | None = None,
 ) -> list[PieceSpec]:
     """Plan the pieces of a batch.
 
-    Template pieces: exact tier counts (`tier_counts`); templates of the avatar's niche
-    first (those made for `platform` before the others), widening to other niches of
-    the same tier only when the niche runs out; no template repeats while the library
-    allows it, after that the least-used repeat. The order is shuffled so tiers
-    interleave. Same (seed, batch_id) and library -> same plan.
+    Template pieces: exact tier counts (`tier_counts`), from templates of the avatar's
+    niche only (those made for `platform` before the others). A tier the niche has no
+    template for is planned from the niche's other templates (the piece keeps its tier).
+    Each use of a template fills its placeholders with another combination of values,
+    so prompts do not repeat while the templates' combinations last; the least-used
+    template with a fresh combination goes next, and only when every combination is
+    spent does a prompt repeat. The order is shuffled so tiers interleave. Same
+    (seed, batch_id) and library -> same plan, prompts included.
+
+    `allow_other_niches` (None: the TEMPLATES_ALLOW_OTHER_NICHES setting, default off)
+    lets a batch borrow templates of other niches, and only where its own niche has no
+    template of the tier or none with a fresh combination left. Off, a niche without
+    templates is refused (NicheWithoutTemplates) before anything is planned.
 
     Custom prompts bypass templates: one piece per prompt, in the given order, tier from
     `custom_tiers` or capa1 (the spec: "No tier classification (defaults to capa1)").
@@ -113,21 +128,44 @@ def select_templates(
     counts = tier_counts(num_pieces, tier_distribution)
     if num_pieces == 0:
         return []
+    if allow_other_niches is None:
+        allow_other_niches = get_settings().templates_allow_other_niches
     everything = library.all_templates()
     if not everything:
         raise ValueError("the template library is empty; run `studio init` to load it")
-    own_niche = set(library.for_niche(niche))
+    own_niche = library.for_niche(niche)
+    if not own_niche and not allow_other_niches:
+        known = ", ".join(library.niches())
+        raise NicheWithoutTemplates(
+            f"avatar_niche: no templates of niche {niche!r} (the library has {known}); "
+            "add some with `studio templates import FILE.yaml`, or set "
+            "TEMPLATES_ALLOW_OTHER_NICHES=true to borrow other niches' templates"
+        )
+    own_ids = {t.id for t in own_niche}
 
     rng = random.Random(f"{seed}:{batch_id}")
+    variations = _Variations(f"{seed}:{batch_id}")
     used: Counter[str] = Counter()
-    planned: list[tuple[Tier, Template]] = []
+    planned: list[tuple[Tier, Template, str]] = []
     for tier in TIERS:
-        pool = [t for t in everything if t.tier == tier] or list(everything)
-        ranked = _rank(pool, own_niche, wanted_platform, rng)
+        if allow_other_niches:
+            pool = [t for t in everything if t.tier == tier] or list(everything)
+        else:
+            pool = [t for t in own_niche if t.tier == tier] or list(own_niche)
+        ranked = _rank(pool, own_ids, wanted_platform, rng)
         for _ in range(counts[tier]):
-            choice = min(range(len(ranked)), key=lambda i: (used[ranked[i].id], i))
-            used[ranked[choice].id] += 1
-            planned.append((tier, ranked[choice]))
+            choice = min(
+                range(len(ranked)),
+                key=lambda i: (
+                    variations.spent(ranked[i]),
+                    ranked[i].id not in own_ids,
+                    used[ranked[i].id],
+                    i,
+                ),
+            )
+            template = ranked[choice]
+            used[template.id] += 1
+            planned.append((tier, template, variations.next_prompt(template)))
     rng.shuffle(planned)
 
     return [
@@ -135,24 +173,71 @@ def select_templates(
             piece_id=piece_id_for(batch_id, index),
             batch_id=batch_id,
             index=index,
-            prompt=template.prompt,
+            prompt=prompt,
             tier=tier,
             template_id=template.id,
             category=template.category,
             niche=template.niche,
             hook_pattern=template.hook_pattern,
         )
-        for index, (tier, template) in enumerate(planned)
+        for index, (tier, template, prompt) in enumerate(planned)
     ]
 
 
+class _Variations:
+    """Which combination of values each use of a template gets, within one batch.
+
+    Per template, the combinations are walked in an order drawn from (seed, batch_id,
+    template id): a random start and a random stride coprime with their number, so
+    every combination comes once before any repeats and consecutive uses differ in
+    several values, not only the last. A combination whose prompt the batch already has
+    (two templates can fill to the same text) is skipped.
+    """
+
+    def __init__(self, key: str) -> None:
+        self._key = key
+        self._walks: dict[str, tuple[int, int]] = {}
+        self._cursor: Counter[str] = Counter()
+        self._prompts: set[str] = set()
+
+    def spent(self, template: Template) -> bool:
+        return self._cursor[template.id] >= template.combinations
+
+    def next_prompt(self, template: Template) -> str:
+        total = template.combinations
+        start, stride = self._walk(template, total)
+        while self._cursor[template.id] < total:
+            number = (start + self._cursor[template.id] * stride) % total
+            self._cursor[template.id] += 1
+            prompt = template.render(template.choice(number))
+            if prompt not in self._prompts:
+                self._prompts.add(prompt)
+                return prompt
+        # Every combination used: repeat them in the same order.
+        number = (start + self._cursor[template.id] * stride) % total
+        self._cursor[template.id] += 1
+        return template.render(template.choice(number))
+
+    def _walk(self, template: Template, total: int) -> tuple[int, int]:
+        if template.id not in self._walks:
+            rng = random.Random(f"{self._key}:{template.id}")
+            start = rng.randrange(total)
+            stride = 1
+            if total > 2:
+                stride = rng.randrange(1, total)
+                while math.gcd(stride, total) != 1:
+                    stride = stride % (total - 1) + 1
+            self._walks[template.id] = (start, stride)
+        return self._walks[template.id]
+
+
 def _rank(
-    pool: list[Template], own_niche: set[Template], platform: Platform | None, rng: random.Random
+    pool: list[Template], own_niche: set[str], platform: Platform | None, rng: random.Random
 ) -> list[Template]:
     """Preference order: niche+platform, niche, other+platform, other; shuffled within."""
     groups: list[list[Template]] = [[], [], [], []]
     for template in sorted(pool, key=lambda t: t.id):  # loader order must not matter
-        other = template not in own_niche
+        other = template.id not in own_niche
         off_platform = platform is not None and not template.supports(platform)
         groups[2 * other + off_platform].append(template)
     ranked: list[Template] = []

@@ -6,19 +6,43 @@ from collections import Counter
 
 import pytest
 
-from studio.templates import HOOK_PLACEHOLDERS, load_bundled_templates, tier_counts
+from studio.templates import (
+    HOOK_PLACEHOLDERS,
+    bundled_vocabulary,
+    load_bundled_templates,
+    tier_counts,
+)
 from studio.types import TIERS, Platform
 
 NICHES = {"fitness", "lifestyle", "fashion", "travel", "food", "wellness"}
 # Neutral deny-list: words that must never appear in a bundled prompt, hook or description.
-DENY = ("nude", "naked", "explicit", "nsfw", "lingerie", "topless", "underwear", "sexy", "erotic")
+DENY = (
+    "nude", "naked", "explicit", "nsfw", "lingerie", "topless", "underwear", "sexy", "erotic",
+    "sensual", "seductive", "bikini", "bedroom eyes", "provocative", "uncensored",
+)
 
 TEMPLATES = load_bundled_templates()
 
 
 def test_library_is_large_enough_and_covers_every_niche():
-    assert len(TEMPLATES) >= 72
+    assert len(TEMPLATES) >= 120
     assert {t.niche for t in TEMPLATES} == NICHES
+    for niche in NICHES:
+        assert sum(t.niche == niche for t in TEMPLATES) >= 20, niche
+
+
+@pytest.mark.parametrize("niche", sorted(NICHES))
+def test_each_niche_has_enough_variety_for_a_100_piece_batch(niche):
+    # 100 pieces at 60/30/10 spread evenly over the niche's templates of each tier:
+    # every template must yield more distinct prompts than it is used.
+    own = [t for t in TEMPLATES if t.niche == niche]
+    need = tier_counts(100, {"capa1": 0.6, "capa2": 0.3, "capa3": 0.1})
+    for tier in TIERS:
+        of_tier = [t for t in own if t.tier == tier]
+        uses = -(-need[tier] // len(of_tier))
+        for t in of_tier:
+            assert t.placeholders, t.id
+            assert t.combinations >= max(uses, 20), t.id
 
 
 @pytest.mark.parametrize("niche", sorted(NICHES))
@@ -56,7 +80,20 @@ def test_every_template_has_all_fields_and_only_allowed_values():
 def test_prompts_refer_to_the_avatar_and_name_no_person():
     for t in TEMPLATES:
         assert "the avatar" in t.prompt, t.id
-        assert "{" not in t.prompt, t.id
+        for prompt in t.example_prompts(5):
+            assert "the avatar" in prompt and "{" not in prompt and "}" not in prompt, t.id
+
+
+def test_every_placeholder_has_values_and_every_value_list_is_used():
+    for t in TEMPLATES:
+        assert set(t.placeholders) == set(t.variables), t.id
+        assert all(len(values) >= 4 for values in t.variables.values()), t.id
+
+
+def test_the_niche_vocabulary_covers_every_niche():
+    vocabulary = bundled_vocabulary()
+    assert set(vocabulary.niches) == NICHES
+    assert {"shot", "lens"} <= set(vocabulary.shared)
 
 
 def test_hook_patterns_only_use_the_known_placeholders():
@@ -74,8 +111,31 @@ def test_restricted_tiers_stay_off_public_only_platforms():
             assert {Platform.PATREON, Platform.ONLYFANS} & set(t.platforms), t.id
 
 
+def _denied(text):
+    return [word for word in DENY if re.search(rf"\b{word}\b", text.lower())]
+
+
 def test_content_policy_no_deny_listed_words_anywhere():
     for t in TEMPLATES:
-        text = " ".join((t.prompt, t.hook_pattern, t.description, t.category)).lower()
-        hits = [word for word in DENY if re.search(rf"\b{word}\b", text)]
-        assert not hits, f"{t.id} contains {hits}"
+        values = [v for values in t.variables.values() for v in values]
+        text = " ".join((t.prompt, t.hook_pattern, t.description, t.category, *values))
+        assert not _denied(text), f"{t.id} contains {_denied(text)}"
+    vocabulary = bundled_vocabulary()
+    lists = [*vocabulary.shared.values()]
+    lists += [values for niche in vocabulary.niches.values() for values in niche.values()]
+    for values in lists:
+        assert not _denied(" ".join(values)), values
+
+
+PREMIUM_WORDS = (
+    "premium", "exclusive", "behind-the-scenes", "members", "supporters", "early access",
+    "personal", "inner circle", "inner-circle", "longer", "tutorial", "lesson",
+)
+
+
+def test_restricted_tiers_are_premium_or_personal_content():
+    # capa2/capa3 are access levels, safe for work like the rest: premium tutorials,
+    # behind-the-scenes, early access, personal notes. Each says which in its description.
+    for t in TEMPLATES:
+        if t.tier != "capa1":
+            assert any(word in t.description.lower() for word in PREMIUM_WORDS), t.id

@@ -1,6 +1,7 @@
 """select_templates and tier_counts: exact counts, no repeats, preferences, determinism."""
 
 import random
+import re
 import uuid
 from collections import Counter
 from itertools import pairwise
@@ -8,6 +9,7 @@ from itertools import pairwise
 import pytest
 
 from studio.templates import (
+    NicheWithoutTemplates,
     TemplateLibrary,
     load_bundled_templates,
     normalise_distribution,
@@ -117,7 +119,9 @@ def test_negative_piece_count_is_refused():
 def test_default_batch_has_exact_tiers_and_no_repeats():
     pieces = select()
     assert Counter(p.tier for p in pieces) == {"capa1": 30, "capa2": 15, "capa3": 5}
-    assert len({p.template_id for p in pieces}) == 50
+    assert len({p.prompt for p in pieces}) == 50
+    assert {p.niche for p in pieces} == {"fitness"}
+    assert len({p.template_id for p in pieces}) == len(LIBRARY.for_niche("fitness"))
     assert [p.index for p in pieces] == list(range(50))
     assert all(p.batch_id == BATCH and not p.custom for p in pieces)
 
@@ -126,46 +130,58 @@ def test_pieces_carry_their_template_fields_and_tier():
     for piece in select():
         template = LIBRARY.by_id(piece.template_id)
         assert piece.tier == template.tier
-        assert (piece.prompt, piece.category, piece.niche, piece.hook_pattern) == (
-            template.prompt,
+        assert (piece.category, piece.niche, piece.hook_pattern) == (
             template.category,
             template.niche,
             template.hook_pattern,
         )
+        assert filled_from(template, piece.prompt)
 
 
-def test_property_exact_counts_and_no_repeats_while_the_library_allows():
+def filled_from(template, prompt):
+    """Whether `prompt` is the template's prompt with each placeholder set to one value."""
+    pattern = re.escape(template.prompt)
+    for name, values in template.variables.items():
+        choices = "|".join(re.escape(v) for v in values)
+        pattern = pattern.replace(re.escape("{" + name + "}"), f"(?:{choices})")
+    return re.fullmatch(pattern, prompt) is not None
+
+
+def test_property_exact_counts_in_the_niche_templates_spread_prompts_distinct():
     rng = random.Random(99)
-    per_tier = Counter(t.tier for t in LIBRARY.all_templates())
-    niches = sorted({t.niche for t in LIBRARY.all_templates()})
+    niches = LIBRARY.niches()
     for case in range(150):
         n = rng.randint(1, 120)
         dist = random_distribution(rng)
+        niche = rng.choice(niches)
+        per_tier = Counter(t.tier for t in LIBRARY.for_niche(niche))
         pieces = select(
             num_pieces=n,
             tier_distribution=dist,
-            avatar_niche=rng.choice(niches),
+            avatar_niche=niche,
             platform=rng.choice([None, *Platform]),
             seed=case,
         )
         counts = tier_counts(n, dist)
         assert Counter(p.tier for p in pieces) == +Counter(counts)
+        assert {p.niche for p in pieces} <= {niche}
+        assert len({p.prompt for p in pieces}) == n
         for tier in TIERS:
             ids = [p.template_id for p in pieces if p.tier == tier]
             uses = Counter(ids).values()
             if counts[tier] <= per_tier[tier]:
                 assert len(set(ids)) == len(ids)
             elif uses:
-                # Past the library's size, the least-used template repeats first.
+                # Past the niche's templates, the least-used template is used again.
                 assert len(set(ids)) == per_tier[tier]
                 assert max(uses) - min(uses) <= 1
 
 
-def test_large_batch_spreads_repeats_evenly():
+def test_large_batch_uses_every_combination_before_repeating_a_prompt():
     pieces = select(num_pieces=500, tier_distribution={"capa1": 1.0})
-    uses = Counter(p.template_id for p in pieces)
-    assert len(uses) == 36  # every capa1 template of the bundled library
-    assert max(uses.values()) - min(uses.values()) <= 1
+    own = [t for t in LIBRARY.for_niche("fitness") if t.tier == "capa1"]
+    assert {p.template_id for p in pieces} == {t.id for t in own}
+    assert len({p.prompt for p in pieces}) == min(500, sum(t.combinations for t in own))
 
 
 def test_own_niche_is_used_before_widening():
@@ -196,8 +212,10 @@ def test_platform_templates_come_first_within_the_niche():
         assert all(t.niche == "fitness" and t.supports("tiktok") for t in chosen)
 
 
-def test_unknown_niche_widens_to_the_whole_library():
-    pieces = select(avatar_niche="gardening", num_pieces=20)
+def test_unknown_niche_is_refused_unless_other_niches_are_allowed():
+    with pytest.raises(NicheWithoutTemplates, match="avatar_niche: no templates of niche"):
+        select(avatar_niche="gardening", num_pieces=20, allow_other_niches=False)
+    pieces = select(avatar_niche="gardening", num_pieces=20, allow_other_niches=True)
     assert Counter(p.tier for p in pieces) == tier_counts(20, DEFAULT)
     assert len({p.template_id for p in pieces}) == 20
 
