@@ -87,7 +87,9 @@ MAX_RATIO = 4
 #: except those sent Replicate's aspect_ratio enum
 ENUM_PROVIDERS = frozenset({"replicate"})
 
-_PATTERN = re.compile(r"^\s*(\d{1,4}(?:\.\d{1,3})?)\s*[:xX/]\s*(\d{1,4}(?:\.\d{1,3})?)\s*$")
+_NUMBER = r"(\d{1,4}(?:\.\d{1,3})?)"
+#: "9:16", "9x16", "9/16", spaces allowed; ASCII digits only
+_PATTERN = re.compile(rf"^\s*{_NUMBER}\s*[:xX/]\s*{_NUMBER}\s*$", re.ASCII)
 _ACCEPTED = "expected W:H with positive numbers such as 9:16 or 4:5, between 1:4 and 4:1"
 
 

@@ -126,7 +126,7 @@ def test_parse_aspect_ratio_normalises(text, expected):
 @pytest.mark.parametrize(
     "text",
     ["", "   ", "abc", "9", "9:", ":16", "9:16:1", "9-16", "-9:16", "9:-16", "0:16", "9:0",
-     "0:0", "5:1", "1:5", "99999:1", "nine:sixteen", "9 16", "1e3:1"],
+     "0:0", "5:1", "1:5", "99999:1", "nine:sixteen", "9 16", "1e3:1", "\u0669:\u0661\u0666"],
 )
 def test_parse_aspect_ratio_refuses_junk(text):
     with pytest.raises(FormatError) as caught:
