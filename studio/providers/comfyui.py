@@ -92,7 +92,13 @@ def workflow_for(
 
 
 def _rejection(body: Any) -> str:
-    """A short reason from ComfyUI's 400 body: the error type and the failing node types."""
+    """What ComfyUI's 400 body says, keeping what an operator needs to fix the graph.
+
+    The error's type, then each failing node as `node <id> <class>: <input>: <what>`,
+    with the value it received; for a rejection of the whole graph (`missing_node_type`,
+    an older server's `invalid_prompt`, `prompt_no_outputs`) the node, its class and
+    ComfyUI's message. execution.py `validate_prompt` / `validate_inputs` shape it.
+    """
     if not isinstance(body, dict):
         return "prompt rejected"
     error = body.get("error") or {}
@@ -100,11 +106,58 @@ def _rejection(body: Any) -> str:
     nodes = body.get("node_errors") or {}
     parts = []
     if isinstance(nodes, dict):
-        for node in nodes.values():
-            for err in node.get("errors", []):
-                detail = err.get("details") or err.get("message")
-                parts.append(f"{node.get('class_type')}: {detail}")
-    return f"prompt rejected ({kind})" + (f": {'; '.join(parts)}" if parts else "")
+        for node_id, node in nodes.items():
+            if not isinstance(node, dict):
+                continue
+            head = f"node {node_id} {node.get('class_type', '?')}"
+            for err in node.get("errors") or []:
+                if isinstance(err, dict):
+                    parts.append(f"{head}: {_node_error(err)}")
+    if not parts and isinstance(error, dict):
+        parts.append(_graph_error(error))
+    text = f"prompt rejected ({kind})" + (f": {'; '.join(p for p in parts if p)}" if parts else "")
+    return text if len(text) <= _REJECTION_MAX else text[: _REJECTION_MAX - 3] + "..."
+
+
+_REJECTION_MAX = 2000
+
+
+def _short(value: Any, limit: int = 80) -> str:
+    shown = repr(value)
+    return shown if len(shown) <= limit else shown[: limit - 3] + "..."
+
+
+def _node_error(err: dict[str, Any]) -> str:
+    """One validation error: the input, ComfyUI's details and message, the value received."""
+    extra = err.get("extra_info") if isinstance(err.get("extra_info"), dict) else {}
+    name = str(extra.get("input_name") or "")
+    message = str(err.get("message") or err.get("type") or "invalid")
+    details = str(err.get("details") or "")
+    if details and details != name:
+        text = details if not name or details.startswith(name) else f"{name}: {details}"
+        text += f" ({message})"
+    else:
+        text = f"{name}: {message}" if name else message
+    if "received_value" in extra:
+        received = _short(extra["received_value"])
+        if received not in text:
+            text += f", received {received}"
+    return text
+
+
+def _graph_error(error: dict[str, Any]) -> str:
+    """A rejection of the whole graph: which node (id, class, title) and why."""
+    extra = error.get("extra_info") if isinstance(error.get("extra_info"), dict) else {}
+    message = str(error.get("message") or "")
+    where = []
+    if extra.get("node_id") is not None:
+        where.append(f"node {extra['node_id']}")
+    if extra.get("class_type"):
+        where.append(str(extra["class_type"]))
+    if where:
+        return f"{' '.join(where)}: {message}".strip()
+    details = str(error.get("details") or "")
+    return f"{message} ({details})" if message and details else message or details
 
 
 class _OutputGone(Exception):
@@ -216,8 +269,7 @@ class ComfyUIProvider:
                     continue
                 kind = message.get("type")
                 if kind == "execution_error":
-                    error = f"{data.get('node_type', '?')}: {data.get('exception_type', 'error')}"
-                    raise ProviderError(self.name, f"execution error: {error}")
+                    raise ProviderError(self.name, f"execution error: {_failure_text(data)}")
                 if kind == "execution_interrupted":
                     raise ProviderError(self.name, "execution interrupted")
                 if kind == "executed" and isinstance(data.get("output"), dict):
@@ -334,23 +386,76 @@ class ComfyUIProvider:
         raise UnexpectedShape(self.name, "history entry without images")
 
     async def _forget(self, prompt_id: str) -> None:
-        """Best effort: drop the prompt from ComfyUI's queue after we stopped waiting."""
+        """Best effort, after we stopped waiting: free the GPU of a prompt nobody wants.
+
+        `POST /queue {"delete": [id]}` removes a prompt only while it waits; a running
+        one goes on until `POST /interrupt`. So: look where it is (`GET /queue`); a
+        waiting one is deleted, then looked for again (it may have started meanwhile);
+        a running one is interrupted, naming it (`{"prompt_id": id}`: current servers
+        then interrupt only that prompt). /interrupt is never sent for a prompt that
+        is not running: servers before 2025 ignore its body and would stop whatever
+        runs, someone else's prompt. A finished or unknown prompt is left alone.
+        """
         try:
-            await self._client.post("/queue", json={"delete": [prompt_id]}, timeout=2.0)
-        except httpx.HTTPError:
+            async with asyncio.timeout(_FORGET_BUDGET):
+                for _ in range(3):
+                    place = await self._queue_place(prompt_id)
+                    if place == "running":
+                        await self._client.post(
+                            "/interrupt", json={"prompt_id": prompt_id}, timeout=2.0
+                        )
+                        return
+                    if place != "pending":
+                        return
+                    await self._client.post(
+                        "/queue", json={"delete": [prompt_id]}, timeout=2.0
+                    )
+        except (httpx.HTTPError, TimeoutError, ValueError, ProviderError):
             pass
+
+    async def _queue_place(self, prompt_id: str) -> str | None:
+        """"running", "pending", or None (finished, or never queued) per `GET /queue`."""
+        response = await self._client.get("/queue", timeout=2.0)
+        if response.status_code != 200:
+            raise ProviderError(self.name, f"queue answered HTTP {response.status_code}")
+        body = response.json()
+        for key, place in (("queue_running", "running"), ("queue_pending", "pending")):
+            for item in body.get(key) or []:
+                if isinstance(item, list) and len(item) > 1 and item[1] == prompt_id:
+                    return place
+        return None
+
+
+#: seconds `_forget` may take in all (it runs while the caller's cancellation waits)
+_FORGET_BUDGET = 5.0
 
 
 def _execution_error(status: dict[str, Any]) -> str:
+    """The failure a history entry's status messages record (execution_error/interrupted)."""
     for message in status.get("messages", []):
         if not isinstance(message, list) or not message:
             continue
         info = message[1] if len(message) > 1 and isinstance(message[1], dict) else {}
         if message[0] == "execution_error":
-            return f"{info.get('node_type', '?')}: {info.get('exception_type', 'error')}"
+            return _failure_text(info)
         if message[0] == "execution_interrupted":
-            return f"{info.get('node_type', '?')}: interrupted"
+            return f"{_failed_node(info)}: interrupted"
     return "unknown"
+
+
+def _failed_node(info: dict[str, Any]) -> str:
+    node_type = info.get("node_type") or "?"
+    return f"{node_type} (node {info['node_id']})" if info.get("node_id") else str(node_type)
+
+
+def _failure_text(info: dict[str, Any]) -> str:
+    """An `execution_error`'s node, exception type and message (never its traceback or
+    inputs: those can hold the whole prompt); the message on one line, cut at 300."""
+    text = f"{_failed_node(info)}: {info.get('exception_type') or 'error'}"
+    message = " ".join(str(info.get("exception_message") or "").split())
+    if message:
+        text += f": {message if len(message) <= 300 else message[:297] + '...'}"
+    return text
 
 
 class ComfyUISettings(BaseSettings):

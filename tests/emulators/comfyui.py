@@ -37,7 +37,8 @@ the node catalogue and the validation live in `comfyui_nodes.py`.
 Switches (one per documented variant, see tests/emulators/README.md): `Behaviour`
 latency, failure_rate (execution_error), hang (prompt never finishes);
 `installed` (model files per folder: checkpoints, loras, vae, upscale_models, input; a
-folder set to None accepts any name); `extra["missing_loras"]`: LoRA file names that
+folder set to None accepts any name); `missing_nodes` (classes the server lacks: absent
+from /object_info, `missing_node_type` at /prompt); `extra["missing_loras"]`: LoRA file names that
 are not installed even then; `legacy_missing_node` (servers before `missing_node_type`
 answer an unknown class with `invalid_prompt`); `gpus` (None: every prompt starts at
 once, as many GPUs as prompts; 1: one runs, the others wait in queue_pending, as on one
@@ -124,6 +125,8 @@ class ComfyUIEmulator(Emulator):
             for folder, files in DEFAULT_INSTALLED.items()
         }
         self.legacy_missing_node = False
+        #: core classes this server lacks (as a custom node not installed would be)
+        self.missing_nodes: set[str] = set()
         self.gpus: int | None = None
         self.legacy_interrupt = False
         self.image_type = "output"
@@ -220,12 +223,14 @@ class ComfyUIEmulator(Emulator):
     async def _object_info(self, request: web.Request) -> web.Response:
         self.counters.hit("object_info")
         files = self._files()
-        return web.json_response({name: node_info(name, files) for name in NODES})
+        return web.json_response({
+            name: node_info(name, files) for name in NODES if name not in self.missing_nodes
+        })
 
     async def _object_info_one(self, request: web.Request) -> web.Response:
         self.counters.hit("object_info")
         name = request.match_info["node_class"]
-        if name not in NODES:
+        if name not in NODES or name in self.missing_nodes:
             return web.json_response({})
         return web.json_response({name: node_info(name, self._files())})
 
@@ -234,7 +239,9 @@ class ComfyUIEmulator(Emulator):
     def _validate(
         self, graph: Any
     ) -> tuple[dict[str, Any] | None, list[str], dict[str, Any]]:
-        return Validator(graph, self._files(graph), self.legacy_missing_node).run()
+        return Validator(
+            graph, self._files(graph), self.legacy_missing_node, self.missing_nodes
+        ).run()
 
     async def _post_prompt(self, request: web.Request) -> web.Response:
         self.counters.hit("prompt")

@@ -33,7 +33,7 @@ How the real validation reads (and so how this one does):
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from typing import Any
 
 MAX_RESOLUTION = 16384
@@ -295,8 +295,10 @@ class Validator:
 
     def __init__(
         self, graph: Any, files: Mapping[str, list[str]], legacy_missing_node: bool = False,
+        lacking: Collection[str] = (),
     ) -> None:
         self.graph = graph
+        self.lacking = frozenset(lacking)
         self.files = files
         self.legacy_missing_node = legacy_missing_node
         self.validated: dict[str, tuple[bool, list[dict[str, Any]]]] = {}
@@ -317,7 +319,7 @@ class Validator:
                     {"node_id": nid, "class_type": None, "node_title": title},
                 ), [], {}
             kind = node["class_type"]
-            if kind not in NODES:
+            if kind not in NODES or kind in self.lacking:
                 if self.legacy_missing_node:
                     return _error(
                         "invalid_prompt", f"Cannot execute because node {kind} does not exist.",

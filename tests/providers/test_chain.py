@@ -76,7 +76,8 @@ async def test_hung_provider_times_out_and_next_serves(
     assert result.provider == "replicate"
     assert "timed out" in result.failures["comfyui"]
     assert any("outcome=timeout" in r.getMessage() for r in caplog.records)
-    assert comfyui.counters.requests("queue") == 1  # the abandoned prompt was deleted
+    # the abandoned prompt was running: interrupted (a delete would leave the GPU busy)
+    assert comfyui.counters.requests("interrupt") == 1 and comfyui.executing == 0
 
 
 async def test_node_errors_are_not_retried_and_the_next_serves(
