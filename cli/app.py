@@ -185,6 +185,10 @@ from cli.server import register as _register_server  # noqa: E402
 
 _register_server(app)  # server: prefect server start with durable leases
 
+from cli.templates import templates_app  # noqa: E402
+
+app.add_typer(templates_app, name="templates")  # templates list, templates import
+
 from cli.schema import schema_guard  # noqa: E402
 
 app.callback()(schema_guard)  # a database command before `studio init`: one line, exit 1

@@ -206,6 +206,8 @@ def _problem_from(label: str, exc: ValidationError) -> Problem:
     name = location[0]
     if name == "platforms" and len(location) > 1:
         name = f"platforms[{location[1]}]"
+    if error["type"] in ("literal_error", "enum"):  # say what was given, not only what fits
+        message = f"{message}, got {error['input']!r}"
     return Problem(label, name, message)
 
 

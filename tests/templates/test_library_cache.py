@@ -210,3 +210,79 @@ def test_template_labels_are_normalised_and_platforms_deduplicated():
     assert (template.niche, template.category) == ("fitness", "workout")
     assert [p.value for p in template.platforms] == ["tiktok", "instagram"]
     assert template.supports("instagram") and not template.supports("onlyfans")
+
+
+# -- refreshing a long-lived library (max_age_seconds) ----------------------------------
+
+
+class Clock:
+    def __init__(self):
+        self.now = 1000.0
+
+    def __call__(self):
+        return self.now
+
+
+def test_without_max_age_the_loader_runs_once_forever():
+    clock = Clock()
+    loader = CountingLoader([row()])
+    lib = TemplateLibrary(loader, clock=clock)
+    lib.all_templates()
+    clock.now += 10_000
+    lib.all_templates()
+    assert loader.calls == 1
+
+
+def test_a_stale_library_reloads_and_serves_changed_templates_keeping_its_stats():
+    clock = Clock()
+    items = [row()]
+    loader = CountingLoader(items)
+    lib = TemplateLibrary(loader, max_age_seconds=60, clock=clock)
+    assert [t.id for t in lib.for_niche("fitness")] == ["fitness-001"]
+    lib.for_niche("fitness")
+    items.append(row("fitness-002"))  # another process imported a template
+    clock.now += 59
+    assert len(lib.for_niche("fitness")) == 1  # still fresh: no query
+    assert loader.calls == 1
+    clock.now += 2
+    assert [t.id for t in lib.for_niche("fitness")] == ["fitness-001", "fitness-002"]
+    assert loader.calls == 2
+    # Statistics go on counting across the refresh (the health check's figures).
+    assert lib.cache_stats() == {
+        "total_calls": 4, "cache_hits": 2, "cache_misses": 2, "hit_rate_percent": 50.0,
+    }
+
+
+def test_an_unchanged_reload_keeps_serving_cached_answers():
+    clock = Clock()
+    loader = CountingLoader([row()])
+    lib = TemplateLibrary(loader, max_age_seconds=60, clock=clock)
+    lib.for_niche("fitness")
+    clock.now += 61
+    lib.for_niche("fitness")
+    assert loader.calls == 2
+    assert lib.cache_stats()["cache_hits"] == 1  # same generation: the answer was cached
+
+
+def test_a_failing_reload_keeps_the_loaded_templates_and_tries_again_later(caplog):
+    clock = Clock()
+    state = {"fail": False}
+
+    def loader():
+        if state["fail"]:
+            raise ConnectionError("database unavailable")
+        return [row()]
+
+    lib = TemplateLibrary(loader, max_age_seconds=60, clock=clock)
+    lib.all_templates()
+    state["fail"] = True
+    clock.now += 61
+    with caplog.at_level("WARNING", logger="studio.templates"):
+        assert len(lib.all_templates()) == 1
+    assert "reload failed (ConnectionError)" in caplog.text
+    assert "database unavailable" not in caplog.text  # the type only: no connection details
+
+
+def test_niches_lists_what_the_library_holds():
+    lib = TemplateLibrary(lambda: [row(), row("food-001", niche="food")])
+    assert lib.niches() == ("fitness", "food")
