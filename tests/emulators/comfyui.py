@@ -35,18 +35,19 @@ the node catalogue and the validation live in `comfyui_nodes.py`.
     stored
 
 Switches (one per documented variant, see tests/emulators/README.md): `Behaviour`
-latency, failure_rate (execution_error), hang (prompt never finishes);
-`installed` (model files per folder: checkpoints, loras, vae, upscale_models, input; a
-folder set to None accepts any name); `missing_nodes` (classes the server lacks: absent
-from /object_info, `missing_node_type` at /prompt); `extra["missing_loras"]`: LoRA file names that
-are not installed even then; `legacy_missing_node` (servers before `missing_node_type`
-answer an unknown class with `invalid_prompt`); `gpus` (None: every prompt starts at
-once, as many GPUs as prompts; 1: one runs, the others wait in queue_pending, as on one
-real server); `legacy_interrupt` (servers before 2025 ignore /interrupt's prompt_id and
-interrupt whatever runs); `websocket_enabled`; `image_type` ("output" or "temp") and
-`subfolder` of the saved image; `previews` (progress events and binary preview frames);
-`cached_next` (the next prompts are served wholly from cache: they finish before POST
-/prompt answers, and send `executed` with the cached outputs);
+latency, failure_rate (execution_error), hang (prompt never finishes); `installed`
+(model files per folder: checkpoints, loras, vae, upscale_models, input; a folder set to
+None, the default for loras, accepts any name and /object_info shows its inputs as free
+strings, since no list can say "any"); `missing_nodes` (classes the server lacks: absent
+from /object_info, `missing_node_type` at /prompt); `extra["missing_loras"]`: LoRA file
+names that are not installed even then; `legacy_missing_node` (servers before
+`missing_node_type` answer an unknown class with `invalid_prompt`); `gpus` (None: every
+prompt starts at once, as many GPUs as prompts; 1: one runs, the others wait in
+queue_pending, as on one real server); `legacy_interrupt` (servers before 2025 ignore
+/interrupt's prompt_id and interrupt whatever runs); `websocket_enabled`; `image_type`
+("output" or "temp") and `subfolder` of the saved image; `previews` (progress events and
+binary preview frames); `cached_next` (the next prompts are served wholly from cache:
+they finish before POST /prompt answers, and send `executed` with the cached outputs);
 `legacy_cached` (servers before the 2024 execution rewrite send no `executed` for a
 cached output); `failure_message` (the execution_error's exception_message);
 `interrupt_next`; `legacy_history` (history entries without "status");
@@ -211,6 +212,9 @@ class ComfyUIEmulator(Emulator):
             files[folder] = names
         return files
 
+    def _open_folders(self) -> set[str]:
+        return {folder for folder in FOLDERS if self.installed.get(folder) is None}
+
     def _note_files(self, graph: dict[str, Any]) -> None:
         """Remember the names an accepted prompt used from folders that take any name."""
         accepted = self._files(graph)
@@ -222,9 +226,10 @@ class ComfyUIEmulator(Emulator):
 
     async def _object_info(self, request: web.Request) -> web.Response:
         self.counters.hit("object_info")
-        files = self._files()
+        files, open_folders = self._files(), self._open_folders()
         return web.json_response({
-            name: node_info(name, files) for name in NODES if name not in self.missing_nodes
+            name: node_info(name, files, open_folders)
+            for name in NODES if name not in self.missing_nodes
         })
 
     async def _object_info_one(self, request: web.Request) -> web.Response:
@@ -232,7 +237,9 @@ class ComfyUIEmulator(Emulator):
         name = request.match_info["node_class"]
         if name not in NODES or name in self.missing_nodes:
             return web.json_response({})
-        return web.json_response({name: node_info(name, self._files())})
+        return web.json_response(
+            {name: node_info(name, self._files(), self._open_folders())}
+        )
 
     # --- /prompt ---
 

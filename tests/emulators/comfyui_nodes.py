@@ -48,7 +48,7 @@ DEFAULT_INSTALLED: dict[str, list[str] | None] = {
         "v1-5-pruned-emaonly.safetensors",
     ],
     # None: any file name is accepted (as if every avatar's LoRA had been copied in);
-    # /object_info then lists the names prompts have used so far.
+    # /object_info shows the input as a free string (see node_info).
     "loras": None,
     "vae": ["sdxl_vae.safetensors", "vae-ft-mse-840000-ema-pruned.safetensors"],
     "upscale_models": ["4x-UltraSharp.pth", "RealESRGAN_x4plus.pth"],
@@ -249,8 +249,16 @@ NODES: dict[str, tuple[str, str, str, dict[str, dict[str, Any]], tuple[str, ...]
 OUTPUT_NODES = frozenset(name for name, spec in NODES.items() if spec[5])
 
 
-def _resolve(spec: tuple[Any, dict], files: Mapping[str, list[str]]) -> list[Any]:
+#: how /object_info shows a folder that accepts any file name (`installed[folder]` None)
+ANY_FILE = ["STRING", {"tooltip": "emulator: any file name is installed in this folder"}]
+
+
+def _resolve(
+    spec: tuple[Any, dict], files: Mapping[str, list[str]], open_folders: Collection[str] = ()
+) -> list[Any]:
     kind, options = spec
+    if isinstance(kind, Folder) and kind in open_folders:
+        return [ANY_FILE[0], dict(ANY_FILE[1])]
     if isinstance(kind, Folder):
         return [list(files.get(kind, [])), dict(options)]
     if isinstance(kind, list):
@@ -258,15 +266,24 @@ def _resolve(spec: tuple[Any, dict], files: Mapping[str, list[str]]) -> list[Any
     return [kind, dict(options)] if options else [kind]
 
 
-def node_info(name: str, files: Mapping[str, list[str]]) -> dict[str, Any]:
-    """One class as `GET /object_info` shows it (server.py `node_info`)."""
+def node_info(
+    name: str, files: Mapping[str, list[str]], open_folders: Collection[str] = ()
+) -> dict[str, Any]:
+    """One class as `GET /object_info` shows it (server.py `node_info`).
+
+    A folder in `open_folders` accepts any file name; no list can say so, so its
+    inputs are shown as free strings (a deviation: the real server always lists files;
+    a test that checks file names sets the folder's list).
+    """
     display, category, module, inputs, outputs, output_node = NODES[name]
     shown: dict[str, Any] = {}
     for section, entries in inputs.items():
         if section == "hidden":
             shown[section] = dict(entries)
         else:
-            shown[section] = {key: _resolve(spec, files) for key, spec in entries.items()}
+            shown[section] = {
+                key: _resolve(spec, files, open_folders) for key, spec in entries.items()
+            }
     return {
         "input": shown,
         "input_order": {section: list(entries) for section, entries in inputs.items()},

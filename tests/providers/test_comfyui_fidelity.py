@@ -117,13 +117,17 @@ async def test_object_info_of_one_class_and_of_a_class_the_server_lacks(
     assert "LoraLoader" not in (await http.get("/object_info")).json()
 
 
-async def test_a_folder_that_accepts_any_name_lists_the_names_used(
+async def test_a_folder_that_accepts_any_name_is_not_listed(
     comfyui: ComfyUIEmulator, http: httpx.AsyncClient
 ):
-    """Default: any LoRA name is accepted (every avatar's LoRA copied in)."""
+    """Default: any LoRA name is accepted (every avatar's LoRA copied in), and
+    /object_info cannot list "any": the input shows as a free string."""
     assert comfyui.installed["loras"] is None
+    info = (await http.get("/object_info/LoraLoader")).json()
+    assert info["LoraLoader"]["input"]["required"]["lora_name"][0] == "STRING"
     answer = await http.post("/prompt", json={"prompt": _graph()})
     assert answer.status_code == 200
+    comfyui.installed["loras"] = ["nova.safetensors"]
     info = (await http.get("/object_info/LoraLoader")).json()
     assert info["LoraLoader"]["input"]["required"]["lora_name"][0] == ["nova.safetensors"]
 
