@@ -102,15 +102,17 @@ def list_templates(
         print_json([_as_dict(t, t.id in bundled) for t in templates])
         return
     table = Table()
-    for column in ("id", "niche", "tier", "category", "platforms", "prompts", "source"):
-        table.add_column(column, overflow="fold")  # an id cut to "acme-yoga-0…" is no use
+    # Whole ids, whatever the width (an id cut to "acme-yoga-0…" is no use); the rest wraps.
+    table.add_column("id", no_wrap=True, min_width=max((len(t.id) for t in templates), default=2))
+    for column in ("niche", "tier", "category", "platforms", "prompts", "source"):
+        table.add_column(column)
     for t in templates:
         table.add_row(
             t.id,
             t.niche,
             t.tier,
             t.category,
-            ",".join(p.value for p in t.platforms),
+            ", ".join(p.value for p in t.platforms),
             str(t.combinations),
             "bundled" if t.id in bundled else "studio",
         )
