@@ -197,9 +197,12 @@ def check_daily_budget(value: Any) -> float:
 
 
 def check_workflow(value: Any) -> str:
-    """A path of an API-format ComfyUI workflow. Only the text is checked here: the file
-    is read and checked against the server when a batch runs, where the worker runs,
-    before anything is spent."""
+    """A path of an API-format ComfyUI workflow, or a shipped workflow's name.
+
+    A file found here is read and checked now (JSON, API format, bindings, an output
+    node), so a UI export is refused when it is set rather than at the first batch. One
+    not found here may live where the worker runs: it is checked there, against the
+    server's nodes and models too, when a batch starts and before anything is spent."""
     if not isinstance(value, str) or not value.strip():
         raise BatchRequestError("workflow", "give the path of a workflow JSON file")
     check_free_text("workflow", value)
@@ -209,6 +212,20 @@ def check_workflow(value: Any) -> str:
         raise BatchRequestError(
             "workflow", f"the path has {len(value)} characters; at most {MAX_PATH_CHARS}"
         )
+    from studio.providers.comfyui_workflow import (
+        WorkflowError,
+        load_workflow,
+        resolve_workflow,
+    )
+
+    try:
+        path = resolve_workflow(value)
+    except WorkflowError:
+        return value  # not on this machine: checked where the batch runs
+    try:
+        load_workflow(path)
+    except WorkflowError as exc:
+        raise BatchRequestError("workflow", str(exc)) from None
     return value
 
 

@@ -132,6 +132,16 @@ def test_bad_profile_values_exit_2_naming_avatar_and_field(studio_env, args, fie
     assert count() == 1
 
 
+def test_a_ui_export_workflow_is_refused_at_update(studio_env, tmp_path) -> None:
+    ui_export = tmp_path / "ui.json"
+    ui_export.write_text(json.dumps({"nodes": [], "links": []}))
+    invoke("avatar", "add", "nova", "--niche", "fitness")
+    line = one_line_error(invoke("avatar", "update", "nova", "--workflow", str(ui_export)),
+                          "workflow", "avatar 'nova'", "API")
+    assert line.startswith("error workflow: ")
+    assert shown("nova")["workflow"] is None
+
+
 def test_show_of_an_unknown_avatar_exits_2(studio_env) -> None:
     one_line_error(invoke("avatar", "show", "ghost"), "avatar", "ghost")
     one_line_error(invoke("avatar", "show", "ghost", "--json"), "avatar", "ghost")

@@ -7,6 +7,7 @@ Real databases, the real migrations; no mocks.
 
 from __future__ import annotations
 
+import json
 import math
 import uuid
 from pathlib import Path
@@ -128,6 +129,23 @@ def test_bad_values_are_refused_naming_the_field(field, given, words) -> None:
     assert refused.value.field == field
     assert words in refused.value.message, refused.value.message
     assert "\n" not in str(refused.value)
+
+
+def test_a_workflow_found_here_is_checked_when_set(tmp_path) -> None:
+    """A UI export or a file that is not JSON is refused when set, naming the fix; a
+    shipped workflow's name passes; a path not on this machine is left to the worker's
+    check at batch start."""
+    ui_export = tmp_path / "ui.json"
+    ui_export.write_text(json.dumps({"nodes": [{"id": 1, "type": "KSampler"}], "links": []}))
+    not_json = tmp_path / "broken.json"
+    not_json.write_text("{nodes")
+    for path, words in ((ui_export, "Export (API)"), (not_json, "not JSON")):
+        with pytest.raises(BatchRequestError) as refused:
+            check_profile({"workflow": str(path)})
+        assert refused.value.field == "workflow" and words in refused.value.message
+    assert check_profile({"workflow": "sdxl_lora_hires"}) == {"workflow": "sdxl_lora_hires"}
+    elsewhere = "/srv/worker-only/flows/nova.json"
+    assert check_profile({"workflow": elsewhere}) == {"workflow": elsewhere}
 
 
 def test_an_unknown_profile_field_is_refused() -> None:
