@@ -251,3 +251,16 @@ def test_a_worker_library_sees_an_import_from_another_process(studio_env) -> Non
     clock["now"] = 61
     assert len(worker.for_niche("yoga")) == 5
     assert worker.cache_stats()["total_calls"] == 3
+
+
+def test_the_example_file_is_safe_for_work() -> None:
+    from tests.templates.test_library_data import PREMIUM_WORDS, _denied
+
+    templates, vocabulary = parse_templates(example(), "x.yaml", fallback=bundled_vocabulary())
+    for t in templates:
+        values = [v for values in t.variables.values() for v in values]
+        assert not _denied(" ".join((t.prompt, t.hook_pattern, t.description, *values))), t.id
+        if t.tier != "capa1":
+            assert any(word in t.description.lower() for word in PREMIUM_WORDS), t.id
+    for values in vocabulary.niches["yoga"].values():
+        assert not _denied(" ".join(values))
