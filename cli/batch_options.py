@@ -19,7 +19,14 @@ import typer
 from pydantic.fields import FieldInfo
 
 from cli.output import refuse
-from studio.request import BatchRequest, BatchRequestError, TierShares, choices, make_request
+from studio.request import (
+    BatchRequest,
+    BatchRequestError,
+    TierShares,
+    check_format,
+    choices,
+    make_request,
+)
 
 #: each request field's option on the command line: `--<name>` (`--<name>/--no-<name>`
 #: for a switch), and what the command line adds to the field's description
@@ -135,7 +142,10 @@ def batch_request(**options: Any) -> BatchRequest:
     values = {field: options[name] for field, (name, _) in OPTIONS.items()}
     values["custom_prompts"] = values["custom_prompts"] or None  # typer gives [] for none
     values["custom_tiers"] = values["custom_tiers"] or None
-    return make_request(**values)
+    request = make_request(**values)
+    if request.format is not None:  # `--format portrait`: exit 2 before anything starts
+        request.format = check_format(request.format)
+    return request
 
 
 #: `batch run` and `demo` only: a submitted batch's console is its worker's (STUDIO_VERBOSE)

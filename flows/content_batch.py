@@ -279,10 +279,12 @@ async def workflow_refusal(avatar: AvatarRef) -> str | None:
     """Why the avatar's ComfyUI workflow cannot run (parsed, bound, and every node type
     and model file present on the server), or None: the check of
     studio.providers.comfyui_workflow, when that module is installed."""
-    try:
-        from studio.providers.comfyui_workflow import workflow_refusal as check
-    except ImportError:
+    from importlib.util import find_spec
+
+    if find_spec("studio.providers.comfyui_workflow") is None:
         return None
+    from studio.providers.comfyui_workflow import workflow_refusal as check
+
     return await check(avatar)
 
 

@@ -533,7 +533,7 @@ def resolve_request(request: BatchRequest, avatar: AvatarRef) -> BatchRequest:
     fan-out send it whole, so a run's name and parameters say what it makes. A profile
     value the request cannot hold is refused naming the field and the avatar.
     """
-    whose = f"avatar {avatar.name!r}'s profile: "
+    whose = f"the profile of avatar {avatar.name!r}: "
     values: dict[str, Any] = {}
     if request.num_pieces is None:
         if request.custom_prompts is not None:
@@ -549,8 +549,11 @@ def resolve_request(request: BatchRequest, avatar: AvatarRef) -> BatchRequest:
         try:
             shares = TierShares.model_validate(avatar.tier_mix or DEFAULT_TIER_SHARES)
         except ValidationError as exc:
-            message = exc.errors()[0]["msg"].removeprefix("Value error, ")
-            raise BatchRequestError("tier_distribution", f"{whose}tier mix: {message}") from None
+            error = exc.errors()[0]
+            message = error["msg"].removeprefix("Value error, ")
+            place = ".".join(str(part) for part in error["loc"])
+            message = f"{place}: {message}" if place else message
+            raise BatchRequestError("tier_distribution", f"{whose}tier mix {message}") from None
         total = sum(shares.as_dict().values())
         if abs(total - 1.0) > 1e-6:
             raise BatchRequestError(
