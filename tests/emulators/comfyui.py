@@ -160,10 +160,6 @@ class ComfyUIEmulator(Emulator):
         """Prompts waiting in the queue."""
         return len(self._pending)
 
-    @property
-    def _jobs(self) -> dict[str, asyncio.Task[None]]:
-        return {pid: p.task for pid, p in self._running.items() if p.task is not None}
-
     def restart(self) -> None:
         """ComfyUI restarted: running prompts, the queue and the history are gone."""
         running = list(self._running.values())
