@@ -11,6 +11,7 @@ from studio.templates.library import (
 from studio.templates.models import HOOK_PLACEHOLDERS, Template, placeholders_of
 from studio.templates.selection import (
     NicheWithoutTemplates,
+    check_niche,
     normalise_distribution,
     piece_id_for,
     select_templates,
@@ -28,6 +29,7 @@ __all__ = [
     "TemplateLoader",
     "Vocabulary",
     "bundled_vocabulary",
+    "check_niche",
     "load_bundled_templates",
     "normalise_distribution",
     "parse_templates",

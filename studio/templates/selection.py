@@ -86,6 +86,27 @@ class NicheWithoutTemplates(ValueError):
     """The avatar's niche has no template and the batch may not borrow another niche's."""
 
 
+def check_niche(
+    library: TemplateLibrary, avatar_niche: str, *, allow_other_niches: bool | None = None
+) -> None:
+    """Raise NicheWithoutTemplates when a batch for `avatar_niche` could not be planned.
+
+    `select_templates` calls it; a validation step can call it too, to refuse such a
+    request before a run starts (None: the TEMPLATES_ALLOW_OTHER_NICHES setting).
+    """
+    if allow_other_niches is None:
+        allow_other_niches = get_settings().templates_allow_other_niches
+    niche = avatar_niche.strip().lower()
+    if allow_other_niches or library.for_niche(niche):
+        return
+    known = ", ".join(library.niches()) or "no templates at all"
+    raise NicheWithoutTemplates(
+        f"avatar_niche: no templates of niche {niche!r} (the library has {known}); "
+        "add some with `studio templates import FILE.yaml`, or set "
+        "TEMPLATES_ALLOW_OTHER_NICHES=true to borrow other niches' templates"
+    )
+
+
 def select_templates(
     library: TemplateLibrary,
     *,
@@ -133,14 +154,8 @@ def select_templates(
     everything = library.all_templates()
     if not everything:
         raise ValueError("the template library is empty; run `studio init` to load it")
+    check_niche(library, niche, allow_other_niches=allow_other_niches)
     own_niche = library.for_niche(niche)
-    if not own_niche and not allow_other_niches:
-        known = ", ".join(library.niches())
-        raise NicheWithoutTemplates(
-            f"avatar_niche: no templates of niche {niche!r} (the library has {known}); "
-            "add some with `studio templates import FILE.yaml`, or set "
-            "TEMPLATES_ALLOW_OTHER_NICHES=true to borrow other niches' templates"
-        )
     own_ids = {t.id for t in own_niche}
 
     rng = random.Random(f"{seed}:{batch_id}")

@@ -199,3 +199,14 @@ def test_piece_prompts_fill_placeholders_only_with_listed_values():
             alternatives = "|".join(re.escape(v) for v in values)
             pattern = pattern.replace(re.escape("{" + name + "}"), f"(?:{alternatives})")
         assert re.fullmatch(pattern, piece.prompt), piece.prompt
+
+
+def test_check_niche_lets_a_validation_step_refuse_first():
+    from studio.templates import check_niche
+
+    check_niche(LIBRARY, " Fitness ", allow_other_niches=False)  # has templates: fine
+    check_niche(LIBRARY, "gardening", allow_other_niches=True)
+    with pytest.raises(NicheWithoutTemplates, match="no templates of niche 'gardening'"):
+        check_niche(LIBRARY, "gardening", allow_other_niches=False)
+    with pytest.raises(NicheWithoutTemplates, match="the library has no templates at all"):
+        check_niche(TemplateLibrary(list), "fitness", allow_other_niches=False)
