@@ -17,6 +17,7 @@ import math
 import re
 import string
 from collections.abc import Iterator, Mapping
+from functools import cached_property
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
@@ -203,12 +204,12 @@ class Template(BaseModel):
         # The id is unique in a library; equality still compares every field.
         return hash((self.id, self.prompt))
 
-    @property
+    @cached_property
     def placeholders(self) -> tuple[str, ...]:
         """The prompt's placeholder names, in order of first use."""
         return placeholders_of(self.prompt)
 
-    @property
+    @cached_property
     def combinations(self) -> int:
         """How many distinct prompts the template yields (1 without placeholders)."""
         return math.prod(len(self.variables[name]) for name in self.placeholders)
