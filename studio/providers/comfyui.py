@@ -308,7 +308,11 @@ class ComfyUIProvider:
             if entry is None:
                 if not await self._queued(prompt_id):
                     return None  # gone (ComfyUI restarted, or the history was cleared)
-                entry = await self._wait_for(prompt_id)
+                try:
+                    entry = await self._wait_for(prompt_id)
+                except asyncio.CancelledError:  # timed out waiting: free the GPU too
+                    await asyncio.shield(self._forget(prompt_id))
+                    raise
             elif (entry.get("status") or {}).get("status_str") == "error":
                 return None
             return await self._fetch_image(entry)

@@ -361,6 +361,21 @@ async def test_a_timed_out_waiting_prompt_is_deleted_and_the_running_one_goes_on
     assert comfyui.billed_jobs == 1 and comfyui.executing == 0
 
 
+async def test_a_resume_that_times_out_waiting_interrupts_the_prompt(
+    comfyui: ComfyUIEmulator, http: httpx.AsyncClient, provider, spec, avatar
+):
+    """A retry waits for the prompt an earlier (dead) process left running; when that
+    wait times out too, the prompt is interrupted like one of its own."""
+    comfyui.behaviour.hang = True
+    earlier = (await http.post("/prompt", json={"prompt": _graph()})).json()["prompt_id"]
+    await _until(lambda: comfyui.executing == 1)
+    with pytest.raises(TimeoutError):
+        await asyncio.wait_for(provider.generate(spec, avatar, RecordingJob(earlier)), 0.3)
+    await _until(lambda: comfyui.executing == 0, timeout=2.0)
+    assert comfyui.counters.requests("interrupt") == 1
+    assert comfyui.counters.requests("prompt") == 1  # nothing new was queued
+
+
 async def test_a_prompt_that_finished_meanwhile_is_left_alone(
     comfyui: ComfyUIEmulator, provider, spec, avatar
 ):
