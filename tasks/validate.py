@@ -57,7 +57,22 @@ def validate_batch_request(request: BatchRequest, batch_id: str | None = None) -
                 )
     resolved = resolve_request(request, avatar)
     check_provider_format(resolved)
+    if resolved.custom_prompts is None:
+        check_templates(avatar)
     return ValidatedBatch(request=resolved, avatar=avatar)
+
+
+def check_templates(avatar: AvatarRef) -> None:
+    """Refuse (field `niche`) a template batch for a niche the library has no templates
+    of, unless TEMPLATES_ALLOW_OTHER_NICHES lets it borrow: said here, before the run
+    starts, rather than by the planning step after its retries."""
+    from studio.catalog import template_library
+    from studio.templates.selection import NicheWithoutTemplates, check_niche
+
+    try:
+        check_niche(template_library(), avatar.niche)
+    except NicheWithoutTemplates as exc:
+        raise BatchRequestError("niche", str(exc).removeprefix("avatar_niche: ")) from None
 
 
 def check_provider_format(request: BatchRequest) -> None:

@@ -434,3 +434,20 @@ async def test_with_every_node_present_the_images_have_the_platform_size(
     assert comfyui.counters.requests("prompt") == 2
     specs = load_batch_progress(result.batch_id).specs
     assert {(s.platform, s.width, s.height) for s in specs} == {("tiktok", 768, 1344)}
+
+
+# --- a niche without templates: refused at validation, not by the planning step ---
+
+
+async def test_a_niche_without_templates_is_refused_before_the_run(studio_env) -> None:
+    add("sailor", niche="sailing")
+    state = await content_batch(avatar_id="sailor", num_pieces=2, return_state=True)
+    assert state.is_failed() and state.name == "Refused"
+    assert state.message.startswith("niche: ") and "'sailing'" in state.message
+    assert "TEMPLATES_ALLOW_OTHER_NICHES" in state.message
+    assert nothing_written()
+    result = runner.invoke(app, ["batch", "submit", "--avatar", "sailor"])
+    assert result.exit_code == 2 and "sailing" in result.output
+    # custom prompts need no template: that batch runs
+    made = await content_batch(avatar_id="sailor", custom_prompts=["a calm harbour"], seed=1)
+    assert made.requested == 1
