@@ -129,13 +129,18 @@ def _refused(refusal: BatchRefusal) -> State:
 def batch_run_name() -> str:
     """`content-batch-{avatar_id}-{num_pieces}`; a run left to the avatar's profile for
     its size (num_pieces empty: a run created in the UI or by a direct call) is named
-    by the size the profile gives, so the name still says what the run makes."""
+    by the size the profile gives, so the name still says what the run makes. A run
+    created with that name and more after it (the fan-out's `...-<platform>`, one run per
+    platform of the profile) keeps its name: Prefect renames every run with this
+    function when it starts."""
     parameters = flow_run.get_parameters() or {}
     avatar_id = parameters.get("avatar_id")
     pieces = parameters.get("num_pieces")
     if pieces is None:
         pieces = _profile_pieces(str(avatar_id), parameters.get("custom_prompts"))
-    return f"content-batch-{avatar_id}-{pieces}"
+    name = f"content-batch-{avatar_id}-{pieces}"
+    given = flow_run.get_name() or ""
+    return given if given.startswith(f"{name}-") else name
 
 
 def _profile_pieces(avatar_id: str, custom_prompts: Any) -> int | str:

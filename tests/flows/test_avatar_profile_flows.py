@@ -451,3 +451,30 @@ async def test_a_niche_without_templates_is_refused_before_the_run(studio_env) -
     # custom prompts need no template: that batch runs
     made = await content_batch(avatar_id="sailor", custom_prompts=["a calm harbour"], seed=1)
     assert made.requested == 1
+
+
+async def test_a_platform_batch_keeps_its_name_when_a_worker_runs_it(studio_env) -> None:
+    """Prefect renames a run with the flow's name function as it starts: the fan-out's
+    `-<platform>` stays (run here as a worker's process runs it)."""
+    from prefect.flow_engine import run_flow_async
+
+    add("nova", **NOVA)
+    # no num_pieces of its own: a run of it is as big as the avatar's pieces per run
+    deployment_id = await (await content_batch.ato_deployment(name="profile-sized")).apply()
+    async with get_client() as client:
+        planned = await client.create_flow_run_from_deployment(
+            deployment_id,
+            parameters={"avatar_id": "nova", "num_pieces": 1, "platform": "instagram"},
+            name="content-batch-nova-1-instagram",
+        )
+        unnamed = await client.create_flow_run_from_deployment(
+            deployment_id, parameters={"avatar_id": "nova"}, name="quick-fox"
+        )
+    for run in (planned, unnamed):
+        state = await run_flow_async(
+            content_batch, flow_run=run, parameters=run.parameters, return_type="state"
+        )
+        assert state.is_completed(), state.message
+    async with get_client() as client:
+        assert (await client.read_flow_run(planned.id)).name == "content-batch-nova-1-instagram"
+        assert (await client.read_flow_run(unnamed.id)).name == "content-batch-nova-3"
