@@ -7,17 +7,13 @@ looks at the table again at most every `REFRESH_SECONDS` and serves new template
 when they differ, so a worker sees an import within a minute, without a restart and
 without its cache statistics restarting.
 
-The `template` table has no column for a template's variables (the values of its
-`{placeholders}`). Until it has one, a template with variables keeps them inside its
-`prompt` column as a JSON object `{"text": <prompt>, "variables": {...}}`; a template
-without variables keeps its plain prompt, as before. This cannot be mistaken for a plain
-prompt: a valid prompt never starts with `{"` (a placeholder is a bare name). The two
-functions below are the only ones that know the layout.
+A template's variables (the values of its `{placeholders}`) live in the `template`
+table's `variables` column (migration 0008) beside its prompt; the two functions below
+are the only ones that know the row's layout.
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -39,43 +35,32 @@ from studio.templates import (
 #: how often the process-wide library looks for changed templates in the database
 REFRESH_SECONDS = 60.0
 
-_ENVELOPE_START = '{"text"'
-
-
 def row_values(template: Template) -> dict[str, Any]:
     """The `template` row's columns (but the id) for a template."""
-    prompt = template.prompt
-    if template.variables:
-        variables = {name: list(values) for name, values in template.variables.items()}
-        prompt = json.dumps({"text": template.prompt, "variables": variables}, ensure_ascii=False)
     return {
         "niche": template.niche,
         "category": template.category,
         "tier": template.tier,
         "platforms": [p.value for p in template.platforms],
-        "prompt": prompt,
+        "prompt": template.prompt,
         "hook_pattern": template.hook_pattern,
         "description": template.description,
+        "variables": {name: list(values) for name, values in template.variables.items()},
     }
 
 
 def template_from_row(row: TemplateRow) -> Template:
     """The template a `template` row holds (validated, as every loaded template is)."""
-    prompt: str = row.prompt
-    variables: dict[str, Any] = {}
-    if prompt.startswith(_ENVELOPE_START):
-        envelope = json.loads(prompt)
-        prompt, variables = envelope["text"], envelope.get("variables") or {}
     return Template(
         id=row.id,
         niche=row.niche,
         category=row.category,
         tier=row.tier,  # type: ignore[arg-type]
         platforms=tuple(row.platforms),
-        prompt=prompt,
+        prompt=row.prompt,
         hook_pattern=row.hook_pattern,
         description=row.description,
-        variables=variables,
+        variables=row.variables or {},
     )
 
 

@@ -73,6 +73,10 @@ class Template(Base):
     prompt: Mapped[str] = mapped_column(Text)
     hook_pattern: Mapped[str] = mapped_column(Text)
     description: Mapped[str] = mapped_column(Text, default="")
+    #: migration 0008: {placeholder: [values]} that fill the prompt's `{placeholders}`
+    variables: Mapped[dict[str, list[str]]] = mapped_column(
+        JSON, default=dict, server_default=text("'{}'")
+    )
 
 
 class Batch(Base):

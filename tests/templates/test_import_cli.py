@@ -211,7 +211,7 @@ def test_templates_round_trip_through_the_table(any_database) -> None:
     assert database_loader()() == sorted(load_bundled_templates(), key=lambda t: t.id)
 
 
-def test_the_prompt_column_keeps_a_plain_prompt_plain() -> None:
+def test_the_prompt_and_its_variables_have_their_own_columns() -> None:
     plain = parse_templates(
         {"templates": [{**example()["templates"][0], "prompt": "the avatar on a mat",
                         "id": "p-1"}]},
@@ -220,7 +220,8 @@ def test_the_prompt_column_keeps_a_plain_prompt_plain() -> None:
     assert row_values(plain)["prompt"] == "the avatar on a mat"
     varied = load_bundled_templates()[0]
     values = row_values(varied)
-    assert json.loads(values["prompt"])["text"] == varied.prompt
+    assert values["prompt"] == varied.prompt and varied.variables
+    assert values["variables"] == {k: list(v) for k, v in varied.variables.items()}
     assert template_from_row(TemplateRow(id=varied.id, **values)) == varied
 
 
