@@ -80,7 +80,7 @@ def make_specs(n: int = 50) -> list[PieceSpec]:
         pool = by_tier[tier]
         t = pool[i % len(pool)]
         specs.append(PieceSpec(
-            piece_id=f"bench-{i:03d}", batch_id="bench", index=i, prompt=t.prompt,
+            piece_id=f"bench-{i:03d}", batch_id="bench", index=i, prompt=next(t.example_prompts(1)),
             tier=tier, template_id=t.id, category=t.category, niche=t.niche,
             hook_pattern=t.hook_pattern,
         ))
