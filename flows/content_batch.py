@@ -265,7 +265,7 @@ def _admit(params: BatchParameters, settings: Any) -> _Admitted | State:
         return _refused(BatchRefusal(field=exc.field, message=exc.message))
     batch_id = resume_batch_id or batch_id or flow_run.get_id() or str(uuid.uuid4())
     # another avatar's batch id is refused here, before anything is read or spent
-    checked = validate_batch(request, batch_id)
+    checked = validate_batch(request, batch_id, planned=bool(resume_batch_id))
     if isinstance(checked, BatchRefusal):
         return _refused(checked)
     done = load_batch_progress(batch_id)

@@ -31,7 +31,9 @@ class BatchRefusal(BaseModel):
         return BatchRequestError(self.field, self.message)
 
 
-def validate_batch_request(request: BatchRequest, batch_id: str | None = None) -> ValidatedBatch:
+def validate_batch_request(
+    request: BatchRequest, batch_id: str | None = None, *, planned: bool = False
+) -> ValidatedBatch:
     """Plain function too, so the CLI can refuse bad input (exit 2) without a flow run.
 
     `batch_id` (the run's, when known): refused when it belongs to another avatar, so a
@@ -39,7 +41,8 @@ def validate_batch_request(request: BatchRequest, batch_id: str | None = None) -
 
     The request comes back resolved against the avatar's profile (studio.request.
     resolve_request), and its image format is checked against every configured image
-    provider, so a format one of them cannot serve is refused here, naming it.
+    provider, so a format one of them cannot serve is refused here, naming it. A batch
+    not `planned` yet (not a resume) whose niche has no templates is refused too.
     """
     require_schema()  # no schema (e.g. no shared DATABASE_URL): SchemaNotReady, one line
     validate_cost_settings()  # budgets and prices: refused before anything is spent
@@ -57,7 +60,7 @@ def validate_batch_request(request: BatchRequest, batch_id: str | None = None) -
                 )
     resolved = resolve_request(request, avatar)
     check_provider_format(resolved)
-    if resolved.custom_prompts is None:
+    if resolved.custom_prompts is None and not planned:  # a resume has its stored plan
         check_templates(avatar)
     return ValidatedBatch(request=resolved, avatar=avatar)
 
@@ -100,12 +103,12 @@ def check_provider_format(request: BatchRequest) -> None:
 
 @task(name="validate", retries=0, timeout_seconds=30)
 def validate_batch(
-    request: BatchRequest, batch_id: str | None = None
+    request: BatchRequest, batch_id: str | None = None, planned: bool = False
 ) -> ValidatedBatch | BatchRefusal:
     """A refusal is this task's answer, not its failure: returned rather than raised, so
     Prefect logs no traceback for it and the flow ends in its "Refused" state."""
     try:
-        return validate_batch_request(request, batch_id)
+        return validate_batch_request(request, batch_id, planned=planned)
     except BatchRequestError as exc:
         return BatchRefusal(field=exc.field, message=exc.message)
     except SchemaNotReady as exc:  # names DATABASE_URL and `studio init`

@@ -154,8 +154,11 @@ async def test_a_resume_uses_the_stored_request_not_todays_profile(studio_env) -
         session.get(Batch, first.batch_id).status = "crashed"
     from studio.avatars import update_avatar
 
-    with session_scope() as session:
-        update_avatar(session, "nova", profile={"pieces_per_run": 9, "platforms": ["twitter"]})
+    with session_scope() as session:  # and a niche with no templates: the plan is stored
+        update_avatar(
+            session, "nova", niche="sailing",
+            profile={"pieces_per_run": 9, "platforms": ["twitter"]},
+        )
     again = await content_batch(avatar_id="nova", resume_batch_id=first.batch_id)
     assert again.batch_id == first.batch_id and again.requested == 3
     assert batch_config(first.batch_id)["platform"] == "tiktok"
