@@ -32,13 +32,8 @@ from typer.testing import CliRunner
 from cli.app import app
 from flows.batch_runs import BATCH_DEPLOYMENT
 from flows.content_batch import content_batch
-from flows.scheduled import (
-    due_avatars,
-    plan_batches,
-    scheduled_batches,
-    split_pieces,
-    submit_batches,
-)
+from flows.fan_out_plan import plan_batches, split_pieces
+from flows.scheduled import due_avatars, scheduled_batches, submit_batches
 from studio.avatars import add_avatar
 from studio.db.engine import session_scope
 from studio.db.models import Batch, ContentPiece
