@@ -130,7 +130,12 @@ def test_an_idle_server_stops_on_its_own_and_a_stale_state_file_is_replaced(
 
 
 def test_off_uses_prefects_temporary_server_per_command(tmp_path: Path) -> None:
-    env = user_env(tmp_path, STUDIO_LOCAL_SERVER="off")
+    # Prefect's own server starts inside the command; its 20 s start-up limit is short on
+    # a loaded CI machine (CI once timed out there), a setting of Prefect's that a user
+    # raises the same way
+    env = user_env(
+        tmp_path, STUDIO_LOCAL_SERVER="off", PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="120"
+    )
     done = studio(env, "demo", "--pieces", "1")
     assert done.returncode == 0, done.stdout + done.stderr
     assert state(tmp_path) is None  # nothing started that outlives the command
