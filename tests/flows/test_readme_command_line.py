@@ -31,12 +31,21 @@ ROOT = Path(__file__).resolve().parents[2]
 UUID = r"[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}"
 
 
+def command_line_blocks(readme: Path = ROOT / "README.md") -> list[list[str]]:
+    """The command lines of each ```bash block of the README's "Command line" section
+    (its subsections included): the first is the walk-through, the others its parts."""
+    section = readme.read_text().split("\n## Command line\n", 1)[1].split("\n## ", 1)[0]
+    blocks = [part.split("```", 1)[0] for part in section.split("```bash\n")[1:]]
+    found = []
+    for block in blocks:
+        lines = [re.split(r"\s+#\s", raw, maxsplit=1)[0].strip() for raw in block.splitlines()]
+        found.append([line for line in lines if line and not line.startswith("#")])
+    return found
+
+
 def command_line_block(readme: Path = ROOT / "README.md") -> list[str]:
     """The command lines of the README's "Command line" ```bash block."""
-    section = readme.read_text().split("\n## Command line\n", 1)[1].split("\n## ", 1)[0]
-    block = section.split("```bash\n", 1)[1].split("```", 1)[0]
-    lines = [re.split(r"\s+#\s", raw, maxsplit=1)[0].strip() for raw in block.splitlines()]
-    return [line for line in lines if line and not line.startswith("#")]
+    return command_line_blocks(readme)[0]
 
 
 def variants(line: str) -> Iterator[str]:
@@ -148,3 +157,20 @@ def test_the_readme_command_line_block_runs_as_written(tmp_path: Path, comfyui) 
             [str(tmp_path / ".venv" / "bin" / "studio"), "local-server", "stop"],
             cwd=tmp_path, env=walk.env, capture_output=True, timeout=60, check=False,
         )
+
+
+def test_the_command_line_sections_other_blocks_run_as_written(tmp_path: Path, comfyui) -> None:
+    """Avatar import, workflow check, templates import/list: the blocks of the section's
+    subsections, in a fresh folder that has the repository's docs/ (the files they name)."""
+    blocks = command_line_blocks()[1:]
+    lines = [line for block in blocks for line in block]
+    assert any("avatar import" in line for line in lines), lines
+    assert any("workflow check" in line for line in lines), lines
+    walk = Walkthrough(tmp_path, comfyui.url)
+    (tmp_path / "docs").symlink_to(ROOT / "docs")
+    walk.run(".venv/bin/studio init")
+    for line in lines:
+        for variant in variants(line):
+            walk.run(variant)
+    shown = walk.run(".venv/bin/studio avatar show mara-moves --json")
+    assert "mrmv woman" in shown.stdout
