@@ -23,6 +23,7 @@ from cli.batch_options import VerboseOption, batch_options  # noqa: E402
 from cli.limits import limits_app  # noqa: E402
 from cli.local_server import local_server_app  # noqa: E402
 from cli.output import batch_failed, console, print_json, refuse  # noqa: E402
+from cli.review import review_app  # noqa: E402
 from studio.request import BatchRequest, BatchRequestError  # noqa: E402
 
 app = typer.Typer(help="Content batch pipeline for AI-avatar studios.", no_args_is_help=True)
@@ -32,6 +33,7 @@ app.add_typer(batch_app, name="batch")
 app.add_typer(limits_app, name="limits")
 app.add_typer(automations_app, name="automations")
 app.add_typer(local_server_app, name="local-server")
+app.add_typer(review_app, name="review")
 
 
 @app.command()

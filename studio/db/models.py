@@ -151,6 +151,11 @@ class ContentPiece(Base):
     #: migration 0007: the size the image was asked for (NULL: made before, 1024x1024)
     width: Mapped[int | None] = mapped_column(Integer, nullable=True)
     height: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: migration 0009: a reviewer's decision on a held piece (approve/reject), who, when, why
+    review_decision: Mapped[str | None] = mapped_column(String(10), nullable=True)
+    reviewed_by: Mapped[str | None] = mapped_column(String(100), nullable=True)
+    reviewed_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    review_reason: Mapped[str | None] = mapped_column(Text, nullable=True)
 
 
 class CostLedgerEntry(Base):
