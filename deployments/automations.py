@@ -14,9 +14,10 @@ deploy. Without `--notify-block` the block the automations already notify is kep
 with none anywhere they notify nobody (the command warns; the UI's automation log still
 shows every trigger), and a block id the server does not hold is refused. Two
 automations act as well as notify: "zombie flow runs crashed" marks a silent run
-Crashed, and "crashed batches resumed" runs the crash-recovery deployment when a batch
-run ends Crashed or TimedOut. The same command makes the deployments refuse unknown
-parameters (engine/strict_parameters.py).
+Crashed, "crashed batches resumed" runs the crash-recovery deployment when a batch
+run ends Crashed or TimedOut, and "held pieces reviewed" runs the review deployment for
+the avatar of a batch that ended with pieces held for review. The same command makes
+the deployments refuse unknown parameters (engine/strict_parameters.py).
 
 To add an automation, append an `AutomationDefinition` to `DEFINITIONS` (or a
 `studio.alert.*` event to `ALERTS`); its name is its identity on the server.
@@ -63,6 +64,9 @@ ZOMBIE_AFTER_SECONDS = 90
 #: the deployment the crash automation runs (prefect.yaml)
 RECOVERY_DEPLOYMENT = "crash-recovery/crash-recovery"
 
+#: the deployment the held-pieces automation runs (prefect.yaml, flows/review.py)
+REVIEW_DEPLOYMENT = "review/review"
+
 NOTIFICATION_BODY = "{{ event.event }} on {{ event.resource.id }}: {{ event.payload }}"
 
 
@@ -83,13 +87,20 @@ class AutomationDefinition:
     description: str = ""
     actions: tuple[Action, ...] = field(default_factory=tuple)
     runs_deployment: str | None = None
+    #: parameters of the run it starts (Jinja templates on the event, rendered by Prefect)
+    run_parameters: dict[str, Any] | None = None
 
     def build(self, block_id: UUID | None, deployment_id: UUID | None = None) -> AutomationCore:
         actions: list[Any] = list(self.actions)
         if self.runs_deployment is not None:
             if deployment_id is None:
                 raise ValueError(f"{self.name} needs the id of {self.runs_deployment}")
-            actions.append(RunDeployment(source="selected", deployment_id=deployment_id))
+            actions.append(
+                RunDeployment(
+                    source="selected", deployment_id=deployment_id,
+                    parameters=dict(self.run_parameters) if self.run_parameters else None,
+                )
+            )
         if block_id is not None:
             actions.append(
                 SendNotification(
@@ -188,6 +199,24 @@ DEFINITIONS: list[AutomationDefinition] = [
             threshold=1,
         ),
         runs_deployment=RECOVERY_DEPLOYMENT,
+    ),
+    # issue 19: a batch that ends with pieces held for review (flows/batch_events.py
+    # emits studio.batch.review-requested then) starts a review run of its avatar; the
+    # review flow steps back when a review run of that avatar is already open, so an
+    # avatar has one form waiting at a time (flows/review.py)
+    AutomationDefinition(
+        name="studio: held pieces reviewed",
+        subject="A batch ended with pieces held for review; a review run was started",
+        description="Runs review/review for the batch's avatar when a batch ends with "
+        "pending_review pieces.",
+        trigger=EventTrigger(
+            expect={"studio.batch.review-requested"},
+            match=ResourceSpecification({"prefect.resource.id": ["studio.batch.*"]}),
+            posture=Posture.Reactive,
+            threshold=1,
+        ),
+        runs_deployment=REVIEW_DEPLOYMENT,
+        run_parameters={"avatar": "{{ event.resource['studio.avatar.id'] }}"},
     ),
 ]
 

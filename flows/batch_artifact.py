@@ -55,6 +55,35 @@ def links_markdown(result: BatchResult, links: Mapping[int, tuple[str, str]], no
     return "\n".join(lines)
 
 
+def review_note(result: BatchResult, link: str | None = None) -> str:
+    """What the batch says about its held pieces: a review run was requested (issue 19:
+    the "studio: held pieces reviewed" automation starts it on the batch's event)."""
+    if not result.pending_review:
+        return ""
+    where = f"[review/review]({link})" if link else "review/review"
+    return (
+        f"{result.pending_review} piece(s) held for review: a review run of "
+        f"{result.avatar_name} was requested ({where}, flow run review-{result.avatar_id}); "
+        "approve or reject them in its form, or with `studio review`."
+    )
+
+
+async def review_deployment_link() -> str | None:
+    """The UI page of the review deployment (its Runs tab lists the review runs)."""
+    from prefect.client.orchestration import get_client
+    from prefect.settings import get_current_settings
+
+    ui = get_current_settings().ui_url
+    if not ui:
+        return None
+    try:
+        async with get_client() as client:
+            deployment = await client.read_deployment_by_name("review/review")
+    except Exception:  # not deployed (a local run): the note names it without a link
+        return None
+    return f"{ui.rstrip('/')}/deployments/deployment/{deployment.id}?tab=Runs"
+
+
 async def publish_batch_artifact(
     result: BatchResult, image_paths: Mapping[str, str] | None = None
 ) -> None:
@@ -89,6 +118,8 @@ async def publish_batch_artifact(
             else "premium pieces have none here (`studio pieces --links` mints them)."
         )
     )
+    if result.pending_review:
+        description += " " + review_note(result, await review_deployment_link())
     await acreate_table_artifact(
         table=table, key=f"content-batch-{slug}"[:60], description=description
     )

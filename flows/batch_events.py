@@ -14,6 +14,9 @@ from studio.types import BatchResult
 
 log = logging.getLogger("studio.batch")
 
+#: a batch ended with pieces held for review (deployments/automations.py answers it)
+REVIEW_REQUESTED = "studio.batch.review-requested"
+
 
 def emit_batch_events(
     result: BatchResult, *, hook_failures: int = 0, cache_hit_percent: float | None = None
@@ -37,6 +40,14 @@ def emit_batch_events(
             "step_seconds": result.step_seconds,
         },
     )
+    if result.pending_review:
+        # issue 19: the "studio: held pieces reviewed" automation starts a review run
+        # of this avatar on it (automations match resources, not payload values)
+        emit_event(
+            event=REVIEW_REQUESTED,
+            resource=resource,
+            payload={"pending_review": result.pending_review, "status": result.status},
+        )
     alerts = evaluate(result, hook_failures=hook_failures, cache_hit_percent=cache_hit_percent)
     for alert in alerts:
         log.warning(

@@ -21,7 +21,7 @@ from blocks import apply_registered_blocks
 from engine.early_start import staggered_starts
 from engine.run_clients import shared_sync_client
 from engine.run_logs import attach_run_logs
-from flows.batch_artifact import publish_batch_artifact
+from flows.batch_artifact import publish_batch_artifact, review_note
 from flows.batch_events import emit_batch_events, emit_budget_reached
 from flows.batch_state_hooks import BATCH_STATE_HOOKS, record_resume
 from flows.hook_step import write_batch_hooks
@@ -468,8 +468,8 @@ async def _finish(
         emit_budget_reached(result, cost.refused_calls)
     if result.status == "failed":  # the pieces made are saved; the run says what failed
         return Failed(message=ending, data=BatchBelowMinimum(ending))
-    if result.failed:  # a Completed run that still says which pieces failed, and why
-        return Completed(message=ending, data=result)
+    if result.failed or result.pending_review:  # it says what failed, or that a review
+        return Completed(message=ending, data=result)  # run was requested (issue 19)
     # nothing to add: the plain value (a State returned after an in-run flow retry makes
     # a direct call re-raise the first attempt's exception: Prefect 3.9 keeps it)
     return result
@@ -479,10 +479,11 @@ def _ending(result: BatchResult, min_success_ratio: float) -> str:
     """The final state's message: what was delivered and, if any, what failed where."""
     made = result.requested - result.failed
     failed = failure_summary(result.pieces)
+    review = f". {review_note(result)}" if result.pending_review else ""
     if result.status == "failed":
         return (
             f"{made}/{result.requested} pieces made, below min_success_ratio "
-            f"{min_success_ratio}: {failed}"
+            f"{min_success_ratio}: {failed}{review}"
         )
     parts = [
         f"{result.published}/{result.requested} published",
@@ -491,7 +492,7 @@ def _ending(result: BatchResult, min_success_ratio: float) -> str:
     ]
     if result.stored_locally:  # the object store was down: storage-sync publishes them
         parts.insert(1, f"{result.stored_locally} stored locally")
-    return ", ".join(parts) + (f"; {failed}" if failed else "")
+    return ", ".join(parts) + (f"; {failed}" if failed else "") + review
 
 
 async def _generate_images(
