@@ -15,7 +15,6 @@ from typing import Annotated
 
 import typer
 from rich.markup import escape
-from rich.table import Table
 
 from cli.output import console, print_json, refuse
 from studio.request import BatchRequestError
@@ -62,18 +61,20 @@ def review_list(
     if not held:
         console.print("no pieces held for review")
         return
-    table = Table("piece", "avatar", "batch", "tier", "reason", "hook", "image")
+    # one block per piece, not a table: a presigned link is longer than a terminal line
     for piece in held:
-        table.add_row(
-            piece.piece_id,
-            escape(piece.avatar_name),
-            piece.batch_id[:8],
-            piece.tier,
-            escape(piece.reason or ""),
-            escape((piece.hook_text or "")[:60]),
-            escape(piece.image_url or piece.image_path or "(image gone)"),
-        )
-    console.print(table)
+        flags = " degraded" if piece.degraded else ""
+        lines = [
+            f"[bold]{piece.piece_id}[/bold] {piece.tier}{flags} avatar {escape(piece.avatar_name)}"
+            f" batch {piece.batch_id}",
+            f"  held: {escape(piece.reason or 'unknown')}",
+            f"  hook: {escape(piece.hook_text or '')}",
+            f"  image: {escape(piece.image_url or piece.image_path or '(staged image gone)')}",
+        ]
+        if piece.categories:
+            lines.insert(2, f"  flagged: {escape(', '.join(piece.categories))}")
+        console.print("\n".join(lines), soft_wrap=True, highlight=False)
+    console.print(f"{len(held)} held for review", highlight=False)
     expiry = next((p.image_url_expires_at for p in held if p.image_url_expires_at), None)
     if expiry is not None:
         console.print(f"image links expire at {expiry:%Y-%m-%d %H:%M:%S} UTC")

@@ -32,6 +32,20 @@ def _scores(verdict: dict[str, Any]) -> dict[str, float]:
     return {str(k): float(v) for k, v in raw.items() if isinstance(v, int | float)}
 
 
+def _why_held(row: ContentPiece, verdict: dict[str, Any]) -> str | None:
+    """The hold's reason: the verdict's when moderation held it; a degraded image or a
+    stand-in holds a piece after a passing verdict, which then says nothing of it."""
+    if verdict.get("status") == "pending_review" and verdict.get("reason"):
+        return str(verdict["reason"])
+    if row.degraded:
+        from studio.outcomes import DEGRADED_REASON
+
+        return DEGRADED_REASON
+    if row.stand_ins:
+        return "stand-in: " + ", ".join(row.stand_ins)
+    return verdict.get("reason")
+
+
 class _ImageLinks:
     """Mints short-lived links to staged images (one client, one expiry per listing)."""
 
@@ -92,7 +106,7 @@ def held_pieces(
                 tier=_tier(verdict.get("tier") or row.access_tier),  # type: ignore[arg-type]
                 prompt=row.prompt,
                 hook_text=row.hook_text,
-                reason=verdict.get("reason"),
+                reason=_why_held(row, verdict),
                 categories=list(verdict.get("categories") or []),
                 checked_by=verdict.get("checked_by"),
                 scores=_scores(verdict),
