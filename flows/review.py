@@ -49,7 +49,7 @@ from prefect.client.schemas.objects import StateType
 from prefect.deployments import run_deployment
 from prefect.flow_runs import suspend_flow_run
 from prefect.input.actions import create_flow_run_input, read_flow_run_input
-from prefect.runtime import flow_run
+from prefect.runtime import deployment, flow_run
 from prefect.states import Completed, Failed, State
 
 from flows.review_form import FORM_LIMIT, build_form, decisions_from
@@ -225,7 +225,7 @@ def review(avatar: str | None = None, batch_id: str | None = None) -> State:
             message = f"No held pieces for {scope}: nothing to review."
             logger.info(message)
             return Completed(message=message)
-        if not flow_run.deployment_id:
+        if not deployment.id:
             message = (
                 "The review form waits only in a deployment run (suspend needs one): run "
                 f"`{REVIEW_DEPLOYMENT}` or use `studio review list/approve/reject`."
@@ -291,7 +291,7 @@ def review(avatar: str | None = None, batch_id: str | None = None) -> State:
     )
     with session_scope() as session:
         still_held = held_pieces(session, avatar=avatar, batch_id=batch_id, links=False)
-    if still_held and flow_run.deployment_id:
+    if still_held and deployment.id:
         _start_follow_up(avatar, batch_id, logger)
     logger.info(summary)
     return Completed(message=summary)
