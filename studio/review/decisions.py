@@ -23,7 +23,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from studio.db.models import Batch, ContentPiece
@@ -48,9 +48,17 @@ def unknown_pieces(session: Session, piece_ids: Iterable[str]) -> list[str]:
 
 
 def _locked(session: Session, piece_id: str) -> ContentPiece | None:
+    """The piece's row, held by this transaction until it commits: FOR UPDATE on
+    PostgreSQL; on SQLite a no-op write first takes the database's write lock (SQLite
+    has no row locks), so a second decision waits and then sees the first."""
+    table = ContentPiece.__table__
     stmt = select(ContentPiece).where(ContentPiece.id == piece_id)
     if session.get_bind().dialect.name == "postgresql":
         stmt = stmt.with_for_update()
+    else:
+        session.execute(
+            update(table).where(table.c.id == piece_id).values(status=table.c.status)
+        )
     return session.scalars(stmt).first()
 
 

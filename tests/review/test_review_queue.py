@@ -407,3 +407,25 @@ def _stored_path(row: ContentPiece) -> str:
     from studio.storage.registry import build_local_store
 
     return str(build_local_store(get_settings()).path_for(row.storage_key or ""))
+
+
+async def test_two_reviewers_approving_at_once_publish_once(
+    held_batch: BatchResult, store: Store
+) -> None:
+    """The row is locked while a decision is applied: the second waits, then finds it made."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    piece = _of_tier(held_batch, "capa1")[0]
+    before = store.puts(store.public)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(
+            pool.map(
+                lambda who: apply_decisions(
+                    [Decision(piece_id=piece, action="approve", reviewer=who)]
+                )[0],
+                ["ana", "ben", "cy", "di"],
+            )
+        )
+    assert sorted(r.result for r in results) == ["already-decided"] * 3 + ["applied"]
+    assert store.puts(store.public) - before == 1
+    assert _batch(held_batch.batch_id).published == 1
