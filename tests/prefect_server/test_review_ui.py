@@ -350,7 +350,8 @@ def test_reviewer_approves_and_rejects_held_pieces_in_the_ui(
     page.goto(f"{prefect_stack.ui_url}/runs/flow-run/{run_id}", wait_until="networkidle")
     page.get_by_role("tab", name="Artifacts").or_(
         page.get_by_text("Artifacts", exact=True)).first.click()
-    card = page.get_by_text(f"review-{avatar}", exact=True).first
+    # the card (its key is the run's name too: the card is found by its description)
+    card = page.get_by_text(f"Review: 2 held piece(s) of avatar {avatar}", exact=True).first
     card.wait_for()
     card.click()
     page.wait_for_url(re.compile(r"/artifacts/"))
