@@ -16,7 +16,7 @@ options by their role and name; nothing is posted to the API on the reviewer's b
   approved and one rejected with a reason; rows, store and events agree.
 
 Screenshots in /tmp (STUDIO_UI_SCREENSHOTS): review-probe-form.png, review-form.png,
-review-artifact.png, review-result.png.
+review-artifact.png, review-artifact-details.png, review-result.png.
 """
 
 from __future__ import annotations
@@ -357,7 +357,15 @@ def test_reviewer_approves_and_rejects_held_pieces_in_the_ui(
     page.wait_for_url(re.compile(r"/artifacts/"))
     heading = page.get_by_text(re.compile(r"^Piece 1: ")).first
     heading.wait_for()
-    page.screenshot(path=str(SCREENSHOTS / "review-artifact.png"), full_page=True)
+    image = page.locator("img[alt='piece 1']").first
+    image.wait_for()
+    # large enough to judge: the preview is 768 px, shown at the article's width
+    wait_until(lambda: image.evaluate("i => i.complete && i.naturalWidth") >= 512,
+               "piece 1's image to load", 60)
+    assert image.bounding_box()["width"] >= 500
+    page.screenshot(path=str(SCREENSHOTS / "review-artifact.png"))
+    page.get_by_text("Why held", exact=False).first.scroll_into_view_if_needed()
+    page.screenshot(path=str(SCREENSHOTS / "review-artifact-details.png"))
     shown = page.inner_text("body")
     for words in ("held piece(s)", "Why held", "Moderation", "Tier", "Piece 2: ", approved):
         assert words in shown, words
@@ -379,6 +387,9 @@ def test_reviewer_approves_and_rejects_held_pieces_in_the_ui(
     assert done["state_type"] == "COMPLETED", (done["state"], prefect_stack.log_messages([run_id]))
     page.goto(f"{prefect_stack.ui_url}/runs/flow-run/{run_id}", wait_until="networkidle")
     page.get_by_text("Completed", exact=True).first.wait_for()
+    decided = page.get_by_text(f"Review decision | Piece: {rejected}", exact=False).first
+    decided.wait_for()  # the run's Logs tab says what came of each piece
+    decided.scroll_into_view_if_needed()
     page.screenshot(path=str(SCREENSHOTS / "review-result.png"))
 
     with session_scope() as session:
