@@ -163,6 +163,10 @@ DEFINITIONS: list[AutomationDefinition] = [
                 "prefect.flow-run.Failed",
                 "prefect.flow-run.Cancelled",
                 "prefect.flow-run.Crashed",
+                # a suspended run (the review flow's form, issue 19) has no process and
+                # sends no heartbeat until resumed: it is waiting, not a zombie
+                "prefect.flow-run.Suspended",
+                "prefect.flow-run.Paused",
             },
             match=ResourceSpecification({"prefect.resource.id": ["prefect.flow-run.*"]}),
             for_each={"prefect.resource.id"},
@@ -216,7 +220,7 @@ DEFINITIONS: list[AutomationDefinition] = [
             threshold=1,
         ),
         runs_deployment=REVIEW_DEPLOYMENT,
-        run_parameters={"avatar": "{{ event.resource['studio.avatar.id'] }}"},
+        run_parameters={"avatar": "{{ event.resource['studio.avatar.name'] }}"},
     ),
 ]
 

@@ -63,7 +63,7 @@ def review_note(result: BatchResult, link: str | None = None) -> str:
     where = f"[review/review]({link})" if link else "review/review"
     return (
         f"{result.pending_review} piece(s) held for review: a review run of "
-        f"{result.avatar_name} was requested ({where}, flow run review-{result.avatar_id}); "
+        f"{result.avatar_name} was requested ({where}, flow run review-{result.avatar_name}); "
         "approve or reject them in its form, or with `studio review`."
     )
 

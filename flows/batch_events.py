@@ -45,7 +45,8 @@ def emit_batch_events(
         # of this avatar on it (automations match resources, not payload values)
         emit_event(
             event=REVIEW_REQUESTED,
-            resource=resource,
+            # the name too: the review run is named and scoped by it (review-<name>)
+            resource={**resource, "studio.avatar.name": result.avatar_name},
             payload={"pending_review": result.pending_review, "status": result.status},
         )
     alerts = evaluate(result, hook_failures=hook_failures, cache_hit_percent=cache_hit_percent)
