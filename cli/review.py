@@ -114,6 +114,9 @@ def _decide(
             )
         )
     outcomes = apply_decisions(decisions)
+    from flows.review_events import emit_decision_events
+
+    emit_decision_events(outcomes)
     if as_json:
         print_json([o.model_dump(mode="json") for o in outcomes])
     else:

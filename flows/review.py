@@ -52,6 +52,7 @@ from prefect.input.actions import create_flow_run_input, read_flow_run_input
 from prefect.runtime import deployment, flow_run
 from prefect.states import Completed, Failed, State
 
+from flows.review_events import emit_decision_events
 from flows.review_form import FORM_LIMIT, build_form, decisions_from
 from studio.db.engine import session_scope
 from studio.review import apply_decisions, held_pieces
@@ -260,7 +261,9 @@ def review(avatar: str | None = None, batch_id: str | None = None) -> State:
         wait_for_input=form, timeout=review_timeout_seconds(), key=SUSPEND_KEY
     )
     decisions, skipped = decisions_from(answers, pieces)
-    outcomes = {o.piece_id: o for o in apply_decisions(decisions)} if decisions else {}
+    applied = apply_decisions(decisions) if decisions else []
+    emit_decision_events(applied)  # studio.piece.published / .rejected, after the commits
+    outcomes = {o.piece_id: o for o in applied}
     rows = []
     for position, piece in enumerate(pieces, start=1):
         outcome = outcomes.get(piece["piece_id"])

@@ -11,8 +11,8 @@ derived from ids: studio/storage/base.py), so nothing is published twice.
 An approved piece is stored as the upload step stores a passed one (tasks/upload.py):
 capa1 in the public content bucket, capa2/capa3 in the private one (a capa3 piece is
 never public), the local store when no object store is configured or the batch asked
-for none. Its events follow the commit: `studio.piece.published` /
-`studio.piece.rejected`, ids and tiers only (no prompt, caption or presigned link).
+for none. The outcomes carry what the events need (flows/review_events.py emits
+`studio.piece.published` / `studio.piece.rejected` after the commit).
 """
 
 from __future__ import annotations
@@ -220,54 +220,24 @@ def _reject(session: Session, row: ContentPiece, decision: Decision) -> Decision
     )
 
 
-def _apply_one(decision: Decision, settings: Settings) -> tuple[DecisionOutcome, dict[str, Any]]:
+def _apply_one(decision: Decision, settings: Settings) -> DecisionOutcome:
     from studio.db.engine import session_scope
 
     with session_scope(settings) as session:
         row = _locked(session, decision.piece_id)
         if row is None:
-            return _refused(decision, "no such piece"), {}
+            return _refused(decision, "no such piece")
         if row.review_decision is not None:
-            return _already(decision, row), {}
+            return _already(decision, row)
         if row.status != HELD:
-            return _refused(decision, f"not held for review (status {row.status})", row), {}
+            return _refused(decision, f"not held for review (status {row.status})", row)
         if decision.action == "approve":
             outcome = _approve(session, row, decision, settings)
         else:
             outcome = _reject(session, row, decision)
-        facts = {"avatar_id": row.avatar_id, "batch_id": row.batch_id}
-    return outcome, facts
-
-
-def _emit(outcome: DecisionOutcome, decision: Decision, facts: dict[str, Any]) -> None:
-    """`studio.piece.published` / `studio.piece.rejected`, after the commit (ids only)."""
-    try:
-        from prefect.events import emit_event
-
-        emit_event(
-            event=f"studio.piece.{outcome.status}",
-            resource={
-                "prefect.resource.id": f"studio.piece.{outcome.piece_id}",
-                "studio.avatar.id": facts.get("avatar_id", ""),
-                "studio.batch.id": facts.get("batch_id", ""),
-            },
-            related=[
-                {
-                    "prefect.resource.id": f"studio.batch.{facts.get('batch_id', '')}",
-                    "prefect.resource.role": "batch",
-                }
-            ],
-            payload={
-                "tier": outcome.tier,
-                "decision": decision.action,
-                "reviewer": decision.reviewer,
-                "storage_key": outcome.storage_key,
-                # capa1's lasting public URL only; premium links are minted on demand
-                "url": outcome.url if outcome.tier == "capa1" else None,
-            },
-        )
-    except Exception as exc:  # the decision is committed; an event outage must not undo it
-        log.warning("Review event not emitted | Piece: %s | %s", outcome.piece_id, exc)
+        outcome.avatar_id, outcome.batch_id = row.avatar_id, row.batch_id
+        outcome.reviewer = row.reviewed_by if outcome.result != "refused" else None
+    return outcome
 
 
 def apply_decisions(
@@ -276,16 +246,17 @@ def apply_decisions(
     """One outcome per decision, in order: applied, already-decided or refused (why).
 
     Each piece is its own transaction: a refusal or a storage failure on one piece
-    leaves the others' decisions applied."""
+    leaves the others' decisions applied. The domain emits no events (it imports no
+    orchestrator): callers announce the applied ones with
+    `flows.review_events.emit_decision_events(outcomes)`."""
     settings = settings or get_settings()
     outcomes = []
     for decision in decisions:
-        outcome, facts = _apply_one(decision, settings)
+        outcome = _apply_one(decision, settings)
         if outcome.result == "applied":
             log.info(
                 "Review applied | Piece: %s | Decision: %s | Tier: %s | Reviewer: %s",
                 outcome.piece_id, decision.action, outcome.tier, decision.reviewer,
             )
-            _emit(outcome, decision, facts)
         outcomes.append(outcome)
     return outcomes

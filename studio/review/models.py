@@ -79,3 +79,7 @@ class DecisionOutcome(BaseModel):
     #: the object key of an approved piece, and its lasting link (capa1's public URL)
     storage_key: str | None = None
     url: str | None = None
+    #: for the events announcing an applied decision (flows/review_events.py)
+    avatar_id: str | None = None
+    batch_id: str | None = None
+    reviewer: str | None = None

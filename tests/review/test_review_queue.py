@@ -20,6 +20,7 @@ from prefect.events.filters import EventFilter, EventResourceFilter
 from typer.testing import CliRunner
 
 from cli.app import app
+from flows.review_events import emit_decision_events
 from studio.db.engine import session_scope
 from studio.db.models import Batch, ContentPiece
 from studio.review import Decision, apply_decisions, held_pieces
@@ -121,6 +122,7 @@ async def test_approved_capa1_is_public_and_approved_capa3_is_not(
         ("applied", "published", "capa1"),
         ("applied", "published", "capa3"),
     ]
+    assert emit_decision_events(outcomes) == 2  # as the review flow announces them
     public, premium = _row(capa1), _row(capa3)
     assert public.status == "published" and public.safety_rating == "approved"
     assert public.review_decision == "approve" and public.reviewed_by == "rita"
@@ -160,6 +162,7 @@ async def test_approving_twice_publishes_once(held_batch: BatchResult, store: St
     assert "already-decided" in second.output and "approve by ana" in second.output
     (again,) = apply_decisions([Decision(piece_id=piece, action="approve", reviewer="cy")])
     assert again.result == "already-decided" and again.storage_key == stored.storage_key
+    assert emit_decision_events([again]) == 0  # nothing to announce twice
 
     assert store.puts(store.public) - before == 1  # one upload
     after = _row(piece)
