@@ -49,8 +49,12 @@ async def _delete_deployment(name: str) -> None:
 
 @pytest.fixture
 async def bare_server():
-    """No studio automations, and the crash-recovery deployment registered."""
+    """No studio automations, and the deployments they run registered (crash-recovery;
+    review, issue 19)."""
+    from flows.review import review
+
     await _clear_automations()
+    await (await review.ato_deployment(name="review")).aapply()
     deployment_id = await (await crash_recovery.ato_deployment(name="crash-recovery")).aapply()
     yield deployment_id
     await _clear_automations()
