@@ -212,6 +212,20 @@ def test_held_batch_starts_a_review_run_that_suspends_then_applies_the_form(
     assert approved.reviewed_at is not None and approved.storage_key
     assert rejected.status == "rejected" and rejected.review_decision == "reject"
     assert rejected.review_reason == "blurry hands" and rejected.reviewed_by == REVIEWER
+
+    def piece_events() -> dict[str, str]:
+        with stack.client() as api:
+            found = api.post("/events/filter", json={
+                "filter": {"event": {"prefix": ["studio.piece."]},
+                           "resource": {"id": [f"studio.piece.{i}" for i in first_batch_ids]}},
+                "limit": 50,
+            }).json().get("events", [])
+        events = {e["resource"]["prefect.resource.id"]: e["event"] for e in found}
+        return events if len(events) == 2 else {}
+
+    events = wait_for("the decisions' events", piece_events, timeout=60)
+    assert events == {f"studio.piece.{approved.id}": "studio.piece.published",
+                      f"studio.piece.{rejected.id}": "studio.piece.rejected"}, events
     messages = stack.wait_logs(
         [review["id"]], lambda m: sum("Review decision" in x for x in m) >= 2
     )
