@@ -282,11 +282,11 @@ def review(avatar: str | None = None, batch_id: str | None = None) -> State:
             f" | {row['detail']}" if row["detail"] else "",
         )
     reviewer = str(getattr(answers, "reviewer", "") or "").strip()
-    applied = sum(1 for r in rows if r["result"] == "applied")
+    n_applied = sum(1 for r in rows if r["result"] == "applied")
     held_left = sum(1 for r in rows if r["result"] == "held")
     summary = (
-        f"Review of {scope} by {reviewer or 'unknown'}: {applied} applied, "
-        f"{len(rows) - applied - held_left} not (already decided or refused), "
+        f"Review of {scope} by {reviewer or 'unknown'}: {n_applied} applied, "
+        f"{len(rows) - n_applied - held_left} not (already decided or refused), "
         f"{held_left} left held."
     )
     create_table_artifact(
