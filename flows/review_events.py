@@ -19,10 +19,27 @@ from studio.review import DecisionOutcome
 log = logging.getLogger("studio.review")
 
 
+def _api_configured() -> bool:
+    """A Prefect API to send to: without one, emitting would boot a temporary server at
+    the command line's exit just to drop the events with it."""
+    from prefect.settings import PREFECT_API_URL
+
+    return bool(PREFECT_API_URL.value())
+
+
 def emit_decision_events(outcomes: Iterable[DecisionOutcome]) -> int:
     """One event per applied decision (already-decided and refused ones emit nothing, so
     approving twice announces once); the number emitted."""
+    outcomes = list(outcomes)
     emitted = 0
+    if not _api_configured():
+        applied = sum(1 for o in outcomes if o.result == "applied")
+        if applied:
+            log.info(
+                "Review events not emitted | %d decision(s) | no Prefect API configured "
+                "(PREFECT_API_URL); the rows record them", applied,
+            )
+        return 0
     for outcome in outcomes:
         if outcome.result != "applied":
             continue
