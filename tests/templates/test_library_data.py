@@ -139,3 +139,26 @@ def test_restricted_tiers_are_premium_or_personal_content():
     for t in TEMPLATES:
         if t.tier != "capa1":
             assert any(word in t.description.lower() for word in PREMIUM_WORDS), t.id
+
+
+def test_no_prompt_the_library_can_make_is_flagged_by_the_local_moderation():
+    """Every value of every bundled template, in its template's prompt, passes the free
+    local rules at the template's tier: a yoga "child's pose" was hard-blocked as
+    sexual/minors and "hip thrust" and "sandbar" read as profanity, so those pieces were
+    rejected before generation. (Each value once, the others at their first value: the
+    rules match words and short phrases, and the full product is ~400k prompts.)"""
+    from studio.moderation.local import flagged_categories
+
+    flagged = []
+    for template in load_bundled_templates():
+        first = template.choice(0)
+        for name in template.placeholders:
+            for value in template.variables[name]:
+                prompt = template.render({**first, name: value})
+                if categories := flagged_categories(prompt, template.tier):
+                    flagged.append((template.id, value, categories))
+        if not template.placeholders and (categories := flagged_categories(
+            template.prompt, template.tier
+        )):
+            flagged.append((template.id, template.prompt, categories))
+    assert flagged == [], flagged[:5]
