@@ -94,5 +94,16 @@ def test_on_demand_run_form_explains_its_parameters(prefect_stack, page) -> None
     for parameter in ("avatar_id", "num_pieces", "tier_distribution", "platform", "hook_mode"):
         assert parameter in form
     assert "1..500" in form  # num_pieces' range, from the schema's description
-    for tier in ("Capa1", "Capa2", "Capa3"):  # three named fields, not a raw JSON dict
+    # tier_distribution may stay empty (the avatar's tier mix applies): the form offers
+    # TierShares or None, and the shares are three named fields, not a raw JSON dict
+    tiers = page.locator(".schema-form-property").filter(
+        has=page.locator(".schema-form-property__label", has_text="tier_distribution")
+    ).first
+    choices = tiers.locator(".p-button-group button")
+    assert [c.inner_text().strip() for c in choices.all()] == ["TierShares", "None"]
+    choices.filter(has_text="TierShares").click()  # None (the profile's mix) is chosen first
+    tiers.get_by_text("Capa1", exact=False).first.wait_for()
+    page.screenshot(path=str(SCREENSHOTS / "studio-ui-run-form-tiers.png"))
+    form = page.inner_text("body")
+    for tier in ("Capa1", "Capa2", "Capa3"):
         assert tier in form
