@@ -11,6 +11,7 @@ from prefect import serve
 
 from flows.content_batch import content_batch
 from flows.health_check import health_check
+from flows.review import review
 from flows.scheduled import scheduled_batches
 from flows.storage_sync import storage_sync
 
@@ -26,6 +27,9 @@ def build_deployments() -> list:
         ),
         health_check.to_deployment(name="health", interval=300, tags=["monitoring"]),
         storage_sync.to_deployment(name="storage-sync", interval=900, tags=["storage"]),
+        # the held-pieces automation starts review/review; a suspended review run is
+        # resumed by this process like any other run of its deployments
+        review.to_deployment(name="review", tags=["review"]),
     ]
     for cadence, (cron, pieces) in CADENCES.items():
         deployments.append(

@@ -55,7 +55,7 @@ from prefect.states import Completed, Failed, State
 from flows.review_events import emit_decision_events
 from flows.review_form import FORM_LIMIT, build_form, decisions_from
 from studio.db.engine import session_scope
-from studio.review import apply_decisions, held_pieces
+from studio.review import HeldPiece, apply_decisions, held_pieces
 
 #: the deployment (prefect.yaml) the automation runs and follow-up runs use
 REVIEW_DEPLOYMENT = "review/review"
@@ -139,11 +139,21 @@ def review_markdown(pieces: list[Any], title: str) -> str:
             f"- **Why held:** {piece.reason or '—'}"
             + (" (degraded: cached image)" if piece.degraded else "")
             + (f" (stand-ins: {', '.join(piece.stand_ins)})" if piece.stand_ins else ""),
-            f"- **Moderation:** checked by {piece.checked_by or '—'}; flagged "
-            f"{', '.join(piece.categories) or 'nothing'}; scores {_scores(piece.scores, 13)}",
+            f"- **Moderation:** {_moderation_line(piece)}",
             f"- **Batch:** {piece.batch_id} · **piece id:** `{piece.piece_id}`",
         ]
     return "\n".join(lines)
+
+
+def _moderation_line(piece: HeldPiece) -> str:
+    """What moderation said; a piece held because the moderator did not answer was not
+    checked at all, and must not read as "checked, flagged nothing"."""
+    if (piece.reason or "").startswith("moderation unavailable"):
+        return f"not checked: {piece.checked_by or 'the moderator'} did not answer"
+    return (
+        f"checked by {piece.checked_by or '—'}; flagged "
+        f"{', '.join(piece.categories) or 'nothing'}; scores {_scores(piece.scores, 13)}"
+    )
 
 
 def _scope(avatar: str | None, batch_id: str | None) -> str:

@@ -76,9 +76,12 @@ def test_each_threshold() -> None:
 @pytest.fixture
 async def no_studio_automations():
     """Start from a server without the studio automations (the harness is per session),
-    with the crash-recovery deployment the crash automation runs."""
+    with the deployments they run: crash-recovery, and review (issue 19's held pieces)."""
+    from flows.review import review
+
     names = [d.name for d in DEFINITIONS]
     await (await crash_recovery.ato_deployment(name="crash-recovery")).aapply()
+    await (await review.ato_deployment(name="review")).aapply()
     async with get_client() as client:
         for automation in await client.read_automations():
             if automation.name in names:
@@ -178,4 +181,6 @@ def test_cli_apply_twice_then_unreachable_server(no_studio_automations) -> None:
 
 def test_serve_builds_every_deployment() -> None:
     names = {d.name for d in build_deployments()}
-    assert names == {"on-demand", "health", "daily", "weekly", "monthly", "storage-sync"}
+    assert names == {
+        "on-demand", "health", "daily", "weekly", "monthly", "storage-sync", "review"
+    }

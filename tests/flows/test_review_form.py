@@ -72,3 +72,12 @@ def test_the_artifact_shows_each_piece_to_judge_with_a_short_lived_link() -> Non
     assert "sexual 0.02" in markdown and "**Hook / caption:** Golden hour" in markdown
     assert "## Piece 2: ava · capa3" in markdown and "_no image available_" in markdown
     assert snapshot_of(pieces[0])["label"] == "ava · capa1 · Golden hour"
+
+
+def test_a_piece_held_because_moderation_did_not_answer_does_not_read_as_checked() -> None:
+    unchecked = held(reason="moderation unavailable", checked_by="openai", categories=[])
+    markdown = review_markdown([unchecked], "Review: 1 held piece(s) of avatar ava")
+    assert "**Moderation:** not checked: openai did not answer" in markdown
+    assert "flagged nothing" not in markdown
+    flagged = held(reason="borderline score", checked_by="openai", categories=["violence"])
+    assert "checked by openai; flagged violence" in review_markdown([flagged], "Review")
