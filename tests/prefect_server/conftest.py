@@ -385,3 +385,24 @@ def chromium_executable() -> str | None:
         if subprocess.run(command, env=env, capture_output=True, timeout=900).returncode != 0:
             return None
     return shutil.which("chromium")
+
+
+@pytest.fixture(scope="module")
+def browser() -> Iterator[Any]:
+    """Debian's chromium driven by playwright (`executable_path`: playwright's own browser
+    download cannot work offline); skipped, saying why, only where neither can be had."""
+    try:
+        from playwright.sync_api import sync_playwright
+    except ImportError:
+        pytest.skip("the playwright package is not installed (pip install -e '.[test]')")
+    executable = chromium_executable()
+    if executable is None:
+        pytest.skip("no chromium, and apt-get could not install it here (needs root and apt)")
+    with sync_playwright() as playwright:
+        launched = playwright.chromium.launch(
+            executable_path=executable,
+            headless=True,
+            args=["--no-sandbox", "--disable-dev-shm-usage"],  # root in a container
+        )
+        yield launched
+        launched.close()

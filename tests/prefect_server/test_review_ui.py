@@ -26,7 +26,7 @@ import os
 import re
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from enum import StrEnum
 from pathlib import Path
@@ -105,27 +105,6 @@ def run_input(stack, run_id: str, key: str) -> Any:
 def form_schema(stack, run: dict[str, Any]) -> dict[str, Any]:
     keyset = run["state"]["state_details"]["run_input_keyset"]
     return run_input(stack, run["id"], keyset["schema"])
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[Any]:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("the playwright package is not installed (pip install -e '.[test]')")
-    from tests.prefect_server.conftest import chromium_executable
-
-    executable = chromium_executable()
-    if executable is None:
-        pytest.skip("no chromium, and apt-get could not install it here (needs root and apt)")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=executable,
-            headless=True,
-            args=["--no-sandbox", "--disable-dev-shm-usage"],  # root in a container
-        )
-        yield launched
-        launched.close()
 
 
 @pytest.fixture

@@ -9,33 +9,11 @@ where neither chromium nor playwright can be had. Screenshots land in /tmp.
 from __future__ import annotations
 
 import os
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.prefect_server.conftest import chromium_executable
-
 SCREENSHOTS = Path(os.environ.get("STUDIO_UI_SCREENSHOTS", "/tmp"))
-
-
-@pytest.fixture(scope="module")
-def browser() -> Iterator[object]:
-    try:
-        from playwright.sync_api import sync_playwright
-    except ImportError:
-        pytest.skip("the playwright package is not installed (pip install -e '.[test]')")
-    executable = chromium_executable()
-    if executable is None:
-        pytest.skip("no chromium, and apt-get could not install it here (needs root and apt)")
-    with sync_playwright() as playwright:
-        launched = playwright.chromium.launch(
-            executable_path=executable,
-            headless=True,
-            args=["--no-sandbox", "--disable-dev-shm-usage"],  # root in a container
-        )
-        yield launched
-        launched.close()
 
 
 @pytest.fixture
