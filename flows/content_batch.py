@@ -23,7 +23,7 @@ from engine.run_clients import shared_sync_client
 from engine.run_logs import attach_run_logs
 from flows.batch_artifact import publish_batch_artifact, review_note
 from flows.batch_events import emit_batch_events, emit_budget_reached
-from flows.batch_state_hooks import BATCH_STATE_HOOKS, record_resume
+from flows.batch_state_hooks import BATCH_STATE_HOOKS, RESUMES_TAG_PREFIX, record_resume
 from flows.hook_step import write_batch_hooks
 from flows.image_chunk import image_chunk
 from flows.progress_artifact import tracked_images
@@ -235,11 +235,24 @@ async def _run_batch(params: BatchParameters) -> BatchResult | State:
     # a resume (or a given id) may meet another run of the same batch (crash recovery
     # and an operator at once): one at a time, and the second reads what is left after
     async with one_run_per_batch(leased) as lease:
-        if lease.waited and params.resume_batch_id and (done := finished_batch(leased)):
-            message = f"another run ended batch {leased} ({done}) while this one waited"
+        raced = lease.waited or _created_to_resume()
+        if raced and params.resume_batch_id and (done := finished_batch(leased)):
+            message = f"another run ended batch {leased} ({done}) before this resume"
             log.info("Batch resume skipped | Batch: %s | %s", leased, message)
             return Completed(name="Skipped", message=message, data=message)
         return await _make_batch(params, settings)
+
+
+def _created_to_resume() -> bool:
+    """Whether this run was created to resume an interrupted batch (crash recovery's or an
+    operator's resume, tagged `resumes:<run>`).
+
+    Why: two such resumes (crash recovery and an operator at once) may not overlap at all:
+    the first finishes the batch before the second takes its lease, so the second never
+    waits, yet the batch it was made for is done; that is a skip, not a refusal. A run
+    someone started by hand on a finished batch has no such tag and is still refused.
+    """
+    return any(tag.startswith(RESUMES_TAG_PREFIX) for tag in flow_run.get_tags() or [])
 
 
 @dataclass

@@ -300,3 +300,25 @@ async def test_cli_resume_of_a_complete_batch_is_refused_before_any_run(demo_hom
     result = CliRunner().invoke(app, ["batch", "resume", done.batch_id])
     assert result.exit_code == 2
     assert f"batch '{done.batch_id}' is already complete" in " ".join(result.output.split())
+
+
+async def test_a_second_resume_of_a_batch_another_resume_finished_is_skipped(demo_home) -> None:
+    """Crash recovery and an operator may both resume a crashed batch without overlapping:
+    the first finishes it before the second takes the lease. The second (a run created to
+    resume, tagged `resumes:<run>`) ends Completed 'Skipped' and spends nothing; it is not
+    refused as if someone had asked to resume a finished batch."""
+    from prefect import tags
+
+    from flows.batch_state_hooks import RESUMES_TAG_PREFIX
+    from flows.content_batch import content_batch
+    from studio.providers.build import PREVIEW
+
+    first = await content_batch(avatar_id="demo", num_pieces=4, seed=5)
+    rendered = PREVIEW.rendered
+    with tags("operator-resume", f"{RESUMES_TAG_PREFIX}{first.batch_id}"):
+        state = await content_batch(
+            avatar_id="demo", resume_batch_id=first.batch_id, return_state=True
+        )
+    assert state.is_completed() and state.name == "Skipped", state
+    assert "before this resume" in (state.message or "")
+    assert PREVIEW.rendered == rendered  # nothing generated again
