@@ -45,6 +45,7 @@ from studio.hooks.settings import HookSettings
 from studio.ledger.calls import CallCharge, HookCallLedger
 from studio.ledger.jobs import BudgetRefused
 from studio.ledger.pricing import hook_call_estimate
+from studio.providers import pace
 from studio.providers.same_origin import pin_origin
 from studio.types import AvatarRef, Hook, HookBatch, PieceSpec, Platform
 
@@ -140,13 +141,20 @@ class AnthropicHookWriter:
         key = self.settings.anthropic_api_key
         assert key is not None
         base_url = self.settings.api_base_url
+        fleet = pace.event_hooks("anthropic")
         return AsyncAnthropic(
             api_key=key.get_secret_value(),
             base_url=base_url,
             max_retries=0,
             timeout=self.settings.timeout_seconds,
             # the SDK follows redirects; the key (and the prompts) go to this origin only
-            http_client=DefaultAsyncHttpxClient(event_hooks={"request": [pin_origin(base_url)]}),
+            # (and throttling, 429/529, is reported to the fleet, which paces the calls)
+            http_client=DefaultAsyncHttpxClient(
+                event_hooks={
+                    "request": [pin_origin(base_url), *fleet["request"]],
+                    "response": fleet["response"],
+                }
+            ),
         )
 
     def _groups(self, specs: Sequence[PieceSpec]) -> list[list[PieceSpec]]:

@@ -44,6 +44,7 @@ from pydantic_settings import BaseSettings
 
 from studio.formats import FormatError, sdxl_size
 from studio.ledger.dead_runs import JobAnswer, OpenRow
+from studio.providers import pace
 from studio.providers.base import BilledJob, NoJobTracking, ProviderError, ProviderImage
 from studio.providers.comfyui import NEGATIVE_PROMPT, seed_for
 from studio.providers.entry import (
@@ -95,11 +96,15 @@ class ModalSDXLProvider:
         self.endpoint = endpoint
         self.price_usd = price_usd
         self.max_redirects = max_redirects
+        fleet = pace.event_hooks("modal")  # throttling reported, Retry-After honoured
         self._client = client or httpx.AsyncClient(
             headers=headers,
             follow_redirects=False,
             # the token headers go to the endpoint's origin only, whatever a 303 says
-            event_hooks={"request": [pin_origin(endpoint)]},
+            event_hooks={
+                "request": [pin_origin(endpoint), *fleet["request"]],
+                "response": fleet["response"],
+            },
             timeout=httpx.Timeout(timeout, connect=10.0),
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
         )

@@ -45,6 +45,7 @@ from replicate.helpers import FileOutput, transform_output
 from replicate.prediction import Prediction
 
 from studio.formats import DEFAULT_ASPECT, FormatError, replicate_aspect_ratio
+from studio.providers import pace
 from studio.providers.base import BilledJob, NoJobTracking, ProviderError, ProviderImage
 from studio.providers.comfyui import seed_for
 from studio.providers.same_origin import RedirectRefused, pin_origin, refuse_redirects
@@ -115,7 +116,10 @@ class ThrottleRetry(httpx.AsyncBaseTransport):
     async def handle_async_request(self, request: httpx.Request) -> httpx.Response:
         retries = 0
         while True:
+            if request.method == "POST":  # a create starts a billed job: the fleet's turn
+                await pace.before_call("replicate")
             response = await self._wrapped.handle_async_request(request)
+            pace.note_answer("replicate", request.method, response.status_code, response.headers)
             if (
                 request.method != "POST"
                 or response.status_code != 429

@@ -1,0 +1,138 @@
+"""Where a provider call tells the fleet that its provider throttles, and waits its turn.
+
+Why: a provider's real capacity moves (Replicate answers 429 with Retry-After, Anthropic
+429/529 when overloaded, Modal 503 with Retry-After). One call backing off on its own
+leaves every other call of every process sending into the throttled provider. So each
+provider client reports what it sees here, at the HTTP layer where the answer arrives,
+and asks here before it starts a job; what the fleet does about it (lower the Prefect
+global concurrency limit, honour Retry-After on every host, rate limits) is decided
+by listeners the Prefect side registers (engine/provider_pace.py, engine/provider_rates.py).
+`studio/` knows no Prefect: with no listener registered every function here is a no-op,
+so the domain runs and tests the same without an orchestrator.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import time
+from collections.abc import Awaitable, Callable, Collection
+from typing import Any, Protocol
+
+#: the answers that mean "too much, slow down" for every provider
+THROTTLE_STATUSES = frozenset({429})
+#: overload answers some providers document: Anthropic 529; Modal/Replicate 503 (counted
+#: only with a Retry-After, since a bare 503 is an outage, not a pace)
+OVERLOAD_STATUSES = {
+    "anthropic": frozenset({529}),
+    "modal": frozenset({503}),
+    "replicate": frozenset({503}),
+}
+#: statuses that throttle only when the answer carries a Retry-After
+NEEDS_RETRY_AFTER = frozenset({503})
+
+
+class PaceListener(Protocol):
+    """What the fleet's pace keeper does with a provider's answers."""
+
+    async def before_call(self, provider: str) -> None:
+        """Return once `provider` may be sent a new job (its Retry-After passed on every
+        host, its rate limit allows one more)."""
+        ...
+
+    def throttled(self, provider: str, status: int, retry_after: float | None) -> None:
+        """`provider` answered a throttling status (never blocks: the answer's caller
+        goes on with its own retry)."""
+        ...
+
+    def succeeded(self, provider: str) -> None:
+        """`provider` accepted a job (the quiet time that lets a lowered limit rise)."""
+        ...
+
+
+_listeners: list[PaceListener] = []
+
+
+def register(listener: PaceListener) -> None:
+    """Add `listener` (idempotent: registering the same object twice keeps one)."""
+    if not any(existing is listener for existing in _listeners):
+        _listeners.append(listener)
+
+
+def unregister(listener: PaceListener) -> None:
+    _listeners[:] = [existing for existing in _listeners if existing is not listener]
+
+
+def listeners() -> tuple[PaceListener, ...]:
+    return tuple(_listeners)
+
+
+async def before_call(provider: str) -> None:
+    for listener in tuple(_listeners):
+        await listener.before_call(provider)
+
+
+def throttled(provider: str, status: int, retry_after: float | None) -> None:
+    for listener in tuple(_listeners):
+        listener.throttled(provider, status, retry_after)
+
+
+def succeeded(provider: str) -> None:
+    for listener in tuple(_listeners):
+        listener.succeeded(provider)
+
+
+def retry_after_seconds(value: str | None) -> float | None:
+    """A Retry-After header as seconds (a number, or an HTTP date); None when absent or
+    unreadable."""
+    if not value:
+        return None
+    value = value.strip()
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        pass
+    try:
+        when = email.utils.parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    return max(0.0, when.timestamp() - time.time())
+
+
+def throttle_of(provider: str, status: int, headers: Any) -> float | bool | None:
+    """False when an answer is not throttling; else its Retry-After in seconds (None
+    when the answer gave none)."""
+    retry_after = retry_after_seconds(headers.get("Retry-After") if headers else None)
+    if status in THROTTLE_STATUSES:
+        return retry_after
+    if status in OVERLOAD_STATUSES.get(provider, ()):
+        if status in NEEDS_RETRY_AFTER and retry_after is None:
+            return False
+        return retry_after
+    return False
+
+
+def note_answer(provider: str, method: str, status: int, headers: Any) -> None:
+    """Report one HTTP answer of `provider`: throttling, or an accepted job (a 2xx POST)."""
+    seen = throttle_of(provider, status, headers)
+    if seen is not False:
+        throttled(provider, status, seen if isinstance(seen, float) else None)
+    elif method == "POST" and 200 <= status < 300:
+        succeeded(provider)
+
+
+def event_hooks(
+    provider: str, *, gated_methods: Collection[str] = ("POST",)
+) -> dict[str, list[Callable[[Any], Awaitable[None]]]]:
+    """httpx (or httpx2, as the Anthropic and OpenAI SDKs use) async event hooks that wait
+    for the fleet before each job-starting request and report every answer.
+
+    Merge them with a client's own hooks: `{"request": [mine, *hooks["request"]], ...}`."""
+
+    async def gate(request: Any) -> None:
+        if request.method in gated_methods:
+            await before_call(provider)
+
+    async def report(response: Any) -> None:
+        note_answer(provider, response.request.method, response.status_code, response.headers)
+
+    return {"request": [gate], "response": [report]}
