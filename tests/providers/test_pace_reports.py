@@ -1,0 +1,91 @@
+"""What the provider clients tell the fleet (studio/providers/pace.py): every throttling
+answer, every accepted job, and a wait before every job-starting request, through the
+official clients against the emulators. What the fleet does with it is tested with its
+listener (engine/provider_pace.py, engine/provider_rates.py)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from studio.providers import pace
+from studio.providers.replicate_flux import ReplicateFluxProvider
+from tests.emulators.replicate_api import ReplicateEmulator
+from tests.providers.conftest import REPLICATE_TOKEN
+
+
+class Recorder:  # also used by tests/hooks/test_anthropic_pace.py
+    """A listener that writes down what it is told, in order."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple] = []
+
+    async def before_call(self, provider: str) -> None:
+        self.seen.append(("before", provider))
+
+    def throttled(self, provider: str, status: int, retry_after: float | None) -> None:
+        self.seen.append(("throttled", provider, status, retry_after))
+
+    def succeeded(self, provider: str) -> None:
+        self.seen.append(("ok", provider))
+
+
+@pytest.fixture
+def recorder() -> Iterator[Recorder]:
+    listener = Recorder()
+    pace.register(listener)
+    pace.register(listener)  # idempotent: told once per answer
+    try:
+        yield listener
+    finally:
+        pace.unregister(listener)
+    assert listener not in pace.listeners()
+
+
+@pytest.mark.parametrize(
+    ("provider", "status", "headers", "expected"),
+    [
+        ("replicate", 429, {"Retry-After": "10"}, 10.0),
+        ("replicate", 429, {}, None),  # throttled, no hint
+        ("replicate", 503, {"Retry-After": "2.5"}, 2.5),
+        ("replicate", 503, {}, False),  # a bare 503 is an outage, not a pace
+        ("modal", 503, {"Retry-After": "1"}, 1.0),
+        ("anthropic", 529, {}, None),  # overloaded_error
+        ("anthropic", 429, {"Retry-After": "x"}, None),  # unreadable hint: none
+        ("comfyui", 503, {"Retry-After": "1"}, False),  # ComfyUI documents no overload answer
+        ("replicate", 500, {"Retry-After": "1"}, False),
+        ("replicate", 201, {}, False),
+    ],
+)
+def test_which_answers_are_throttling(provider, status, headers, expected) -> None:
+    assert pace.throttle_of(provider, status, headers) == expected
+
+
+def test_an_http_date_retry_after_is_read() -> None:
+    assert pace.retry_after_seconds("Wed, 21 Oct 2015 07:28:00 GMT") == 0.0  # in the past
+    assert pace.retry_after_seconds(None) is None
+
+
+async def test_replicate_reports_each_429_and_waits_before_each_create(
+    replicate_api: ReplicateEmulator, spec, avatar, recorder: Recorder
+) -> None:
+    replicate_api.behaviour.throttle_next = 2
+    replicate_api.behaviour.retry_after = 0.05
+    provider = ReplicateFluxProvider(
+        REPLICATE_TOKEN, base_url=replicate_api.url, poll_interval=0.02
+    )
+    try:
+        await provider.generate(spec, avatar)
+    finally:
+        await provider.aclose()
+    creates = [e for e in recorder.seen if e[0] != "ok" or e[1] == "replicate"]
+    assert creates[:5] == [
+        ("before", "replicate"),
+        ("throttled", "replicate", 429, 0.05),
+        ("before", "replicate"),  # the re-sent create waits for the fleet again
+        ("throttled", "replicate", 429, 0.05),
+        ("before", "replicate"),
+    ]
+    assert ("ok", "replicate") in recorder.seen  # the accepted create
+    assert replicate_api.counters.requests("create") == 3
