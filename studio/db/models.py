@@ -221,3 +221,62 @@ class ProviderLease(Base):
     created_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     beat_at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
     released_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+
+
+class ProviderPace(Base):
+    """One provider's fleet-wide pace (issue 20, studio/db/provider_pace.py): the limit
+    AIMD last put on Prefect's `provider:<name>`, an operator's own cap, the change in
+    progress, and the fleet-wide Retry-After every process honours before a call."""
+
+    __tablename__ = "provider_pace"
+
+    provider: Mapped[str] = mapped_column(String(30), primary_key=True)
+    #: the configured `*_MAX_CONCURRENT` (None: a provider without a limit, Retry-After only)
+    ceiling: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: the limit AIMD last put on Prefect (None: no limit seen yet)
+    current: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: an operator's own cap: Prefect's limit found different from `current`/`pending_to`
+    manual_cap: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: a change written before Prefect was told (crash-safe), and when
+    pending_to: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    pending_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    #: fleet-wide Retry-After: no process starts a call before it
+    throttled_until: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
+    #: the limit at which the provider last throttled (the probe point)
+    last_throttle_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    last_throttle_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
+    last_decrease_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
+    last_change_at: Mapped[datetime | None] = mapped_column(DateTime(timezone=True), nullable=True)
+    last_success_at: Mapped[datetime | None] = mapped_column(
+        DateTime(timezone=True), nullable=True
+    )
+
+
+class ProviderLimitChange(Base):
+    """One change of a provider's limit: throttled, recovered, applied (by `studio limits
+    apply`) or manual (an operator's own cap, seen on Prefect)."""
+
+    __tablename__ = "provider_limit_change"
+    __table_args__ = (
+        Index("idx_provider_limit_change_at", "at"),
+        Index("idx_provider_limit_change_provider_at", "provider", "at"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    provider: Mapped[str] = mapped_column(String(30))
+    at: Mapped[datetime] = mapped_column(DateTime(timezone=True), default=utcnow)
+    from_limit: Mapped[int] = mapped_column(Integer)
+    to_limit: Mapped[int] = mapped_column(Integer)
+    #: throttled | recovered | applied | manual
+    reason: Mapped[str] = mapped_column(String(10))
+    status: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    retry_after: Mapped[float | None] = mapped_column(Float, nullable=True)
+    #: the host and pid of the process that made the change
+    host: Mapped[str | None] = mapped_column(String(120), nullable=True)
+    pid: Mapped[str | None] = mapped_column(String(20), nullable=True)

@@ -1,0 +1,189 @@
+"""The AIMD decision on one provider's fleet-wide limit: pure, no I/O.
+
+Why a pure function: the same decision runs in every process of every host against the
+one `provider_pace` row (studio/db/provider_pace.py locks it, engine/provider_pace.py
+tells Prefect), and its rules are what keep a limit inside its bounds, so they are
+tested here alone, with the clock passed in.
+
+The rules (knobs in studio/providers/pace_settings.py):
+
+- a throttling answer (429, 529, 503 with Retry-After) lowers the limit multiplicatively,
+  `max(1, floor(current * factor))` and at least 1 lower, once per throttling event: any
+  further throttling answer before the cooldown ends (`cooldown_seconds` after the
+  decrease, or the fleet-wide Retry-After if later) is the same event and lowers nothing;
+- every throttling answer with a Retry-After pushes the fleet-wide `throttled_until` out
+  (never back), whether or not the limit changes, and starts the quiet window again;
+- an accepted job raises the limit by 1 when nothing throttled for the quiet window
+  (`raise_after_seconds`) since the last throttling answer and the last change, and no
+  Retry-After is in force; a raise to or past the limit at which the provider last
+  throttled (a probe) waits `probe_after_seconds` instead; a raise from that limit (the
+  probe held a whole window) forgets the old throttle point;
+- never above `min(ceiling, manual_cap)` (the configured `*_MAX_CONCURRENT` and the cap
+  an operator set by hand), never below 1;
+- `adaptive=False`: the limit never changes, Retry-After is still honoured.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, replace
+from datetime import datetime, timedelta
+from typing import Literal
+
+from studio.providers.pace_settings import PaceSettings
+
+
+@dataclass(frozen=True)
+class Knobs:
+    adaptive: bool = True
+    decrease_factor: float = 0.75
+    cooldown_seconds: float = 2.0
+    raise_after_seconds: float = 2.0
+    probe_after_seconds: float = 6.0
+
+    @classmethod
+    def from_settings(cls, settings: PaceSettings) -> Knobs:
+        return cls(
+            adaptive=settings.adaptive,
+            decrease_factor=settings.decrease_factor,
+            cooldown_seconds=settings.cooldown_seconds,
+            raise_after_seconds=settings.raise_after_seconds,
+            probe_after_seconds=settings.probe_after_seconds,
+        )
+
+
+@dataclass(frozen=True)
+class PaceState:
+    """What the decision reads and writes of one provider's `provider_pace` row.
+
+    `current` None: there is no limit to adjust (a provider without a `provider:<name>`
+    limit, such as Anthropic): only the fleet-wide Retry-After applies."""
+
+    current: int | None
+    ceiling: int | None
+    manual_cap: int | None = None
+    last_throttle_limit: int | None = None
+    last_throttle_at: datetime | None = None
+    last_decrease_at: datetime | None = None
+    last_change_at: datetime | None = None
+    last_success_at: datetime | None = None
+    throttled_until: datetime | None = None
+
+    @property
+    def cap(self) -> int | None:
+        """The highest limit a raise may reach (None: no bound known, so no raise)."""
+        bounds = [b for b in (self.ceiling, self.manual_cap) if b is not None]
+        return min(bounds) if bounds else None
+
+
+@dataclass(frozen=True)
+class Throttled:
+    status: int
+    retry_after: float | None = None
+
+
+@dataclass(frozen=True)
+class Succeeded:
+    pass
+
+
+Event = Throttled | Succeeded
+
+
+@dataclass(frozen=True)
+class Decision:
+    """The next state, and the limit change to put on Prefect (None: the limit stays)."""
+
+    state: PaceState
+    to_limit: int | None = None
+    reason: Literal["throttled", "recovered"] | None = None
+    #: a throttling answer that opened a new throttling event (not one inside a cooldown)
+    new_event: bool = False
+
+
+def decreased(current: int, factor: float) -> int:
+    """`max(1, floor(current * factor))`, and at least 1 lower than `current` (5 -> 3)."""
+    return max(1, min(current - 1, math.floor(current * factor)))
+
+
+def cooldown_end(state: PaceState, knobs: Knobs) -> datetime | None:
+    """Until when throttling answers belong to the last decrease's event."""
+    ends = [state.throttled_until] if state.throttled_until is not None else []
+    if state.last_decrease_at is not None:
+        ends.append(state.last_decrease_at + timedelta(seconds=knobs.cooldown_seconds))
+    return max(ends) if ends else None
+
+
+def raise_window(state: PaceState, knobs: Knobs) -> float:
+    """The quiet window before the next +1: longer when it reaches the last throttle point."""
+    assert state.current is not None
+    point = state.last_throttle_limit
+    if point is not None and state.current + 1 >= point:
+        return knobs.probe_after_seconds
+    return knobs.raise_after_seconds
+
+
+def decide(state: PaceState, event: Event, now: datetime, knobs: Knobs) -> Decision | None:
+    """What `event` at `now` changes; None when it changes nothing at all."""
+    if isinstance(event, Throttled):
+        return _on_throttled(state, event, now, knobs)
+    return _on_success(state, now, knobs)
+
+
+def _on_throttled(state: PaceState, event: Throttled, now: datetime, knobs: Knobs) -> Decision:
+    until = state.throttled_until
+    if event.retry_after is not None and event.retry_after > 0:
+        wanted = now + timedelta(seconds=event.retry_after)
+        if until is None or wanted > until:
+            until = wanted
+    end = cooldown_end(state, knobs)
+    in_cooldown = end is not None and now < end
+    state_after = replace(state, throttled_until=until, last_throttle_at=now)
+    if in_cooldown:
+        return Decision(state_after)
+    # a new throttling event: it opens a cooldown even when the limit cannot go lower
+    # (already 1, fixed caps, or no limit at all), so it is counted and told once
+    state_after = replace(
+        state_after,
+        last_decrease_at=now,
+        last_throttle_limit=(
+            state.current if state.current is not None else state.last_throttle_limit
+        ),
+    )
+    if not knobs.adaptive or state.current is None or state.current <= 1:
+        return Decision(state_after, new_event=True)
+    to = decreased(state.current, knobs.decrease_factor)
+    return Decision(
+        replace(state_after, current=to, last_change_at=now),
+        to_limit=to, reason="throttled", new_event=True,
+    )
+
+
+def _on_success(state: PaceState, now: datetime, knobs: Knobs) -> Decision | None:
+    seen = replace(state, last_success_at=now)
+    cap = state.cap
+    if not knobs.adaptive or state.current is None or cap is None or state.current >= cap:
+        return Decision(seen) if state.last_success_at != now else None
+    if state.throttled_until is not None and now < state.throttled_until:
+        return Decision(seen)
+    quiet_since = max(
+        (t for t in (state.last_throttle_at, state.last_change_at) if t is not None),
+        default=None,
+    )
+    if quiet_since is not None and (now - quiet_since).total_seconds() < raise_window(
+        state, knobs
+    ):
+        return Decision(seen)
+    to = state.current + 1
+    point = state.last_throttle_limit
+    forget = point is not None and state.current >= point  # the probe held a window
+    return Decision(
+        replace(
+            seen,
+            current=to,
+            last_change_at=now,
+            last_throttle_limit=None if forget else point,
+        ),
+        to_limit=to,
+        reason="recovered",
+    )

@@ -1,0 +1,48 @@
+"""The knobs of the fleet's AIMD on provider limits (issue 20), from the environment.
+
+Why these defaults (measured against bench/bench_adaptive.py's shape: a Replicate whose
+true capacity moves 8 -> 3 -> 12 under a ceiling of 20):
+
+- `PROVIDER_LIMIT_DECREASE_FACTOR` 0.75: 5 -> 3, 20 -> 15 -> 11 -> 8. Halving (TCP's 0.5)
+  overshoots a provider that throttles at 8 down to 4 and then needs four quiet windows
+  to climb back; 0.75 reaches a lower capacity in a few throttling events while losing
+  less throughput on each.
+- `PROVIDER_LIMIT_COOLDOWN_SECONDS` 2: the answers of calls that were already in flight
+  when the first 429 came back are the same event; a decrease per answer would drive a
+  limit of 20 to 1 in one burst. The cooldown is at least the answer's Retry-After.
+- `PROVIDER_LIMIT_RAISE_AFTER_SECONDS` 2: a provider's capacity that comes back is
+  followed at +1 per 2 s (3 -> 12 in ~20 s, inside the issue's 30 s).
+- `PROVIDER_LIMIT_PROBE_AFTER_SECONDS` 6: raising to the limit where the provider last
+  throttled waits longer, so the limit sits just under the throttle point most of the
+  time (few 429s) and still probes whether the capacity grew.
+
+`PROVIDER_LIMITS_ADAPTIVE=false` keeps the caps fixed (the limit is never changed) while
+Retry-After is still honoured fleet-wide.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class PaceSettings(BaseSettings):
+    """Environment: PROVIDER_LIMITS_ADAPTIVE, PROVIDER_LIMIT_DECREASE_FACTOR,
+    PROVIDER_LIMIT_COOLDOWN_SECONDS, PROVIDER_LIMIT_RAISE_AFTER_SECONDS,
+    PROVIDER_LIMIT_PROBE_AFTER_SECONDS."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+    adaptive: bool = Field(True, validation_alias="PROVIDER_LIMITS_ADAPTIVE")
+    decrease_factor: float = Field(
+        0.75, gt=0, lt=1, validation_alias="PROVIDER_LIMIT_DECREASE_FACTOR"
+    )
+    cooldown_seconds: float = Field(2.0, ge=0, validation_alias="PROVIDER_LIMIT_COOLDOWN_SECONDS")
+    raise_after_seconds: float = Field(
+        2.0, ge=0, validation_alias="PROVIDER_LIMIT_RAISE_AFTER_SECONDS"
+    )
+    probe_after_seconds: float = Field(
+        6.0, ge=0, validation_alias="PROVIDER_LIMIT_PROBE_AFTER_SECONDS"
+    )
