@@ -29,6 +29,15 @@ failure_rate, hang, `redirect_after` (seconds; 0 = always redirect); `fail_next(
 (a 200 body of a shape the contract does not list: b"", JSON, HTML); `forget_calls()`
 (results expired). `billed_jobs` counts function calls made (POSTs that passed proxy
 auth and body validation).
+
+Throttling (issue 20): `Behaviour.throttle_next`/`throttle_rate` make the next POSTs
+answer 429 (rate limited) and `overload_next` 503 (overloaded), both from the front door
+with `Retry-After: behaviour.retry_after` and no call made; `capacity` (int | None) is
+the endpoint's hidden true capacity: a POST while that many calls run answers
+`capacity_status` (429, or 503) with `Retry-After: capacity_retry_after` (default 1 s),
+after validation, nothing billed; `capacity_schedule([(seconds, C), ...])` and `flight`
+(tests/emulators/capacity.py: accepted calls, refusals, peak, timeline) as on Replicate.
+Modal documents neither answer's text; ours carry the front door's `modal-http:` prefix.
 """
 
 from __future__ import annotations
@@ -40,6 +49,7 @@ from collections import deque
 from aiohttp import web
 
 from tests.emulators.base import Behaviour, Emulator
+from tests.emulators.capacity import Capacity, CapacitySwitches
 
 MODAL_REDIRECT_AFTER = 150.0
 #: our endpoint's size and LoRA-strength constraints (studio/providers/modal_endpoint.py)
@@ -114,7 +124,14 @@ class _Failed(Exception):
     pass
 
 
-class ModalEndpointEmulator(Emulator):
+def _slow_down(status: int, retry_after: float | None) -> web.Response:
+    """The front door's throttling answer (429 rate limited, 503 overloaded)."""
+    headers = {} if retry_after is None else {"Retry-After": f"{retry_after:g}"}
+    text = "too many requests" if status == 429 else "service overloaded, try again later"
+    return web.Response(status=status, text=f"modal-http: {text}", headers=headers)
+
+
+class ModalEndpointEmulator(CapacitySwitches, Emulator):
     def __init__(
         self,
         behaviour: Behaviour | None = None,
@@ -143,6 +160,10 @@ class ModalEndpointEmulator(Emulator):
         self.body_override: bytes | None = None
         #: the body shape of each call, fixed when it was made (a reload answers the same)
         self._shapes: dict[str, tuple[bytes | None, str]] = {}
+        #: the hidden true capacity and what it saw (module docstring: Throttling)
+        self.flight = Capacity()
+        #: the next POSTs answer 503 with Retry-After (behaviour.retry_after)
+        self.overload_next = 0
 
     def fail_next(self, *statuses: int) -> None:
         """The next POSTs answer these statuses before any function call is made."""
@@ -207,6 +228,13 @@ class ModalEndpointEmulator(Emulator):
         if self.errors_next:
             status = self.errors_next.popleft()
             return web.Response(status=status, text=f"modal-http: emulated {status}")
+        if self.behaviour.draw_throttle():
+            self.counters.hit("throttled")
+            return _slow_down(429, self.behaviour.retry_after)
+        if self.overload_next > 0:
+            self.overload_next -= 1
+            self.counters.hit("overloaded")
+            return _slow_down(503, self.behaviour.retry_after)
         try:
             body = await request.json()
         except ValueError:
@@ -221,6 +249,11 @@ class ModalEndpointEmulator(Emulator):
         if detail := body_errors(body):
             self.counters.hit("invalid")
             return web.json_response({"detail": detail}, status=422)
+        # no await from here to the call's start: the capacity check and count are exact
+        if not self.flight.admit():
+            self.counters.hit("throttled" if self.flight.status == 429 else "overloaded")
+            return _slow_down(self.flight.status, self.flight.retry_after)
+        self.counters.hit("accepted")
         self.bodies.append(body)
         self.bill()
         call_id = f"fc-{uuid.uuid4().hex[:26]}"
@@ -233,6 +266,7 @@ class ModalEndpointEmulator(Emulator):
         self._calls[call_id] = asyncio.create_task(
             self._generate(call_id, str(body.get("seed", "")), size)
         )
+        self._calls[call_id].add_done_callback(lambda _: self.flight.leave())
         return await self._answer(request, call_id)
 
     async def _get_result(self, request: web.Request) -> web.Response:

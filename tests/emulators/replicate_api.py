@@ -43,6 +43,15 @@ Switches (one per documented variant, see tests/emulators/README.md):
   pixels a side for 1:1).
 - GET /v1/predictions: the account's predictions, newest first, `list_page_size` (100)
   a page with a `next` cursor URL (the dead-run lookup searches it).
+- `capacity` (int | None, default None): the account's hidden true capacity; a create
+  (either path) while that many predictions are in flight answers `capacity_status`
+  (429 "Request was throttled", or 503) with `Retry-After: capacity_retry_after`
+  (seconds, default 1; None: no header), after validation, before any prediction exists
+  (nothing billed). Change it at any time, or `capacity_schedule([(seconds, C), ...])`;
+  `flight` (tests/emulators/capacity.py) counts accepted creates, refusals, the peak in
+  flight and a timeline of (time.monotonic(), in flight) for a bench.
+- `overload_next`: the next creates answer 503 with `Retry-After: behaviour.retry_after`
+  (Replicate documents no overload body: ours is the same problem shape).
 `billed_jobs` counts created predictions (Replicate bills each one that runs).
 """
 
@@ -60,6 +69,7 @@ from typing import Any
 from aiohttp import web
 
 from tests.emulators.base import Behaviour, Emulator
+from tests.emulators.capacity import Capacity, CapacitySwitches
 
 TERMINAL = {"succeeded", "failed", "canceled", "aborted"}
 _UNSET: Any = object()
@@ -101,7 +111,23 @@ def _problem(status: int, title: str, detail: str, **headers: str) -> web.Respon
     )
 
 
-class ReplicateEmulator(Emulator):
+def _slow_down(status: int, retry_after: float | None) -> web.Response:
+    """Replicate's throttling answer: 429 with the documented `detail` ("Request was
+    throttled. Your rate limit resets in ~30s.", https://replicate.com/docs/topics/
+    predictions/rate-limits) and Retry-After; or 503 (overloaded) in the same shape."""
+    headers = {} if retry_after is None else {"Retry-After": f"{retry_after:g}"}
+    if status == 429:
+        detail = "Request was throttled."
+        if retry_after is not None:
+            detail += f" Your rate limit resets in ~{math.ceil(retry_after)}s."
+        return _problem(429, "Request was throttled", detail, **headers)
+    return _problem(
+        status, "Service Unavailable", "The service is overloaded. Please try again later.",
+        **headers,
+    )
+
+
+class ReplicateEmulator(CapacitySwitches, Emulator):
     def __init__(
         self,
         behaviour: Behaviour | None = None,
@@ -139,6 +165,10 @@ class ReplicateEmulator(Emulator):
         self.lora_scale_range: tuple[float, float] = FLUX_LORA_SCALE
         #: what each prediction was asked for: {id, seed, aspect_ratio, lora_scale}
         self.jobs: list[dict[str, Any]] = []
+        #: the hidden true capacity and what it saw (module docstring: `capacity`)
+        self.flight = Capacity()
+        #: the next creates answer 503 with Retry-After (behaviour.retry_after)
+        self.overload_next = 0
 
     def _invalid_fields(self, inputs: dict[str, Any]) -> list[dict[str, str]]:
         """The schema violations of `inputs` as Replicate lists them (empty: valid)."""
@@ -232,13 +262,11 @@ class ReplicateEmulator(Emulator):
             return error
         if self.behaviour.draw_throttle():
             self.counters.hit("throttled")
-            after = self.behaviour.retry_after
-            return _problem(
-                429,
-                "Request was throttled",
-                f"Request was throttled. Your rate limit resets in ~{math.ceil(after)}s.",
-                **{"Retry-After": f"{after:g}"},
-            )
+            return _slow_down(429, self.behaviour.retry_after)
+        if self.overload_next > 0:
+            self.overload_next -= 1
+            self.counters.hit("overloaded")
+            return _slow_down(503, self.behaviour.retry_after)
         try:
             body = await request.json()
         except ValueError:
@@ -255,6 +283,11 @@ class ReplicateEmulator(Emulator):
                  "invalid_fields": invalid},
                 status=422, content_type="application/problem+json",
             )
+        # no await from here to the task's start: the capacity check and count are exact
+        if not self.flight.admit():
+            self.counters.hit("throttled" if self.flight.status == 429 else "overloaded")
+            return _slow_down(self.flight.status, self.flight.retry_after)
+        self.counters.hit("accepted")
         pid = secrets.token_hex(13)[:26]
         base = str(request.url.origin())
         prediction: dict[str, Any] = {
@@ -305,6 +338,12 @@ class ReplicateEmulator(Emulator):
         return float(match.group(1) or 60)
 
     async def _run(self, pid: str, base: str) -> None:
+        try:
+            await self._generate(pid, base)
+        finally:
+            self.flight.leave()  # in flight from the accepted create to the end
+
+    async def _generate(self, pid: str, base: str) -> None:
         prediction = self.predictions[pid]
         latency, fail = self.behaviour.draw()
         ending = self.end_next.popleft() if self.end_next else None
