@@ -16,7 +16,8 @@ shows every trigger), and a block id the server does not hold is refused. Two
 automations act as well as notify: "zombie flow runs crashed" marks a silent run
 Crashed, "crashed batches resumed" runs the crash-recovery deployment when a batch
 run ends Crashed or TimedOut, and "held pieces reviewed" runs the review deployment for
-the avatar of a batch that ended with pieces held for review. The same command makes
+the avatar of a batch that ended with pieces held for review. "provider throttled"
+notifies when a provider's throttling lowered its limit (issue 20). The same command makes
 the deployments refuse unknown parameters (engine/strict_parameters.py).
 
 To add an automation, append an `AutomationDefinition` to `DEFINITIONS` (or a
@@ -69,6 +70,17 @@ REVIEW_DEPLOYMENT = "review/review"
 
 NOTIFICATION_BODY = "{{ event.event }} on {{ event.resource.id }}: {{ event.payload }}"
 
+#: issue 20: the automation on `studio.provider.throttled` (engine/provider_pace.py)
+PROVIDER_THROTTLED = "studio: provider throttled"
+#: its notification says what happened as the log line does (Jinja on the event)
+THROTTLED_BODY = (
+    "Provider throttled | Provider: {{ event.resource['prefect.resource.name'] }} | "
+    "Limit: {{ event.payload.from_limit }} -> {{ event.payload.to_limit }} | "
+    "Retry-After: {{ '%gs'|format(event.payload.retry_after) "
+    "if event.payload.retry_after is not none else 'none' }} | "
+    "Status: {{ event.payload.status }} | Ceiling: {{ event.payload.ceiling }}"
+)
+
 
 @dataclass(frozen=True)
 class AutomationDefinition:
@@ -89,6 +101,8 @@ class AutomationDefinition:
     runs_deployment: str | None = None
     #: parameters of the run it starts (Jinja templates on the event, rendered by Prefect)
     run_parameters: dict[str, Any] | None = None
+    #: the notification's body (a Jinja template on the event, rendered by Prefect)
+    body: str = NOTIFICATION_BODY
 
     def build(self, block_id: UUID | None, deployment_id: UUID | None = None) -> AutomationCore:
         actions: list[Any] = list(self.actions)
@@ -106,7 +120,7 @@ class AutomationDefinition:
                 SendNotification(
                     block_document_id=block_id,
                     subject=f"[studio] {self.subject}",
-                    body=NOTIFICATION_BODY,
+                    body=self.body,
                 )
             )
         return AutomationCore(
@@ -221,6 +235,23 @@ DEFINITIONS: list[AutomationDefinition] = [
         ),
         runs_deployment=REVIEW_DEPLOYMENT,
         run_parameters={"avatar": "{{ event.resource['studio.avatar.name'] }}"},
+    ),
+    # issue 20: a provider answered with throttling and the fleet lowered its Prefect
+    # global concurrency limit (engine/provider_pace.py emits studio.provider.throttled
+    # once per decrease, not once per 429, so this notifies once per throttling event)
+    AutomationDefinition(
+        name=PROVIDER_THROTTLED,
+        subject="A provider throttled; its limit was lowered",
+        description="Notifies when a provider answers with throttling (429, Anthropic 529, "
+        "Modal/Replicate 503 with Retry-After) and the fleet lowers its provider limit "
+        "(event studio.provider.throttled; `studio limits show` has the history).",
+        trigger=EventTrigger(
+            expect={"studio.provider.throttled"},
+            match=ResourceSpecification({"prefect.resource.id": ["studio.provider.*"]}),
+            posture=Posture.Reactive,
+            threshold=1,
+        ),
+        body=THROTTLED_BODY,
     ),
 ]
 
