@@ -16,16 +16,17 @@ keep throttling a studio that no longer asks for it. `studio limits apply` and
 
 from __future__ import annotations
 
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from typing import Any
 
-from prefect.client.orchestration import PrefectClient
+from prefect.client.orchestration import PrefectClient, get_client
 from prefect.client.schemas.actions import (
     GlobalConcurrencyLimitCreate,
     GlobalConcurrencyLimitUpdate,
 )
 from prefect.exceptions import ObjectNotFound
 
-from deployments.concurrency_limits import _client_or_default
 from studio.providers.rate_settings import (
     RATE_VARIABLES,
     RateSettings,
@@ -33,6 +34,15 @@ from studio.providers.rate_settings import (
     load_rate_settings,
     rate_limit_name,
 )
+
+
+@asynccontextmanager
+async def _client_or_default(client: PrefectClient | None) -> AsyncIterator[PrefectClient]:
+    if client is not None:
+        yield client
+        return
+    async with get_client() as made:
+        yield made
 
 
 def _same_decay(a: float, b: float) -> bool:
