@@ -18,7 +18,9 @@ from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
 from blocks import apply_registered_blocks
+from engine import provider_pace
 from engine.early_start import staggered_starts
+from engine.provider_rates import install as install_rates
 from engine.run_clients import shared_sync_client
 from engine.run_logs import attach_run_logs
 from flows.batch_artifact import publish_batch_artifact, review_note
@@ -224,6 +226,8 @@ async def _run_batch(params: BatchParameters) -> BatchResult | State:
     settings = get_settings()
     batchlog.configure_logging(settings.log_file, settings.log_level)
     attach_run_logs()  # studio.* records to this run's Prefect logs, in every mode
+    provider_pace.install()  # the fleet's pace on provider limits (issue 20)
+    install_rates()  # requests per second: rate:<provider> limits, when set (issue 20)
     try:
         leased = parse_batch_id("resume_batch_id", params.resume_batch_id) or parse_batch_id(
             "batch_id", params.batch_id

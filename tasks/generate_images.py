@@ -29,6 +29,7 @@ from tenacity import (
     wait_fixed,
 )
 
+from engine import provider_pace
 from engine.early_start import adopt, started_early
 from engine.lease_census import LeaseCensus
 from engine.provider_slots import PrefectSlots
@@ -54,6 +55,7 @@ def image_chain() -> ProviderChain:
     """The process's chain (breakers live as long as the process), on global slots."""
     global _chain, _slots
     if _chain is None:
+        provider_pace.install()  # throttling answers move the fleet's limits
         settings = ProviderSettings()
         census = LeaseCensus()  # the slots this process holds, for the reconcile
         _slots = PrefectSlots(

@@ -236,6 +236,7 @@ def reconcile(
             reason = "throttled" if row.pending_to < row.current else "recovered"
             done = _record(session, row.provider, now, row.current, row.pending_to, reason)
             row.current, row.pending_to, row.pending_at = row.pending_to, None, None
+            row.last_change_at = now
             return [done]
         if observed == row.current:  # ... or never did: that one adjustment is lost
             row.pending_to = row.pending_at = None
@@ -245,6 +246,7 @@ def reconcile(
     manual = _record(session, row.provider, now, row.current, observed, "manual")
     row.current = row.manual_cap = observed
     row.pending_to = row.pending_at = None
+    row.last_change_at = now
     return [manual]
 
 

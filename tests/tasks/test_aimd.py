@@ -1,0 +1,173 @@
+"""The AIMD decision alone (studio/providers/aimd.py): the clock passed in, no I/O."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from pydantic import ValidationError
+
+from studio.providers.aimd import (
+    Knobs,
+    PaceState,
+    Succeeded,
+    Throttled,
+    decide,
+    decreased,
+)
+from studio.providers.pace_settings import PaceSettings
+
+T0 = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
+KNOBS = Knobs()  # the defaults: 0.75, cooldown 2 s, raise after 2 s, probe after 6 s
+
+
+def at(seconds: float) -> datetime:
+    return T0 + timedelta(seconds=seconds)
+
+
+def run(state: PaceState, events: list[tuple[float, Throttled | Succeeded]],
+        knobs: Knobs = KNOBS) -> tuple[PaceState, list[tuple[float, int, str]]]:
+    """Feed events in order; the state after and every limit change (time, to, reason)."""
+    changes = []
+    for when, event in events:
+        decision = decide(state, event, at(when), knobs)
+        if decision is None:
+            continue
+        state = decision.state
+        if decision.to_limit is not None:
+            changes.append((when, decision.to_limit, decision.reason))
+    return state, changes
+
+
+def test_the_defaults_are_the_interfaces_and_bad_knobs_are_refused(monkeypatch) -> None:
+    settings = PaceSettings(_env_file=None)
+    assert Knobs.from_settings(settings) == Knobs(True, 0.75, 2.0, 2.0, 6.0)
+    monkeypatch.setenv("PROVIDER_LIMIT_DECREASE_FACTOR", "1.0")
+    with pytest.raises(ValidationError, match="PROVIDER_LIMIT_DECREASE_FACTOR"):
+        PaceSettings(_env_file=None)
+    monkeypatch.setenv("PROVIDER_LIMIT_DECREASE_FACTOR", "0.5")
+    monkeypatch.setenv("PROVIDER_LIMITS_ADAPTIVE", "false")
+    s = PaceSettings(_env_file=None)
+    assert (s.decrease_factor, s.adaptive) == (0.5, False)
+
+
+def test_multiplicative_decrease_five_to_three_never_below_one() -> None:
+    assert decreased(5, 0.75) == 3  # floor(3.75), the issue's example
+    assert decreased(20, 0.75) == 15
+    assert decreased(2, 0.75) == 1
+    assert decreased(3, 0.9) == 2  # floor(2.7) = 2
+    assert decreased(10, 0.99) == 9  # always at least one lower
+    assert decreased(1, 0.75) == 1
+    decision = decide(PaceState(current=5, ceiling=5), Throttled(429, 10.0), T0, KNOBS)
+    assert decision is not None
+    assert (decision.to_limit, decision.reason, decision.new_event) == (3, "throttled", True)
+    assert decision.state.current == 3
+    assert decision.state.throttled_until == at(10)
+    assert decision.state.last_throttle_limit == 5
+    # a throttling event at 1 is counted (told once) but lowers nothing
+    one = decide(PaceState(current=1, ceiling=5), Throttled(429, None), T0, KNOBS)
+    assert one is not None and one.to_limit is None and one.new_event
+    assert one.state.current == 1
+
+
+def test_one_decrease_per_event_however_many_calls_reported_it() -> None:
+    # 30 calls in flight all answer 429 within the cooldown: one decrease
+    burst = [(0.01 * n, Throttled(429, None)) for n in range(30)]
+    state, changes = run(PaceState(current=10, ceiling=10), burst)
+    assert changes == [(0.0, 7, "throttled")]
+    # the next throttling answer after the cooldown is a new event
+    state, changes = run(state, [(2.5, Throttled(429, None))])
+    assert changes == [(2.5, 5, "throttled")]
+    # a long Retry-After stretches the cooldown: answers inside it are the same event
+    state, changes = run(state, [(5.0, Throttled(429, 10.0)), (9.0, Throttled(429, 1.0)),
+                                 (14.0, Throttled(429, None)), (15.5, Throttled(429, None))])
+    assert changes == [(5.0, 3, "throttled"), (15.5, 2, "throttled")]
+    # many events never go below 1
+    events = [(20.0 + 3 * n, Throttled(429, None)) for n in range(10)]
+    state, changes = run(state, events)
+    assert [to for _, to, _ in changes] == [1]
+    assert state.current == 1
+
+
+def test_retry_after_only_moves_forward_and_restarts_the_quiet_window() -> None:
+    state = PaceState(current=5, ceiling=5)
+    state, _ = run(state, [(0, Throttled(429, 10.0)), (1, Throttled(503, 2.0))])
+    assert state.throttled_until == at(10)  # a shorter later one does not shorten it
+    assert state.last_throttle_at == at(1)
+
+
+def test_additive_increase_only_after_the_quiet_window_and_only_with_a_success() -> None:
+    state, _ = run(PaceState(current=10, ceiling=10), [(0, Throttled(429, None))])
+    assert state.current == 7
+    # quiet but no accepted job: nothing rises (the raise is decided on a success)
+    state, changes = run(state, [(1.0, Succeeded()), (1.9, Succeeded())])
+    assert changes == [] and state.current == 7
+    state, changes = run(state, [(2.0, Succeeded())])
+    assert changes == [(2.0, 8, "recovered")]
+    # +1 per window, not per success
+    state, changes = run(state, [(2.5, Succeeded()), (3.9, Succeeded()), (4.0, Succeeded())])
+    assert changes == [(4.0, 9, "recovered")]
+    # a throttling answer inside the cooldown (no decrease) still restarts the quiet window
+    state = replace(state, last_decrease_at=at(4.5), last_throttle_at=at(4.5))
+    state, changes = run(state, [(5.0, Throttled(429, None)), (6.5, Succeeded())])
+    assert changes == []
+    # no raise while a Retry-After is in force, however quiet
+    held = replace(state, throttled_until=at(30))
+    _, changes = run(held, [(20.0, Succeeded())])
+    assert changes == []
+
+
+def test_plateau_under_the_last_throttle_point_then_a_probe_that_forgets_it() -> None:
+    state, _ = run(PaceState(current=9, ceiling=20), [(0, Throttled(429, None))])
+    assert (state.current, state.last_throttle_limit) == (6, 9)
+    state, changes = run(state, [(2.0, Succeeded()), (4.0, Succeeded())])
+    assert changes == [(2.0, 7, "recovered"), (4.0, 8, "recovered")]
+    # 8 -> 9 reaches the throttle point: the probe waits 6 s, not 2
+    state, changes = run(state, [(6.0, Succeeded()), (9.9, Succeeded())])
+    assert changes == []
+    state, changes = run(state, [(10.0, Succeeded())])
+    assert changes == [(10.0, 9, "recovered")]
+    assert state.last_throttle_limit == 9
+    # held at 9 through another probe window: the old point is forgotten
+    state, changes = run(state, [(16.0, Succeeded())])
+    assert changes == [(16.0, 10, "recovered")]
+    assert state.last_throttle_limit is None
+    state, changes = run(state, [(18.0, Succeeded())])  # plain 2 s windows again
+    assert changes == [(18.0, 11, "recovered")]
+
+
+def test_never_above_the_ceiling_or_a_manual_cap() -> None:
+    state = PaceState(current=4, ceiling=5, last_change_at=T0)
+    state, changes = run(state, [(2.0 * n, Succeeded()) for n in range(1, 10)])
+    assert changes == [(2.0, 5, "recovered")]
+    assert state.current == 5
+    capped = PaceState(current=2, ceiling=5, manual_cap=3, last_change_at=T0)
+    state, changes = run(capped, [(2.0 * n, Succeeded()) for n in range(1, 10)])
+    assert [to for _, to, _ in changes] == [3]
+    # a manual cap above the ceiling: the ceiling still holds
+    above = PaceState(current=4, ceiling=5, manual_cap=8, last_change_at=T0)
+    state, _ = run(above, [(2.0 * n, Succeeded()) for n in range(1, 10)])
+    assert state.current == 5
+    # no ceiling known (a provider without a limit): no raise
+    assert decide(PaceState(current=None, ceiling=None), Succeeded(), at(9), KNOBS) is not None
+    _, changes = run(PaceState(current=None, ceiling=None), [(9.0, Succeeded())])
+    assert changes == []
+
+
+def test_fixed_caps_honour_retry_after_only() -> None:
+    fixed = Knobs(adaptive=False)
+    state, changes = run(PaceState(current=5, ceiling=5),
+                         [(0, Throttled(429, 4.0)), (3, Throttled(429, None)), (30, Succeeded())],
+                         fixed)
+    assert changes == []
+    assert state.current == 5 and state.throttled_until == at(4)
+
+
+def test_no_limit_shares_the_retry_after_and_counts_events_once() -> None:
+    state = PaceState(current=None, ceiling=None)
+    first = decide(state, Throttled(529, 3.0), T0, KNOBS)
+    assert first is not None and first.to_limit is None and first.new_event
+    again = decide(first.state, Throttled(529, 3.0), at(1), KNOBS)
+    assert again is not None and not again.new_event
+    assert again.state.throttled_until == at(4)

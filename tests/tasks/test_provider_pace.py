@@ -1,0 +1,381 @@
+"""The fleet's pace in one process: engine/provider_pace.py's keeper on a real Prefect API
+and the studio database (SQLite and PostgreSQL), studio/db/provider_pace.py's row-locked
+transitions and their crash recovery."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import (
+    GlobalConcurrencyLimitCreate,
+    GlobalConcurrencyLimitUpdate,
+)
+from prefect.events.filters import EventFilter, EventResourceFilter
+from prefect.exceptions import ObjectNotFound
+
+from engine.provider_pace import PaceKeeper, PrefectLimit, recovered_line, throttled_line
+from studio.db import provider_pace as db
+from studio.db.engine import session_scope
+from studio.providers import pace as pace_hub
+from studio.providers.aimd import Knobs, Throttled
+from studio.providers.pace_settings import PaceSettings
+from studio.settings import Settings
+
+NAME = "provider:replicate"
+
+
+async def set_limit(limit: int, name: str = NAME) -> None:
+    async with get_client() as client:
+        try:
+            await client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            await client.create_global_concurrency_limit(
+                GlobalConcurrencyLimitCreate(name=name, limit=limit, active=True)
+            )
+            return
+        await client.update_global_concurrency_limit(
+            name, GlobalConcurrencyLimitUpdate(limit=limit, active=True)
+        )
+
+
+async def prefect_limit(name: str = NAME) -> int:
+    async with get_client() as client:
+        return (await client.read_global_concurrency_limit_by_name(name)).limit
+
+
+@pytest.fixture
+async def replicate_at_5() -> AsyncIterator[None]:
+    """`provider:replicate` at 5 on the session's Prefect server, put back after."""
+    await set_limit(5)
+    yield
+    await set_limit(5)
+
+
+class Lines(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.DEBUG)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+@pytest.fixture
+def lines() -> Iterator[list[str]]:
+    handler = Lines()
+    log = logging.getLogger("studio.providers")
+    log.addHandler(handler)
+    old = log.level
+    log.setLevel(logging.INFO)
+    yield handler.lines
+    log.removeHandler(handler)
+    log.setLevel(old)
+
+
+def keeper(**knobs: object) -> PaceKeeper:
+    settings = PaceSettings(_env_file=None, **knobs)  # type: ignore[arg-type]
+    return PaceKeeper(settings, {"replicate": 5, "modal": 3})
+
+
+def changes(provider: str = "replicate") -> list[tuple[int, int, str]]:
+    with session_scope() as session:
+        found = db.limit_changes(session, datetime.now(UTC) - timedelta(hours=1),
+                                 providers=[provider])
+    return [(c.from_limit, c.to_limit, c.reason) for c in found]
+
+
+def row(provider: str = "replicate") -> db.ProviderPace:
+    with session_scope() as session:
+        found = db.pace_row(session, provider)
+        assert found is not None
+        return found
+
+
+async def test_a_burst_of_429s_lowers_prefect_limit_once_and_says_so(
+    any_database, replicate_at_5, lines
+) -> None:
+    pace = keeper()
+    for _ in range(25):  # every call in flight answered 429 at once
+        pace.throttled("replicate", 429, 10.0)
+    assert pace.flush()
+    assert await prefect_limit() == 3
+    assert changes() == [(5, 3, "throttled")]
+    with session_scope() as session:
+        last = db.last_change(session, "replicate")
+    assert last is not None and (last.status, last.retry_after) == (429, 10.0)
+    assert lines.count("Provider throttled | Provider: replicate | Limit: 5 -> 3 | "
+                       "Retry-After: 10s") == 1
+    assert [line for line in lines if line.startswith("Provider ")] == [
+        "Provider throttled | Provider: replicate | Limit: 5 -> 3 | Retry-After: 10s"
+    ]
+    saved = row()
+    assert (saved.current, saved.pending_to, saved.manual_cap) == (3, None, None)
+    # this process's next call waits for the Retry-After at once, before any database read
+    until = pace.fleet_until("replicate")
+    assert until is not None and until > datetime.now(UTC) + timedelta(seconds=9)
+
+
+async def test_quiet_successes_raise_by_one_up_to_the_ceiling(
+    any_database, replicate_at_5, lines
+) -> None:
+    pace = keeper(raise_after_seconds=0.3, probe_after_seconds=0.6, cooldown_seconds=0.1)
+    pace.throttled("replicate", 429, None)
+    assert pace.flush()
+    assert await prefect_limit() == 3
+    deadline = time.monotonic() + 20
+    while await prefect_limit() < 5 and time.monotonic() < deadline:
+        pace.succeeded("replicate")
+        assert pace.flush()
+        await asyncio.sleep(0.1)
+    for _ in range(8):  # more quiet windows: never above the ceiling
+        await asyncio.sleep(0.35)
+        pace.succeeded("replicate")
+        assert pace.flush()
+    assert await prefect_limit() == 5
+    assert changes() == [(5, 3, "throttled"), (3, 4, "recovered"), (4, 5, "recovered")]
+    assert recovered_line("replicate", 3, 4) in lines
+    assert "Provider recovered | Provider: replicate | Limit: 4 -> 5" in lines
+    assert throttled_line("replicate", 5, 3, None) in lines
+    assert "Provider throttled | Provider: replicate | Limit: 5 -> 3 | Retry-After: none" in lines
+
+
+async def test_events_say_what_changed(any_database, replicate_at_5) -> None:
+    pace = keeper(raise_after_seconds=0.0, probe_after_seconds=0.0, cooldown_seconds=0.0)
+    since = datetime.now(UTC)
+    pace.throttled("replicate", 503, 2.5)
+    assert pace.flush()
+    await asyncio.sleep(2.6)  # past the Retry-After: a success may raise it again
+    pace.succeeded("replicate")
+    assert pace.flush()
+    assert await prefect_limit() == 4
+    found: dict[str, dict] = {}
+    async with get_client() as client:
+        for _ in range(40):
+            page = await client.read_events(
+                filter=EventFilter(resource=EventResourceFilter(id=["studio.provider.replicate"])),
+                limit=50,
+            )
+            found = {e.event: dict(e.payload) for e in page.events if e.occurred >= since}
+            if {"studio.provider.throttled", "studio.provider.recovered"} <= set(found):
+                break
+            await asyncio.sleep(0.5)
+    assert found["studio.provider.throttled"] == {
+        "from_limit": 5, "to_limit": 3, "ceiling": 5, "retry_after": 2.5, "status": 503,
+    }
+    assert found["studio.provider.recovered"] == {
+        "from_limit": 3, "to_limit": 4, "ceiling": 5, "retry_after": None, "status": None,
+    }
+
+
+async def test_an_operators_cap_is_kept_until_limits_apply(
+    any_database, replicate_at_5, lines
+) -> None:
+    pace = keeper(raise_after_seconds=0.0, probe_after_seconds=0.0, cooldown_seconds=0.0)
+    pace.succeeded("replicate")  # first sight: 5 = the ceiling, no cap
+    assert pace.flush()
+    await set_limit(2)  # the operator, on Prefect's Concurrency page
+    for _ in range(5):
+        pace.succeeded("replicate")
+        assert pace.flush()
+        await asyncio.sleep(0.55)
+    assert await prefect_limit() == 2
+    saved = row()
+    assert (saved.current, saved.manual_cap) == (2, 2)
+    assert changes() == [(5, 2, "manual")]
+    assert any(line.startswith("Provider limit set by hand | Provider: replicate | "
+                               "Limit: 5 -> 2") for line in lines)
+    # a throttle still lowers it (1 is below the cap), the raise stops at the cap
+    pace.throttled("replicate", 429, None)
+    assert pace.flush()
+    assert await prefect_limit() == 1
+    for _ in range(4):
+        await asyncio.sleep(0.55)
+        pace.succeeded("replicate")
+        assert pace.flush()
+    assert await prefect_limit() == 2
+    # `studio limits apply` puts the ceiling back and clears the cap
+    await set_limit(5)
+    with session_scope() as session:
+        db.applied(session, "replicate", 5, 2)
+    for _ in range(3):
+        await asyncio.sleep(0.55)
+        pace.succeeded("replicate")
+        assert pace.flush()
+    saved = row()
+    assert (saved.current, saved.manual_cap) == (5, None)
+    assert changes()[-1] == (2, 5, "applied")
+    assert all(reason != "manual" for _, _, reason in changes()[1:])
+
+
+async def test_a_limit_set_below_the_ceiling_before_first_sight_is_a_manual_cap(
+    any_database, replicate_at_5
+) -> None:
+    await set_limit(2)
+    pace = keeper(raise_after_seconds=0.0, probe_after_seconds=0.0)
+    for _ in range(3):
+        pace.succeeded("replicate")
+        assert pace.flush()
+        await asyncio.sleep(0.55)
+    assert await prefect_limit() == 2
+    assert row().manual_cap == 2
+
+
+def _leave_pending(current: int, pending_to: int, age_seconds: float) -> None:
+    """What a process that died between its two commits leaves in the row."""
+    with session_scope() as session:
+        locked = db.lock_row(session, "replicate")
+        locked.ceiling, locked.current = 5, current
+        locked.pending_to = pending_to
+        locked.pending_at = datetime.now(UTC) - timedelta(seconds=age_seconds)
+
+
+async def test_a_change_whose_process_died_before_prefect_was_told_is_dropped(
+    any_database, replicate_at_5
+) -> None:
+    _leave_pending(current=5, pending_to=3, age_seconds=db.PENDING_STALE_SECONDS + 1)
+    pace = keeper(raise_after_seconds=60.0)
+    pace.succeeded("replicate")
+    assert pace.flush()
+    saved = row()
+    assert (saved.current, saved.pending_to, saved.manual_cap) == (5, None, None)
+    assert changes() == []  # lost that one adjustment, and no manual cap
+    assert await prefect_limit() == 5
+
+
+async def test_a_change_whose_process_died_after_prefect_was_told_is_completed(
+    any_database, replicate_at_5
+) -> None:
+    _leave_pending(current=5, pending_to=3, age_seconds=db.PENDING_STALE_SECONDS + 1)
+    await set_limit(3)  # it had reached Prefect
+    pace = keeper(raise_after_seconds=60.0)
+    pace.succeeded("replicate")
+    assert pace.flush()
+    saved = row()
+    assert (saved.current, saved.pending_to, saved.manual_cap) == (3, None, None)
+    assert changes() == [(5, 3, "throttled")]
+
+
+async def test_a_change_on_its_way_is_neither_manual_nor_repeated(
+    any_database, replicate_at_5
+) -> None:
+    _leave_pending(current=5, pending_to=3, age_seconds=0.0)
+    await set_limit(3)  # Prefect told, the final commit not yet made
+    pace = keeper(cooldown_seconds=0.0)
+    pace.throttled("replicate", 429, None)  # no second change while one is on its way
+    pace.succeeded("replicate")
+    assert pace.flush()
+    saved = row()
+    assert (saved.current, saved.pending_to, saved.manual_cap) == (5, 3, None)
+    assert changes() == []
+    assert await prefect_limit() == 3
+
+
+async def test_a_failed_prefect_update_clears_its_pending_change(
+    any_database, replicate_at_5
+) -> None:
+    class Refused(PrefectLimit):
+        def write(self, limit: int) -> None:
+            raise ConnectionError("the Prefect API went away")
+
+    pace = keeper()
+    with pytest.raises(ConnectionError):
+        db.adjust("replicate", 5, Throttled(429, None), Knobs(), Refused(pace, "replicate"),
+                  sessions=session_scope)
+    saved = row()
+    assert (saved.current, saved.pending_to, saved.manual_cap) == (5, None, None)
+    assert changes() == []
+    assert await prefect_limit() == 5
+
+
+async def test_retry_after_holds_every_keeper_of_the_fleet(any_database, replicate_at_5) -> None:
+    seen, other = keeper(), keeper()  # two processes' keepers on one database
+    started = time.monotonic()
+    await other.before_call("replicate")  # nothing recorded: no wait
+    assert time.monotonic() - started < 0.5
+    seen.throttled("replicate", 429, 2.0)
+    assert seen.flush()
+    await asyncio.sleep(db_cache := 0.5)  # what `other` read a moment ago has gone stale
+    until = row().throttled_until
+    assert until is not None
+    until = db.aware(until)
+    assert until is not None
+    started = time.monotonic()
+    await other.before_call("replicate")
+    waited = time.monotonic() - started
+    assert datetime.now(UTC) >= until - timedelta(seconds=0.05)
+    assert 2.0 - db_cache - 1.0 <= waited < 2.5, waited
+    # the cache: a busy batch reads the row at most every 0.5 s
+    started = time.monotonic()
+    await asyncio.gather(*(other.before_call("replicate") for _ in range(200)))
+    assert time.monotonic() - started < 1.0
+
+
+async def test_a_provider_without_a_limit_gets_the_retry_after_only(
+    any_database, lines
+) -> None:
+    pace = keeper()
+    pace.throttled("anthropic", 529, 2.0)
+    pace.throttled("anthropic", 529, 2.0)
+    assert pace.flush()
+    saved = row("anthropic")
+    assert saved.current is None and saved.throttled_until is not None
+    assert lines.count(
+        "Provider throttled | Provider: anthropic | Limit: none -> none | Retry-After: 2s"
+    ) == 1
+    started = time.monotonic()
+    await keeper().before_call("anthropic")
+    assert 1.0 <= time.monotonic() - started < 3.0
+
+
+async def test_fixed_caps_never_change_the_limit(any_database, replicate_at_5, lines) -> None:
+    pace = keeper(adaptive=False)
+    pace.throttled("replicate", 429, 1.0)
+    assert pace.flush()
+    started = time.monotonic()
+    await keeper(adaptive=False).before_call("replicate")
+    assert time.monotonic() - started >= 0.7  # Retry-After still fleet-wide
+    for _ in range(3):
+        pace.succeeded("replicate")
+        assert pace.flush()
+        await asyncio.sleep(0.55)
+    assert await prefect_limit() == 5
+    assert changes() == []
+    assert "Provider throttled | Provider: replicate | Limit: 5 -> 5 | Retry-After: 1s" in lines
+
+
+async def test_a_database_that_is_away_never_holds_calls_back(
+    replicate_at_5, lines
+) -> None:
+    away = Settings(DATABASE_URL="sqlite:////proc/no-such-dir/studio.db")  # cannot be made
+
+    def sessions():  # type: ignore[no-untyped-def]
+        return session_scope(away)
+
+    pace = PaceKeeper(PaceSettings(_env_file=None), {"replicate": 5}, sessions=sessions)
+    pace.throttled("replicate", 429, None)  # never raises in the caller
+    assert pace.flush()
+    started = time.monotonic()
+    await pace.before_call("replicate")
+    assert time.monotonic() - started < 0.5
+    assert any(line.startswith("Could not adjust the pace of replicate") for line in lines)
+    assert await prefect_limit() == 5
+
+
+async def test_install_registers_one_listener(any_database) -> None:
+    from engine import provider_pace
+
+    provider_pace.uninstall()
+    try:
+        provider_pace.install()
+        provider_pace.install()
+        keepers = [x for x in pace_hub.listeners() if isinstance(x, PaceKeeper)]
+        assert len(keepers) == 1 and keepers[0] is provider_pace.keeper()
+    finally:
+        provider_pace.uninstall()
+    assert not any(isinstance(x, PaceKeeper) for x in pace_hub.listeners())
