@@ -26,12 +26,21 @@ and records nothing (no rows, no heartbeat thread) on such a server. A storage i
 not read counts as one that loses leases (rows cost little; a missed leak costs a
 provider); the reconcile acts only on a server that said so (`leases_expire_on_their_own`).
 
+The same table holds the fleet's queue for slots (`queue`): one row per process and provider
+with waiting images, id `queue:...`, its `created_at` the process's place in line (when
+its oldest waiting image asked, or when it was last served, whichever is later: first
+come, first served, a process served goes to the back), beaten while it waits and deleted
+when nothing waits. Unlike the census it is written on every server (it is how pools of
+different processes share a limit fairly, engine/provider_slots.py), and `live()` never
+counts it: it holds no slot.
+
 Clocks: rows are stamped with each host's UTC clock; the margins (seconds) assume hosts
 kept in time by NTP.
 """
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import socket
@@ -68,6 +77,12 @@ DURABLE_LEASE_STORAGES = frozenset({
 #: how long the one settings read may take (a server that does not answer is a server
 #: whose storage is unknown)
 SETTINGS_TIMEOUT_SECONDS = 10.0
+
+#: id prefix of the fleet queue's rows (one per process and provider with waiting images)
+QUEUE_PREFIX = "queue:"
+#: a queue row not beaten for this long belongs to a process that no longer waits (dead,
+#: or its loop stalled): the others stop giving way to it
+QUEUE_STALE_SECONDS = 3.0
 
 _lease_storages: dict[str, str] = {}
 
@@ -112,6 +127,11 @@ def leases_expire_on_their_own() -> bool:
 
 def _now() -> datetime:
     return datetime.now(UTC)
+
+
+def _epoch(at: datetime) -> float:
+    """Epoch seconds of a stamp (SQLite gives it back without its UTC zone)."""
+    return (at if at.tzinfo else at.replace(tzinfo=UTC)).timestamp()
 
 
 class LeaseCensus:
@@ -185,6 +205,45 @@ class LeaseCensus:
         with self._sessions() as session:
             session.execute(delete(ProviderLease).where(ProviderLease.id == row_id))
 
+    # --- the fleet's queue for slots ---
+
+    def queue_id(self, provider: str) -> str:
+        digest = hashlib.sha256(f"{self.holder}|{provider}".encode()).hexdigest()
+        return QUEUE_PREFIX + digest[: 36 - len(QUEUE_PREFIX)]
+
+    def queue(self, provider: str, place: float | None) -> list[float]:
+        """Publish this process's place in `provider`'s queue (epoch seconds; None: nothing
+        waits, the row goes) and return the places of the other processes waiting now.
+
+        One transaction: an update (or insert) and a read, so a waiting process costs one
+        round trip per look."""
+        row_id = self.queue_id(provider)
+        now = _now()
+        with self._sessions() as session:
+            if place is None:
+                session.execute(delete(ProviderLease).where(ProviderLease.id == row_id))
+            else:
+                at = datetime.fromtimestamp(place, UTC)
+                moved = session.execute(
+                    update(ProviderLease).where(ProviderLease.id == row_id)
+                    .values(created_at=at, beat_at=now)
+                ).rowcount
+                if not moved:
+                    session.add(ProviderLease(
+                        id=row_id, provider=provider, holder=self.holder, created_at=at,
+                        beat_at=now,
+                    ))
+            places = session.scalars(
+                select(ProviderLease.created_at).where(
+                    ProviderLease.provider == provider,
+                    ProviderLease.id.like(QUEUE_PREFIX + "%"),
+                    ProviderLease.id != row_id,
+                    ProviderLease.released_at.is_(None),
+                    ProviderLease.beat_at >= now - timedelta(seconds=QUEUE_STALE_SECONDS),
+                )
+            ).all()
+        return sorted(_epoch(at) for at in places)
+
     # --- the process's heartbeat ---
 
     def beat(self) -> int:
@@ -231,6 +290,7 @@ class LeaseCensus:
                 select(func.count()).select_from(ProviderLease).where(
                     ProviderLease.provider == provider,
                     ProviderLease.id != (exclude or ""),
+                    ~ProviderLease.id.like(QUEUE_PREFIX + "%"),  # a place in line, no slot
                     ProviderLease.beat_at >= at - timedelta(seconds=STALE_SECONDS),
                     or_(
                         ProviderLease.released_at.is_(None),

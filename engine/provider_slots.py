@@ -76,7 +76,7 @@ from prefect.concurrency._leases import amaintain_concurrency_lease
 from prefect.context import AsyncClientContext
 from prefect.settings import PREFECT_API_URL
 
-from engine.lease_census import LeaseCensus
+from engine.lease_census import QUEUE_STALE_SECONDS, LeaseCensus
 from studio.providers.entry import limit_name
 from studio.providers.slots import ReleaseSignal, SlotBusy
 
@@ -86,6 +86,9 @@ logger = logging.getLogger("studio.providers")
 LEASE_SECONDS = 60.0
 #: a waiter refused this long asks `heal` to free slots no live process holds
 HEAL_AFTER_SECONDS = 10.0
+#: how often a pool with waiting images publishes its place in the fleet's queue and
+#: reads the others' (at least its poll interval)
+QUEUE_SECONDS = 0.25
 
 #: frees slots of a provider's limit that no live lease holds, not counting the caller's
 #: own census row (the slot it is asking for); returns how many it freed
@@ -118,6 +121,7 @@ class LeasePool:
         census: LeaseCensus | None = None,
         heal: Heal | None = None,
         heal_after_seconds: float = HEAL_AFTER_SECONDS,
+        queue_seconds: float = QUEUE_SECONDS,
     ) -> None:
         self.provider = provider
         self._owns_api = api is None
@@ -133,17 +137,28 @@ class LeasePool:
         self.heal_after_seconds = heal_after_seconds
         self.held = 0
         self._pending = 0  # increments on the wire
-        self._waiters: deque[asyncio.Future[Lease]] = deque()
+        #: (asked at, epoch seconds; the waiter), first come first
+        self._waiters: deque[tuple[float, asyncio.Future[Lease]]] = deque()
         self._idle: list[Lease] = []  # lingering leases, newest last
         self._acquirer: asyncio.Task[None] | None = None
         self._wire = asyncio.Lock()
         self._background: set[asyncio.Task[None]] = set()
         self._missing_warned = False
         self._census_warned = False
+        # the fleet's queue (with a census): this process's place and the others'
+        self.queue_seconds = max(queue_seconds, poll_seconds)
+        self._served_at = 0.0  # epoch seconds a local waiter last got a slot
+        self._foreign: list[float] = []  # places of other processes waiting, oldest first
+        self._foreign_at = 0.0  # monotonic time of that view
+        self._gifts = 0  # leases given back for others since that view
+        self._queue_task: asyncio.Task[None] | None = None
+        self._queue_wake = asyncio.Event()
+        self._queue_warned = False
         #: counters for the tests
         self.server_grants = 0
         self.handoffs = 0
         self.healed = 0
+        self.given_way = 0  # leases given back because another process waited longer
 
     # --- public ---
 
@@ -159,6 +174,8 @@ class LeasePool:
         """What try_acquire checks before asking the server (no round trip)."""
         if self._idle:
             return True
+        if self._others_first():
+            return False
         return not self._live_waiters() and self.held + self._pending < self.cap
 
     async def try_acquire(self) -> Lease:
@@ -166,6 +183,8 @@ class LeasePool:
         if (lease := self._take_idle()) is not None:
             return lease
         if self._live_waiters() or self.held + self._pending >= self.cap:
+            raise SlotBusy(self.provider)
+        if self._others_first():  # other processes wait for this provider: not our turn
             raise SlotBusy(self.provider)
         lease = await self._increment()
         if lease is None:
@@ -176,7 +195,8 @@ class LeasePool:
         if not self._live_waiters() and (lease := self._take_idle()) is not None:
             return lease
         future: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
-        self._waiters.append(future)
+        self._waiters.append((time.time(), future))
+        self._ensure_queue()
         self._ensure_acquirer()
         try:
             return await future
@@ -189,15 +209,18 @@ class LeasePool:
         """Hand the lease to the next local waiter, or let it linger, else return it.
 
         A lost lease (its renewal failed) goes back: the server may have freed its slot
-        already, so handing it on could pass the cap."""
-        if not lease.lost:
+        already, so handing it on could pass the cap. So does a lease another process
+        waited longer for (`_give_way`), and a lease nobody here waits for while other
+        processes wait (no linger then)."""
+        if not lease.lost and not self._give_way():
             while self._waiters:
-                waiter = self._waiters.popleft()
+                _, waiter = self._waiters.popleft()
                 if not waiter.done():
                     self.handoffs += 1
+                    self._served()
                     waiter.set_result(lease)
                     return
-            if self.linger_seconds > 0:
+            if self.linger_seconds > 0 and not self._view():
                 self._idle.append(lease)
                 self._spawn(self._expire_idle(lease))
                 self._released.notify()
@@ -230,7 +253,108 @@ class LeasePool:
     # --- internals ---
 
     def _live_waiters(self) -> int:
-        return sum(1 for w in self._waiters if not w.done())
+        return sum(1 for _, w in self._waiters if not w.done())
+
+    # --- the fleet's queue: first come, first served across processes ---
+    #
+    # Each process with waiting images has a place in line: when its oldest waiting image
+    # asked, or when it was last served, whichever is later (so a process served goes to
+    # the back, and processes waiting together take turns). Every `queue_seconds` (and
+    # right after it is served while others wait) it publishes its place and reads the
+    # others' (LeaseCensus.queue, one transaction). With that view:
+    # - a process holding more than an equal share of the cap (cap // processes waiting)
+    #   gives a released lease back to the server instead of to its own next image when
+    #   another process is ahead in line, at most one per process ahead per view;
+    # - a process holding its equal share (rounded up) or more does not take a slot the
+    #   server frees while another process is ahead: that one takes it;
+    # - a lease nobody here waits for goes straight back while others wait (no linger).
+    # Below its share a process takes free slots at once, so the cap fills as fast as
+    # before; the cap stays exact (only who gets a lease changes). A process whose row
+    # is not beaten for QUEUE_STALE_SECONDS is no longer given way to.
+
+    def _head(self) -> float | None:
+        """When this process's oldest waiting image asked (epoch s), or None."""
+        for asked, waiter in self._waiters:
+            if not waiter.done():
+                return asked
+        return None
+
+    def _place(self) -> float | None:
+        head = self._head()
+        return None if head is None else max(head, self._served_at)
+
+    def _view(self) -> list[float]:
+        """Places of the other processes waiting now (empty when unknown or stale)."""
+        if self._foreign and time.monotonic() - self._foreign_at <= QUEUE_STALE_SECONDS:
+            return self._foreign
+        return []
+
+    def _ahead(self) -> int:
+        """Other processes ahead of this one in line (all of them if nothing waits here)."""
+        view, place = self._view(), self._place()
+        return len(view) if place is None else sum(1 for p in view if p < place)
+
+    def _share(self, *, rounded_up: bool = False) -> int:
+        processes = 1 + len(self._view())
+        return max(1, -(-self.cap // processes) if rounded_up else self.cap // processes)
+
+    def _give_way(self) -> bool:
+        """Whether a lease released now goes back to the server for a process ahead."""
+        if not self._live_waiters() or self.held <= self._share():
+            return False
+        if self._ahead() > self._gifts:
+            self._gifts += 1
+            self.given_way += 1
+            return True
+        return False
+
+    def _others_first(self) -> bool:
+        """Whether a free slot on the server is another process's to take, not ours."""
+        if not self._view() or self.held + self._pending < self._share(rounded_up=True):
+            return False
+        return self._ahead() > 0
+
+    def _served(self) -> None:
+        self._served_at = time.time()
+        if self._view():  # the others should know at once that we went to the back
+            self._queue_wake.set()
+
+    def _ensure_queue(self) -> None:
+        if self.census is None or not (self._queue_task is None or self._queue_task.done()):
+            return
+        self._queue_task = asyncio.get_running_loop().create_task(
+            self._queue_loop(), context=_detached_context()
+        )
+
+    async def _queue_loop(self) -> None:
+        """Publish this process's place while it waits, read the others'; then leave."""
+        assert self.census is not None
+        while True:
+            place = self._place()
+            try:
+                foreign = await asyncio.to_thread(self.census.queue, self.provider, place)
+            except Exception as exc:  # no view: the pool serves this process as before
+                if not self._queue_warned:
+                    self._queue_warned = True
+                    logger.warning(
+                        "Could not reach the slot queue of %s (%s): slots are not shared "
+                        "in turn with other processes", self.name, type(exc).__name__,
+                    )
+                foreign = []
+            self._foreign, self._foreign_at, self._gifts = foreign, time.monotonic(), 0
+            if foreign:
+                self._return_idle()
+            if place is None and self._place() is None:
+                return  # nothing waits here: the row is gone
+            self._ensure_acquirer()
+            self._queue_wake.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._queue_wake.wait(), self.queue_seconds)
+
+    def _return_idle(self) -> None:
+        idle, self._idle = self._idle, []
+        for lease in idle:
+            self._give_back(lease)
 
     def _ensure_acquirer(self) -> None:
         idle = self._acquirer is None or self._acquirer.done()
@@ -248,6 +372,10 @@ class LeasePool:
         asking: str | None = None
         try:
             while min(self._live_waiters(), self.cap - self.held - self._pending) > 0:
+                if self._others_first():  # not our turn: the process ahead takes it
+                    refused_since = None
+                    await asyncio.sleep(self.poll_seconds)
+                    continue
                 if self.census is not None and asking is None:
                     asking = await self._census_reserve()
                 # one increment at a time, each lease to a waiter as soon as it is
@@ -300,8 +428,9 @@ class LeasePool:
 
     def _grant(self, lease: Lease) -> None:
         while self._waiters:
-            waiter = self._waiters.popleft()
+            _, waiter = self._waiters.popleft()
             if not waiter.done():
+                self._served()
                 waiter.set_result(lease)
                 return
         self.release(lease)  # nobody wants it any more
@@ -448,6 +577,8 @@ class LeasePool:
 
     async def drain(self) -> None:
         """Wait for background releases (tests and short-lived processes call this)."""
+        if self._queue_task is not None:
+            await asyncio.gather(self._queue_task, return_exceptions=True)
         while self._background:
             await asyncio.gather(*tuple(self._background), return_exceptions=True)
         if self._owns_api:

@@ -1,0 +1,268 @@
+"""The fleet against the providers' pace (issue 20): deployment-run batches on one worker
+against the provider-bound limit.
+
+A real cluster as the README sets it up (tests/faults/studio_server.py, as
+bench/bench_workers.py uses it): `studio server` on PostgreSQL, SeaweedFS, the ComfyUI
+emulator at 1.5-2.5 s with 10 slots, one process worker (`prefect worker start
+--limit 3`, polling every 2 s as the harness sets it). Per scenario and round, `B`
+batches of `P` pieces are submitted at once; it prints per round and, at the end, the
+medians with the spread (min-max) over `--rounds`:
+
+- wall: submission to the last batch's `finished_at` (the batch rows);
+- bound: the provider-bound limit, pieces x mean latency / slots + one image (the mean
+  of the latencies the ComfyUI emulator drew in that round), and wall / bound;
+- busy: ComfyUI slots busy, the time integral of prompts executing (sampled every
+  50 ms) over slots x wall;
+- finish: each batch's submission to `finished_at`, and their spread (last / first - 1:
+  the issue's goal is at most 15 % between concurrent equal batches);
+- start: per batch, submission to its `[BATCH START]` line (the flow run's log record
+  on the Prefect API);
+- CPU: per batch, user+system CPU of the processes of its flow run (the worker's
+  children whose environment names the run, sampled every 0.2 s with psutil, so the
+  last up to 0.2 s of a process may be missed).
+
+    .venv/bin/python bench/bench_fleet.py [--rounds 3] [--scenarios 1x10,6x10,3x50]
+        [--limit 3]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import statistics
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+
+import psutil
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from tests.faults.studio_server import StudioServerCluster, studio_cluster  # noqa: E402
+from tests.faults.worker_cluster import studio_session  # noqa: E402
+
+SLOTS = 10  # the ComfyUI cap (`provider:comfyui`) and the emulator's GPU count
+WORKER = "fleet"
+
+
+@dataclass
+class Round:
+    batches: int
+    pieces: int
+    wall: float
+    bound: float
+    busy: float
+    finishes: list[float]
+    starts: list[float]
+    cpu: list[float]
+    completed: int
+    replicate_jobs: int
+
+    @property
+    def ratio(self) -> float:
+        return self.wall / self.bound
+
+    @property
+    def spread(self) -> float:
+        return max(self.finishes) / min(self.finishes) - 1 if len(self.finishes) > 1 else 0.0
+
+
+@dataclass
+class Sampler:
+    """A thread sampling the ComfyUI emulator's executing prompts and the flow runs' CPU."""
+
+    cluster: StudioServerCluster
+    busy: list[tuple[float, int]] = field(default_factory=list)
+    cpu: dict[int, tuple[str, float]] = field(default_factory=dict)  # pid: (run, cpu s)
+    _stop: threading.Event = field(default_factory=threading.Event)
+    _runs: dict[int, str | None] = field(default_factory=dict)
+
+    def __enter__(self) -> Sampler:
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _loop(self) -> None:
+        tick = 0
+        while not self._stop.wait(0.05):
+            self.busy.append((time.time(), self.cluster.comfyui.executing))
+            tick += 1
+            if tick % 4 == 0:
+                self._sample_cpu()
+
+    def _sample_cpu(self) -> None:
+        worker = self.cluster.workers.get(WORKER)
+        if worker is None:
+            return
+        with contextlib.suppress(psutil.Error):
+            children = psutil.Process(worker.pid).children(recursive=True)
+        for child in children:
+            with contextlib.suppress(psutil.Error):
+                if not self._runs.get(child.pid):  # read again: a fork before its exec
+                    self._runs[child.pid] = child.environ().get("PREFECT__FLOW_RUN_ID")
+                run = self._runs[child.pid]
+                if run:
+                    times = child.cpu_times()
+                    self.cpu[child.pid] = (run, times.user + times.system)
+
+    def busy_fraction(self, start: float, end: float) -> float:
+        samples = [n for t, n in self.busy if start <= t <= end]
+        return statistics.fmean(samples) / SLOTS if samples else 0.0
+
+    def cpu_of(self, run: str) -> float:
+        return sum(cpu for r, cpu in self.cpu.values() if r == run)
+
+
+def batch_rows(
+    cluster: StudioServerCluster, ids: list[str]
+) -> dict[str, tuple[str, datetime | None]]:
+    from sqlalchemy import select
+
+    from studio.db.models import Batch
+
+    with studio_session(cluster) as session:
+        rows = session.scalars(select(Batch).where(Batch.id.in_(ids))).all()
+        return {row.id: (row.status, row.finished_at) for row in rows}
+
+
+async def batch_starts(client, ids: list[str]) -> dict[str, float]:  # type: ignore[no-untyped-def]
+    """Each run's `[BATCH START]` log record time (epoch s), from the Prefect API."""
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    starts: dict[str, float] = {}
+    offset = 0
+    while True:
+        logs = await client.read_logs(
+            log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=ids)),
+            limit=200, offset=offset,
+        )
+        for record in logs:
+            if record.message.startswith("[BATCH START]") and record.flow_run_id:
+                starts[str(record.flow_run_id)] = record.timestamp.timestamp()
+        if len(logs) < 200:
+            return starts
+        offset += 200
+
+
+def _epoch(moment: datetime) -> float:
+    return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
+
+
+async def one_round(
+    cluster: StudioServerCluster, sampler: Sampler, batches: int, pieces: int
+) -> Round:
+    records = len(cluster.comfyui.records)
+    replicate_before = int(cluster.replicate.billed_jobs)
+    async with cluster.client() as client:
+        # the client's CSRF token first: concurrent first writes would each fetch one,
+        # and each fetch voids the token the others sent (403)
+        await client.read_flow_runs(limit=1)
+        submitted = time.time()
+        ids = list(await asyncio.gather(*(cluster.submit(client, pieces) for _ in range(batches))))
+        while True:
+            rows = batch_rows(cluster, ids)
+            if len(rows) == batches and all(
+                status in ("completed", "failed") for status, _ in rows.values()
+            ):
+                break
+            if time.time() - submitted > 1800:
+                raise SystemExit("batches did not finish in 30 minutes")
+            await asyncio.sleep(0.5)
+        await asyncio.sleep(1.0)  # the last logs reach the API
+        starts = await batch_starts(client, ids)
+    finishes = [_epoch(rows[i][1]) - submitted for i in ids if rows[i][1] is not None]
+    wall = max(finishes)
+    drawn = [latency for _, latency, _ in cluster.comfyui.records[records:] if latency > 0]
+    mean = statistics.fmean(drawn) if drawn else 2.0
+    await asyncio.sleep(0.5)  # the flow-run processes exit; their last CPU sample is in
+    return Round(
+        batches=batches, pieces=pieces, wall=wall,
+        bound=batches * pieces * mean / SLOTS + mean,
+        busy=sampler.busy_fraction(submitted, submitted + wall),
+        finishes=sorted(finishes),
+        starts=[starts[i] - submitted for i in ids if i in starts],
+        cpu=[sampler.cpu_of(i) for i in ids],
+        completed=sum(1 for status, _ in rows.values() if status == "completed"),
+        replicate_jobs=int(cluster.replicate.billed_jobs) - replicate_before,
+    )
+
+
+def _fmt(values: list[float], unit: str = "s", digits: int = 1) -> str:
+    return " ".join(f"{v:.{digits}f}" for v in values) + f" {unit}" if values else "-"
+
+
+def _median(values: list[float], digits: int = 1, unit: str = "") -> str:
+    if not values:
+        return "-"
+    return (f"{statistics.median(values):.{digits}f}{unit} "
+            f"[{min(values):.{digits}f}-{max(values):.{digits}f}]")
+
+
+async def bench(cluster: StudioServerCluster, args: argparse.Namespace) -> None:
+    scenarios = [tuple(int(n) for n in s.split("x")) for s in args.scenarios.split(",")]
+    results: dict[tuple[int, int], list[Round]] = {s: [] for s in scenarios}
+    cluster.start_worker(WORKER, limit=args.limit)
+    await asyncio.sleep(5)  # a standing worker: it has polled before the first batch
+    with Sampler(cluster) as sampler:
+        for n in range(args.rounds):
+            for batches, pieces in scenarios:
+                r = await one_round(cluster, sampler, batches, pieces)
+                results[(batches, pieces)].append(r)
+                print(f"round {n + 1} {batches} x {pieces}: wall {r.wall:.1f} s, bound "
+                      f"{r.bound:.1f} s, wall/bound {r.ratio:.2f}, busy {r.busy:.0%}, "
+                      f"{r.completed}/{batches} completed, replicate jobs {r.replicate_jobs}"
+                      f" | finish {_fmt(r.finishes)} (spread {r.spread:.0%}) | start "
+                      f"{_fmt(r.starts)} | CPU {_fmt(r.cpu)}", flush=True)
+                await asyncio.sleep(3)  # leases lingering, processes exiting
+    print(f"\nworker --limit {args.limit}, {args.rounds} round(s); medians [min-max]")
+    print("| scenario | wall | bound | wall / bound | ComfyUI slots busy | finish spread "
+          "| submission -> [BATCH START] | flow-run CPU |")
+    print("|---|---|---|---|---|---|---|---|")
+    for (batches, pieces), rounds in results.items():
+        print(
+            f"| {batches} x {pieces} | {_median([r.wall for r in rounds], unit=' s')} "
+            f"| {_median([r.bound for r in rounds], unit=' s')} "
+            f"| {_median([r.ratio for r in rounds], 2)} "
+            f"| {_median([100 * r.busy for r in rounds], 0, ' %')} "
+            f"| {_median([100 * r.spread for r in rounds], 0, ' %')} "
+            f"| {_median([s for r in rounds for s in r.starts], 1, ' s')} "
+            f"| {_median([c for r in rounds for c in r.cpu if c > 0], 2, ' s')} |"
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--scenarios", default="1x10,6x10,3x50",
+                        help="BATCHESxPIECES, comma-separated")
+    parser.add_argument("--limit", type=int, default=3, help="prefect worker start --limit")
+    args = parser.parse_args()
+
+    from tests.infra.postgres import start_embedded_postgres
+    from tests.infra.seaweedfs import S3Server
+
+    base = Path(tempfile.mkdtemp(prefix="bench-fleet-"))
+    server_url, stop_pg = start_embedded_postgres(base / "pgdata")
+    s3 = S3Server(base_dir=base / "s3")
+    s3.start()
+    try:
+        with studio_cluster(base / "cluster", server_url, s3) as cluster:
+            print(f"cluster: {base / 'cluster'}", flush=True)
+            asyncio.run(bench(cluster, args))
+    finally:
+        s3.shutdown()
+        stop_pg()
+
+
+if __name__ == "__main__":
+    main()
