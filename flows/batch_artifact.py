@@ -1,7 +1,11 @@
 """The batch's artifacts, readable in the Prefect UI: a table of every piece's outcome
 (with its object key, lasting link and image provider), a gallery of thumbnails
 (studio/gallery.py) and, when premium pieces were stored remotely, their short-lived
-links.
+links. The gallery ends with the batch's "Provider limits": each change of a provider's
+fleet-wide limit between the batch's start and end (issue 20: lowered when a provider
+throttled, raised when it recovered, an operator's manual cap, `studio limits apply`),
+whichever process made it, or one line saying the limits did not change; the table's
+description sums them up.
 
 Why the links are an artifact of their own: the table is the batch's lasting record and
 keeps object keys and lasting links only (capa1's public URL, a local file); a premium
@@ -12,15 +16,28 @@ link is a bearer credential, so it is minted now, lives PRESIGNED_URL_TTL_SECOND
 from __future__ import annotations
 
 import asyncio
+import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from prefect.artifacts import acreate_markdown_artifact, acreate_table_artifact
 
 from studio.gallery import gallery_markdown
+from studio.providers.limit_text import seconds_text
 from studio.settings import get_settings
 from studio.storage.links import LinkMinter
 from studio.types import BatchResult, PieceOutcome, PieceStatus
+
+if TYPE_CHECKING:
+    from studio.db.provider_pace import LimitChange
+
+log = logging.getLogger("studio.flows")
+
+#: the one line of a batch during which no provider limit changed
+LIMITS_UNCHANGED = "The provider limits did not change during this batch."
 
 
 def _lasting(outcome: PieceOutcome) -> str:
@@ -84,6 +101,90 @@ async def review_deployment_link() -> str | None:
     return f"{ui.rstrip('/')}/deployments/deployment/{deployment.id}?tab=Runs"
 
 
+@dataclass(frozen=True)
+class LimitHistory:
+    """The provider limit changes of one batch's window, or why they could not be read."""
+
+    started: datetime | None
+    changes: Sequence[LimitChange] = ()
+    problem: str | None = None
+
+    def summary(self) -> str:
+        """For the table's description: `unchanged`, or each provider's path
+        (`replicate 5 -> 3 -> 4`)."""
+        if self.problem is not None:
+            return "not read"
+        if not self.changes:
+            return "unchanged"
+        paths: dict[str, list[int]] = {}
+        for change in self.changes:
+            path = paths.setdefault(change.provider, [change.from_limit])
+            if path[-1] != change.from_limit:
+                path.append(change.from_limit)
+            path.append(change.to_limit)
+        return ", ".join(
+            f"{provider} {' -> '.join(map(str, path))}" for provider, path in paths.items()
+        )
+
+    def markdown(self) -> str:
+        lines = ["## Provider limits", ""]
+        if self.problem is not None:
+            return "\n".join([*lines, f"Not read: {self.problem}."])
+        if not self.changes:
+            return "\n".join([*lines, LIMITS_UNCHANGED])
+        lines += [
+            "Each change of a provider's limit on Prefect (`provider:<name>`) while this "
+            "batch ran, by whichever process made it: lowered when the provider throttled, "
+            "raised when it recovered, an operator's own cap (manual), `studio limits "
+            "apply` (applied). `studio limits show` has the limits now.",
+            "",
+            "| after start | provider | limit | why | status | Retry-After |",
+            "| --- | --- | --- | --- | --- | --- |",
+        ]
+        for change in self.changes:
+            after = (
+                f"+{(change.at - self.started).total_seconds():.1f}s"
+                if self.started is not None else change.at.strftime("%H:%M:%S UTC")
+            )
+            retry = seconds_text(change.retry_after) if change.retry_after is not None else "-"
+            status = str(change.status) if change.status is not None else "-"
+            lines.append(
+                f"| {after} | {change.provider} | {change.from_limit} -> {change.to_limit} "
+                f"| {change.reason} | {status} | {retry} |"
+            )
+        return "\n".join(lines)
+
+
+def _utc(when: datetime | None) -> datetime | None:
+    """SQLite gives timezone columns back naive: they hold UTC."""
+    return when if when is None or when.tzinfo else when.replace(tzinfo=UTC)
+
+
+def limit_history(batch_id: str) -> LimitHistory:
+    """The changes between the batch row's start and end (now, if it has none yet).
+
+    Never fails the batch: a database without the tables (or unreachable) gives a
+    history that says it was not read, and a warning in the run's log."""
+    from studio.db.engine import session_scope
+    from studio.db.models import Batch
+    from studio.db.provider_pace import limit_changes
+
+    try:
+        with session_scope() as session:
+            batch = session.get(Batch, batch_id)
+            started = _utc(batch.started_at) if batch is not None else None
+            finished = _utc(batch.finished_at) if batch is not None else None
+            if started is None:
+                return LimitHistory(None, problem=f"no batch row {batch_id}")
+            changes = limit_changes(session, started, finished or datetime.now(UTC))
+    except Exception as exc:  # the artifact says so; the batch's outcome stands
+        problem = " ".join(f"{type(exc).__name__}: {exc}".split())[:300]
+        log.warning("Provider limits not read for the artifact | Batch: %s | %s",
+                    batch_id, problem)
+        return LimitHistory(None, problem=problem)
+    return LimitHistory(started, changes)
+
+
 async def publish_batch_artifact(
     result: BatchResult, image_paths: Mapping[str, str] | None = None
 ) -> None:
@@ -118,6 +219,8 @@ async def publish_batch_artifact(
             else "premium pieces have none here (`studio pieces --links` mints them)."
         )
     )
+    limits = await asyncio.to_thread(limit_history, result.batch_id)
+    description += f" Provider limits: {limits.summary()} (see gallery-{slug})."
     if result.pending_review:
         description += " " + review_note(result, await review_deployment_link())
     await acreate_table_artifact(
@@ -132,7 +235,7 @@ async def publish_batch_artifact(
     # decoding and shrinking the images is CPU work (~30 ms each): off the event loop
     gallery = await asyncio.to_thread(gallery_markdown, result, image_paths or {})
     await acreate_markdown_artifact(
-        markdown=gallery,
+        markdown=f"{gallery}\n\n{limits.markdown()}",
         key=f"gallery-{slug}"[:60],
         description=f"Gallery of batch {result.batch_id} for {result.avatar_name}",
     )
