@@ -10,18 +10,21 @@ runs) on Prefect's real limit, never written into the tables by hand.
 from __future__ import annotations
 
 import json
+import os
 import re
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
 from datetime import timedelta
+from pathlib import Path
 
 import pytest
 from prefect.client.orchestration import SyncPrefectClient, get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 from prefect.exceptions import ObjectNotFound
-from prefect.settings import PREFECT_API_URL, temporary_settings
+from prefect.settings import PREFECT_API_URL, get_current_settings, temporary_settings
 from typer.testing import CliRunner
 
 import deployments.concurrency_limits as concurrency_limits
@@ -31,6 +34,7 @@ from studio.db.provider_pace import adjust, lock_row, pace_row, utcnow
 from studio.providers.aimd import Knobs, Succeeded, Throttled
 
 runner = CliRunner()
+ROOT = Path(__file__).resolve().parents[2]
 
 
 def test_limits_apply_then_show(monkeypatch):
@@ -302,3 +306,34 @@ def test_without_a_database_prefect_is_still_shown_and_applied(
     assert not missing.exists()  # nothing created where the database is not
     assert PrefectLimit(prefect, "replicate").read() == 5
     dispose_engines()
+
+
+def readme_limits_lines() -> list[str]:
+    """The command lines of the README's "Provider limits that follow the providers"
+    ```bash block."""
+    readme = (ROOT / "README.md").read_text()
+    section = readme.split("\n### Provider limits that follow the providers\n", 1)[1]
+    block = section.split("\n## ", 1)[0].split("```bash\n", 1)[1].split("```", 1)[0]
+    lines = [re.split(r"\s+#\s", raw, maxsplit=1)[0].strip() for raw in block.splitlines()]
+    return [line for line in lines if line and not line.startswith("#")]
+
+
+def test_the_readme_limits_commands_run_as_written(fleet) -> None:
+    lines = readme_limits_lines()
+    assert lines == [
+        ".venv/bin/studio limits show",
+        ".venv/bin/studio limits show --json",
+        ".venv/bin/studio limits apply",
+    ]
+    decide(fleet, "replicate", Throttled(429, 10.0))
+    env = {**os.environ, "PREFECT_API_URL": get_current_settings().api.url, "COLUMNS": "200"}
+    outputs = []
+    for line in lines:
+        done = subprocess.run(["bash", "-c", line], cwd=ROOT, env=env, capture_output=True,
+                              text=True, timeout=120, check=False)
+        assert done.returncode == 0, f"{line}: {done.stdout}{done.stderr}"
+        assert "warning" not in done.stderr, done.stderr  # the test's database was found
+        outputs.append(done.stdout)
+    assert "5 -> 3 throttled" in table_line(outputs[0], "provider:replicate")
+    assert row_of(json.loads(outputs[1]), "provider:replicate")["limit"] == 3
+    assert "provider:replicate: updated (limit 3 -> 5)" in outputs[2]
