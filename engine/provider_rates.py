@@ -13,6 +13,17 @@ A studio without rate limits must pay nothing per call: whether `rate:<provider>
 then costs a dictionary look-up. A missing limit never blocks (Prefect's `strict=False`);
 a Prefect API that cannot be read is taken as "no rate limit" for a short while (the
 provider call goes on; the in-flight limit still holds it), logged once.
+
+How Prefect's rate limit paces (measured, Prefect 3.9.1, SQLite server, issue 20): it
+never lets the fleet above the rate (any window of T seconds: at most `limit` +
+rate x T takes), and the 423's Retry-After it sleeps is one slot's decay with jitter
+(0.39-0.64 s at 2/s, 1.6-2.6 s at 0.5/s, four processes waiting: not longer than the
+decay needs), so no workaround of its waiting lives here. It under-delivers instead:
+the server decays whole slots counted from the last successful take (the fraction
+since the slot came free is lost at each take) and a waiter only notices at its next
+poll, so two or four processes with a standing queue got 1.56-1.65/s of 2/s and
+0.41/s of 0.5/s on an idle machine, 0.93/s of 2/s on a loaded one. Which process gets
+the next slot is whichever polls first (no queue across processes).
 """
 
 from __future__ import annotations

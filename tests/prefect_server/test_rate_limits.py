@@ -150,9 +150,9 @@ def test_an_unset_variable_costs_no_limit_and_no_wait(replicate: ReplicateEmulat
 
     assert [s["made"] for s in summaries] == [PER_PROCESS, PER_PROCESS]
     assert not any(s["in_force"] for s in summaries)
-    # each process's 8 creates went out at once: no rate wait (paced at 2/s: >= 3 s)
+    # each process's 8 creates went out at once: no rate wait (even 2/s takes >= 3 s)
     for summary in summaries:
-        assert summary["creates_span"] < 2.0, summary
+        assert summary["creates_span"] < 2.5, summary
     assert len(replicate.counters.creates) == 2 * PER_PROCESS  # type: ignore[attr-defined]
 
 
@@ -164,7 +164,7 @@ def test_an_old_rate_limit_goes_when_its_variable_is_unset(
     assert _apply()["rate:replicate"] == "deleted (REPLICATE_RPS unset)"
     summaries = _run_children(replicate, count=1)  # 8 creates at 0.5/s would take 14 s
     assert summaries[0]["made"] == PER_PROCESS and not summaries[0]["in_force"]
-    assert summaries[0]["creates_span"] < 2.0, summaries
+    assert summaries[0]["creates_span"] < 5.0, summaries
 
 
 @pytest.mark.parametrize("value", ["0", "two"])  # the rest: tests/tasks/test_provider_rates.py
