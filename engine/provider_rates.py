@@ -21,8 +21,8 @@ rate x T takes), and the 423's Retry-After it sleeps is one slot's decay with ji
 decay needs), so no workaround of its waiting lives here. It under-delivers instead:
 the server decays whole slots counted from the last successful take (the fraction
 since the slot came free is lost at each take) and a waiter only notices at its next
-poll, so two or four processes with a standing queue got 1.56-1.65/s of 2/s and
-0.41/s of 0.5/s (2 cores, lightly shared), 0.93-1.16/s of 2/s with a load of 10-15 on
+poll, so two or four processes with a standing queue got 1.56-1.65/s of 2/s on 2
+lightly shared cores, 0.93-1.16/s of 2/s and 0.41/s of 0.5/s with a load of 10-15 on
 the same 2 cores (each API round trip then up to 0.9 s). Which process gets the next
 slot is whichever polls first (no queue across processes).
 """
