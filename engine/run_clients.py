@@ -9,6 +9,11 @@ Upstream: PrefectHQ/prefect#14986 ("use less clients") cut the same cost elsewhe
 the engine, and PrefectHQ/prefect#19106 (custom SSL contexts, open) would let clients
 share one. Until then the batch enters Prefect's own `SyncClientContext` once; the task
 engine's `SyncClientContext.get_or_create()` then reuses it for every sync task run.
+
+The clients a process still opens (the engine's, the flow's, the log and event workers')
+share one SSL context from the moment this module is imported (engine/ssl_reuse.py):
+the flows import it, so that covers every process that runs them (a worker's flow-run
+process, `python -m deployments.serve`, an in-process `studio batch run`).
 """
 
 from __future__ import annotations
@@ -17,6 +22,10 @@ import contextlib
 from collections.abc import Iterator
 
 from prefect.context import SyncClientContext
+
+from engine import ssl_reuse
+
+ssl_reuse.install()  # idempotent; before the flow engine opens its clients
 
 
 @contextlib.contextmanager
