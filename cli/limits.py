@@ -24,6 +24,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from cli.output import console, err, print_json, refuse
@@ -73,18 +74,21 @@ def _settings() -> tuple[ProviderSettings, RateSettings]:
     return providers, rates
 
 
-def _sessions(doing: str) -> Sessions | None:
-    """The studio database's sessions, or None with a one-line warning saying what is
-    not done without it (the Prefect side still is)."""
+def _sessions() -> tuple[Sessions | None, str | None]:
+    """The studio database's sessions, or None and the one line saying why not (printed
+    by `_warn` once the server answered: an unreachable server stays one line)."""
     from studio.db.engine import session_scope
     from studio.db.schema_check import schema_problem
 
     problem = schema_problem()
-    if problem is None:
-        return session_scope
-    err.print(f"[yellow]warning[/yellow] {problem}; {doing}", highlight=False,
-              markup=True, soft_wrap=True)
-    return None
+    return (session_scope, None) if problem is None else (None, problem)
+
+
+def _warn(problem: str | None, doing: str) -> None:
+    """One line on stderr saying what is not done without the database."""
+    if problem is not None:
+        err.print(f"[yellow]warning[/yellow] {escape(problem)}; {doing}",
+                  highlight=False, soft_wrap=True)
 
 
 @limits_app.command("apply")
@@ -95,13 +99,14 @@ def apply() -> None:
     from deployments.rate_limits import apply_rate_limits
 
     providers, rates = _settings()
-    sessions = _sessions("limits applied on Prefect only: no manual cap cleared, no history")
+    sessions, problem = _sessions()
 
     async def work(client: Any) -> tuple[list[Any], dict[str, str]]:
         done = await apply_and_record(client, providers, sessions)
         return done, await apply_rate_limits(client, rates)
 
     done, rate_done = _on_server(work)
+    _warn(problem, "limits applied on Prefect only: no manual cap cleared, no history")
     for applied in done:
         console.print(applied.line(), highlight=False, soft_wrap=True)
     for name, what in rate_done.items():
@@ -153,12 +158,13 @@ def show(
     from deployments.limits_view import read_limits_view
 
     providers, rates = _settings()
-    sessions = _sessions("no ceiling record, manual cap or history shown")
+    sessions, problem = _sessions()
 
     async def work(client: Any) -> list[LimitView]:
         return await read_limits_view(client, providers, sessions, rates)
 
     views = _on_server(work)
+    _warn(problem, "no ceiling record, manual cap or history shown")
     now = datetime.now(UTC)
     if as_json:
         print_json({"limits": [v.to_json(now) for v in views],

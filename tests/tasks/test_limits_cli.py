@@ -30,7 +30,7 @@ from typer.testing import CliRunner
 import deployments.concurrency_limits as concurrency_limits
 from cli.app import app
 from studio.db.engine import session_scope
-from studio.db.provider_pace import adjust, lock_row, pace_row, utcnow
+from studio.db.provider_pace import adjust, limit_changes, lock_row, pace_row, utcnow
 from studio.providers.aimd import Knobs, Succeeded, Throttled
 
 runner = CliRunner()
@@ -154,22 +154,52 @@ def test_a_recovery_and_a_529_read_as_such(fleet) -> None:
 
 
 def test_a_manual_cap_is_shown_then_cleared_by_apply(fleet) -> None:
+    manual_cap_story(fleet)
+
+
+@pytest.fixture
+def pg_fleet(postgres_url, tmp_path, monkeypatch, prefect):
+    """`fleet` on the real PostgreSQL (the row lock is `SELECT ... FOR UPDATE` there)."""
+    from studio.db.engine import dispose_engines
+    from tests.conftest import use_database
+    from tests.infra.postgres import create_database
+
+    use_database(monkeypatch, tmp_path / "studio", create_database(postgres_url))
+    monkeypatch.setenv("REPLICATE_MAX_CONCURRENT", "5")
+    monkeypatch.setenv("MODAL_MAX_CONCURRENT", "3")
+    for variable in ("REPLICATE_RPS", "ANTHROPIC_RPM"):
+        monkeypatch.delenv(variable, raising=False)
+    assert runner.invoke(app, ["limits", "apply"], catch_exceptions=False).exit_code == 0
+    yield prefect
+    dispose_engines()
+
+
+def test_a_manual_cap_is_cleared_on_postgresql(pg_fleet) -> None:
+    manual_cap_story(pg_fleet)
+
+
+def manual_cap_story(fleet: SyncPrefectClient) -> None:
     PrefectLimit(fleet, "replicate").write(2)  # the operator, on Prefect's Concurrency page
     before = row_of(show_json(), "provider:replicate")
     assert (before["limit"], before["manual_cap"]) == (2, 2)  # seen before the fleet noted it
-    decide(fleet, "replicate", Succeeded())  # the fleet's next decision records it
+    decide(fleet, "replicate", Throttled(429, None))  # the fleet's next change notes it first
     noted = row_of(show_json(), "provider:replicate")
-    assert noted["manual_cap"] == 2
-    assert noted["last_change"]["text"].startswith("5 -> 2 manual ")
+    assert (noted["limit"], noted["manual_cap"]) == (1, 2)  # a throttle may go below it
+    assert noted["last_change"]["text"].startswith("2 -> 1 throttled ")
+    with session_scope() as session:
+        reasons = [(c.from_limit, c.to_limit, c.reason)
+                   for c in limit_changes(session, utcnow() - timedelta(minutes=1))
+                   if c.provider == "replicate"]
+    assert reasons[-2:] == [(5, 2, "manual"), (2, 1, "throttled")], reasons
 
     applied = runner.invoke(app, ["limits", "apply"], catch_exceptions=False)
     assert applied.exit_code == 0, applied.output
-    assert "provider:replicate: updated (limit 2 -> 5); manual cap 2 cleared" in applied.output
+    assert "provider:replicate: updated (limit 1 -> 5); manual cap 2 cleared" in applied.output
     assert "Manual caps cleared: the fleet may raise replicate up to 5 again" in applied.output
     assert "provider:modal: unchanged (limit 3)" in applied.output
     after = row_of(show_json(), "provider:replicate")
     assert (after["limit"], after["manual_cap"]) == (5, None)
-    assert after["last_change"]["text"].startswith("2 -> 5 applied ")
+    assert after["last_change"]["text"].startswith("1 -> 5 applied ")
     with session_scope() as session:
         row = pace_row(session, "replicate")
         assert row is not None and (row.current, row.manual_cap, row.ceiling) == (5, None, 5)
@@ -271,14 +301,18 @@ def test_a_bad_setting_exits_2_naming_it_and_changes_nothing(
 
 
 def test_no_server_exits_1_in_one_line(fleet) -> None:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        closed = f"http://127.0.0.1:{sock.getsockname()[1]}/api"
+    closed = closed_api()
     with temporary_settings(updates={PREFECT_API_URL: closed}):
         for command in ("apply", "show"):
             down = runner.invoke(app, ["limits", command], catch_exceptions=False)
             assert down.exit_code == 1, down.output
             assert closed in down.output and "Traceback" not in down.output
+
+
+def closed_api() -> str:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return f"http://127.0.0.1:{sock.getsockname()[1]}/api"
 
 
 def test_without_a_database_prefect_is_still_shown_and_applied(
@@ -305,6 +339,13 @@ def test_without_a_database_prefect_is_still_shown_and_applied(
     assert "limits applied on Prefect only" in applied.output
     assert not missing.exists()  # nothing created where the database is not
     assert PrefectLimit(prefect, "replicate").read() == 5
+    closed = closed_api()
+    with temporary_settings(updates={PREFECT_API_URL: closed}):  # and no server either
+        for command in ("apply", "show"):
+            down = runner.invoke(app, ["limits", command], catch_exceptions=False)
+            assert down.exit_code == 1, down.output
+            lines = [x for x in down.stderr.splitlines() if x.strip()]
+            assert len(lines) == 1 and closed in lines[0], down.stderr
     dispose_engines()
 
 
