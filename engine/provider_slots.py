@@ -265,8 +265,8 @@ class LeasePool:
     # - a process holding more than an equal share of the cap (cap // processes waiting)
     #   gives a released lease back to the server instead of to its own next image when
     #   another process is ahead in line, at most one per process ahead per view;
-    # - a process holding its equal share (rounded up) or more does not take a slot the
-    #   server frees while another process is ahead: that one takes it;
+    # - a process holding its equal share or more does not take a slot the server frees
+    #   while another process is ahead: that one takes it (the first in line always may);
     # - a lease nobody here waits for goes straight back while others wait (no linger).
     # Below its share a process takes free slots at once, so the cap fills as fast as
     # before; the cap stays exact (only who gets a lease changes). A process whose row
@@ -294,9 +294,11 @@ class LeasePool:
         view, place = self._view(), self._place()
         return len(view) if place is None else sum(1 for p in view if p < place)
 
-    def _share(self, *, rounded_up: bool = False) -> int:
-        processes = 1 + len(self._view())
-        return max(1, -(-self.cap // processes) if rounded_up else self.cap // processes)
+    def _share(self) -> int:
+        """An equal share of the cap among the processes waiting, rounded down: 0 when
+        more processes wait than there are slots (each then gives way after one image,
+        and only the first in line takes a freed slot)."""
+        return self.cap // (1 + len(self._view()))
 
     def _give_way(self) -> bool:
         """Whether a lease released now goes back to the server for a process ahead."""
@@ -310,7 +312,7 @@ class LeasePool:
 
     def _others_first(self) -> bool:
         """Whether a free slot on the server is another process's to take, not ours."""
-        if not self._view() or self.held + self._pending < self._share(rounded_up=True):
+        if not self._view() or self.held + self._pending < self._share():
             return False
         return self._ahead() > 0
 
