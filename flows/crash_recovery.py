@@ -46,7 +46,6 @@ from prefect.client.schemas.sorting import FlowRunSort
 from engine.run_logs import attach_run_logs
 from engine.strict_parameters import refuse_unknown_parameter_runs
 from flows.batch_state_hooks import AUTO_RESUME_TAG, RESUMES_TAG_PREFIX, batch_id_of
-from flows.content_batch import content_batch
 from flows.resume_runs import resumes_on_their_way
 from flows.resume_settings import original_job_variables
 from flows.schema_gate import schema_refusal
@@ -90,9 +89,14 @@ async def crash_recovery(
             sort=FlowRunSort.EXPECTED_START_TIME_DESC,
             limit=200,  # the API's maximum page: the latest 200 interrupted runs
         )
-        # a run created with parameters the flow does not take crashed in Prefect's
-        # engine before any flow code ran: it ends Refused naming them, never resumed
-        ended = await refuse_unknown_parameter_runs(client, content_batch.fn, ended)
+        if ended:
+            # a run created with parameters the flow does not take crashed in Prefect's
+            # engine before any flow code ran: it ends Refused naming them, never resumed.
+            # Imported here: a safety-net run that finds no crash (most of them) does not
+            # load the batch flow and all it imports (issue 20: maintenance kept cheap)
+            from flows.content_batch import content_batch
+
+            ended = await refuse_unknown_parameter_runs(client, content_batch.fn, ended)
         by_batch: dict[str, list[FlowRun]] = {}
         for run in ended:
             by_batch.setdefault(batch_id_of(run), []).append(run)
