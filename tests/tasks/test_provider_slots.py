@@ -205,3 +205,39 @@ def test_census_counts_live_processes_and_just_released_slots(studio_env):
     census.granted(live_row, None)
     assert census.purge(at=now + timedelta(seconds=lease_census.KEEP_SECONDS + 1)) == 3
     census.stop()
+
+
+async def test_a_pool_over_its_share_gives_a_released_lease_to_the_process_ahead(
+    monkeypatch, studio_env
+):
+    """Two processes' pools (two census holders on one database) and a cap of 2: A holds
+    both slots with images waiting, B starts waiting. A serves its next image once (it
+    then stands behind B in line), and the lease it releases after that goes back to the
+    server for B instead of to A's own waiting image (before, A kept both until its last
+    image; B starved)."""
+    from engine.lease_census import LeaseCensus
+
+    await _apply(monkeypatch, 2)
+    a = LeasePool("modal", 2, poll_seconds=0.02, linger_seconds=5.0,
+                  census=LeaseCensus(holder="fair-a:1"), queue_seconds=0.05)
+    b = LeasePool("modal", 2, poll_seconds=0.02, census=LeaseCensus(holder="fair-b:2"),
+                  queue_seconds=0.05)
+    first, second = [await asyncio.wait_for(a.acquire(), 30) for _ in range(2)]
+    a_waiting = [asyncio.create_task(a.acquire()) for _ in range(2)]
+    await asyncio.sleep(0.1)
+    b_waiting = asyncio.create_task(b.acquire())
+    await asyncio.sleep(0.5)  # both views hold the other
+    a.release(first)  # A's place was before B's ask: its own image gets it
+    third = await asyncio.wait_for(a_waiting[0], 10)
+    await asyncio.sleep(0.5)  # A was served: B is ahead now, and A holds 2 > 2 // 2
+    a.release(second)
+    lease_b = await asyncio.wait_for(b_waiting, 10)
+    assert a.given_way == 1 and not a_waiting[1].done()
+    assert a.held == 1 and b.held == 1  # the cap holds: one each
+    b.release(lease_b)
+    a.release(third)
+    a.release(await asyncio.wait_for(a_waiting[1], 10))
+    for pool in (a, b):
+        await pool.release_idle()
+        await pool.drain()
+    assert (await read_provider_limits())["provider:modal"]["active_slots"] == 0
