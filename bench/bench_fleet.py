@@ -16,7 +16,9 @@ medians with the spread (min-max) over `--rounds`:
 - finish: each batch's submission to `finished_at`, and the spread of the batches that
   ran together (a wave: batches that started before the first of them finished; with
   `--limit 3`, 6 batches run as two waves), last / first - 1 measured from the wave's
-  first start; the table gives the first wave's (the issue's goal: at most 15 %);
+  first start; the table gives the first wave's (the issue's goal: at most 15 %), and
+  the same for their runs ([BATCH START] to finish: the slots' sharing without the
+  skew of the runs' starts);
 - start: per batch, submission to its `[BATCH START]` line (the flow run's log record
   on the Prefect API);
 - CPU: per batch, user+system CPU of the processes of its flow run (the worker's
@@ -98,6 +100,17 @@ class Round:
     @property
     def spread(self) -> float:
         return self.spreads[0] if self.spreads else 0.0
+
+    @property
+    def run_spreads(self) -> list[float]:
+        """Per wave: the longest / shortest run ([BATCH START] to finish) - 1: the share
+        of the slots each got, without the skew of their starts."""
+        out = []
+        for wave in self.waves():
+            runs = [self.finishes[i] - self.starts[i] for i in wave]
+            if len(runs) > 1:
+                out.append(max(runs) / min(runs) - 1)
+        return out
 
 
 @dataclass
@@ -249,13 +262,14 @@ async def bench(cluster: StudioServerCluster, args: argparse.Namespace) -> None:
                       f"{r.bound:.1f} s, wall/bound {r.ratio:.2f}, busy {r.busy:.0%}, "
                       f"{r.completed}/{batches} completed, replicate jobs {r.replicate_jobs}"
                       f" | finish {_fmt(r.finishes)} (spread per wave "
-                      f"{' '.join(f'{x:.0%}' for x in r.spreads) or '-'}) | start "
+                      f"{' '.join(f'{x:.0%}' for x in r.spreads) or '-'}; of their runs "
+                      f"{' '.join(f'{x:.0%}' for x in r.run_spreads) or '-'}) | start "
                       f"{_fmt(r.starts)} | CPU {_fmt(r.cpu)}", flush=True)
                 await asyncio.sleep(3)  # leases lingering, processes exiting
     print(f"\nworker --limit {args.limit}, {args.rounds} round(s); medians [min-max]")
     print("| scenario | wall | bound | wall / bound | ComfyUI slots busy | finish spread "
-          "| submission -> [BATCH START] | flow-run CPU |")
-    print("|---|---|---|---|---|---|---|---|")
+          "| run spread | submission -> [BATCH START] | flow-run CPU |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for (batches, pieces), rounds in results.items():
         print(
             f"| {batches} x {pieces} | {_median([r.wall for r in rounds], unit=' s')} "
@@ -263,6 +277,7 @@ async def bench(cluster: StudioServerCluster, args: argparse.Namespace) -> None:
             f"| {_median([r.ratio for r in rounds], 2)} "
             f"| {_median([100 * r.busy for r in rounds], 0, ' %')} "
             f"| {_median([100 * r.spread for r in rounds], 0, ' %')} "
+            f"| {_median([100 * r.run_spreads[0] for r in rounds if r.run_spreads], 0, ' %')} "
             f"| {_median([s for r in rounds for s in r.starts if s == s], 1, ' s')} "
             f"| {_median([c for r in rounds for c in r.cpu if c > 0], 2, ' s')} |"
         )
