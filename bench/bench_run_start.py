@@ -15,12 +15,18 @@ one at a time so nothing else is counted (the deployments' schedules are paused)
 
     .venv/bin/python bench/bench_run_start.py [--runs 5] [--pieces 1,10]
         [--query-seconds 1] [--prefetch-seconds 10] [--maintenance] [--profile FILE]
+        [--before-tree DIR]
+
+`--before-tree DIR` (e.g. `git worktree add --detach /tmp/before <commit>`) deploys that
+checkout's flow as `content-batch/on-demand-before` (Prefect's default start, run with
+PYTHONPATH=DIR) and alternates its runs with this checkout's, so both see the same load.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import statistics
 import sys
 import tempfile
@@ -55,24 +61,58 @@ async def pause_schedules(client: Any) -> None:
         await client.pause_deployment(deployment.id)
 
 
+def kind(cmdline: list[str]) -> str:
+    line = " ".join(cmdline)
+    if "_workspace_supervisor" in line:
+        return "supervisor"
+    if "prefect.engine" in line or "engine.flow_run_process" in line:
+        return "engine"
+    return "other"
+
+
+async def sample_children(worker: psutil.Process, seen: dict[int, tuple[str, float]]) -> None:
+    """Until cancelled: the last CPU figure of every process under the worker (the last
+    ~0.1 s of each, its exit included, is only in the reaped total)."""
+    while True:
+        for child in worker.children(recursive=True):
+            try:
+                times = child.cpu_times()
+                seen[child.pid] = (kind(child.cmdline()), times.user + times.system)
+            except psutil.Error:
+                continue
+        await asyncio.sleep(0.1)
+
+
 async def one_run(
-    cluster: StudioServerCluster, client: Any, deployment: str, parameters: dict[str, Any]
-) -> dict[str, float]:
+    cluster: StudioServerCluster, client: Any, deployment: str, parameters: dict[str, Any],
+    job_variables: dict[str, Any] | None = None,
+) -> dict[str, Any]:
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
     worker = psutil.Process(cluster.workers[WORKER].pid)
     await wait_reaped(worker)
     before = reaped_cpu(worker)
+    load = os.getloadavg()[0]
     found = await client.read_deployment_by_name(deployment)
-    run = await client.create_flow_run_from_deployment(found.id, parameters=parameters)
+    seen: dict[int, tuple[str, float]] = {}
+    sampler = asyncio.create_task(sample_children(worker, seen))
+    run = await client.create_flow_run_from_deployment(
+        found.id, parameters=parameters, job_variables=job_variables
+    )
     while True:
         current = await client.read_flow_run(run.id)
         if current.state is not None and current.state.is_final():
             break
         await asyncio.sleep(0.2)
     await wait_reaped(worker)
+    sampler.cancel()
     await asyncio.sleep(0.3)
-    figures = {"cpu": reaped_cpu(worker) - before, "state": current.state.name}  # type: ignore[union-attr]
+    figures: dict[str, Any] = {
+        "cpu": reaped_cpu(worker) - before, "state": current.state.name,  # type: ignore[union-attr]
+        "load": load,
+    }
+    for name in ("supervisor", "engine"):
+        figures[f"cpu_{name}"] = sum(cpu for k, cpu in seen.values() if k == name)
     states = {s.type.value: s.timestamp for s in await client.read_flow_run_states(run.id)}
     created = current.created
     assert created is not None
@@ -107,6 +147,7 @@ async def profile_run(cluster: StudioServerCluster, client: Any, out: Path) -> N
     spy.send_signal(2)
     spy.wait(timeout=60)
     print(f"== profiled run: {figures}; stacks in {out}", flush=True)
+    print(summary("profiled run", [figures]), flush=True)
 
 
 def spread(values: list[float]) -> str:
@@ -115,12 +156,87 @@ def spread(values: list[float]) -> str:
     return f"{statistics.median(values):.2f} ({min(values):.2f}-{max(values):.2f})"
 
 
+def deploy_before(cluster: StudioServerCluster, tree: Path) -> None:
+    """`content-batch/on-demand-before`: the flow of another checkout (`--before-tree`,
+    e.g. a `git worktree` of the commit before a change), deployed from there with
+    Prefect's defaults (no `command`), for runs interleaved with this checkout's."""
+    from tests.faults.worker_cluster import BIN, POOL
+
+    env = cluster.host_env("admin")
+    env["PYTHONPATH"] = str(tree)
+    import subprocess
+
+    for entrypoint, name in (("flows/content_batch.py:content_batch", "on-demand-before"),
+                             ("flows/health_check.py:health_check", "health-before"),
+                             ("flows/crash_recovery.py:crash_recovery", "crash-recovery-before")):
+        done = subprocess.run(
+            [str(BIN / "prefect"), "--no-prompt", "deploy", entrypoint, "--name", name,
+             "--pool", POOL],
+            cwd=tree, env=env, capture_output=True, text=True, timeout=300,
+        )
+        if done.returncode != 0:
+            raise SystemExit(f"deploy from {tree} failed:\n{done.stdout[-2000:]}"
+                             f"{done.stderr[-2000:]}")
+
+
+def summary(label: str, rows: list[dict[str, Any]]) -> str:
+    def col(key: str) -> str:
+        return spread([r[key] for r in rows if key in r])
+
+    return (f"== {label}, {len(rows)} runs: CPU {col('cpu')} s (supervisor "
+            f"{col('cpu_supervisor')}, engine {col('cpu_engine')}) | created->Pending "
+            f"{col('to_pending')} | ->Running {col('to_running')} | ->[BATCH START] "
+            f"{col('to_start')} s | load {col('load')} (median, min-max)")
+
+
+async def compare(cluster: StudioServerCluster, client: Any, args: argparse.Namespace) -> None:
+    """Interleaved runs: before (the other checkout, Prefect's default start) and after."""
+    modes = {
+        "before": ("content-batch/on-demand-before",
+                   {"env": {"PYTHONPATH": str(Path(args.before_tree).resolve())}}),
+        "after": ("content-batch/on-demand", None),
+    }
+    for pieces in args.pieces:
+        rows: dict[str, list[dict[str, Any]]] = {m: [] for m in modes}
+        for n in range(args.runs):
+            for mode, (deployment, job_variables) in modes.items():
+                figures = await one_run(cluster, client, deployment,
+                                        {"avatar_id": "demo", "num_pieces": pieces},
+                                        job_variables)
+                rows[mode].append(figures)
+                print(f"{mode:6s} {pieces:3d} piece(s) run {n + 1}: " + ", ".join(
+                    f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
+                    for k, v in figures.items()), flush=True)
+        for mode in modes:
+            print(summary(f"{mode}, {pieces} piece(s), query {args.query_seconds} s",
+                          rows[mode]), flush=True)
+    if not args.maintenance:
+        return
+    env = {"env": {"PYTHONPATH": str(Path(args.before_tree).resolve())}}
+    for flow, name in (("health-check", "health"), ("crash-recovery", "crash-recovery")):
+        cpus: dict[str, list[float]] = {"before": [], "after": []}
+        for _ in range(args.runs):
+            for mode, deployment, job_variables in (
+                ("before", f"{flow}/{name}-before", env), ("after", f"{flow}/{name}", None)
+            ):
+                figures = await one_run(cluster, client, deployment, {}, job_variables)
+                cpus[mode].append(figures["cpu"])
+        for mode, values in cpus.items():
+            print(f"== {mode}, {flow}/{name}: CPU {spread(values)} s per run", flush=True)
+
+
 async def bench(cluster: StudioServerCluster, args: argparse.Namespace) -> None:
     overrides = {"PREFECT_WORKER_QUERY_SECONDS": str(args.query_seconds),
                  "PREFECT_WORKER_PREFETCH_SECONDS": str(args.prefetch_seconds)}
+    if args.before_tree:
+        deploy_before(cluster, Path(args.before_tree).resolve())
     cluster.start_worker(WORKER, limit=3, **overrides)
     async with cluster.client() as client:
         await pause_schedules(client)
+        if args.before_tree:
+            await asyncio.sleep(5)
+            await compare(cluster, client, args)
+            return
         await asyncio.sleep(5)  # the worker's first polls
         await one_run(cluster, client, "content-batch/on-demand",
                       {"avatar_id": "demo", "num_pieces": 1})  # warm-up (disk caches)
@@ -133,12 +249,8 @@ async def bench(cluster: StudioServerCluster, args: argparse.Namespace) -> None:
                 print(f"{pieces:3d} piece(s) run {n + 1}: " + ", ".join(
                     f"{k} {v:.2f}" if isinstance(v, float) else f"{k} {v}"
                     for k, v in figures.items()), flush=True)
-            print(f"== {pieces} piece(s), query {args.query_seconds} s, {args.runs} runs: "
-                  f"CPU {spread([r['cpu'] for r in rows])} s | "
-                  f"created->Pending {spread([r['to_pending'] for r in rows if 'to_pending' in r])}"
-                  f" | ->Running {spread([r['to_running'] for r in rows if 'to_running' in r])}"
-                  f" | ->[BATCH START] {spread([r['to_start'] for r in rows if 'to_start' in r])}"
-                  " s (median, min-max)", flush=True)
+            print(summary(f"{pieces} piece(s), query {args.query_seconds} s", rows),
+                  flush=True)
         if args.profile:
             await profile_run(cluster, client, Path(args.profile))
         if args.maintenance:
@@ -159,8 +271,13 @@ def main() -> None:
     parser.add_argument("--prefetch-seconds", type=float, default=10.0)
     parser.add_argument("--maintenance", action="store_true")
     parser.add_argument("--profile", help="py-spy collapsed stacks of one 1-piece run here")
+    parser.add_argument("--before-tree", help="another checkout to compare with, interleaved")
     args = parser.parse_args()
     args.pieces = [int(p) for p in args.pieces.split(",")]
+    # the cluster's processes inherit this environment: a shell (or CI) that sets
+    # PYTHONDONTWRITEBYTECODE would make every flow-run process compile its modules
+    # again (~1 s of CPU), which no installed worker pays
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
     from tests.infra.postgres import start_embedded_postgres
     from tests.infra.seaweedfs import S3Server

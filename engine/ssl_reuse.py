@@ -11,6 +11,11 @@ constructors so that, when the caller gave no `verify`, they get one context bui
 way Prefect builds it (PREFECT_API_TLS_INSECURE_SKIP_VERIFY, PREFECT_API_SSL_CERT_FILE
 else certifi's bundle) and kept per those two settings. An `SSLContext` is safe to share
 between clients and threads once configured; nothing here changes it after it is built.
+
+A client of a plain-http API (`http://...`, the loopback server of `studio batch run`
+and most workers' `studio server`) never opens a TLS connection, yet Prefect would still
+build the context; it gets one that loads no certificates at all (microseconds): it
+verifies, so were it ever used for TLS it would refuse every server (fails closed).
 """
 
 from __future__ import annotations
@@ -20,13 +25,15 @@ import ssl
 import threading
 from typing import Any
 
-_lock = threading.Lock()
+_lock = threading.RLock()
 _installed = False
 
 
 @functools.lru_cache(maxsize=4)
 def _context(insecure: bool, cafile: str | None) -> ssl.SSLContext:
     """The context Prefect would build for these settings (see its client __init__)."""
+    if cafile is None and not insecure:  # plain http: nothing to verify against
+        return ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)  # CERT_REQUIRED, no CA: fails closed
     if insecure:
         context = ssl.create_default_context()
         context.check_hostname = False
@@ -35,14 +42,18 @@ def _context(insecure: bool, cafile: str | None) -> ssl.SSLContext:
     return ssl.create_default_context(cafile=cafile)
 
 
-def shared_context() -> ssl.SSLContext:
-    """This process's context for the Prefect settings in force now."""
+def shared_context(api: Any = None) -> ssl.SSLContext:
+    """This process's context for a client of `api` under the Prefect settings in force
+    now (a cached one; built once, under a lock, whichever thread asks first)."""
     import certifi
     from prefect.settings import PREFECT_API_SSL_CERT_FILE, PREFECT_API_TLS_INSECURE_SKIP_VERIFY
 
-    if PREFECT_API_TLS_INSECURE_SKIP_VERIFY.value():
-        return _context(True, None)
-    return _context(False, PREFECT_API_SSL_CERT_FILE.value() or certifi.where())
+    with _lock:
+        if isinstance(api, str) and api.lower().startswith("http://"):
+            return _context(False, None)
+        if PREFECT_API_TLS_INSECURE_SKIP_VERIFY.value():
+            return _context(True, None)
+        return _context(False, PREFECT_API_SSL_CERT_FILE.value() or certifi.where())
 
 
 def _wrap(cls: type) -> None:
@@ -52,7 +63,7 @@ def _wrap(cls: type) -> None:
     def __init__(self: Any, api: Any, *args: Any, **kwargs: Any) -> None:
         settings = dict(kwargs.get("httpx_settings") or {})
         if "verify" not in settings:  # a caller's own verify (context, path, False) wins
-            settings["verify"] = shared_context()
+            settings["verify"] = shared_context(api)
             kwargs["httpx_settings"] = settings
         original(self, api, *args, **kwargs)
 

@@ -174,7 +174,7 @@ def test_a_cancelled_run_still_runs_the_cancellation_hook(prefect_stack, stack_d
 # -- per process, not per client: SSL context and boto3 session ---------------------------
 
 
-def test_prefect_clients_share_one_ssl_context_unless_given_their_own(monkeypatch):
+def test_prefect_clients_share_one_ssl_context_unless_given_their_own():
     from prefect.client.orchestration import get_client
     from prefect.settings import PREFECT_API_URL, temporary_settings
 
@@ -182,17 +182,24 @@ def test_prefect_clients_share_one_ssl_context_unless_given_their_own(monkeypatc
 
     ssl_reuse.install()
     ssl_reuse.install()  # idempotent: wrapped once
-    with temporary_settings({PREFECT_API_URL: "http://127.0.0.1:9/api"}):
-        clients = [get_client(), get_client(), get_client(sync_client=True)]
-        own = ssl.create_default_context()
-        given = get_client(httpx_settings={"verify": own})
 
     def context(client) -> ssl.SSLContext:  # type: ignore[no-untyped-def]
         return client._client._transport._pool._ssl_context
 
-    assert len({id(context(c)) for c in clients}) == 1
-    assert context(given) is own
-    assert context(clients[0]) is ssl_reuse.shared_context()
+    for url in ("https://prefect.example/api", "http://127.0.0.1:9/api"):
+        with temporary_settings({PREFECT_API_URL: url}):
+            clients = [get_client(), get_client(), get_client(sync_client=True)]
+            own = ssl.create_default_context()
+            given = get_client(httpx_settings={"verify": own})
+        assert len({id(context(c)) for c in clients}) == 1, url
+        assert context(given) is own, url
+        assert context(clients[0]) is ssl_reuse.shared_context(url)
+        assert context(clients[0]).verify_mode == ssl.CERT_REQUIRED
+        assert context(clients[0]).check_hostname
+        cas = context(clients[0]).cert_store_stats()["x509_ca"]
+        # https: certifi's bundle, as Prefect loads it; plain http never does TLS: no CA
+        # is loaded (the cost), and a TLS connection through it would be refused
+        assert (cas > 0) if url.startswith("https") else (cas == 0), (url, cas)
 
 
 def test_s3_clients_of_one_process_share_one_session_not_their_hooks(s3_server, s3_bucket):
