@@ -63,6 +63,9 @@ SUCCESS_DEBOUNCE_SECONDS = 0.5
 FLUSH_SECONDS = 5.0
 #: the longest one sleep of `before_call` before it reads the fleet's Retry-After again
 MAX_SLEEP_SECONDS = 1.0
+#: how often an adjustment reads Prefect's limit even when it changes nothing (so an
+#: operator's cap shows in the row soon); a change always reads it first
+OBSERVE_SECONDS = 5.0
 
 
 def _shown(limit: int | None) -> str:
@@ -139,11 +142,14 @@ class PaceKeeper:
         ceilings: Mapping[str, int] | None = None,
         *,
         sessions: db.Sessions = session_scope,
+        observe_seconds: float = OBSERVE_SECONDS,
     ) -> None:
         self.settings = settings or PaceSettings()
         self.knobs = aimd.Knobs.from_settings(self.settings)
         self.ceilings = dict(ceilings if ceilings is not None else caps(ProviderSettings()))
         self.sessions = sessions
+        self.observe_seconds = observe_seconds
+        self._observed: dict[str, float] = {}
         #: epoch seconds until which this process saw a provider throttle
         self._local_until: dict[str, float] = {}
         #: provider -> (monotonic time read, epoch seconds of the fleet's throttled_until)
@@ -258,10 +264,11 @@ class PaceKeeper:
 
         SyncClientContext.__var__.set(None)  # this job's context copy only: our own client
         asked = time.monotonic()
+        observe = asked - self._observed.get(job.provider, -1e9) >= self.observe_seconds
         try:
             outcome = db.adjust(
                 job.provider, self.ceilings.get(job.provider), job.event, self.knobs,
-                PrefectLimit(self, job.provider), sessions=self.sessions,
+                PrefectLimit(self, job.provider), sessions=self.sessions, observe=observe,
             )
         except Exception as exc:
             logger.warning(
@@ -269,6 +276,8 @@ class PaceKeeper:
                 job.provider, type(exc).__name__, str(exc).splitlines()[0] if str(exc) else "",
             )
             return
+        if observe:
+            self._observed[job.provider] = asked
         until = outcome.throttled_until.timestamp() if outcome.throttled_until else 0.0
         self._note_fleet(job.provider, until, asked)
         self.outcomes.append(outcome)

@@ -29,7 +29,7 @@ from tenacity import (
     wait_fixed,
 )
 
-from engine import provider_pace
+from engine import provider_pace, provider_rates
 from engine.early_start import adopt, started_early
 from engine.lease_census import LeaseCensus
 from engine.provider_slots import PrefectSlots
@@ -56,6 +56,7 @@ def image_chain() -> ProviderChain:
     global _chain, _slots
     if _chain is None:
         provider_pace.install()  # throttling answers move the fleet's limits
+        provider_rates.install()  # rate:<provider> limits, when set
         settings = ProviderSettings()
         census = LeaseCensus()  # the slots this process holds, for the reconcile
         _slots = PrefectSlots(

@@ -276,16 +276,33 @@ def adjust(
     *,
     sessions: Sessions,
     clock: Callable[[], datetime] = utcnow,
+    observe: bool = False,
 ) -> Outcome:
-    """Decide on `event` with the row locked and Prefect's limit read under the lock;
-    a limit change goes pending_to -> Prefect -> current (three steps, crash-safe)."""
+    """Decide on `event` with the row locked; a limit change goes pending_to -> Prefect
+    -> current (crash-safe).
+
+    Prefect's limit is read (under the lock) only when it matters: the decision would
+    change the limit, the row has never seen it, a pending change is stale, or the caller
+    asks (`observe`: now and then, so a manual cap shows in `studio limits show` without
+    waiting for a change). Most answers (those inside a cooldown, successes before the
+    quiet window) cost one short transaction and no API call."""
     with sessions() as session:
         row = lock_row(session, provider)
-        observed = limit.read()
         now = clock()
-        noted = reconcile(session, row, observed, ceiling, now)
-        before = state_of(row, observed is not None)
-        decision = aimd.decide(before, event, now, knobs)
+        row.ceiling = ceiling
+        decision = aimd.decide(state_of(row, True), event, now, knobs)
+        noted: list[LimitChange] = []
+        pending_at = aware(row.pending_at)
+        stale = pending_at is not None and (now - pending_at).total_seconds() >= (
+            PENDING_STALE_SECONDS
+        )
+        if (
+            observe or row.current is None or stale
+            or (decision is not None and decision.to_limit is not None)
+        ):
+            observed = limit.read()
+            noted = reconcile(session, row, observed, ceiling, now)
+            decision = aimd.decide(state_of(row, observed is not None), event, now, knobs)
         if decision is not None:
             for name in _WRITTEN:
                 setattr(row, name, getattr(decision.state, name))
@@ -298,26 +315,60 @@ def adjust(
         current = row.current
     if to is None or from_limit is None:
         return Outcome(provider, None, tuple(noted), until, ceiling, current, new_event)
-    try:
-        limit.write(to)
-    except BaseException:
-        with sessions() as session:  # Prefect was not told (or may not have been)
-            row = lock_row(session, provider)
-            if row.pending_to == to and aware(row.pending_at) == now:
-                row.pending_to = row.pending_at = None
-        raise
+    assert decision is not None and decision.reason is not None
     status = event.status if isinstance(event, aimd.Throttled) else None
     retry_after = event.retry_after if isinstance(event, aimd.Throttled) else None
-    assert decision is not None and decision.reason is not None
-    with sessions() as session:
-        row = lock_row(session, provider)
-        if row.pending_to != to or aware(row.pending_at) != now:
-            # another process settled it meanwhile (only after PENDING_STALE_SECONDS)
-            return Outcome(provider, None, tuple(noted), until, ceiling, row.current, new_event)
+
+    def done(session: Session, row: ProviderPace) -> LimitChange:
+        assert decision is not None and decision.reason is not None and from_limit is not None
         change = _record(session, provider, now, from_limit, to, decision.reason, status,
                          retry_after)
         row.current, row.pending_to, row.pending_at = to, None, None
+        return change
+
+    try:
+        with sessions() as session:
+            row = lock_row(session, provider)
+            if row.pending_to != to or aware(row.pending_at) != now:
+                # settled by another process meanwhile (only after PENDING_STALE_SECONDS)
+                return Outcome(provider, None, tuple(noted), until, ceiling, row.current,
+                               new_event)
+            # read again just before telling Prefect: an operator who set the limit since
+            # keeps their value (Prefect has no compare-and-set: the window left is this
+            # one round trip)
+            seen = limit.read()
+            if seen != from_limit:
+                row.pending_to = row.pending_at = None
+                more = reconcile(session, row, seen, ceiling, clock())
+                return Outcome(provider, None, (*noted, *more), until, ceiling, row.current,
+                               new_event)
+            limit.write(to)
+            change = done(session, row)
+    except Exception:
+        _settle_after_failure(provider, to, now, from_limit, limit, sessions, done)
+        raise
     return Outcome(provider, change, tuple(noted), until, ceiling, to, new_event)
+
+
+def _settle_after_failure(
+    provider: str, to: int, pending_at: datetime, from_limit: int, limit: LimitAccess,
+    sessions: Sessions, done: Callable[[Session, ProviderPace], LimitChange],
+) -> None:
+    """Telling Prefect failed (or the commit after it): settle the pending change by what
+    Prefect has now; when even that fails it stays pending and `reconcile` settles it
+    after PENDING_STALE_SECONDS."""
+    try:
+        with sessions() as session:
+            row = lock_row(session, provider)
+            if row.pending_to != to or aware(row.pending_at) != pending_at:
+                return
+            seen = limit.read()
+            if seen == from_limit:  # Prefect was not told: the adjustment is lost
+                row.pending_to = row.pending_at = None
+            elif seen == to:
+                done(session, row)
+    except Exception:
+        return
 
 
 def iter_rows(session: Session) -> Iterator[ProviderPace]:

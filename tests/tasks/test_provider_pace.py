@@ -78,9 +78,10 @@ def lines() -> Iterator[list[str]]:
     log.setLevel(old)
 
 
-def keeper(**knobs: object) -> PaceKeeper:
+def keeper(observe_seconds: float = 0.0, **knobs: object) -> PaceKeeper:
+    """A keeper that reads Prefect's limit at every adjustment unless told otherwise."""
     settings = PaceSettings(_env_file=None, **knobs)  # type: ignore[arg-type]
-    return PaceKeeper(settings, {"replicate": 5, "modal": 3})
+    return PaceKeeper(settings, {"replicate": 5, "modal": 3}, observe_seconds=observe_seconds)
 
 
 def changes(provider: str = "replicate") -> list[tuple[int, int, str]]:
