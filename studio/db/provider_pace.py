@@ -6,7 +6,8 @@ per throttling event and stay inside [1, min(ceiling, manual cap)] however many
 processes decide at once. So each decision (studio/providers/aimd.py) is taken with the
 provider's `provider_pace` row locked (`SELECT ... FOR UPDATE` on PostgreSQL; on SQLite
 the transaction's first statement is a write, which takes the file's write lock), and
-Prefect's limit is read under that lock.
+Prefect's limit is read under that lock whenever the decision is to change it (and
+again just before it is updated).
 
 Crash safety: a change is written as `pending_to` first (committed), then Prefect is
 told, then `current` is committed. Under the lock, Prefect's limit L is read and:

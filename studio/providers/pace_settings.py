@@ -1,7 +1,8 @@
 """The knobs of the fleet's AIMD on provider limits (issue 20), from the environment.
 
-Why these defaults (measured against bench/bench_adaptive.py's shape: a Replicate whose
-true capacity moves 8 -> 3 -> 12 under a ceiling of 20):
+Why these defaults (the lead's interface values, reasoned for bench/bench_adaptive.py's
+shape, a Replicate whose true capacity moves 8 -> 3 -> 12 under a ceiling of 20; not yet
+tuned by that bench):
 
 - `PROVIDER_LIMIT_DECREASE_FACTOR` 0.75: 5 -> 3, 20 -> 15 -> 11 -> 8. Halving (TCP's 0.5)
   overshoots a provider that throttles at 8 down to 4 and then needs four quiet windows
