@@ -63,6 +63,10 @@ SUCCESS_DEBOUNCE_SECONDS = 0.5
 FLUSH_SECONDS = 5.0
 #: the longest one sleep of `before_call` before it reads the fleet's Retry-After again
 MAX_SLEEP_SECONDS = 1.0
+#: each Prefect call of an adjustment gives up after this: the two calls of a change
+#: (read, update) end well within db.PENDING_STALE_SECONDS, so a slow live change is
+#: never settled as a dead one's
+API_TIMEOUT_SECONDS = 10.0
 #: how often an adjustment reads Prefect's limit even when it changes nothing (so an
 #: operator's cap shows in the row soon); a change always reads it first
 OBSERVE_SECONDS = 5.0
@@ -343,7 +347,9 @@ class PaceKeeper:
             return None
         client = self._clients.get(url)
         if client is None:
-            client = get_client(sync_client=True)
+            client = get_client(
+                httpx_settings={"timeout": API_TIMEOUT_SECONDS}, sync_client=True
+            )
             client.__enter__()
             self._clients[url] = client
         return client

@@ -43,7 +43,8 @@ from studio.db.models import ProviderLimitChange, ProviderPace
 from studio.providers import aimd
 
 #: a pending change older than this belongs to a process that died before finishing it
-#: (the Prefect call between its two commits takes milliseconds; its timeout is 30 s)
+#: (the two Prefect calls after its first commit take milliseconds; engine/provider_pace.py
+#: gives each up after 10 s, so a live change is never taken for a dead one's)
 PENDING_STALE_SECONDS = 45.0
 
 REASONS = ("throttled", "recovered", "applied", "manual")
