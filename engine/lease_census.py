@@ -155,6 +155,8 @@ class LeaseCensus:
         self._beating: threading.Thread | None = None
         self._stop = threading.Event()
         self._recording: bool | None = None
+        #: per provider, the place last written to the queue and when
+        self._queued: dict[str, tuple[float | None, datetime]] = {}
 
     def recording(self) -> bool:
         """Whether this census records slots: not on a server whose leases expire on their
@@ -216,11 +218,18 @@ class LeaseCensus:
         waits, the row goes) and return the places of the other processes waiting now.
 
         One transaction: an update (or insert) and a read, so a waiting process costs one
-        round trip per look."""
+        round trip per look; the write only when its place moved or its row needs a beat
+        (every QUEUE_STALE_SECONDS / 3), the read every time."""
         row_id = self.queue_id(provider)
         now = _now()
+        last = self._queued.get(provider)
+        fresh = last is not None and last[0] == place and (
+            now - last[1] < timedelta(seconds=QUEUE_STALE_SECONDS / 3)
+        )
         with self._sessions() as session:
-            if place is None:
+            if fresh:
+                pass  # the row says it already
+            elif place is None:
                 session.execute(delete(ProviderLease).where(ProviderLease.id == row_id))
             else:
                 at = datetime.fromtimestamp(place, UTC)
@@ -242,6 +251,8 @@ class LeaseCensus:
                     ProviderLease.beat_at >= now - timedelta(seconds=QUEUE_STALE_SECONDS),
                 )
             ).all()
+        if not fresh:  # committed
+            self._queued[provider] = (place, now)
         return sorted(_epoch(at) for at in places)
 
     # --- the process's heartbeat ---

@@ -50,6 +50,16 @@ pieces, image step wall time, median [range] of 3 runs on PostgreSQL:
 The bench runs one process, so the polling of slots other processes free is not
 measured by it.
 
+Between processes (several batches, one worker process each) the pool no longer keeps
+its leases to itself: with a census, the processes waiting for one limit take turns
+through a queue row each in the studio database (see "the fleet's queue" below). Three
+concurrent 50-piece batches on one worker (`bench/bench_fleet.py`, 3 rounds each, a
+shared 2-core machine at load 12-18): the longest batch run ([BATCH START] to finish)
+43 % [34-60] longer than the shortest before (the batch that got its slots first kept
+them), 8 % [6-9] after; the price is the leases passed between processes through the
+server (a release, then an increment): ComfyUI slots busy during the image phase
+75-90 % before, 72-82 % after.
+
 With a `LeaseCensus` (engine/lease_census.py) every slot is also written to
 the studio database before it is asked for and stamped after it went back, and a pool
 whose waiters the server keeps refusing runs `heal` (engine/slot_reconcile.py): slots the
