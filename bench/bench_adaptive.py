@@ -191,6 +191,20 @@ async def set_limit(client: Any, limit: int) -> None:
     )
 
 
+def tell_the_fleet(cluster: Any, limit: int) -> None:
+    """The oracle's limit in the fleet's record too, as `studio limits apply` would write
+    it: the workers' slot pools hold themselves to a limit below their cap only when the
+    record says so (engine/provider_pace.py `limit_in_force`), so without this the oracle
+    would be slower to follow than its knowledge allows."""
+    cluster.run(
+        str(BIN / "python"), "-c",
+        "from studio.db.engine import session_scope\n"
+        "from studio.db.provider_pace import applied\n"
+        "with session_scope() as s:\n"
+        f"    applied(s, 'replicate', {limit}, None)\n",
+    )
+
+
 async def read_limit(client: Any) -> tuple[int, int]:
     limit = await client.read_global_concurrency_limit_by_name(LIMIT)
     return int(limit.limit), int(limit.active_slots)
@@ -297,6 +311,7 @@ async def one_mode(
             replicate.capacity = capacity
             if mode == "oracle":
                 await set_limit(client, capacity)
+                await asyncio.to_thread(tell_the_fleet, cluster, capacity)
             begun = time.monotonic()
             await asyncio.sleep(max(0.0, begun + seconds - time.monotonic()))
             ran.append(Step(capacity, begun, time.monotonic()))

@@ -158,6 +158,8 @@ class PaceKeeper:
         self._local_until: dict[str, float] = {}
         #: provider -> (monotonic time read, epoch seconds of the fleet's throttled_until)
         self._fleet: dict[str, tuple[float, float]] = {}
+        #: provider -> the fleet's limit in force as last read or set (slot pools ask)
+        self._limits: dict[str, int] = {}
         self._refreshing: weakref.WeakKeyDictionary[
             asyncio.AbstractEventLoop, dict[str, asyncio.Future[float]]
         ] = weakref.WeakKeyDictionary()
@@ -219,7 +221,9 @@ class PaceKeeper:
         asked = time.monotonic()
         try:
             with self.sessions() as session:
-                until = db.throttled_until(session, provider)
+                until, current = db.fleet_view(session, provider)
+            if current is not None:
+                self._limits[provider] = current
         except Exception as exc:  # never hold calls back on a database that is away
             self._warn_once(
                 f"fleet:{provider}",
@@ -284,6 +288,8 @@ class PaceKeeper:
             self._observed[job.provider] = asked
         until = outcome.throttled_until.timestamp() if outcome.throttled_until else 0.0
         self._note_fleet(job.provider, until, asked)
+        if outcome.current is not None:
+            self._limits[job.provider] = outcome.current
         self.outcomes.append(outcome)
         self._tell(job, outcome)
 
@@ -332,6 +338,10 @@ class PaceKeeper:
                     "retry_after": retry_after, "status": status,
                 },
             )
+        except RuntimeError as exc:  # at interpreter exit Prefect cannot start its worker
+            if "after shutdown" not in str(exc):
+                raise
+            logger.info("Not emitted at exit: %s for %s", event, provider)
         except Exception as exc:  # an event lost is a line in the log, never a failed call
             self._warn_once(f"emit:{event}", "Could not emit %s (%s)", event,
                             type(exc).__name__)
@@ -368,6 +378,15 @@ class PaceKeeper:
             time.sleep(0.01)
         return True
 
+    def limit_in_force(self, provider: str) -> int | None:
+        """The fleet's limit of `provider` as this process last saw it (no I/O: refreshed
+        by `before_call`'s reads and this process's own adjustments); None when unknown.
+
+        Why the slot pool asks: a lowered Prefect limit only binds a lease taken from the
+        server; a pool that hands its released leases straight to its own waiters would
+        keep the old number in flight for as long as it has waiters."""
+        return self._limits.get(provider)
+
     def fleet_until(self, provider: str) -> datetime | None:
         """The Retry-After this process honours for `provider` now (tests, the bench)."""
         until = max(self._local_until.get(provider, 0.0),
@@ -383,6 +402,11 @@ _lock = threading.Lock()
 
 def keeper() -> PaceKeeper | None:
     return _keeper
+
+
+def limit_in_force(provider: str) -> int | None:
+    """The installed keeper's view of `provider`'s fleet limit (None: no keeper, unknown)."""
+    return _keeper.limit_in_force(provider) if _keeper is not None else None
 
 
 def install() -> None:

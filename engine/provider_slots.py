@@ -103,6 +103,8 @@ QUEUE_SECONDS = 0.25
 #: frees slots of a provider's limit that no live lease holds, not counting the caller's
 #: own census row (the slot it is asking for); returns how many it freed
 Heal = Callable[[str, str | None], Awaitable[int]]
+#: the fleet's limit in force for a provider as this process knows it (None: unknown)
+LimitInForce = Callable[[str], int | None]
 
 
 @dataclass(eq=False)
@@ -132,8 +134,10 @@ class LeasePool:
         heal: Heal | None = None,
         heal_after_seconds: float = HEAL_AFTER_SECONDS,
         queue_seconds: float = QUEUE_SECONDS,
+        limit_in_force: LimitInForce | None = None,
     ) -> None:
         self.provider = provider
+        self.limit_in_force = limit_in_force
         self._owns_api = api is None
         self._api = api or ApiClients()
         self.linger_seconds = linger_seconds
@@ -222,7 +226,7 @@ class LeasePool:
         already, so handing it on could pass the cap. So does a lease another process
         waited longer for (`_give_way`), and a lease nobody here waits for while other
         processes wait (no linger then)."""
-        if not lease.lost and not self._give_way():
+        if not lease.lost and not self._lowered() and not self._give_way():
             while self._waiters:
                 _, waiter = self._waiters.popleft()
                 if not waiter.done():
@@ -236,6 +240,16 @@ class LeasePool:
                 self._released.notify()
                 return
         self._give_back(lease)
+
+    def _lowered(self) -> bool:
+        """Whether the fleet lowered this provider's limit below the configured cap
+        (engine/provider_pace.py): then every lease goes back to the server, the only
+        place that holds the fleet to the lowered number; a lease handed on here would
+        keep the old number in flight for as long as this process has waiters."""
+        if self.limit_in_force is None:
+            return False
+        limit = self.limit_in_force(self.provider)
+        return limit is not None and limit < self.cap
 
     def _give_back(self, lease: Lease) -> None:
         self.held -= 1
@@ -672,8 +686,10 @@ class PrefectSlots:
         linger_seconds: float = 1.0,
         census: LeaseCensus | None = None,
         heal: Heal | None = None,
+        limit_in_force: LimitInForce | None = None,
     ) -> None:
         self.caps = dict(caps)
+        self.limit_in_force = limit_in_force
         self.linger_seconds = linger_seconds
         self.poll_seconds = poll_seconds
         self.census = census
@@ -706,6 +722,7 @@ class PrefectSlots:
                 provider, self.caps[provider], poll_seconds=self.poll_seconds,
                 linger_seconds=self.linger_seconds, released=self._signal(),
                 api=self._api, census=self.census, heal=self.heal,
+                limit_in_force=self.limit_in_force,
             )
         return pools[provider]
 

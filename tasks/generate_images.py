@@ -65,6 +65,7 @@ def image_chain() -> ProviderChain:
             linger_seconds=settings.slot_linger_seconds,
             census=census,
             heal=census_heal(census),
+            limit_in_force=provider_pace.limit_in_force,  # a lowered limit binds at once
         )
         _chain = build_image_chain(settings, slot=_slots, ledger=ImageCallLedger())
     return _chain

@@ -152,6 +152,19 @@ def throttled_until(session: Session, provider: str) -> datetime | None:
     return aware(value)
 
 
+def fleet_view(session: Session, provider: str) -> tuple[datetime | None, int | None]:
+    """(the fleet-wide Retry-After, the limit in force) of `provider`, in one read: what
+    every process's calls wait for, and what its slot pool holds itself to."""
+    row = session.execute(
+        select(ProviderPace.throttled_until, ProviderPace.current).where(
+            ProviderPace.provider == provider
+        )
+    ).first()
+    if row is None:
+        return None, None
+    return aware(row[0]), row[1]
+
+
 def applied(session: Session, provider: str, ceiling: int, previous: int | None) -> None:
     """`studio limits apply` put `ceiling` on Prefect: it is the limit in force, any
     manual cap and pending change are cleared, and the history says so."""

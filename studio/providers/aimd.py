@@ -10,7 +10,7 @@ The rules (knobs in studio/providers/pace_settings.py):
 - a throttling answer (429, 529, 503 with Retry-After) lowers the limit multiplicatively,
   `max(1, floor(current * factor))` and at least 1 lower, once per throttling event: any
   further throttling answer before the cooldown ends (`cooldown_seconds` after the
-  decrease, or the fleet-wide Retry-After if later) is the same event and lowers nothing;
+  decrease) is the same event and lowers nothing;
 - every throttling answer with a Retry-After pushes the fleet-wide `throttled_until` out
   (never back), whether or not the limit changes, and starts the quiet window again;
 - an accepted job raises the limit by 1 when nothing throttled for the quiet window
@@ -107,11 +107,16 @@ def decreased(current: int, factor: float) -> int:
 
 
 def cooldown_end(state: PaceState, knobs: Knobs) -> datetime | None:
-    """Until when throttling answers belong to the last decrease's event."""
-    ends = [state.throttled_until] if state.throttled_until is not None else []
-    if state.last_decrease_at is not None:
-        ends.append(state.last_decrease_at + timedelta(seconds=knobs.cooldown_seconds))
-    return max(ends) if ends else None
+    """Until when throttling answers belong to the last decrease's event.
+
+    Only the cooldown, not the fleet's Retry-After: while a Retry-After holds, no call
+    starts, so the answers inside it come from calls sent before it (the same event);
+    the calls that start once it has passed and are throttled again are a new event.
+    Counting the Retry-After in, every throttled re-send pushed it out and a provider
+    that kept throttling was taken for one endless event (the limit never went lower)."""
+    if state.last_decrease_at is None:
+        return None
+    return state.last_decrease_at + timedelta(seconds=knobs.cooldown_seconds)
 
 
 def raise_window(state: PaceState, knobs: Knobs) -> float:

@@ -79,10 +79,14 @@ def test_one_decrease_per_event_however_many_calls_reported_it() -> None:
     # the next throttling answer after the cooldown is a new event
     state, changes = run(state, [(2.5, Throttled(429, None))])
     assert changes == [(2.5, 5, "throttled")]
-    # a long Retry-After stretches the cooldown: answers inside it are the same event
+    # a Retry-After does not stretch the cooldown: no call starts while it holds, so an
+    # answer after the cooldown came from a call sent after the decrease (a process the
+    # Retry-After did not reach in time): a new event. A provider that keeps throttling
+    # is not taken for one endless event whose limit never goes lower.
     state, changes = run(state, [(5.0, Throttled(429, 10.0)), (9.0, Throttled(429, 1.0)),
-                                 (14.0, Throttled(429, None)), (15.5, Throttled(429, None))])
-    assert changes == [(5.0, 3, "throttled"), (15.5, 2, "throttled")]
+                                 (10.5, Throttled(429, None))])
+    assert changes == [(5.0, 3, "throttled"), (9.0, 2, "throttled")]  # 10.5: cooldown
+    assert state.throttled_until is not None  # the longest Retry-After still holds
     # many events never go below 1
     events = [(20.0 + 3 * n, Throttled(429, None)) for n in range(10)]
     state, changes = run(state, events)

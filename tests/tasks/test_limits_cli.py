@@ -321,7 +321,12 @@ def test_without_a_database_prefect_is_still_shown_and_applied(
     from studio.db.engine import dispose_engines
     from studio.settings import reload_settings
 
-    missing = tmp_path / "nowhere" / "studio.db"
+    # a database that cannot be made: its folder is a file. (A folder that does not exist
+    # yet is no test here: a lease census heartbeat an earlier test of this process left
+    # running follows DATABASE_URL and may create it while this test runs.)
+    blocker = tmp_path / "nowhere"
+    blocker.write_text("not a folder")
+    missing = blocker / "studio.db"
     monkeypatch.setenv("DATABASE_URL", f"sqlite:///{missing}")
     dispose_engines()
     reload_settings()
@@ -337,7 +342,7 @@ def test_without_a_database_prefect_is_still_shown_and_applied(
     applied = runner.invoke(app, ["limits", "apply"], catch_exceptions=False)
     assert applied.exit_code == 0, applied.output
     assert "limits applied on Prefect only" in applied.output
-    assert not missing.exists()  # nothing created where the database is not
+    assert blocker.is_file()  # nothing made where the database is not
     assert PrefectLimit(prefect, "replicate").read() == 5
     closed = closed_api()
     with temporary_settings(updates={PREFECT_API_URL: closed}):  # and no server either

@@ -137,6 +137,50 @@ async def test_a_lease_whose_renewal_failed_is_never_handed_on(monkeypatch):
     assert (await read_provider_limits())["provider:modal"]["active_slots"] == 0
 
 
+async def test_a_limit_the_fleet_lowered_binds_the_pools_own_waiters(monkeypatch):
+    """The fleet lowered provider:modal from 3 to 1 (engine/provider_pace.py): a pool
+    holding three leases with its own images waiting must not hand them on (that kept
+    the old number in flight for as long as it had waiters); every lease goes back to
+    the server, which grants one at a time, and once the limit is back at the cap the
+    hand-offs resume."""
+    await _apply(monkeypatch, 3)
+    fleet = {"modal": 3}
+    pool = LeasePool("modal", 3, poll_seconds=0.02, linger_seconds=5.0,
+                     limit_in_force=fleet.get)
+    try:
+        held = [await asyncio.wait_for(pool.acquire(), 30) for _ in range(3)]
+        async with get_client() as client:  # what the pace keeper does on a throttle
+            await client.update_global_concurrency_limit(
+                "provider:modal", GlobalConcurrencyLimitUpdate(limit=1)
+            )
+        fleet["modal"] = 1
+        waiting = [asyncio.create_task(asyncio.wait_for(pool.acquire(), 30)) for _ in range(3)]
+        await asyncio.sleep(0.05)
+        for lease in held:
+            pool.release(lease)
+        first = await asyncio.wait_for(asyncio.shield(waiting[0]), 30)
+        await asyncio.sleep(0.3)
+        assert pool.handoffs == 0 and pool.held == 1  # one in flight: the lowered limit
+        assert not waiting[1].done() and not waiting[2].done()
+        async with get_client() as client:  # quiet again: back at the cap
+            await client.update_global_concurrency_limit(
+                "provider:modal", GlobalConcurrencyLimitUpdate(limit=3)
+            )
+        fleet["modal"] = 3
+        second, third = await asyncio.gather(waiting[1], waiting[2])
+        pool.release(first)
+        pool.release(second)
+        assert pool.handoffs == 0  # nobody waits: they linger
+        again = await asyncio.wait_for(pool.acquire(), 30)
+        assert pool.handoffs == 1  # at the cap, a lingering lease is handed on again
+        pool.release(again)
+        pool.release(third)
+    finally:
+        await pool.release_idle()
+        await pool.drain()
+    assert (await read_provider_limits())["provider:modal"]["active_slots"] == 0
+
+
 async def _leak(name: str, slots: int) -> None:
     """Count slots on the server that no lease holds: what a server that lost its
     leases in a restart is left with."""
