@@ -224,6 +224,8 @@ class PaceKeeper:
                 until, current = db.fleet_view(session, provider)
             if current is not None:
                 self._limits[provider] = current
+            else:  # no record (a fresh database): nothing lowered that this process knows
+                self._limits.pop(provider, None)
         except Exception as exc:  # never hold calls back on a database that is away
             self._warn_once(
                 f"fleet:{provider}",
