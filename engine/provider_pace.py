@@ -433,6 +433,17 @@ def uninstall() -> None:
         _keeper = None
 
 
+async def settle(timeout: float = FLUSH_SECONDS) -> None:
+    """Wait (off the event loop) until this process's queued adjustments are done.
+
+    Why a batch calls it before it ends: the adjustments run on a background thread, so
+    under load one may still be queued when the flow returns; its log line would then be
+    written after Prefect drained the run's log worker (lost from the run's logs) and its
+    change would miss the batch's artifact. The exit hook below is only the last resort."""
+    if _keeper is not None and _keeper._queue.unfinished_tasks:
+        await asyncio.to_thread(_keeper.flush, timeout)
+
+
 def _flush_at_exit() -> None:
     if _keeper is not None:
         _keeper.flush()

@@ -229,6 +229,13 @@ async def _run_batch(params: BatchParameters) -> BatchResult | State:
     provider_pace.install()  # the fleet's pace on provider limits (issue 20)
     install_rates()  # requests per second: rate:<provider> limits, when set (issue 20)
     try:
+        return await _run_leased(params, settings)
+    finally:
+        await provider_pace.settle()  # a failed batch's adjustments logged in its run too
+
+
+async def _run_leased(params: BatchParameters, settings: Any) -> BatchResult | State:
+    try:
         leased = parse_batch_id("resume_batch_id", params.resume_batch_id) or parse_batch_id(
             "batch_id", params.batch_id
         )
@@ -471,6 +478,9 @@ async def _finish(
                 result.avatar_id, result.total_seconds, delivered, result.cost_usd
             )
         )
+    # the pace adjustments this batch's answers queued are done (their lines in this
+    # run's logs, their changes in the artifact's Provider limits) before the run ends
+    await provider_pace.settle()
     await publish_batch_artifact(result, {p: image.path for p, image in images.items()})
     if result.status == "completed":  # nothing resumes it: staged images go (issue 15)
         clean_staging(batch_id)

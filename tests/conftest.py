@@ -78,3 +78,38 @@ def any_database(request: pytest.FixtureRequest, tmp_path: Path, monkeypatch: py
     from studio.db.engine import dispose_engines
 
     dispose_engines()
+
+
+@pytest.fixture(autouse=True)
+def _fleet_limits_put_back() -> Iterator[None]:
+    """A batch installs the process's pace keeper (engine/provider_pace.py), which then
+    hears every later test's throttling answers and moves `provider:<name>` on the API
+    those tests share: a test that throttled Replicate left its limit at 3, and a later
+    test that needs four calls in flight waited for a slot until its calls timed out.
+    After each test: the limits the keeper moved go back to their ceilings, and the
+    keeper goes (the next batch installs a fresh one)."""
+    yield
+    from engine import provider_pace
+
+    keeper = provider_pace.keeper()
+    if keeper is None:
+        return
+    keeper.flush(5.0)
+    moved = {o.provider for o in keeper.outcomes if o.change is not None}
+    if moved:
+        from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+
+        from studio.providers.entry import limit_name
+
+        for client in list(keeper._clients.values()):
+            for provider in moved:
+                ceiling = keeper.ceilings.get(provider)
+                if ceiling is None:
+                    continue
+                try:
+                    client.update_global_concurrency_limit(
+                        limit_name(provider), GlobalConcurrencyLimitUpdate(limit=ceiling)
+                    )
+                except Exception:  # a server that is gone: nothing to put back
+                    pass
+    provider_pace.uninstall()
