@@ -90,6 +90,11 @@ def fleet(studio_env, monkeypatch, prefect):
         monkeypatch.delenv(variable, raising=False)
     applied = runner.invoke(app, ["limits", "apply"], catch_exceptions=False)
     assert applied.exit_code == 0, applied.output
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
+
+    for name in ("provider:replicate", "provider:modal"):  # leases an earlier test of this
+        # shared API left (they expire in 60 s) are not this test's "in use"
+        prefect.update_global_concurrency_limit(name, GlobalConcurrencyLimitUpdate(active_slots=0))
     return prefect
 
 
