@@ -32,9 +32,7 @@ from __future__ import annotations
 
 import asyncio
 import binascii
-import email.utils
 import logging
-import time
 from typing import Any
 
 import httpx
@@ -91,19 +89,10 @@ class OutputGone(Exception):
 
 
 def retry_after_seconds(value: str | None, default: float = 1.0) -> float:
-    """Retry-After as seconds (a number, or an HTTP date)."""
-    if not value:
-        return default
-    value = value.strip()
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        pass
-    try:
-        when = email.utils.parsedate_to_datetime(value)
-    except (TypeError, ValueError):
-        return default
-    return max(0.0, when.timestamp() - time.time())
+    """Retry-After as seconds (a number, or an HTTP date); `default` when absent or
+    unreadable (the reading itself is pace.retry_after_seconds, shared with the fleet)."""
+    seconds = pace.retry_after_seconds(value)
+    return default if seconds is None else seconds
 
 
 class ThrottleRetry(httpx.AsyncBaseTransport):
