@@ -37,6 +37,7 @@ import threading
 from typing import Any
 
 MODULE = "engine.flow_run_process"
+ENGINE = "prefect.engine"
 
 
 def command() -> dict[str, str]:
@@ -54,7 +55,7 @@ def _exit_code(code: Any) -> int:
     return 1
 
 
-def _finish(code: int) -> None:
+def finish(code: int) -> None:
     """Everything a normal exit runs that matters (non-daemon threads joined and
     threading's exit hooks, where Prefect's log and event workers drain; then atexit),
     then `os._exit`, skipping the module teardown."""
@@ -68,21 +69,31 @@ def _finish(code: int) -> None:
         os._exit(code)
 
 
-def main() -> None:
+def run_module(module: str) -> int:
+    """Run `module` as `__main__` (the engine reads the run's id from the environment);
+    the exit code the interpreter would have ended with."""
     from engine import ssl_reuse
 
     ssl_reuse.install()
-    code = 0
     try:
-        runpy.run_module("prefect.engine", run_name="__main__", alter_sys=True)
+        runpy.run_module(module, run_name="__main__", alter_sys=True)
     except SystemExit as exit_:
-        code = _exit_code(exit_.code)
+        return _exit_code(exit_.code)
     except BaseException:  # printed as the interpreter would, exit 1
         import traceback
 
         traceback.print_exc()
-        code = 1
-    _finish(code)
+        return 1
+    return 0
+
+
+def main() -> None:
+    from engine import warm_start
+
+    code = warm_start.run_warm(ENGINE)
+    if code is not None:
+        warm_start.exit_like(code)
+    finish(run_module(ENGINE))
 
 
 if __name__ == "__main__":

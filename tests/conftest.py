@@ -19,6 +19,24 @@ os.environ.setdefault("ALLOW_STAND_INS", "true")
 pytest_plugins = ["tests.infra.postgres", "tests.infra.seaweedfs"]
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _warm_processes() -> Iterator[Path]:
+    """The flow-run processes the suite's workers start fork from warm processes of this
+    session's own (engine/warm_start.py): in a folder of its own (a short path: a socket
+    path holds 107 bytes), idle ones exit within a minute, and all go when it ends."""
+    import shutil
+    import tempfile
+
+    from tests.infra.warm import stop_warm_processes
+
+    folder = Path(tempfile.mkdtemp(prefix="sw-", dir="/tmp"))
+    os.environ["STUDIO_WARM_DIR"] = str(folder)
+    os.environ["STUDIO_WARM_IDLE_SECONDS"] = "60"
+    yield folder
+    stop_warm_processes(folder)
+    shutil.rmtree(folder, ignore_errors=True)
+
+
 @pytest.fixture(scope="session")
 def prefect_api() -> Iterator[None]:
     """A real, temporary Prefect server (SQLite-backed) for the test session."""

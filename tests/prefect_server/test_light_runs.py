@@ -21,6 +21,7 @@ import ssl
 import sys
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -252,3 +253,111 @@ def test_python_m_deployments_serve_looks_for_runs_every_second(monkeypatch):
     assert query_seconds() == 1.0  # Prefect's runner default, 10 s, is ~5 s per batch
     monkeypatch.setenv("PREFECT_RUNNER_POLL_FREQUENCY", "5")
     assert query_seconds() == 5.0  # an operator's own setting wins
+
+
+# -- forked from a warm process (engine/warm_start.py) -------------------------------------
+
+
+@pytest.fixture(scope="module")
+def warm_comfyui() -> Iterator[ComfyUIEmulator]:
+    """One emulator for the warm tests: their runs share one environment, so one warm
+    process serves them all once two runs have gone cold."""
+    with ComfyUIEmulator(Behaviour(seed=24)) as comfyui:
+        yield comfyui
+
+
+def warm_log() -> str:
+    folder = Path(os.environ["STUDIO_WARM_DIR"])
+    return "".join(log.read_text() for log in folder.glob("*.log"))
+
+
+def forked(run_id: str) -> bool:
+    return f"flow run {run_id}: pid" in warm_log()
+
+
+def warm_batch(prefect_stack, comfyui: ComfyUIEmulator, *, hang: bool) -> str:
+    """A batch on `comfyui`, after enough runs in its environment for a warm process to
+    serve it; with `hang`, its images wait at ComfyUI (the process lives until released)."""
+    for _ in range(3):
+        comfyui.behaviour.hang = False
+        run_id = start_batch(prefect_stack, comfyui)
+        run = prefect_stack.wait_final(run_id)
+        assert run["state_type"] == "COMPLETED", prefect_stack.tail("worker")
+        if forked(run_id):
+            break
+    else:
+        raise AssertionError(f"no run was forked from a warm process:\n{warm_log()}")
+    comfyui.behaviour.hang = hang
+    comfyui.counters.reset()
+    run_id = start_batch(prefect_stack, comfyui)
+    if hang:
+        wait_for(lambda: comfyui.counters.requests("prompt") >= PIECES, "prompts at ComfyUI")
+    wait_for(lambda: forked(run_id), "the run to be forked from the warm process", 30)
+    return run_id
+
+
+def start_batch(prefect_stack, comfyui: ComfyUIEmulator) -> str:
+    created = prefect_stack.create_run(
+        "content-batch/on-demand",
+        {"avatar_id": new_avatar(), "num_pieces": PIECES, "include_hooks": False},
+        job_variables={"env": comfyui_env(comfyui.url)},
+    )
+    assert created.status_code in (200, 201), created.text
+    return created.json()["id"]
+
+
+def test_a_warm_forked_run_completes_and_delivers_its_last_logs(
+    prefect_stack, stack_db, warm_comfyui
+):
+    run_id = warm_batch(prefect_stack, warm_comfyui, hang=False)
+    run = prefect_stack.wait_final(run_id)
+    assert run["state_type"] == "COMPLETED", prefect_stack.tail("worker")
+    messages = prefect_stack.wait_logs(
+        [run_id], lambda found: any("Finished in state Completed" in m for m in found)
+    )
+    assert any("[BATCH START]" in m for m in messages)
+    assert any("Finished in state Completed" in m for m in messages), messages[-5:]
+    assert batch_row(run_id)[0] == "completed"
+    assert f"flow run {run_id}: pid" in warm_log() and "ended (0)" in warm_log()
+
+
+def test_a_killed_warm_run_takes_its_fork_along_and_runs_the_crash_hook(
+    prefect_stack, stack_db, warm_comfyui
+):
+    run_id = warm_batch(prefect_stack, warm_comfyui, hang=True)
+    processes = flow_run_processes(run_id)  # the client the worker started (the fork
+    assert processes, "the flow-run process was not found"  # keeps the warm process's env)
+    for pid in processes:
+        os.kill(pid, signal.SIGKILL)
+    crashed = prefect_stack.wait_final(run_id)
+    warm_comfyui.behaviour.hang = False
+    assert crashed["state_type"] == "CRASHED", crashed["state"]
+    wait_for(lambda: "its process went away, killing pid" in warm_log(), "the fork killed", 30)
+    messages = prefect_stack.wait_logs(
+        [run_id], lambda found: any("Hook 'write_ending' finished" in m for m in found)
+    )
+    assert any("Hook 'write_ending' finished running successfully" in m for m in messages)
+    status, reason, resumes = batch_row(run_id)
+    assert (status, reason.split(":")[0]) == ("crashed", f"run {run_id} ended Crashed") or (
+        resumes
+    ), (status, reason)
+
+
+def test_a_cancelled_warm_run_runs_the_cancellation_hook(prefect_stack, stack_db, warm_comfyui):
+    run_id = warm_batch(prefect_stack, warm_comfyui, hang=True)
+    with prefect_stack.client() as api:
+        cancelled = api.post(
+            f"/flow_runs/{run_id}/set_state",
+            json={"state": {"type": "CANCELLING", "name": "Cancelling"}, "force": True},
+        )
+    assert cancelled.status_code in (200, 201), cancelled.text
+    final = prefect_stack.wait_final(run_id)
+    warm_comfyui.behaviour.hang = False
+    assert final["state_type"] == "CANCELLED", final["state"]
+    messages = prefect_stack.wait_logs(
+        [run_id], lambda found: any("Hook 'write_ending' finished" in m for m in found)
+    )
+    assert any("Hook 'write_ending' finished running successfully" in m for m in messages), (
+        messages[-10:]
+    )
+    assert batch_row(run_id)[0] == "cancelled"

@@ -1,0 +1,355 @@
+"""The warm process: Prefect and the flows imported once, a fork per flow run.
+
+WORKAROUND (PrefectHQ/prefect#14423, #21944): see engine/warm_start.py, its client, for
+why. Started by the first flow-run process that finds none (detached, in its own
+session), as `python -m engine.warm_server <socket> <key>`; one per worker host,
+environment and code version. It:
+
+- imports what a flow run imports (`PRELOAD`) and nothing that starts a thread or opens a
+  connection, so a fork is safe; then listens on a Unix socket in the user's private
+  folder, taking connections from its own user only (SO_PEERCRED);
+- per request (a module, the run's environment and working directory, and its three
+  standard streams as file descriptors) forks a child that takes them over, refreshes
+  Prefect's settings from the run's environment, and runs the module as `__main__` the
+  way engine/flow_run_process.py runs it cold;
+- answers `{"pid": N}`, then `{"code": C}` when the child ends (negative: the signal
+  that killed it); kills the child if the client's connection closes first (the worker
+  killed the process it watches);
+- exits when idle for `STUDIO_WARM_IDLE_SECONDS` (900 s) or when its socket is no longer
+  its own (a newer warm process took the name), once its children have ended; it
+  notes each run and its end in `<key>.log` beside the socket.
+
+Single-threaded (a selector loop), so a fork never copies a lock another thread holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import importlib
+import json
+import os
+import selectors
+import signal
+import socket
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+from engine.warm_start import HEADER, code_stamp
+
+#: what a deployment run of this project imports before its work
+PRELOAD = (
+    "prefect.engine",
+    "prefect.flow_engine",
+    "prefect.task_engine",
+    "prefect.deployments.steps.core",
+    "prefect.runner.storage",
+    "flows.content_batch",
+    "flows.scheduled",
+    "flows.health_check",
+    "flows.crash_recovery",
+    "flows.storage_sync",
+    "flows.review",
+)
+IDLE_SECONDS = 900.0
+#: how often it checks whether the code it imported is still the checkout's
+CODE_CHECK_SECONDS = 10.0
+#: how often the loop looks for ended children and its own idleness
+TICK_SECONDS = 0.2
+#: a request's header and body must arrive within this
+REQUEST_TIMEOUT_SECONDS = 5.0
+
+
+def log(message: str) -> None:
+    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} warm {os.getpid()}: {message}", flush=True)
+
+
+def preload() -> None:
+    """Import what a run imports; a module that fails is left to the run (cold errors
+    then read as they would without a warm process)."""
+    from engine import ssl_reuse
+
+    ssl_reuse.install()
+    for name in PRELOAD:
+        try:
+            importlib.import_module(name)
+        except Exception as exc:
+            log(f"preload of {name} failed ({type(exc).__name__}); left to the runs")
+
+
+@dataclass
+class Run:
+    conn: socket.socket
+    pid: int
+    flow_run: str
+
+
+def _peer_is_us(conn: socket.socket) -> bool:
+    creds = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, 12)
+    _pid, uid, _gid = (int.from_bytes(creds[i:i + 4], sys.byteorder) for i in (0, 4, 8))
+    return uid == os.getuid()
+
+
+def _read_request(conn: socket.socket) -> tuple[dict[str, object], list[int]]:
+    conn.settimeout(REQUEST_TIMEOUT_SECONDS)
+    header, fds, _flags, _addr = socket.recv_fds(conn, HEADER.size, 3)
+    if len(header) != HEADER.size or len(fds) != 3:
+        for fd in fds:
+            os.close(fd)
+        raise ValueError("a request without its header and three streams")
+    (size,) = HEADER.unpack(header)
+    body = b""
+    while len(body) < size:
+        chunk = conn.recv(size - len(body))
+        if not chunk:
+            raise ValueError("a request cut short")
+        body += chunk
+    return json.loads(body), fds
+
+
+class WarmServer:
+    def __init__(self, socket_path: Path, key: str, idle_seconds: float) -> None:
+        self.path, self.key, self.idle_seconds = socket_path, key, idle_seconds
+        self.selector = selectors.DefaultSelector()
+        self.runs: dict[int, Run] = {}  # pid -> run
+        self.last_active = time.monotonic()
+        self.listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        self.inode = 0
+        self.stamp = code_stamp()
+        self.stale = False
+        self.unlearnable: set[str] = set()
+        self.stamp_checked = time.monotonic()
+
+    def listen(self) -> None:
+        """Bind beside the final name and rename onto it: a client never meets a socket
+        that does not accept yet, and a second warm process replaces the first."""
+        staging = self.path.with_suffix(f".{os.getpid()}.tmp")
+        with contextlib.suppress(FileNotFoundError):
+            staging.unlink()
+        self.listener.bind(str(staging))
+        self.listener.listen(64)
+        self.listener.setblocking(False)
+        os.replace(staging, self.path)
+        self.inode = self.path.stat().st_ino
+        with contextlib.suppress(FileNotFoundError):
+            self.path.with_suffix(".spawn").unlink()
+        self.selector.register(self.listener, selectors.EVENT_READ, None)
+
+    def ours(self) -> bool:
+        try:
+            return self.path.stat().st_ino == self.inode
+        except FileNotFoundError:
+            return False
+
+    def outdated(self) -> bool:
+        """Whether the code changed since it was imported (checked every few seconds): a
+        run would fork the old code; the next run starts a new warm process anyway."""
+        now = time.monotonic()
+        if now - self.stamp_checked >= CODE_CHECK_SECONDS:
+            self.stamp_checked = now
+            if code_stamp() != self.stamp:
+                self.stale = True
+        return self.stale
+
+    def serve(self) -> None:
+        accepting = True
+        while True:
+            for key, _mask in self.selector.select(TICK_SECONDS):
+                if key.data is None:
+                    self.accept()
+                else:
+                    self.client_spoke(key.data)
+            self.reap()
+            if accepting:
+                idle = time.monotonic() - self.last_active > self.idle_seconds
+                if idle or not self.ours() or self.outdated():
+                    accepting = False  # no new runs; ours end before it does
+                    self.retire()
+            if not accepting and not self.runs:
+                break
+        log("exits")
+
+    def retire(self) -> None:
+        """Take no more runs: the socket goes (when still ours), so a client never
+        waits on a listener nobody accepts from."""
+        self.selector.unregister(self.listener)
+        if self.ours():
+            with contextlib.suppress(FileNotFoundError):
+                self.path.unlink()
+        self.listener.close()
+
+    def accept(self) -> None:
+        try:
+            conn, _ = self.listener.accept()
+        except BlockingIOError:
+            return
+        self.last_active = time.monotonic()
+        try:
+            if not _peer_is_us(conn):
+                raise PermissionError("a connection from another user")
+            request, fds = _read_request(conn)
+        except (OSError, ValueError) as exc:
+            log(f"request refused ({type(exc).__name__}: {exc})")
+            conn.close()
+            return
+        env = request.get("env") or {}
+        flow_run = str(env.get("PREFECT__FLOW_RUN_ID", "-")) if isinstance(env, dict) else "-"
+        pid = os.fork()
+        if pid == 0:  # the child: never returns
+            run_child(request, fds, [self.selector.fileno(), self.listener.fileno(),  # type: ignore[attr-defined]
+                                     conn.fileno(),
+                                     *(run.conn.fileno() for run in self.runs.values())],
+                      self.path)
+        for fd in fds:
+            os.close(fd)
+        self.runs[pid] = Run(conn, pid, flow_run)
+        log(f"flow run {flow_run}: pid {pid}")
+        try:
+            conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
+        except OSError:
+            pass  # its client is gone: client_spoke/reap deal with it
+        conn.setblocking(False)
+        self.selector.register(conn, selectors.EVENT_READ, pid)
+
+    def client_spoke(self, pid: int) -> None:
+        """The client sends nothing after its request: readable means it closed."""
+        run = self.runs.get(pid)
+        if run is None:
+            return
+        try:
+            data = run.conn.recv(1)
+        except BlockingIOError:
+            return
+        except OSError:
+            data = b""
+        if not data:
+            log(f"flow run {run.flow_run}: its process went away, killing pid {pid}")
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+            self.selector.unregister(run.conn)
+
+    def reap(self) -> None:
+        while self.runs:
+            try:
+                pid, status = os.waitpid(-1, os.WNOHANG)
+            except ChildProcessError:
+                return
+            if pid == 0:
+                return
+            run = self.runs.pop(pid, None)
+            if run is None:
+                continue
+            self.last_active = time.monotonic()
+            code = os.waitstatus_to_exitcode(status)
+            log(f"flow run {run.flow_run}: pid {pid} ended ({code})")
+            with contextlib.suppress(KeyError, ValueError):
+                self.selector.unregister(run.conn)
+            with contextlib.suppress(OSError):
+                run.conn.setblocking(True)
+                run.conn.sendall(json.dumps({"code": code}).encode() + b"\n")
+            run.conn.close()
+            self.learn(pid)
+
+    def learn(self, pid: int) -> None:
+        """Import what the ended run had to import (tests/faults/test_warm_runs.py), so
+        the next fork finds it done. A module that starts a thread on import would make
+        forking unsafe: then this process takes no more runs."""
+        noted = learned_file(self.path, pid)
+        try:
+            names = [n for n in noted.read_text().splitlines() if n and n not in sys.modules]
+        except FileNotFoundError:
+            return
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                noted.unlink()
+        names = [n for n in names if n not in self.unlearnable]
+        started, failed = time.monotonic(), 0
+        for name in names:
+            try:
+                importlib.import_module(name)
+            except Exception:  # left to the runs, as before; not tried again
+                self.unlearnable.add(name)
+                failed += 1
+        if names:
+            log(f"learned {len(names) - failed} modules from pid {pid} "
+                f"({failed} failed) in {time.monotonic() - started:.2f} s")
+        if threading.active_count() > 1:
+            log("an import started a thread: forking is no longer safe, retiring")
+            self.stale = True
+
+
+def learned_file(socket_path: Path, pid: int) -> Path:
+    return socket_path.with_name(f"{socket_path.stem}.{pid}.modules")
+
+
+def _note_imports(before: set[str], socket_path: Path) -> None:
+    """Tell the warm process which modules this run had to import (it imports them
+    before the next fork): written beside the socket, atomically."""
+    new = sorted(name for name in set(sys.modules) - before if not name.startswith("__"))
+    target = learned_file(socket_path, os.getpid())
+    staging = target.with_suffix(".tmp")
+    staging.write_text("\n".join(new))
+    os.replace(staging, target)
+
+
+def run_child(
+    request: dict[str, object], fds: list[int], inherited: list[int], socket_path: Path
+) -> None:
+    """In the forked child: become the run's process, run its module, exit."""
+    code = 1
+    before = set(sys.modules)
+    try:
+        for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGCHLD):
+            signal.signal(signum, signal.SIG_DFL)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for fd in inherited:
+            with contextlib.suppress(OSError):
+                os.close(fd)
+        for target, fd in enumerate(fds):
+            os.dup2(fd, target)
+            os.close(fd)
+        env = request["env"]
+        assert isinstance(env, dict)
+        os.environ.clear()
+        os.environ.update({str(k): str(v) for k, v in env.items()})
+        os.chdir(str(request["cwd"]))
+        sys.path[0] = str(request["cwd"])  # as `python -m` in that folder would have it
+        sys.argv = sys.argv[:1]  # the engine reads a run id from argv[1] before the env
+        import prefect.context
+
+        prefect.context.refresh_global_settings_context()
+        from engine.flow_run_process import run_module
+
+        code = run_module(str(request["module"]))
+    except BaseException:
+        import traceback
+
+        with contextlib.suppress(Exception):
+            traceback.print_exc()
+    with contextlib.suppress(Exception):  # learning is best effort
+        _note_imports(before, socket_path)
+    from engine.flow_run_process import finish
+
+    finish(code)
+
+
+def main() -> None:
+    socket_path, key = Path(sys.argv[1]), sys.argv[2]
+    idle = float(os.environ.get("STUDIO_WARM_IDLE_SECONDS", IDLE_SECONDS))
+    server = WarmServer(socket_path, key, idle)
+    try:
+        preload()
+        server.listen()
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            socket_path.with_suffix(".spawn").unlink()
+        raise
+    log(f"ready for {key} in {os.getcwd()}")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    server.serve()
+
+
+if __name__ == "__main__":
+    main()

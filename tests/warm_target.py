@@ -1,0 +1,40 @@
+"""A module the warm-process tests run as `__main__` in a fork (tests/faults/test_warm_runs.py).
+
+It says what it got (its environment's PREFECT__WARM_SAY, working directory, parent), then does what
+WARM_DO says: `exit:<code>`, `kill:<signal>` (dies of it), `term` (waits for SIGTERM and
+exits 7), `hang` (writes its pid to PREFECT__WARM_PID_FILE and sleeps); it imports
+PREFECT__WARM_IMPORTS first, saying whether it was imported already.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+
+said = os.environ.get("PREFECT__WARM_SAY")
+print(f"said {said} in {os.getcwd()} parent {os.getppid()}", flush=True)
+print("to stderr", file=sys.stderr, flush=True)
+if wanted := os.environ.get("PREFECT__WARM_IMPORTS"):
+    already = wanted in sys.modules
+    __import__(wanted)
+    print(f"{wanted} already {already}", flush=True)
+do = os.environ.get("PREFECT__WARM_DO", "exit:0")
+if pid_file := os.environ.get("PREFECT__WARM_PID_FILE"):
+    with open(pid_file, "w") as out:
+        out.write(str(os.getpid()))
+if do.startswith("exit:"):
+    sys.exit(int(do.split(":")[1]))
+if do.startswith("kill:"):
+    os.kill(os.getpid(), int(do.split(":")[1]))
+if do == "term":
+    def stop(*_: object) -> None:
+        print("got SIGTERM", flush=True)
+        sys.exit(7)
+
+    signal.signal(signal.SIGTERM, stop)
+    print("waiting", flush=True)
+    time.sleep(60)
+if do == "hang":
+    time.sleep(60)
