@@ -4,7 +4,9 @@ against the provider-bound limit.
 A real cluster as the README sets it up (tests/faults/studio_server.py, as
 bench/bench_workers.py uses it): `studio server` on PostgreSQL, SeaweedFS, the ComfyUI
 emulator at 1.5-2.5 s with 10 slots, one process worker (`prefect worker start
---limit 3`, polling every 2 s as the harness sets it). Per scenario and round, `B`
+--limit 3`, polling every second as the README sets it) that has run two batches
+before (so its runs fork from a warm process, engine/warm_start.py, as on any worker
+after its first runs). Per scenario and round, `B`
 batches of `P` pieces are submitted at once; it prints per round and, at the end, the
 medians with the spread (min-max) over `--rounds`:
 
@@ -22,8 +24,9 @@ medians with the spread (min-max) over `--rounds`:
 - start: per batch, submission to its `[BATCH START]` line (the flow run's log record
   on the Prefect API);
 - CPU: per batch, user+system CPU of the processes of its flow run (the worker's
-  children whose environment names the run, sampled every 0.2 s with psutil, so the
-  last up to 0.2 s of a process may be missed).
+  children whose environment names the run, and the runs warm processes forked, named
+  in their logs; engine/warm_server.py), sampled every 0.2 s with psutil, so the last
+  up to 0.2 s of a process may be missed.
 
     .venv/bin/python bench/bench_fleet.py [--rounds 3] [--scenarios 1x10,6x10,3x50]
         [--limit 3]
@@ -34,6 +37,7 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import os
 import statistics
 import sys
 import tempfile
@@ -48,8 +52,10 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from engine.warm_start import warm_dir  # noqa: E402
 from tests.faults.studio_server import StudioServerCluster, studio_cluster  # noqa: E402
 from tests.faults.worker_cluster import studio_session  # noqa: E402
+from tests.infra.warm import warm_processes  # noqa: E402
 
 SLOTS = 10  # the ComfyUI cap (`provider:comfyui`) and the emulator's GPU count
 WORKER = "fleet"
@@ -144,16 +150,35 @@ class Sampler:
         worker = self.cluster.workers.get(WORKER)
         if worker is None:
             return
+        children: list[psutil.Process] = []
         with contextlib.suppress(psutil.Error):
             children = psutil.Process(worker.pid).children(recursive=True)
+        forks = self._forks()
+        for warm in warm_processes(warm_dir()):  # runs forked there (engine/warm_server.py)
+            with contextlib.suppress(psutil.Error):
+                children += warm.children()
         for child in children:
             with contextlib.suppress(psutil.Error):
                 if not self._runs.get(child.pid):  # read again: a fork before its exec
-                    self._runs[child.pid] = child.environ().get("PREFECT__FLOW_RUN_ID")
+                    self._runs[child.pid] = forks.get(child.pid) or child.environ().get(
+                        "PREFECT__FLOW_RUN_ID"
+                    )
                 run = self._runs[child.pid]
                 if run:
                     times = child.cpu_times()
                     self.cpu[child.pid] = (run, times.user + times.system)
+
+    @staticmethod
+    def _forks() -> dict[int, str]:
+        """pid -> flow run of the runs warm processes forked (their logs say; a fork's
+        environment in /proc is the warm process's)."""
+        found = {}
+        for log in warm_dir().glob("*.log"):
+            for line in log.read_text(errors="replace").splitlines():
+                if ": pid " in line and "ended" not in line and "flow run " in line:
+                    run, pid = line.split("flow run ", 1)[1].split(": pid ", 1)
+                    found[int(pid.split()[0])] = run
+        return found
 
     def busy_fraction(self, start: float, end: float) -> float:
         samples = [n for t, n in self.busy if start <= t <= end]
@@ -248,12 +273,23 @@ def _median(values: list[float], digits: int = 1, unit: str = "") -> str:
             f"[{min(values):.{digits}f}-{max(values):.{digits}f}]")
 
 
+async def warm_up(cluster: StudioServerCluster, sampler: Sampler) -> None:
+    """A standing worker has run batches before: its first run of an environment only
+    notes it, the second starts the warm process its later runs fork from
+    (engine/warm_start.py); so two 1-piece batches, and the warm process's imports."""
+    for _ in range(2):
+        await one_round(cluster, sampler, 1, 1)
+    await asyncio.sleep(5)
+
+
 async def bench(cluster: StudioServerCluster, args: argparse.Namespace) -> None:
     scenarios = [tuple(int(n) for n in s.split("x")) for s in args.scenarios.split(",")]
     results: dict[tuple[int, int], list[Round]] = {s: [] for s in scenarios}
-    cluster.start_worker(WORKER, limit=args.limit)
+    # the README's worker settings: a poll every second (the harness's default is 2 s)
+    cluster.start_worker(WORKER, limit=args.limit, PREFECT_WORKER_QUERY_SECONDS="1")
     await asyncio.sleep(5)  # a standing worker: it has polled before the first batch
     with Sampler(cluster) as sampler:
+        await warm_up(cluster, sampler)
         for n in range(args.rounds):
             for batches, pieces in scenarios:
                 r = await one_round(cluster, sampler, batches, pieces)
@@ -290,6 +326,8 @@ def main() -> None:
                         help="BATCHESxPIECES, comma-separated")
     parser.add_argument("--limit", type=int, default=3, help="prefect worker start --limit")
     args = parser.parse_args()
+    # as bench/bench_run_start.py: no installed worker compiles its modules on every run
+    os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
 
     from tests.infra.postgres import start_embedded_postgres
     from tests.infra.seaweedfs import S3Server

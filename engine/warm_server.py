@@ -95,6 +95,8 @@ def _peer_is_us(conn: socket.socket) -> bool:
 def _read_request(conn: socket.socket) -> tuple[dict[str, object], list[int]]:
     conn.settimeout(REQUEST_TIMEOUT_SECONDS)
     header, fds, _flags, _addr = socket.recv_fds(conn, HEADER.size, 3)
+    if not header and not fds:
+        raise EOFError  # a client that only checked this process is alive
     if len(header) != HEADER.size or len(fds) != 3:
         for fd in fds:
             os.close(fd)
@@ -190,6 +192,9 @@ class WarmServer:
             if not _peer_is_us(conn):
                 raise PermissionError("a connection from another user")
             request, fds = _read_request(conn)
+        except EOFError:
+            conn.close()
+            return
         except (OSError, ValueError) as exc:
             log(f"request refused ({type(exc).__name__}: {exc})")
             conn.close()
@@ -348,7 +353,12 @@ def main() -> None:
         raise
     log(f"ready for {key} in {os.getcwd()}")
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    server.serve()
+    try:
+        server.serve()
+    finally:  # SIGTERM too: the socket goes, so the next run does not count it as live
+        if server.ours():
+            with contextlib.suppress(FileNotFoundError):
+                socket_path.unlink()
 
 
 if __name__ == "__main__":

@@ -140,6 +140,25 @@ def paths(key: str) -> dict[str, Path]:
     }
 
 
+def _live_sockets() -> int:
+    """Warm processes answering in this user's folder; a socket nobody listens on (its
+    process was killed) is removed."""
+    live = 0
+    for path in warm_dir().glob("*.sock"):
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        try:
+            sock.connect(str(path))
+            live += 1
+        except ConnectionRefusedError:
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        except OSError:
+            live += 1  # not ours to judge: count it
+        finally:
+            sock.close()
+    return live
+
+
 def _spawn(key: str, where: dict[str, Path]) -> None:
     """Start the warm process for `key` in the background: on the key's second run (a
     one-off environment, such as a test's, never pays for one), unless one is starting
@@ -151,7 +170,7 @@ def _spawn(key: str, where: dict[str, Path]) -> None:
         if time.time() - where["spawn"].stat().st_mtime < SPAWN_STALE_SECONDS:
             return
         where["spawn"].unlink()
-    if len(list(warm_dir().glob("*.sock"))) >= MAX_WARM:
+    if _live_sockets() >= MAX_WARM:
         return
     try:
         fd = os.open(where["spawn"], os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o600)

@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -194,13 +195,31 @@ def test_no_warm_process_where_others_could_reach_it_or_when_switched_off(warm, 
     assert list(warm.iterdir()) == []
 
 
-def test_at_most_max_warm_processes(warm, monkeypatch):
+def test_at_most_max_warm_processes_and_dead_ones_do_not_count(warm, monkeypatch):
     warm.mkdir(parents=True, mode=0o700)
-    for n in range(warm_start.MAX_WARM):
-        (warm / f"busy{n}.sock").touch()
+    listening = []
+    for n in range(warm_start.MAX_WARM):  # others, alive
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(warm / f"busy{n}.sock"))
+        sock.listen(8)
+        listening.append(sock)
     for _ in range(3):
         assert finished(client())[:2] == (99, "cold\n")
     assert not warm_pids(warm)
+
+    for sock in listening:  # they die without removing their sockets
+        sock.close()
+    assert finished(client())[:2] == (99, "cold\n")
+    wait_for(lambda: warm_pids(warm), "a warm process once the dead are cleared")
+    assert not list(warm.glob("busy*.sock"))
+
+
+def test_a_stopped_warm_process_takes_its_socket(warm):
+    sock = started(warm)
+    [pid] = warm_pids(warm)
+    os.kill(pid, signal.SIGTERM)
+    wait_for(lambda: not warm_pids(warm), "the warm process to stop")
+    assert not sock.exists()
 
 
 def test_what_a_run_had_to_import_is_imported_before_the_next_fork(warm):
