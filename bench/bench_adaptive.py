@@ -102,6 +102,8 @@ class Result:
     #: predictions in flight / C over the steps, time-weighted (1.0: the capacity used)
     busy: float = 0.0
     batches: int = 0
+    #: per step: the 429s answered during it
+    refused_per_step: list[int] = field(default_factory=list)
     extra: dict[str, Any] = field(default_factory=dict)
 
     @property
@@ -347,8 +349,9 @@ async def one_mode(
         during = [lim for t, lim, _ in samples if step.start <= t <= step.end]
         limits.append(statistics.median(during) if during else float("nan"))
         previous = step.capacity
+    per_step = [sum(1 for t in flight.refused_at if step.start <= t < step.end) for step in ran]
     return Result(
-        mode=mode, seconds=end - start, images=last[2] - first[2],
+        mode=mode, seconds=end - start, images=last[2] - first[2], refused_per_step=per_step,
         accepted=last[0] - first[0], refused=last[1] - first[1],
         fleet_peak=fleet_peak, provider_peak=provider_peak, follow=follow, limits=limits,
         batches=len(submitted),
@@ -450,7 +453,8 @@ async def bench(cluster: AdaptiveCluster, args: argparse.Namespace) -> None:
             follows = ", ".join("never" if f is None else f"{f:.1f}s" for f in result.follow)
             print(f"run {run + 1} {mode:8}: {result.per_minute:6.1f} images/min "
                   f"(provider {100 * result.busy:.0f} % busy), "
-                  f"{result.throttled_pct:5.1f} % throttled ({result.refused} 429s, "
+                  f"{result.throttled_pct:5.1f} % throttled ({result.refused} 429s: "
+                  f"{'/'.join(str(n) for n in result.refused_per_step)} per step, "
                   f"{result.images} images), peak fleet {result.fleet_peak} provider "
                   f"{result.provider_peak}, follow {follows}, limits "
                   f"{'/'.join(f'{v:g}' for v in result.limits)}, {result.batches} batches",

@@ -39,6 +39,8 @@ class Capacity:
         self._refused = 0
         #: (time.monotonic(), jobs in flight) after each change of the count
         self.timeline: list[tuple[float, int]] = []
+        #: time.monotonic() of each refusal (where in a run the throttling was)
+        self.refused_at: list[float] = []
         #: (time.monotonic(), limit) each time the limit was set or a scheduled step began
         self.changes: list[tuple[float, int | None]] = []
 
@@ -91,6 +93,7 @@ class Capacity:
             limit = self._limit_at(now)
             if limit is not None and self._in_flight >= limit:
                 self._refused += 1
+                self.refused_at.append(now)
                 return False
             self._in_flight += 1
             self._accepted += 1
