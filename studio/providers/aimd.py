@@ -38,8 +38,8 @@ class Knobs:
     adaptive: bool = True
     decrease_factor: float = 0.75
     cooldown_seconds: float = 2.0
-    raise_after_seconds: float = 2.0
-    probe_after_seconds: float = 6.0
+    raise_after_seconds: float = 1.0
+    probe_after_seconds: float = 10.0
 
     @classmethod
     def from_settings(cls, settings: PaceSettings) -> Knobs:

@@ -84,6 +84,10 @@ def describe_shape(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
+#: the most a repeated 429's wait is multiplied (1 s Retry-After: 1, 2, 4, 8, 8 s)
+BACKOFF_CAP = 8
+
+
 class OutputGone(Exception):
     """A finished prediction whose output can no longer be had (a retry must re-create)."""
 
@@ -95,8 +99,21 @@ def retry_after_seconds(value: str | None, default: float = 1.0) -> float:
     return default if seconds is None else seconds
 
 
+def backed_off(retry_after: float, retries: int) -> float:
+    """The wait before the `retries`-th re-send of a throttled create: the Retry-After,
+    doubled for each earlier refusal of the same create (at most `BACKOFF_CAP` times).
+
+    Why: a create the provider keeps refusing holds its fleet slot (engine/provider_slots.py)
+    while it waits; when the provider's capacity falls below the calls in flight (issue 20's
+    bench: 20 -> 8), each excess create re-sent every Retry-After was a 429 per second
+    until running predictions ended (40 of the run's 54 429s were in that step). Backing
+    off leaves the first retry at the provider's word and spaces the rest."""
+    return retry_after * min(BACKOFF_CAP, 2 ** max(0, retries - 1))
+
+
 class ThrottleRetry(httpx.AsyncBaseTransport):
-    """Re-sends a POST answered 429 after its Retry-After, at most `max_retries` times."""
+    """Re-sends a POST answered 429 after its Retry-After (backed off on repeats), at most
+    `max_retries` times."""
 
     def __init__(self, wrapped: httpx.AsyncBaseTransport, *, max_retries: int = 5) -> None:
         self._wrapped = wrapped
@@ -116,12 +133,13 @@ class ThrottleRetry(httpx.AsyncBaseTransport):
             ):
                 return response
             retries += 1
-            wait = retry_after_seconds(response.headers.get("Retry-After"))
+            retry_after = retry_after_seconds(response.headers.get("Retry-After"))
             await response.aclose()
             logger.info(
-                "provider_throttled provider=replicate retry=%d retry_after=%.2fs", retries, wait
+                "provider_throttled provider=replicate retry=%d retry_after=%.2fs",
+                retries, retry_after,
             )
-            await asyncio.sleep(wait)
+            await asyncio.sleep(backed_off(retry_after, retries))
 
     async def aclose(self) -> None:
         await self._wrapped.aclose()

@@ -19,7 +19,7 @@ from studio.providers.aimd import (
 from studio.providers.pace_settings import PaceSettings
 
 T0 = datetime(2026, 12, 3, 12, 0, tzinfo=UTC)
-KNOBS = Knobs()  # the defaults: 0.75, cooldown 2 s, raise after 2 s, probe after 6 s
+KNOBS = Knobs(raise_after_seconds=2.0, probe_after_seconds=6.0)  # 0.75, cooldown 2 s
 
 
 def at(seconds: float) -> datetime:
@@ -42,7 +42,7 @@ def run(state: PaceState, events: list[tuple[float, Throttled | Succeeded]],
 
 def test_the_defaults_are_the_interfaces_and_bad_knobs_are_refused(monkeypatch) -> None:
     settings = PaceSettings(_env_file=None)
-    assert Knobs.from_settings(settings) == Knobs(True, 0.75, 2.0, 2.0, 6.0)
+    assert Knobs.from_settings(settings) == Knobs(True, 0.75, 2.0, 1.0, 10.0)
     monkeypatch.setenv("PROVIDER_LIMIT_DECREASE_FACTOR", "1.0")
     with pytest.raises(ValidationError, match="PROVIDER_LIMIT_DECREASE_FACTOR"):
         PaceSettings(_env_file=None)
