@@ -15,9 +15,9 @@ environment and code version. It:
 - answers `{"pid": N}`, then `{"code": C}` when the child ends (negative: the signal
   that killed it); kills the child if the client's connection closes first (the worker
   killed the process it watches);
-- exits when idle for `STUDIO_WARM_IDLE_SECONDS` (900 s) or when its socket is no longer
-  its own (a newer warm process took the name), once its children have ended; it
-  notes each run and its end in `<key>.log` beside the socket.
+- exits when idle for `STUDIO_WARM_IDLE_SECONDS` (900 s), when the code changed, or when
+  its socket is no longer its own (a newer warm process took the name), once its
+  children have ended; it notes each run and its end in `<key>.log` beside the socket.
 
 Single-threaded (a selector loop), so a fork never copies a lock another thread holds.
 """
@@ -77,6 +77,9 @@ def preload() -> None:
             importlib.import_module(name)
         except Exception as exc:
             log(f"preload of {name} failed ({type(exc).__name__}); left to the runs")
+    from studio.providers.tls import client_context
+
+    client_context()  # the provider clients' TLS context, built once for every fork
 
 
 @dataclass

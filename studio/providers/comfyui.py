@@ -59,6 +59,7 @@ from studio.providers.entry import (
     Tuning,
 )
 from studio.providers.shapes import UnexpectedShape
+from studio.providers.tls import client_context
 from studio.types import AvatarRef, PieceSpec
 
 NEGATIVE_PROMPT = "blurry, low quality, distorted, watermark, text"
@@ -191,6 +192,7 @@ class ComfyUIProvider:
             base_url=self.endpoint,
             timeout=httpx.Timeout(30.0, connect=5.0),
             limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+            verify=client_context(),
         )
 
     async def aclose(self) -> None:

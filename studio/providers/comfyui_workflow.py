@@ -485,6 +485,7 @@ async def workflow_refusal(
     the chain falls back; its images fail (and fall back) as they would anyway."""
     from studio.providers.build import provider_order
     from studio.providers.settings import ProviderSettings
+    from studio.providers.tls import client_context
 
     s = settings or ProviderSettings()
     if "comfyui" not in provider_order(s):
@@ -499,7 +500,8 @@ async def workflow_refusal(
         return str(exc)
     owned = client is None
     client = client or httpx.AsyncClient(
-        base_url=s.comfyui_endpoint, timeout=httpx.Timeout(30.0, connect=5.0)
+        base_url=s.comfyui_endpoint, timeout=httpx.Timeout(30.0, connect=5.0),
+        verify=client_context(),
     )
     try:
         missing = await check_against_server(workflow, values, client)

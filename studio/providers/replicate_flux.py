@@ -48,6 +48,7 @@ from studio.providers.base import BilledJob, NoJobTracking, ProviderError, Provi
 from studio.providers.comfyui import seed_for
 from studio.providers.same_origin import RedirectRefused, pin_origin, refuse_redirects
 from studio.providers.shapes import UnexpectedShape, sniff_image
+from studio.providers.tls import client_context
 from studio.types import AvatarRef, PieceSpec
 
 logger = logging.getLogger("studio.providers")
@@ -167,7 +168,8 @@ class ReplicateFluxProvider:
         self.wait_seconds = max(1, min(60, int(wait_seconds)))
         transport = ThrottleRetry(
             httpx.AsyncHTTPTransport(
-                limits=httpx.Limits(max_connections=100, max_keepalive_connections=20)
+                limits=httpx.Limits(max_connections=100, max_keepalive_connections=20),
+                verify=client_context(),
             ),
             max_retries=throttle_retries,
         )
@@ -378,7 +380,8 @@ class _DeliveryClient:
 
     def __init__(self) -> None:
         self._async_client = httpx.AsyncClient(
-            timeout=httpx.Timeout(60.0, connect=10.0), follow_redirects=True
+            timeout=httpx.Timeout(60.0, connect=10.0), follow_redirects=True,
+            verify=client_context(),
         )
 
 
