@@ -66,6 +66,10 @@ HEADER = struct.Struct("!I")
 
 
 def enabled(env: dict[str, str] | os._Environ[str] = os.environ) -> bool:
+    """On unless `STUDIO_WARM_RUNS` says no; Linux only (fork with Prefect's libraries
+    loaded, SO_PEERCRED, passing file descriptors: what the project's workers run on)."""
+    if not sys.platform.startswith("linux"):
+        return False
     return env.get("STUDIO_WARM_RUNS", "true").strip().lower() not in {"0", "false", "no", "off"}
 
 

@@ -242,3 +242,10 @@ def test_a_warm_process_that_learned_a_thread_starting_import_takes_no_more_runs
     assert "forking is no longer safe, retiring" in log
     assert not sock.exists()
     assert finished(client())[:2] == (99, "cold\n")
+
+
+def test_only_on_linux(monkeypatch):
+    monkeypatch.setattr(warm_start.sys, "platform", "darwin")
+    assert not warm_start.enabled({})
+    monkeypatch.setattr(warm_start.sys, "platform", "linux")
+    assert warm_start.enabled({}) and not warm_start.enabled({"STUDIO_WARM_RUNS": "false"})
