@@ -2,9 +2,10 @@
 
 Why these defaults (reasoned for bench/bench_adaptive.py's shape, a Replicate whose true
 capacity moves 8 -> 3 -> 12 under a ceiling of 20, then tuned by that bench: the raise and
-probe windows were 2 s and 6 s, 13.8 % of creates throttled; at 1 s and 10 s, 7.1-9.5 %
-over three runs, the same throughput against the oracle's, each change still followed
-within 30 s):
+probe windows were 2 s and 6 s, 13.8 % of creates throttled; at 1 s and 10 s, 8.7 and
+9.5 %, and 6.6 and 7.1 % once a re-sent create backs off (studio/providers/replicate_flux.py),
+the same throughput against the oracle's, each change still followed within 30 s; a
+15 s probe with 0.5 s raises did no better, 9.9 %):
 
 - `PROVIDER_LIMIT_DECREASE_FACTOR` 0.75: 5 -> 3, 20 -> 15 -> 11 -> 8. Halving (TCP's 0.5)
   overshoots a provider that throttles at 8 down to 4 and then needs four quiet windows
