@@ -43,26 +43,18 @@ import psutil
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from engine.warm_start import warm_dir  # noqa: E402
 from tests.faults.studio_server import StudioServerCluster, studio_cluster  # noqa: E402
+from tests.infra.warm import warm_processes  # noqa: E402
 
 WORKER = "bench-worker"
-
-
-def warm_processes() -> list[psutil.Process]:
-    """The warm processes (engine/warm_server.py) runs are forked from: detached, so not
-    under the worker."""
-    found = []
-    for process in psutil.process_iter(["cmdline"]):
-        if "engine.warm_server" in " ".join(process.info["cmdline"] or []):
-            found.append(process)
-    return found
 
 
 def reaped_cpu(worker: psutil.Process) -> float:
     """The worker's reaped children's CPU, plus the warm processes' (a run forked there
     is their child; one warm process's own start-up is not counted: it is paid once)."""
     total = 0.0
-    for process in [worker, *warm_processes()]:
+    for process in [worker, *warm_processes(warm_dir())]:
         with contextlib.suppress(psutil.Error):
             times = process.cpu_times()
             total += times.children_user + times.children_system
@@ -215,7 +207,7 @@ async def warm_up(client: Any, cluster: StudioServerCluster) -> None:
     for _ in range(3):
         await one_run(cluster, client, "content-batch/on-demand",
                       {"avatar_id": "demo", "num_pieces": 1})
-        if warm_processes():
+        if warm_processes(warm_dir()):
             await asyncio.sleep(5)  # its imports
             return
 

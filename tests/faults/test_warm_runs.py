@@ -25,6 +25,7 @@ import pytest
 
 from engine import warm_server, warm_start
 from tests.infra.warm import stop_warm_processes, warm_processes
+from tests.polling import wait_for
 
 ROOT = Path(__file__).resolve().parents[2]
 CLIENT = """
@@ -38,13 +39,6 @@ exit_like(code)
 """
 
 
-def wait_for(check, what: str, timeout: float = 30):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"waited {timeout}s for {what}")
-        time.sleep(0.05)
-    return value
 
 
 def warm_pids(folder: Path) -> list[int]:
@@ -87,7 +81,7 @@ def started(warm: Path) -> Path:
     """Two cold runs: the first notes the environment, the second starts its warm process."""
     for _ in range(2):
         assert finished(client())[:2] == (99, "cold\n")
-    return wait_for(lambda: sockets(warm), "the warm process's socket")[0]
+    return wait_for("the warm process's socket", lambda: sockets(warm))[0]
 
 
 def test_the_third_run_of_an_environment_is_forked_with_its_own_streams_and_code(warm):
@@ -118,7 +112,7 @@ def test_the_workers_sigterm_reaches_the_fork(warm):
     started(warm)
     process = client(do="term")
     assert process.stdout is not None
-    wait_for(lambda: "waiting" in process.stdout.readline(), "the fork to wait")
+    wait_for("the fork to wait", lambda: "waiting" in process.stdout.readline())
     process.send_signal(signal.SIGTERM)
     code, out, _err = finished(process)
     assert (code, "got SIGTERM" in out) == (7, True)
@@ -128,11 +122,11 @@ def test_a_killed_client_takes_its_fork_with_it(warm, tmp_path):
     sock = started(warm)
     pid_file = tmp_path / "pid"
     process = client(do="hang", pid_file=str(pid_file))
-    pid = int(wait_for(lambda: pid_file.exists() and pid_file.read_text(), "the fork's pid"))
+    pid = int(wait_for("the fork's pid", lambda: pid_file.exists() and pid_file.read_text()))
     process.kill()
     process.wait()
-    wait_for(lambda: not psutil.pid_exists(pid) or psutil.Process(pid).status() == "zombie",
-             "the fork to be killed", 10)
+    wait_for("the fork to be killed", lambda: not psutil.pid_exists(pid)
+             or psutil.Process(pid).status() == "zombie", 10)
     assert "its process went away, killing pid" in sock.with_suffix(".log").read_text()
 
 
@@ -164,7 +158,7 @@ def test_a_warm_process_whose_code_changed_retires(warm, monkeypatch):
 def test_an_idle_warm_process_exits_and_takes_its_socket(warm, monkeypatch):
     monkeypatch.setenv("STUDIO_WARM_IDLE_SECONDS", "1")
     sock = started(warm)
-    wait_for(lambda: not warm_pids(warm), "the idle warm process to exit", 30)
+    wait_for("the idle warm process to exit", lambda: not warm_pids(warm), 30)
     assert not sock.exists()
     assert "exits" in sock.with_suffix(".log").read_text()
 
@@ -173,11 +167,11 @@ def test_a_dead_warm_processes_socket_is_cleared_and_the_run_goes_cold(warm):
     started(warm)
     [dead] = warm_pids(warm)
     os.kill(dead, signal.SIGKILL)
-    wait_for(lambda: not warm_pids(warm), "the warm process to die")
+    wait_for("the warm process to die", lambda: not warm_pids(warm))
     assert finished(client())[:2] == (99, "cold\n")  # and it starts another one
-    [new] = wait_for(lambda: warm_pids(warm), "a new warm process")
+    [new] = wait_for("a new warm process", lambda: warm_pids(warm))
     assert new != dead
-    wait_for(lambda: sockets(warm), "its socket")
+    wait_for("its socket", lambda: sockets(warm))
     assert finished(client(do="exit:0"))[0] == 0
 
 
@@ -210,7 +204,7 @@ def test_at_most_max_warm_processes_and_dead_ones_do_not_count(warm, monkeypatch
     for sock in listening:  # they die without removing their sockets
         sock.close()
     assert finished(client())[:2] == (99, "cold\n")
-    wait_for(lambda: warm_pids(warm), "a warm process once the dead are cleared")
+    wait_for("a warm process once the dead are cleared", lambda: warm_pids(warm))
     assert not list(warm.glob("busy*.sock"))
 
 
@@ -218,7 +212,7 @@ def test_a_stopped_warm_process_takes_its_socket(warm):
     sock = started(warm)
     [pid] = warm_pids(warm)
     os.kill(pid, signal.SIGTERM)
-    wait_for(lambda: not warm_pids(warm), "the warm process to stop")
+    wait_for("the warm process to stop", lambda: not warm_pids(warm))
     assert not sock.exists()
 
 
@@ -226,8 +220,8 @@ def test_what_a_run_had_to_import_is_imported_before_the_next_fork(warm):
     sock = started(warm)
     code, out, _err = finished(client(imports="tests.warm_learn_module"))
     assert code == 0 and "tests.warm_learn_module already False" in out, out
-    log = wait_for(lambda: "learned" in (text := sock.with_suffix(".log").read_text()) and text,
-                   "the warm process to learn")
+    log = wait_for("the warm process to learn",
+                   lambda: "learned" in (text := sock.with_suffix(".log").read_text()) and text)
     assert "learned" in log
     code, out, _err = finished(client(imports="tests.warm_learn_module"))
     assert code == 0 and "tests.warm_learn_module already True" in out, out
@@ -237,7 +231,7 @@ def test_a_warm_process_that_learned_a_thread_starting_import_takes_no_more_runs
     sock = started(warm)
     code, _out, _err = finished(client(imports="tests.warm_thread_module"))
     assert code == 0
-    wait_for(lambda: not warm_pids(warm), "the warm process to retire")
+    wait_for("the warm process to retire", lambda: not warm_pids(warm))
     log = sock.with_suffix(".log").read_text()
     assert "forking is no longer safe, retiring" in log
     assert not sock.exists()

@@ -19,7 +19,6 @@ import shlex
 import signal
 import ssl
 import sys
-import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -31,6 +30,7 @@ from studio.db.engine import session_scope
 from studio.db.models import Batch
 from tests.emulators.base import Behaviour
 from tests.emulators.comfyui import ComfyUIEmulator
+from tests.polling import wait_for
 
 PIECES = 2
 
@@ -51,13 +51,6 @@ def flow_run_processes(run_id: str) -> dict[int, str]:
     return {pid: line.decode(errors="replace") for pid, line in found.items()}
 
 
-def wait_for(check, what: str, timeout: float = 180):  # type: ignore[no-untyped-def]
-    deadline = time.monotonic() + timeout
-    while not (value := check()):
-        if time.monotonic() > deadline:
-            raise AssertionError(f"waited {timeout}s for {what}")
-        time.sleep(0.2)
-    return value
 
 
 def comfyui_env(url: str) -> dict[str, str]:
@@ -78,14 +71,8 @@ def new_avatar() -> str:
 
 def start_hanging_batch(prefect_stack, comfyui: ComfyUIEmulator) -> str:
     """A batch whose images ComfyUI holds: its flow-run process is alive until released."""
-    created = prefect_stack.create_run(
-        "content-batch/on-demand",
-        {"avatar_id": new_avatar(), "num_pieces": PIECES, "include_hooks": False},
-        job_variables={"env": comfyui_env(comfyui.url)},
-    )
-    assert created.status_code in (200, 201), created.text  # 200: Prefect's created-at race
-    run_id = created.json()["id"]
-    wait_for(lambda: comfyui.counters.requests("prompt") >= PIECES, "prompts at ComfyUI")
+    run_id = start_batch(prefect_stack, comfyui)
+    wait_for("prompts at ComfyUI", lambda: comfyui.counters.requests("prompt") >= PIECES)
     return run_id
 
 
@@ -153,16 +140,11 @@ def test_a_killed_flow_run_process_still_runs_the_crash_hook(prefect_stack, stac
 def test_a_cancelled_run_still_runs_the_cancellation_hook(prefect_stack, stack_db):
     with ComfyUIEmulator(Behaviour(seed=23, hang=True)) as comfyui:
         run_id = start_hanging_batch(prefect_stack, comfyui)
-        with prefect_stack.client() as api:
-            cancelled = api.post(
-                f"/flow_runs/{run_id}/set_state",
-                json={"state": {"type": "CANCELLING", "name": "Cancelling"}, "force": True},
-            )
-        assert cancelled.status_code in (200, 201), cancelled.text
+        cancel(prefect_stack, run_id)
         final = prefect_stack.wait_final(run_id)
         comfyui.behaviour.hang = False
     assert final["state_type"] == "CANCELLED", final["state"]
-    wait_for(lambda: flow_run_processes(run_id) == {}, "the run's process to end", 60)
+    wait_for("the run's process to end", lambda: flow_run_processes(run_id) == {}, 60)
     messages = prefect_stack.wait_logs(
         [run_id], lambda found: any("Hook 'write_ending' finished" in m for m in found)
     )
@@ -291,8 +273,8 @@ def warm_batch(prefect_stack, comfyui: ComfyUIEmulator, *, hang: bool) -> str:
     comfyui.counters.reset()
     run_id = start_batch(prefect_stack, comfyui)
     if hang:
-        wait_for(lambda: comfyui.counters.requests("prompt") >= PIECES, "prompts at ComfyUI")
-    wait_for(lambda: forked(run_id), "the run to be forked from the warm process", 30)
+        wait_for("prompts at ComfyUI", lambda: comfyui.counters.requests("prompt") >= PIECES)
+    wait_for("the run to be forked from the warm process", lambda: forked(run_id), 30)
     return run_id
 
 
@@ -302,8 +284,18 @@ def start_batch(prefect_stack, comfyui: ComfyUIEmulator) -> str:
         {"avatar_id": new_avatar(), "num_pieces": PIECES, "include_hooks": False},
         job_variables={"env": comfyui_env(comfyui.url)},
     )
-    assert created.status_code in (200, 201), created.text
+    assert created.status_code in (200, 201), created.text  # 200: Prefect's created-at race
     return created.json()["id"]
+
+
+def cancel(prefect_stack, run_id: str) -> None:
+    """Cancel as the UI does: the run to Cancelling (the worker then stops its process)."""
+    with prefect_stack.client() as api:
+        cancelled = api.post(
+            f"/flow_runs/{run_id}/set_state",
+            json={"state": {"type": "CANCELLING", "name": "Cancelling"}, "force": True},
+        )
+    assert cancelled.status_code in (200, 201), cancelled.text
 
 
 def test_a_warm_forked_run_completes_and_delivers_its_last_logs(
@@ -332,7 +324,7 @@ def test_a_killed_warm_run_takes_its_fork_along_and_runs_the_crash_hook(
     crashed = prefect_stack.wait_final(run_id)
     warm_comfyui.behaviour.hang = False
     assert crashed["state_type"] == "CRASHED", crashed["state"]
-    wait_for(lambda: "its process went away, killing pid" in warm_log(), "the fork killed", 30)
+    wait_for("the fork killed", lambda: "its process went away, killing pid" in warm_log(), 30)
     messages = prefect_stack.wait_logs(
         [run_id], lambda found: any("Hook 'write_ending' finished" in m for m in found)
     )
@@ -345,12 +337,7 @@ def test_a_killed_warm_run_takes_its_fork_along_and_runs_the_crash_hook(
 
 def test_a_cancelled_warm_run_runs_the_cancellation_hook(prefect_stack, stack_db, warm_comfyui):
     run_id = warm_batch(prefect_stack, warm_comfyui, hang=True)
-    with prefect_stack.client() as api:
-        cancelled = api.post(
-            f"/flow_runs/{run_id}/set_state",
-            json={"state": {"type": "CANCELLING", "name": "Cancelling"}, "force": True},
-        )
-    assert cancelled.status_code in (200, 201), cancelled.text
+    cancel(prefect_stack, run_id)
     final = prefect_stack.wait_final(run_id)
     warm_comfyui.behaviour.hang = False
     assert final["state_type"] == "CANCELLED", final["state"]
