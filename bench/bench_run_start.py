@@ -143,21 +143,28 @@ async def one_run(
 
 async def profile_run(cluster: StudioServerCluster, client: Any, out: Path) -> None:
     """py-spy (installed in the venv for measuring only) on the worker and every process
-    under it for one 1-piece run: collapsed stacks, one file per run, for flame graphs."""
+    under it, and on each warm process and its forks, for one 1-piece run: collapsed
+    stacks in `out` (the worker's) and `out`.warmN, for flame graphs."""
     import subprocess
 
     out.parent.mkdir(parents=True, exist_ok=True)
-    spy = subprocess.Popen(
-        [str(Path(sys.executable).parent / "py-spy"), "record", "--pid",
-         str(cluster.workers[WORKER].pid), "--subprocesses", "--format", "raw",
-         "--rate", "200", "--nonblocking", "-o", str(out)],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )
+    # the worker, and each warm process (a run forked there is its child, not the worker's)
+    pids = [cluster.workers[WORKER].pid, *(p.pid for p in warm_processes(warm_dir()))]
+    spies = [
+        subprocess.Popen(
+            [str(Path(sys.executable).parent / "py-spy"), "record", "--pid", str(pid),
+             "--subprocesses", "--format", "raw", "--rate", "200", "--nonblocking",
+             "-o", str(out if n == 0 else out.with_name(f"{out.name}.warm{n}"))],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        for n, pid in enumerate(pids)
+    ]
     await asyncio.sleep(1)
     figures = await one_run(cluster, client, "content-batch/on-demand",
                             {"avatar_id": "demo", "num_pieces": 1})
-    spy.send_signal(2)
-    spy.wait(timeout=60)
+    for spy in spies:
+        spy.send_signal(2)
+        spy.wait(timeout=60)
     print(f"== profiled run: {figures}; stacks in {out}", flush=True)
     print(summary("profiled run", [figures]), flush=True)
 

@@ -18,7 +18,9 @@ import os
 import shlex
 import signal
 import ssl
+import subprocess
 import sys
+import tempfile
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -183,6 +185,23 @@ def test_prefect_clients_share_one_ssl_context_unless_given_their_own():
         # https: certifi's bundle, as Prefect loads it; plain http never does TLS: no CA
         # is loaded (the cost), and a TLS connection through it would be refused
         assert (cas > 0) if url.startswith("https") else (cas == 0), (url, cas)
+
+
+def test_a_worker_process_shares_one_ssl_context_through_the_collection_entry_point():
+    """`prefect worker start` imports no project code, but it loads installed Prefect
+    collections when it looks up its worker type: the package's entry point installs the
+    shared context there (the worker opens two API clients per run it submits)."""
+    probe = (
+        "from prefect.client.orchestration import PrefectClient\n"
+        "assert not hasattr(PrefectClient.__init__, '__studio_shared_ssl__')\n"
+        "from prefect.cli._worker_utils import _load_worker_class\n"
+        "assert _load_worker_class('process') is not None\n"  # what the worker CLI calls
+        "print(getattr(PrefectClient.__init__, '__studio_shared_ssl__', False))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True,
+                          timeout=120, cwd=tempfile.gettempdir())
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.strip() == "True"
 
 
 def test_s3_clients_of_one_process_share_one_session_not_their_hooks(s3_server, s3_bucket):
