@@ -105,6 +105,7 @@ class PrefectLimit:
 
     def __init__(self, keeper: PaceKeeper, provider: str) -> None:
         self.keeper, self.provider = keeper, provider
+        self._active: int | None = None
 
     def read(self) -> int | None:
         if self.provider not in self.keeper.ceilings:
@@ -125,7 +126,13 @@ class PrefectLimit:
                 limit_name(self.provider), type(exc).__name__,
             )
             return None
+        self._active = int(found.active_slots)
         return int(found.limit)
+
+    def in_flight(self) -> int | None:
+        """The slots held fleet-wide at the last read: the calls in flight (every call to
+        the provider holds one, engine/provider_slots.py)."""
+        return self._active
 
     def write(self, limit: int) -> None:
         from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate

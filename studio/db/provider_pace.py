@@ -72,6 +72,10 @@ class LimitAccess(Protocol):
         """Put `limit` in force."""
         ...
 
+    def in_flight(self) -> int | None:
+        """The limit's slots in use at the last `read` (None: not known)."""
+        ...
+
 
 Sessions = Callable[[], AbstractContextManager[Session]]
 
@@ -317,7 +321,9 @@ def adjust(
         ):
             observed = limit.read()
             noted = reconcile(session, row, observed, ceiling, now)
-            decision = aimd.decide(state_of(row, observed is not None), event, now, knobs)
+            decision = aimd.decide(
+                state_of(row, observed is not None), event, now, knobs, limit.in_flight()
+            )
         if decision is not None:
             for name in _WRITTEN:
                 setattr(row, name, getattr(decision.state, name))

@@ -8,9 +8,14 @@ tested here alone, with the clock passed in.
 The rules (knobs in studio/providers/pace_settings.py):
 
 - a throttling answer (429, 529, 503 with Retry-After) lowers the limit multiplicatively,
-  `max(1, floor(current * factor))` and at least 1 lower, once per throttling event: any
-  further throttling answer before the cooldown ends (`cooldown_seconds` after the
-  decrease) is the same event and lowers nothing;
+  `max(1, floor(min(current, in_flight) * factor))` and at least 1 lower, once per
+  throttling event: any further throttling answer before the cooldown ends
+  (`cooldown_seconds` after the decrease) is the same event and lowers nothing.
+  `in_flight` is the number of the limit's slots in use when the decision is taken (TCP's
+  "flight size", RFC 5681 section 3.1): a fleet using 12 slots of a limit of 20 is
+  throttled at 12, and 20 x 0.75 = 15 would bind nothing, so every call started until
+  two more events had passed was a wasted round trip into a full provider (the same load,
+  not the limit, is the throttle point the raises below probe carefully);
 - every throttling answer with a Retry-After pushes the fleet-wide `throttled_until` out
   (never back), whether or not the limit changes, and starts the quiet window again;
 - an accepted job raises the limit by 1 when nothing throttled for the quiet window
@@ -101,9 +106,17 @@ class Decision:
     new_event: bool = False
 
 
-def decreased(current: int, factor: float) -> int:
-    """`max(1, floor(current * factor))`, and at least 1 lower than `current` (5 -> 3)."""
-    return max(1, min(current - 1, math.floor(current * factor)))
+def _in_use(current: int, in_flight: int | None) -> int:
+    """The load the provider throttled at: the slots in use, when known and lower. None
+    slots in use says nothing (the throttled call held none of the fleet's: a provider
+    without slots, or a call that already gave its slot back): the limit, then."""
+    return min(current, in_flight) if in_flight else current
+
+
+def decreased(current: int, factor: float, in_flight: int | None = None) -> int:
+    """`max(1, floor(min(current, in_flight) * factor))`, and at least 1 lower than
+    `current` (5 -> 3; 20 with 12 in use -> 9)."""
+    return max(1, min(current - 1, math.floor(_in_use(current, in_flight) * factor)))
 
 
 def cooldown_end(state: PaceState, knobs: Knobs) -> datetime | None:
@@ -128,14 +141,19 @@ def raise_window(state: PaceState, knobs: Knobs) -> float:
     return knobs.raise_after_seconds
 
 
-def decide(state: PaceState, event: Event, now: datetime, knobs: Knobs) -> Decision | None:
-    """What `event` at `now` changes; None when it changes nothing at all."""
+def decide(
+    state: PaceState, event: Event, now: datetime, knobs: Knobs, in_flight: int | None = None
+) -> Decision | None:
+    """What `event` at `now` changes; None when it changes nothing at all. `in_flight`:
+    the limit's slots in use now, when known (a decrease starts from it when lower)."""
     if isinstance(event, Throttled):
-        return _on_throttled(state, event, now, knobs)
+        return _on_throttled(state, event, now, knobs, in_flight)
     return _on_success(state, now, knobs)
 
 
-def _on_throttled(state: PaceState, event: Throttled, now: datetime, knobs: Knobs) -> Decision:
+def _on_throttled(
+    state: PaceState, event: Throttled, now: datetime, knobs: Knobs, in_flight: int | None
+) -> Decision:
     until = state.throttled_until
     if event.retry_after is not None and event.retry_after > 0:
         wanted = now + timedelta(seconds=event.retry_after)
@@ -152,12 +170,13 @@ def _on_throttled(state: PaceState, event: Throttled, now: datetime, knobs: Knob
         state_after,
         last_decrease_at=now,
         last_throttle_limit=(
-            state.current if state.current is not None else state.last_throttle_limit
+            _in_use(state.current, in_flight) if state.current is not None
+            else state.last_throttle_limit
         ),
     )
     if not knobs.adaptive or state.current is None or state.current <= 1:
         return Decision(state_after, new_event=True)
-    to = decreased(state.current, knobs.decrease_factor)
+    to = decreased(state.current, knobs.decrease_factor, in_flight)
     return Decision(
         replace(state_after, current=to, last_change_at=now),
         to_limit=to, reason="throttled", new_event=True,

@@ -5,7 +5,9 @@ capacity moves 8 -> 3 -> 12 under a ceiling of 20, then tuned by that bench: the
 probe windows were 2 s and 6 s, 13.8 % of creates throttled; at 1 s and 10 s, 8.7 and
 9.5 %, and 6.6 and 7.1 % once a re-sent create backs off (studio/providers/replicate_flux.py),
 the same throughput against the oracle's, each change still followed within 30 s; a
-15 s probe with 0.5 s raises did no better, 9.9 %):
+15 s probe with 0.5 s raises did no better, 9.9 %; decreasing from the slots in use when
+fewer than the limit, studio/providers/aimd.py: 5.6 % [5.4-5.8] against 7.7 % [5.8-9.7] in
+two runs each on one day):
 
 - `PROVIDER_LIMIT_DECREASE_FACTOR` 0.75: 5 -> 3, 20 -> 15 -> 11 -> 8. Halving (TCP's 0.5)
   overshoots a provider that throttles at 8 down to 4 and then needs four quiet windows

@@ -24,7 +24,8 @@ from tests.emulators.replicate_api import ReplicateEmulator
 from tests.prefect_server.conftest import BIN, ROOT
 
 TOKEN = "r8_story_token_0001"
-THROTTLED_LINE = "Provider throttled | Provider: replicate | Limit: 5 -> 3 | Retry-After: 1s"
+# a 2-piece batch throttled with 1-2 calls in flight: the limit goes to floor(2 x 0.75) = 1
+THROTTLED_LINE = "Provider throttled | Provider: replicate | Limit: 5 -> 1 | Retry-After: 1s"
 
 
 def wait_for(what: str, probe: Callable[[], Any], timeout: float = 120) -> Any:
@@ -102,7 +103,7 @@ def test_a_throttled_batch_tells_its_story(prefect_stack, stack_db):
     (throttled,) = wait_for("the throttled event", lambda: events(
         stack, ["studio.provider.throttled"], since))
     assert throttled["resource"]["prefect.resource.id"] == "studio.provider.replicate"
-    assert (throttled["payload"]["from_limit"], throttled["payload"]["to_limit"]) == (5, 3)
+    assert (throttled["payload"]["from_limit"], throttled["payload"]["to_limit"]) == (5, 1)
     assert throttled["payload"]["ceiling"] == 5 and throttled["payload"]["status"] == 429
 
     def fired() -> list[dict[str, Any]]:
@@ -121,7 +122,7 @@ def test_a_throttled_batch_tells_its_story(prefect_stack, stack_db):
         r for r in json.loads(shown.stdout)["limits"] if r["name"] == "provider:replicate"
     )
     assert replicate_row["ceiling"] == 5 and replicate_row["manual_cap"] is None
-    assert replicate_row["limit"] in (3, 4, 5)  # it may have recovered since
+    assert 1 <= replicate_row["limit"] <= 5  # it may have recovered since
     change = replicate_row["last_change"]
     assert change["reason"] in ("throttled", "recovered"), change
 
@@ -131,7 +132,7 @@ def test_a_throttled_batch_tells_its_story(prefect_stack, stack_db):
             "artifacts": {"flow_run_id": {"any_": [run["id"]]}}}).json()
     gallery = next(a for a in artifacts if (a["key"] or "").startswith("gallery-"))
     section = gallery["data"].split("## Provider limits", 1)[1]
-    assert "| replicate | 5 -> 3 | throttled | 429 | 1s |" in section, section
+    assert "| replicate | 5 -> 1 | throttled | 429 | 1s |" in section, section
 
     # the ceiling back for the session's other tests
     back = studio("limits", "apply")

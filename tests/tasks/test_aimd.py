@@ -71,6 +71,27 @@ def test_multiplicative_decrease_five_to_three_never_below_one() -> None:
     assert one.state.current == 1
 
 
+def test_a_decrease_starts_from_the_slots_in_use_when_fewer_than_the_limit() -> None:
+    """TCP's flight size: a fleet using 12 slots of a limit of 20 is throttled at 12, so
+    the decrease starts there (20 x 0.75 = 15 would bind nothing)."""
+    assert decreased(20, 0.75, in_flight=12) == 9
+    assert decreased(20, 0.75, in_flight=20) == 15 == decreased(20, 0.75, in_flight=30)
+    assert decreased(5, 0.75, in_flight=None) == 3  # not known: from the limit
+    assert decreased(5, 0.75, in_flight=0) == 3  # no slot in use says nothing: the limit
+    assert decreased(5, 0.75, in_flight=1) == 1
+    decision = decide(PaceState(current=20, ceiling=20), Throttled(429, 1.0), T0, KNOBS,
+                      in_flight=12)
+    assert decision is not None and (decision.to_limit, decision.state.current) == (9, 9)
+    assert decision.state.last_throttle_limit == 12  # the load it throttled at: the probe point
+    # inside the cooldown nothing is lowered, whatever is in flight
+    again = decide(decision.state, Throttled(429, 1.0), at(0.5), KNOBS, in_flight=2)
+    assert again is not None and again.to_limit is None
+    # a success never looks at it
+    assert decide(PaceState(current=3, ceiling=5), Succeeded(), at(9), KNOBS,
+                  in_flight=1) == decide(PaceState(current=3, ceiling=5), Succeeded(), at(9),
+                                         KNOBS)
+
+
 def test_one_decrease_per_event_however_many_calls_reported_it() -> None:
     # 30 calls in flight all answer 429 within the cooldown: one decrease
     burst = [(0.01 * n, Throttled(429, None)) for n in range(30)]

@@ -122,6 +122,31 @@ async def test_a_burst_of_429s_lowers_prefect_limit_once_and_says_so(
     assert until is not None and until > datetime.now(UTC) + timedelta(seconds=9)
 
 
+async def test_a_throttle_lowers_from_the_slots_in_use_when_fewer_than_the_limit(
+    any_database, replicate_at_5, lines
+) -> None:
+    """Two calls hold slots of a limit of 5 when the provider throttles: it is full at 2,
+    so the limit goes to floor(2 x 0.75) = 1, not to 3 (which would bind nothing)."""
+    async with get_client() as client:
+        await client.update_global_concurrency_limit(
+            NAME, GlobalConcurrencyLimitUpdate(active_slots=0)
+        )
+        await client.increment_concurrency_slots(names=[NAME], slots=2, mode="concurrency")
+    try:
+        pace = keeper()
+        pace.throttled("replicate", 429, 1.0)
+        assert pace.flush()
+        assert await prefect_limit() == 1
+        assert changes() == [(5, 1, "throttled")]
+        assert throttled_line("replicate", 5, 1, 1.0) in lines
+        assert row().last_throttle_limit == 2  # the load it throttled at: the probe point
+    finally:
+        async with get_client() as client:
+            await client.update_global_concurrency_limit(
+                NAME, GlobalConcurrencyLimitUpdate(active_slots=0)
+            )
+
+
 async def test_quiet_successes_raise_by_one_up_to_the_ceiling(
     any_database, replicate_at_5, lines
 ) -> None:
