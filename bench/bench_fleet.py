@@ -29,7 +29,7 @@ medians with the spread (min-max) over `--rounds`:
   up to 0.2 s of a process may be missed.
 
     .venv/bin/python bench/bench_fleet.py [--rounds 3] [--scenarios 1x10,6x10,3x50]
-        [--limit 3]
+        [--limit 3] [--timeline]
 """
 
 from __future__ import annotations
@@ -73,6 +73,8 @@ class Round:
     cpu: list[float]
     completed: int
     replicate_jobs: int
+    #: per batch: seconds from submission to each state of its flow run (`--timeline`)
+    states: list[dict[str, float]] = field(default_factory=list)
 
     @property
     def ratio(self) -> float:
@@ -219,6 +221,20 @@ async def batch_starts(client, ids: list[str]) -> dict[str, float]:  # type: ign
         offset += 200
 
 
+async def state_times(client, ids: list[str], submitted: float) -> list[dict[str, float]]:  # type: ignore[no-untyped-def]
+    """Per run: seconds from submission to the first time it entered each state (the
+    server's state history), where the time between two batches of a wave goes."""
+    from uuid import UUID
+
+    out = []
+    for run_id in ids:
+        seen: dict[str, float] = {}
+        for state in await client.read_flow_run_states(UUID(run_id)):
+            seen.setdefault(state.name, state.timestamp.timestamp() - submitted)
+        out.append(seen)
+    return out
+
+
 def _epoch(moment: datetime) -> float:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
@@ -245,6 +261,7 @@ async def one_round(
             await asyncio.sleep(0.5)
         await asyncio.sleep(1.0)  # the last logs reach the API
         starts = await batch_starts(client, ids)
+        states = await state_times(client, ids, submitted)
     finishes = [_epoch(rows[i][1]) - submitted if rows[i][1] else float("nan") for i in ids]
     wall = max(f for f in finishes if f == f)
     drawn = [latency for _, latency, _ in cluster.comfyui.records[records:] if latency > 0]
@@ -259,7 +276,17 @@ async def one_round(
         cpu=[sampler.cpu_of(i) for i in ids],
         completed=sum(1 for status, _ in rows.values() if status == "completed"),
         replicate_jobs=int(cluster.replicate.billed_jobs) - replicate_before,
+        states=states,
     )
+
+
+def print_timeline(r: Round) -> None:
+    """Per batch, in start order: its run's states, `[BATCH START]` and its row's
+    finish, in seconds from submission."""
+    for i in sorted(range(r.batches), key=lambda i: r.starts[i]):
+        marks = dict(r.states[i]) | {"[BATCH START]": r.starts[i], "finished_at": r.finishes[i]}
+        print("   batch", i, " ".join(f"{name} {t:.1f}" for name, t in
+                                    sorted(marks.items(), key=lambda kv: kv[1])))
 
 
 def _fmt(values: list[float], unit: str = "s", digits: int = 1) -> str:
@@ -301,6 +328,8 @@ async def bench(cluster: StudioServerCluster, args: argparse.Namespace) -> None:
                       f"{' '.join(f'{x:.0%}' for x in r.spreads) or '-'}; of their runs "
                       f"{' '.join(f'{x:.0%}' for x in r.run_spreads) or '-'}) | start "
                       f"{_fmt(r.starts)} | CPU {_fmt(r.cpu)}", flush=True)
+                if args.timeline:
+                    print_timeline(r)
                 await asyncio.sleep(3)  # leases lingering, processes exiting
     print(f"\nworker --limit {args.limit}, {args.rounds} round(s); medians [min-max]")
     print("| scenario | wall | bound | wall / bound | ComfyUI slots busy | finish spread "
@@ -325,6 +354,8 @@ def main() -> None:
     parser.add_argument("--scenarios", default="1x10,6x10,3x50",
                         help="BATCHESxPIECES, comma-separated")
     parser.add_argument("--limit", type=int, default=3, help="prefect worker start --limit")
+    parser.add_argument("--timeline", action="store_true",
+                        help="print each batch's run states, start and finish per round")
     args = parser.parse_args()
     # as bench/bench_run_start.py: no installed worker compiles its modules on every run
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
