@@ -56,14 +56,28 @@ PRELOAD = (
 IDLE_SECONDS = 900.0
 #: how often it checks whether the code it imported is still the checkout's
 CODE_CHECK_SECONDS = 10.0
-#: how often the loop looks for ended children and its own idleness
+#: how often the loop looks for its own idleness (and for ended children where a kernel
+#: has no pidfd: on Linux >= 5.3 a child's end wakes the loop at once, see `exit_fd`)
 TICK_SECONDS = 0.2
 #: a request's header and body must arrive within this
 REQUEST_TIMEOUT_SECONDS = 5.0
 
 
 def log(message: str) -> None:
-    print(f"{time.strftime('%Y-%m-%dT%H:%M:%S')} warm {os.getpid()}: {message}", flush=True)
+    now = time.time()
+    stamp = time.strftime("%Y-%m-%dT%H:%M:%S", time.localtime(now)) + f".{int(now % 1 * 1000):03d}"
+    print(f"{stamp} warm {os.getpid()}: {message}", flush=True)
+
+
+def exit_fd(pid: int) -> int | None:
+    """A file descriptor that becomes readable when child `pid` ends (Linux's pidfd), so
+    its client hears of the end at once instead of at the loop's next tick: the worker
+    frees its slot, and starts the next waiting run, that much sooner. None where the
+    kernel or Python has none (the tick still reaps)."""
+    try:
+        return os.pidfd_open(pid)
+    except (AttributeError, OSError):
+        return None
 
 
 def preload() -> None:
@@ -87,6 +101,7 @@ class Run:
     conn: socket.socket
     pid: int
     flow_run: str
+    ended_fd: int | None = None  # exit_fd(pid)
 
 
 def _peer_is_us(conn: socket.socket) -> bool:
@@ -164,8 +179,9 @@ class WarmServer:
             for key, _mask in self.selector.select(TICK_SECONDS):
                 if key.data is None:
                     self.accept()
-                else:
+                elif isinstance(key.data, int):
                     self.client_spoke(key.data)
+                # else a child's exit_fd: reaped just below
             self.reap()
             if accepting:
                 idle = time.monotonic() - self.last_active > self.idle_seconds
@@ -208,11 +224,15 @@ class WarmServer:
         if pid == 0:  # the child: never returns
             run_child(request, fds, [self.selector.fileno(), self.listener.fileno(),  # type: ignore[attr-defined]
                                      conn.fileno(),
-                                     *(run.conn.fileno() for run in self.runs.values())],
+                                     *(run.conn.fileno() for run in self.runs.values()),
+                                     *(run.ended_fd for run in self.runs.values()
+                                       if run.ended_fd is not None)],
                       self.path)
         for fd in fds:
             os.close(fd)
-        self.runs[pid] = Run(conn, pid, flow_run)
+        self.runs[pid] = Run(conn, pid, flow_run, exit_fd(pid))
+        if (ended := self.runs[pid].ended_fd) is not None:
+            self.selector.register(ended, selectors.EVENT_READ, ("ended", pid))
         log(f"flow run {flow_run}: pid {pid}")
         try:
             conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
@@ -254,6 +274,10 @@ class WarmServer:
             log(f"flow run {run.flow_run}: pid {pid} ended ({code})")
             with contextlib.suppress(KeyError, ValueError):
                 self.selector.unregister(run.conn)
+            if run.ended_fd is not None:
+                with contextlib.suppress(KeyError, ValueError):
+                    self.selector.unregister(run.ended_fd)
+                os.close(run.ended_fd)
             with contextlib.suppress(OSError):
                 run.conn.setblocking(True)
                 run.conn.sendall(json.dumps({"code": code}).encode() + b"\n")

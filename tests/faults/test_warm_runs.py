@@ -9,6 +9,7 @@ folder (STUDIO_WARM_DIR), and stops the warm processes it started.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -128,6 +129,32 @@ def test_a_killed_client_takes_its_fork_with_it(warm, tmp_path):
     wait_for("the fork to be killed", lambda: not psutil.pid_exists(pid)
              or psutil.Process(pid).status() == "zombie", 10)
     assert "its process went away, killing pid" in sock.with_suffix(".log").read_text()
+
+
+def pidfds_of(process: int) -> set[int]:
+    """The processes `process` holds a pidfd of (Linux: a pidfd's fdinfo names its Pid)."""
+    held = set()
+    for info in Path(f"/proc/{process}/fdinfo").iterdir():
+        with contextlib.suppress(OSError):
+            for line in info.read_text().splitlines():
+                if line.startswith("Pid:"):
+                    held.add(int(line.split()[1]))
+    return held
+
+
+@pytest.mark.skipif(not hasattr(os, "pidfd_open"), reason="no pidfd in this Python")
+def test_the_warm_process_hears_of_a_forks_end_through_a_pidfd_and_closes_it(warm, tmp_path):
+    """A fork's end wakes the warm process at once (its pidfd is in the selector), not at
+    its next idle tick: the worker's slot, and the next run, wait that much less."""
+    started(warm)
+    [server] = warm_pids(warm)
+    pid_file = tmp_path / "pid"
+    process = client(do="hang", pid_file=str(pid_file))
+    pid = int(wait_for("the fork's pid", lambda: pid_file.exists() and pid_file.read_text()))
+    assert pid in wait_for("a pidfd of the fork", lambda: pidfds_of(server))
+    os.kill(pid, signal.SIGKILL)
+    assert finished(process)[0] == -signal.SIGKILL
+    assert pid not in wait_for("the pidfd closed", lambda: pidfds_of(server) or {0})
 
 
 def test_another_environment_or_code_gets_another_warm_process(warm, monkeypatch, tmp_path):
