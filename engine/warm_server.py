@@ -230,9 +230,9 @@ class WarmServer:
                       self.path)
         for fd in fds:
             os.close(fd)
-        self.runs[pid] = Run(conn, pid, flow_run, exit_fd(pid))
-        if (ended := self.runs[pid].ended_fd) is not None:
-            self.selector.register(ended, selectors.EVENT_READ, ("ended", pid))
+        run = self.runs[pid] = Run(conn, pid, flow_run, exit_fd(pid))
+        if run.ended_fd is not None:
+            self.selector.register(run.ended_fd, selectors.EVENT_READ, "ended")
         log(f"flow run {flow_run}: pid {pid}")
         try:
             conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")

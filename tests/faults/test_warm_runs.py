@@ -162,7 +162,7 @@ def test_the_warm_process_hears_of_a_forks_end_through_a_pidfd_and_closes_it(war
     assert pid in wait_for("a pidfd of the fork", lambda: pidfds_of(server))
     os.kill(pid, signal.SIGKILL)
     assert finished(process)[0] == -signal.SIGKILL
-    assert pid not in wait_for("the pidfd closed", lambda: pidfds_of(server) or {0})
+    assert pid not in pidfds_of(server)  # closed before its client was told the code
 
 
 def test_another_environment_or_code_gets_another_warm_process(warm, monkeypatch, tmp_path):
