@@ -26,10 +26,15 @@ medians with the spread (min-max) over `--rounds`:
 - CPU: per batch, user+system CPU of the processes of its flow run (the worker's
   children whose environment names the run, and the runs warm processes forked, named
   in their logs; engine/warm_server.py), sampled every 0.2 s with psutil, so the last
-  up to 0.2 s of a process may be missed.
+  up to 0.2 s of a process may be missed;
+- CPU by role (`--census`): user+system CPU over the round of the Prefect server,
+  PostgreSQL, SeaweedFS, the worker, the flow runs (the worker's children and the warm
+  processes with their forks) and this process (the provider emulators run in it), and
+  their sum over the machine's cores x wall: whether the fleet waits for providers or for
+  CPU.
 
     .venv/bin/python bench/bench_fleet.py [--rounds 3] [--scenarios 1x10,6x10,3x50]
-        [--limit 3] [--timeline]
+        [--limit 3] [--timeline] [--census]
 """
 
 from __future__ import annotations
@@ -75,6 +80,8 @@ class Round:
     replicate_jobs: int
     #: per batch: seconds from submission to each state of its flow run (`--timeline`)
     states: list[dict[str, float]] = field(default_factory=list)
+    #: CPU seconds per role over the round (`--census`)
+    census: dict[str, float] = field(default_factory=dict)
 
     @property
     def ratio(self) -> float:
@@ -190,6 +197,49 @@ class Sampler:
         return sum(cpu for r, cpu in self.cpu.values() if r == run)
 
 
+def _tree_cpu(roots: list[psutil.Process], *, own: bool = True) -> float:
+    """CPU of processes and their descendants: the live ones' own, plus what the reaped
+    ones left in their parents (children_user/system)."""
+    total = 0.0
+    seen: set[int] = set()
+    for root in roots:
+        with contextlib.suppress(psutil.Error):
+            for process in [root, *root.children(recursive=True)]:
+                if process.pid in seen:
+                    continue
+                seen.add(process.pid)
+                with contextlib.suppress(psutil.Error):
+                    t = process.cpu_times()
+                    total += t.children_user + t.children_system
+                    if own or process.pid != root.pid:
+                        total += t.user + t.system
+    return total
+
+
+def _by_cmdline(needle: str) -> list[psutil.Process]:
+    found = []
+    for process in psutil.process_iter(["cmdline"]):
+        if needle in " ".join(process.info["cmdline"] or []):
+            found.append(process)
+    return found
+
+
+def cpu_census(cluster: StudioServerCluster, base: Path) -> dict[str, float]:
+    """CPU seconds used so far per role (a round's is the difference of two)."""
+    worker = cluster.workers.get(WORKER)
+    server = [psutil.Process(cluster.server.pid)] if cluster.server else []
+    workers = [psutil.Process(worker.pid)] if worker else []
+    worker_own = sum(p.cpu_times().user + p.cpu_times().system for p in workers)
+    return {
+        "server": _tree_cpu(server),
+        "postgres": _tree_cpu(_by_cmdline(str(base / "pgdata"))),
+        "s3": _tree_cpu(_by_cmdline(str(base / "s3"))),
+        "worker": worker_own,
+        "runs": _tree_cpu(workers, own=False) + _tree_cpu(warm_processes(warm_dir())),
+        "bench": sum(psutil.Process().cpu_times()[:2]),
+    }
+
+
 def batch_rows(
     cluster: StudioServerCluster, ids: list[str]
 ) -> dict[str, tuple[str, datetime | None]]:
@@ -240,8 +290,10 @@ def _epoch(moment: datetime) -> float:
 
 
 async def one_round(
-    cluster: StudioServerCluster, sampler: Sampler, batches: int, pieces: int
+    cluster: StudioServerCluster, sampler: Sampler, batches: int, pieces: int,
+    base: Path | None = None,
 ) -> Round:
+    census = cpu_census(cluster, base) if base else {}
     records = len(cluster.comfyui.records)
     replicate_before = int(cluster.replicate.billed_jobs)
     async with cluster.client() as client:
@@ -267,6 +319,9 @@ async def one_round(
     drawn = [latency for _, latency, _ in cluster.comfyui.records[records:] if latency > 0]
     mean = statistics.fmean(drawn) if drawn else 2.0
     await asyncio.sleep(0.5)  # the flow-run processes exit; their last CPU sample is in
+    if base:
+        after = cpu_census(cluster, base)
+        census = {role: after[role] - census[role] for role in after}
     return Round(
         batches=batches, pieces=pieces, wall=wall,
         bound=batches * pieces * mean / SLOTS + mean,
@@ -277,6 +332,7 @@ async def one_round(
         completed=sum(1 for status, _ in rows.values() if status == "completed"),
         replicate_jobs=int(cluster.replicate.billed_jobs) - replicate_before,
         states=states,
+        census=census,
     )
 
 
@@ -303,13 +359,24 @@ def _median(values: list[float], digits: int = 1, unit: str = "") -> str:
 async def warm_up(cluster: StudioServerCluster, sampler: Sampler) -> None:
     """A standing worker has run batches before: its first run of an environment only
     notes it, the second starts the warm process its later runs fork from
-    (engine/warm_start.py); so two 1-piece batches, and the warm process's imports."""
-    for _ in range(2):
+    (engine/warm_start.py), and after the first fork ends the warm process imports what
+    that run had to (engine/warm_server.py `learn`, about 1.2 s of CPU, once per code
+    version): so three 1-piece batches, else the first measured wave pays those imports
+    in each of its forks and the learning blocks the next fork."""
+    for _ in range(3):
         await one_round(cluster, sampler, 1, 1)
     await asyncio.sleep(5)
 
 
-async def bench(cluster: StudioServerCluster, args: argparse.Namespace) -> None:
+def print_census(r: Round) -> None:
+    total = sum(r.census.values())
+    cores = psutil.cpu_count() or 1
+    print("   CPU by role " + ", ".join(f"{k} {v:.1f}" for k, v in r.census.items())
+          + f" s; total {total:.1f} s = {total / (cores * r.wall):.0%} of {cores} cores"
+          " x wall")
+
+
+async def bench(cluster: StudioServerCluster, args: argparse.Namespace, base: Path) -> None:
     scenarios = [tuple(int(n) for n in s.split("x")) for s in args.scenarios.split(",")]
     results: dict[tuple[int, int], list[Round]] = {s: [] for s in scenarios}
     # the README's worker settings: a poll every second (the harness's default is 2 s)
@@ -319,7 +386,8 @@ async def bench(cluster: StudioServerCluster, args: argparse.Namespace) -> None:
         await warm_up(cluster, sampler)
         for n in range(args.rounds):
             for batches, pieces in scenarios:
-                r = await one_round(cluster, sampler, batches, pieces)
+                r = await one_round(cluster, sampler, batches, pieces,
+                                    base if args.census else None)
                 results[(batches, pieces)].append(r)
                 print(f"round {n + 1} {batches} x {pieces}: wall {r.wall:.1f} s, bound "
                       f"{r.bound:.1f} s, wall/bound {r.ratio:.2f}, busy {r.busy:.0%}, "
@@ -330,6 +398,8 @@ async def bench(cluster: StudioServerCluster, args: argparse.Namespace) -> None:
                       f"{_fmt(r.starts)} | CPU {_fmt(r.cpu)}", flush=True)
                 if args.timeline:
                     print_timeline(r)
+                if args.census:
+                    print_census(r)
                 await asyncio.sleep(3)  # leases lingering, processes exiting
     print(f"\nworker --limit {args.limit}, {args.rounds} round(s); medians [min-max]")
     print("| scenario | wall | bound | wall / bound | ComfyUI slots busy | finish spread "
@@ -356,6 +426,8 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=3, help="prefect worker start --limit")
     parser.add_argument("--timeline", action="store_true",
                         help="print each batch's run states, start and finish per round")
+    parser.add_argument("--census", action="store_true",
+                        help="print each round's CPU by role (server, database, runs, ...)")
     args = parser.parse_args()
     # as bench/bench_run_start.py: no installed worker compiles its modules on every run
     os.environ.pop("PYTHONDONTWRITEBYTECODE", None)
@@ -370,7 +442,7 @@ def main() -> None:
     try:
         with studio_cluster(base / "cluster", server_url, s3) as cluster:
             print(f"cluster: {base / 'cluster'}", flush=True)
-            asyncio.run(bench(cluster, args))
+            asyncio.run(bench(cluster, args, base))
     finally:
         s3.shutdown()
         stop_pg()
