@@ -210,12 +210,17 @@ def summary(label: str, rows: list[dict[str, Any]]) -> str:
 
 async def warm_up(client: Any, cluster: StudioServerCluster) -> None:
     """Runs until a warm process serves this environment (the second run starts one;
-    engine/warm_start.py), as on any worker after its first runs; disk caches too."""
+    engine/warm_start.py) and has forked once (after its first fork ends it imports what
+    that run had to, once per code version: engine/warm_server.py `learn`), as on any
+    worker after its first runs; disk caches too."""
     for _ in range(3):
         await one_run(cluster, client, "content-batch/on-demand",
                       {"avatar_id": "demo", "num_pieces": 1})
         if warm_processes(warm_dir()):
             await asyncio.sleep(5)  # its imports
+            await one_run(cluster, client, "content-batch/on-demand",
+                          {"avatar_id": "demo", "num_pieces": 1})  # its first fork
+            await asyncio.sleep(3)  # what that fork taught it
             return
 
 

@@ -2,8 +2,10 @@
 
 The image step is most of a batch's time; the artifact (Prefect's progress artifact,
 on the batch run's Artifacts tab) says how far it is without opening the chunks.
-Each update is an API call, so it moves in steps of `STEP_PERCENT` and at the end,
-in the background: an update that fails is skipped, never a reason to fail a batch.
+Each update is an API call and a server event, so it moves in steps of `STEP_PERCENT`,
+at most once per `MIN_UPDATE_SECONDS` (a 10-piece batch would otherwise send one per
+image: the Prefect server's CPU is what a busy fleet waits for), and at the end, in the
+background: an update that fails is skipped, never a reason to fail a batch.
 Chunks run in the batch's process and event loop, so they find the batch's tracker
 by batch id.
 """
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from uuid import UUID
@@ -21,6 +24,8 @@ from prefect.artifacts import acreate_progress_artifact, aupdate_progress_artifa
 log = logging.getLogger(__name__)
 
 STEP_PERCENT = 10
+MIN_UPDATE_SECONDS = 1.0
+_clock = time.monotonic  # tests move it by hand
 
 _trackers: dict[str, ImageProgress] = {}
 
@@ -32,6 +37,7 @@ class ImageProgress:
         self.done = 0
         self.failed = 0
         self._shown = 0.0
+        self._shown_at = _clock()  # the artifact was created at 0 %
         self._last: asyncio.Task[None] | None = None
 
     @property
@@ -45,13 +51,16 @@ class ImageProgress:
     def advance(self, *, failed: bool = False) -> None:
         self.done += 1
         self.failed += int(failed)
-        if self.done == self.total or self.percent - self._shown >= STEP_PERCENT:
+        if self.done == self.total or (
+            self.percent - self._shown >= STEP_PERCENT
+            and _clock() - self._shown_at >= MIN_UPDATE_SECONDS
+        ):
             self._update()
 
     def _update(self) -> None:
         if self.artifact_id is None:
             return
-        self._shown = self.percent
+        self._shown, self._shown_at = self.percent, _clock()
         # one update after the other, so a late 90% never lands after the 100%
         self._last = asyncio.get_running_loop().create_task(
             _send(self.artifact_id, self.percent, self.description(), after=self._last)
