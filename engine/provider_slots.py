@@ -94,6 +94,14 @@ logger = logging.getLogger("studio.providers")
 
 #: a slot's lease: the shortest the Prefect server accepts (it refuses under 60 s)
 LEASE_SECONDS = 60.0
+#: Prefect's keeper (`amaintain_concurrency_lease`: a thread and a sync API client per
+#: lease since PrefectHQ/prefect#21925) renews a lease the moment it starts, then every
+#: 75 % of its duration; a lease just granted for LEASE_SECONDS needs no renewal yet,
+#: and most are handed back within seconds (an image call). The keeper starts once a
+#: lease has been held this fraction of its duration: a short lease costs no thread, no
+#: client, no renewal (a 10-piece batch: ~10 renewals and their clients fewer), and a long
+#: one is first renewed with three quarters of its time left.
+KEEPER_DELAY_FRACTION = 0.25
 #: a waiter refused this long asks `heal` to free slots no live process holds
 HEAL_AFTER_SECONDS = 10.0
 #: how often a pool with waiting images publishes its place in the fleet's queue and
@@ -518,6 +526,13 @@ class LeasePool:
         """Renew the lease with Prefect's keeper until it goes back; mark it lost if the
         keeper gives up (it cancels this task when renewal fails)."""
         assert lease.lease_id is not None
+        try:  # given back before it needs renewing: no keeper at all
+            await asyncio.wait_for(
+                lease._stop.wait(), self.lease_seconds * KEEPER_DELAY_FRACTION
+            )
+            return
+        except TimeoutError:
+            pass
         try:
             async with amaintain_concurrency_lease(
                 lease.lease_id, self.lease_seconds, raise_on_lease_renewal_failure=True

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 
 import pytest
@@ -10,6 +11,7 @@ from prefect import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitUpdate
 
 from deployments.concurrency_limits import apply_provider_limits, read_provider_limits
+from engine import provider_slots
 from engine.provider_slots import LeasePool, PrefectSlots
 from studio.providers.chain import ProviderChain, ProviderPolicy
 from studio.providers.modal_endpoint import ModalSDXLProvider
@@ -118,6 +120,55 @@ async def test_missing_limit_still_caps_this_process(emulators, caplog):
         await asyncio.gather(*(chain.generate(spec(i), AVATAR) for i in range(6)))
     assert modal.counters.peak == 2
     assert "does not exist" in caplog.text
+
+
+def _counted_keepers(monkeypatch) -> list[str]:
+    """Prefect's lease keeper, still the real one, with each start recorded."""
+    started: list[str] = []
+    real = provider_slots.amaintain_concurrency_lease
+
+    @contextlib.asynccontextmanager
+    async def counted(lease_id, *args, **kwargs):
+        started.append(str(lease_id))
+        async with real(lease_id, *args, **kwargs):
+            yield
+
+    monkeypatch.setattr(provider_slots, "amaintain_concurrency_lease", counted)
+    return started
+
+
+async def test_a_lease_given_back_soon_starts_no_keeper(monkeypatch):
+    """Prefect's keeper (a thread, a sync client and a renewal at once, per lease) waits
+    until a lease has been held a quarter of its duration: an image's lease, given back
+    within seconds, costs none of it."""
+    await _apply(monkeypatch, 1)
+    started = _counted_keepers(monkeypatch)
+    pool = LeasePool("modal", 1, poll_seconds=0.02, linger_seconds=0.0)
+    lease = await pool.acquire()
+    await asyncio.sleep(0.2)
+    pool.release(lease)
+    await pool.release_idle()
+    await pool.drain()
+    assert started == []
+    assert lease._keeper is not None and lease._keeper.done() and not lease.lost
+    assert (await read_provider_limits())["provider:modal"]["active_slots"] == 0
+
+
+async def test_a_lease_held_past_the_delay_is_kept_by_prefect(monkeypatch):
+    """Past KEEPER_DELAY_FRACTION of its duration Prefect's keeper renews the lease on
+    the server (a real renewal: a lease the server lost would be marked lost)."""
+    await _apply(monkeypatch, 1)
+    started = _counted_keepers(monkeypatch)
+    monkeypatch.setattr(provider_slots, "KEEPER_DELAY_FRACTION", 0.002)  # 0.12 s of 60
+    pool = LeasePool("modal", 1, poll_seconds=0.02, linger_seconds=0.0)
+    lease = await pool.acquire()
+    await asyncio.sleep(1.0)
+    assert started == [str(lease.lease_id)] and not lease.lost
+    pool.release(lease)
+    await pool.release_idle()
+    await pool.drain()
+    assert lease._keeper is not None and lease._keeper.done() and not lease.lost
+    assert (await read_provider_limits())["provider:modal"]["active_slots"] == 0
 
 
 async def test_a_lease_whose_renewal_failed_is_never_handed_on(monkeypatch):
