@@ -229,12 +229,11 @@ def cpu_census(cluster: StudioServerCluster, base: Path) -> dict[str, float]:
     worker = cluster.workers.get(WORKER)
     server = [psutil.Process(cluster.server.pid)] if cluster.server else []
     workers = [psutil.Process(worker.pid)] if worker else []
-    worker_own = sum(p.cpu_times().user + p.cpu_times().system for p in workers)
     return {
         "server": _tree_cpu(server),
         "postgres": _tree_cpu(_by_cmdline(str(base / "pgdata"))),
         "s3": _tree_cpu(_by_cmdline(str(base / "s3"))),
-        "worker": worker_own,
+        "worker": sum(sum(p.cpu_times()[:2]) for p in workers),
         "runs": _tree_cpu(workers, own=False) + _tree_cpu(warm_processes(warm_dir())),
         "bench": sum(psutil.Process().cpu_times()[:2]),
     }
