@@ -7,7 +7,7 @@ no lease, so a slot whose call ends is never given back (issue 10: `provider:com
 leases per limit, so the only count that holds on such a server is our own:
 
 - a pool writes a row *before* it asks the server for a slot (`reserve`),
-- its process beats every `BEAT_SECONDS` while it lives (one UPDATE per process),
+- its process beats every `BEAT_SECONDS` while it holds open rows (one UPDATE per process),
 - it stamps `released_at` *after* the server took the slot back (`released`).
 
 So every slot the server counts for a `provider:*` limit has a live row from before it
@@ -49,6 +49,7 @@ import uuid
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
 from datetime import UTC, datetime, timedelta
+from functools import partial
 
 from sqlalchemy import delete, func, or_, select, update
 from sqlalchemy.orm import Session
@@ -147,13 +148,19 @@ class LeaseCensus:
     ) -> None:
         if sessions is None:
             from studio.db.engine import session_scope
+            from studio.settings import get_settings
 
-            sessions = session_scope
+            # bound to the database of its making: its heartbeat thread outlives a
+            # caller that moves the process to another database (tests do)
+            sessions = partial(session_scope, get_settings())
         self._sessions = sessions
         self.holder = holder or f"{socket.gethostname()}:{os.getpid()}"
         self.beat_seconds = beat_seconds
         self._beating: threading.Thread | None = None
         self._stop = threading.Event()
+        #: slots reserved so far; the heartbeat ends only when none came since its last beat
+        self._reservations = 0
+        self._beat_lock = threading.Lock()
         self._recording: bool | None = None
         #: per provider, the place last written to the queue and when
         self._queued: dict[str, tuple[float | None, datetime]] = {}
@@ -267,22 +274,40 @@ class LeaseCensus:
             return int(result.rowcount or 0)
 
     def _ensure_beating(self) -> None:
-        if self._beating is not None and self._beating.is_alive():
-            return
-        self._stop.clear()
-        # a thread, like Prefect's own lease renewal: a busy event loop must not make a
-        # live process's slots look dead
-        self._beating = threading.Thread(
-            target=self._beat_loop, name="provider-lease-census", daemon=True
-        )
-        self._beating.start()
+        with self._beat_lock:
+            self._reservations += 1
+            if self._beating is not None and self._beating.is_alive():
+                return
+            self._stop.clear()
+            # a thread, like Prefect's own lease renewal: a busy event loop must not make a
+            # live process's slots look dead
+            self._beating = threading.Thread(
+                target=self._beat_loop, name="provider-lease-census", daemon=True
+            )
+            self._beating.start()
 
     def _beat_loop(self) -> None:
+        """Beats while the process holds open rows; a beat that finds none, with no slot
+        reserved since, ends the thread (an idle process writes nothing; the next
+        `reserve` starts another)."""
         while not self._stop.wait(self.beat_seconds):
+            with self._beat_lock:
+                reservations = self._reservations
             try:
-                self.beat()
+                beaten = self.beat()
             except Exception as exc:  # the next beat tries again; STALE_SECONDS is 8 beats
                 log.warning("Could not beat the provider lease census (%s)", type(exc).__name__)
+                continue
+            if beaten == 0:
+                with self._beat_lock:
+                    if self._reservations == reservations:
+                        self._beating = None
+                        return
+
+    def beating(self) -> bool:
+        """Whether the heartbeat thread runs (a process holding no row writes nothing)."""
+        with self._beat_lock:
+            return self._beating is not None and self._beating.is_alive()
 
     def stop(self) -> None:
         self._stop.set()

@@ -302,6 +302,39 @@ def test_census_counts_live_processes_and_just_released_slots(studio_env):
     census.stop()
 
 
+def test_the_census_heartbeat_ends_with_its_last_row_and_keeps_to_its_database(
+    studio_env, tmp_path, monkeypatch
+):
+    """A process that holds no slot writes nothing, and a census written from a process
+    that later moves to another database (as tests do) never touches that one: before,
+    its heartbeat thread lived on and created the other SQLite file."""
+    import time
+
+    from engine.lease_census import LeaseCensus
+    from studio.db.engine import dispose_engines
+    from studio.settings import reload_settings
+
+    census = LeaseCensus(holder="beat-a:1", beat_seconds=0.05)
+    held = census.reserve("comfyui")
+    assert held is not None and census.beating()
+    time.sleep(0.3)
+    assert census.beating()  # an open row keeps it beating
+    elsewhere = tmp_path / "elsewhere" / "studio.db"
+    monkeypatch.setenv("DATABASE_URL", f"sqlite:///{elsewhere}")
+    dispose_engines()
+    reload_settings()
+    census.released(held)
+    deadline = time.monotonic() + 5.0
+    while census.beating() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not census.beating()
+    assert not elsewhere.exists()
+    assert [row.released_at is not None for row in census.rows("comfyui")] == [True]
+    census.forget(census.reserve("comfyui") or "")  # the next slot beats again
+    assert census.beating()
+    census.stop()
+
+
 async def test_a_pool_over_its_share_gives_a_released_lease_to_the_process_ahead(
     monkeypatch, studio_env
 ):
