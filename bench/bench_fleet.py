@@ -62,6 +62,7 @@ from tests.faults.studio_server import StudioServerCluster, studio_cluster  # no
 from tests.faults.worker_cluster import studio_session  # noqa: E402
 from tests.infra.warm import warm_processes  # noqa: E402
 
+STRIP_SECONDS = 0.5  # `--timeline`'s ComfyUI busy strip
 SLOTS = 10  # the ComfyUI cap (`provider:comfyui`) and the emulator's GPU count
 WORKER = "fleet"
 
@@ -82,6 +83,8 @@ class Round:
     states: list[dict[str, float]] = field(default_factory=list)
     #: CPU seconds per role over the round (`--census`)
     census: dict[str, float] = field(default_factory=dict)
+    #: ComfyUI prompts executing, mean per STRIP_SECONDS from submission (`--timeline`)
+    strip: list[float] = field(default_factory=list)
 
     @property
     def ratio(self) -> float:
@@ -188,6 +191,14 @@ class Sampler:
                     run, pid = line.split("flow run ", 1)[1].split(": pid ", 1)
                     found[int(pid.split()[0])] = run
         return found
+
+    def strip(self, start: float, end: float) -> list[float]:
+        """Mean prompts executing per STRIP_SECONDS from `start` to `end`."""
+        buckets: dict[int, list[int]] = {}
+        for t, n in self.busy:
+            if start <= t <= end:
+                buckets.setdefault(int((t - start) / STRIP_SECONDS), []).append(n)
+        return [statistics.fmean(buckets.get(i, [0])) for i in range(max(buckets, default=-1) + 1)]
 
     def busy_fraction(self, start: float, end: float) -> float:
         samples = [n for t, n in self.busy if start <= t <= end]
@@ -332,6 +343,7 @@ async def one_round(
         replicate_jobs=int(cluster.replicate.billed_jobs) - replicate_before,
         states=states,
         census=census,
+        strip=sampler.strip(submitted, submitted + wall),
     )
 
 
@@ -342,6 +354,8 @@ def print_timeline(r: Round) -> None:
         marks = dict(r.states[i]) | {"[BATCH START]": r.starts[i], "finished_at": r.finishes[i]}
         print("   batch", i, " ".join(f"{name} {t:.1f}" for name, t in
                                     sorted(marks.items(), key=lambda kv: kv[1])))
+    print(f"   ComfyUI prompts executing per {STRIP_SECONDS} s: "
+          + " ".join(f"{n:.0f}" for n in r.strip))
 
 
 def _fmt(values: list[float], unit: str = "s", digits: int = 1) -> str:
@@ -424,7 +438,8 @@ def main() -> None:
                         help="BATCHESxPIECES, comma-separated")
     parser.add_argument("--limit", type=int, default=3, help="prefect worker start --limit")
     parser.add_argument("--timeline", action="store_true",
-                        help="print each batch's run states, start and finish per round")
+                        help="print each batch's run states, start and finish, and ComfyUI's "
+                        "busy strip, per round")
     parser.add_argument("--census", action="store_true",
                         help="print each round's CPU by role (server, database, runs, ...)")
     args = parser.parse_args()

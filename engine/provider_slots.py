@@ -107,6 +107,13 @@ HEAL_AFTER_SECONDS = 10.0
 #: how often a pool with waiting images publishes its place in the fleet's queue and
 #: reads the others' (at least its poll interval)
 QUEUE_SECONDS = 0.25
+#: a batch about to ask for a provider's slots says so in the fleet's queue (`claim`) for
+#: at most this long: the processes already served keep to their share of the cap until
+#: it asks, so the batch that asked first does not take every slot a moment before the
+#: others of its wave ask (6 x 10 on one worker: the first batch of a wave took all ten)
+CLAIM_SECONDS = 3.0
+#: the place a claim takes in the queue: after every ask (epoch seconds, year 3000)
+CLAIM_PLACE = 32503680000.0
 
 #: frees slots of a provider's limit that no live lease holds, not counting the caller's
 #: own census row (the slot it is asking for); returns how many it freed
@@ -175,7 +182,10 @@ class LeasePool:
         self._gifts = 0  # leases given back for others since that view
         self._queue_task: asyncio.Task[None] | None = None
         self._queue_wake = asyncio.Event()
+        #: set once the running queue loop has read the others' places (its first look)
+        self._viewed = asyncio.Event()
         self._queue_warned = False
+        self._claimed_until = 0.0  # monotonic end of this process's claim (`claim`)
         #: counters for the tests
         self.server_grants = 0
         self.handoffs = 0
@@ -213,11 +223,23 @@ class LeasePool:
             raise SlotBusy(self.provider)
         return lease
 
+    def claim(self, seconds: float = CLAIM_SECONDS) -> None:
+        """Say in the fleet's queue that this process will ask for slots within `seconds`
+        (a batch's start, before its first image): the others hold to their share of the
+        cap until it asks or the claim ends. Nothing without a census (one process)."""
+        if self.census is None:
+            return
+        self._claimed_until = time.monotonic() + seconds
+        self._ensure_queue()
+
     async def acquire(self) -> Lease:
+        claimed, self._claimed_until = self._claimed_until, 0.0  # asking: the claim served
         if not self._live_waiters() and (lease := self._take_idle()) is not None:
             return lease
         future: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
         self._waiters.append((time.time(), future))
+        if claimed:  # the others learn our place in line now, not at the next look
+            self._queue_wake.set()
         self._ensure_queue()
         self._ensure_acquirer()
         try:
@@ -313,7 +335,9 @@ class LeasePool:
 
     def _place(self) -> float | None:
         head = self._head()
-        return None if head is None else max(head, self._served_at)
+        if head is None:
+            return CLAIM_PLACE if time.monotonic() < self._claimed_until else None
+        return max(head, self._served_at)
 
     def _view(self) -> list[float]:
         """Places of the other processes waiting now (empty when unknown or stale)."""
@@ -322,9 +346,16 @@ class LeasePool:
         return []
 
     def _ahead(self) -> int:
-        """Other processes ahead of this one in line (all of them if nothing waits here)."""
-        view, place = self._view(), self._place()
-        return len(view) if place is None else sum(1 for p in view if p < place)
+        """Other processes asking ahead of this one in line (all that ask if nothing
+        waits here; a claim is never ahead)."""
+        asking, place = [p for p in self._view() if p < CLAIM_PLACE], self._place()
+        if place is None or place >= CLAIM_PLACE:
+            return len(asking)
+        return sum(1 for p in asking if p < place)
+
+    def _claims(self) -> int:
+        """Other processes that claimed slots and have not asked yet."""
+        return sum(1 for p in self._view() if p >= CLAIM_PLACE)
 
     def _share(self) -> int:
         """An equal share of the cap among the processes waiting, rounded down: 0 when
@@ -342,11 +373,14 @@ class LeasePool:
             return True
         return False
 
-    def _others_first(self) -> bool:
-        """Whether a free slot on the server is another process's to take, not ours."""
+    def _others_first(self, *, claims: bool = False) -> bool:
+        """Whether a free slot on the server is another process's to take, not ours;
+        with `claims`, also a slot kept for a process that claimed and will ask soon (the
+        waiting path only: speed routing goes on to the next provider instead, and a
+        claim should not send images to a dearer provider)."""
         if not self._view() or self.held + self._pending < self._share():
             return False
-        return self._ahead() > 0
+        return self._ahead() > 0 or (claims and self._claims() > 0)
 
     def _served(self) -> None:
         self._served_at = time.time()
@@ -376,9 +410,11 @@ class LeasePool:
                     )
                 foreign = []
             self._foreign, self._foreign_at, self._gifts = foreign, time.monotonic(), 0
+            self._viewed.set()
             if foreign:
                 self._return_idle()
             if place is None and self._place() is None:
+                self._viewed.clear()
                 return  # nothing waits here: the row is gone
             self._ensure_acquirer()
             self._queue_wake.clear()
@@ -404,9 +440,15 @@ class LeasePool:
         # one census row for the slot being asked for, kept across refusals (a row per
         # poll would write the database several times a second while the limit is full)
         asking: str | None = None
+        if self._queue_task is not None and not self._queue_task.done():
+            # the first look at the queue before the first ask (one database read): a
+            # share taken before it would not count the processes already waiting
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._viewed.wait(), self.queue_seconds)
         try:
             while min(self._live_waiters(), self.cap - self.held - self._pending) > 0:
-                if self._others_first():  # not our turn: the process ahead takes it
+                if self._others_first(claims=True):  # not our turn: the process ahead
+                    # takes it, or one that claimed will
                     refused_since = None
                     await asyncio.sleep(self.poll_seconds)
                     continue

@@ -83,7 +83,7 @@ from studio.types import (
 from tasks.check_safety import check_safety
 from tasks.clean_staging import clean_staging
 from tasks.dead_runs import settle_dead_runs
-from tasks.generate_images import image_chain, images_started_early
+from tasks.generate_images import claim_image_slots, image_chain, images_started_early
 from tasks.ledger import ledger_cost
 from tasks.piece_progress import (
     finished_batch,
@@ -329,6 +329,7 @@ async def _make_batch(params: BatchParameters, settings: Any) -> BatchResult | S
         admitted.batch_id, admitted.request, admitted.avatar, admitted.done
     )
     log.info(batchlog.batch_start(avatar.id, request.num_pieces, request.platform))
+    claim_image_slots()  # the other batches of this wave keep to their share until we ask
     steps = BatchSteps()
 
     with steps.step(1) as step:  # templates: this batch's plan, or the earlier run's

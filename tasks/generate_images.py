@@ -71,6 +71,16 @@ def image_chain() -> ProviderChain:
     return _chain
 
 
+def claim_image_slots() -> None:
+    """Tell the fleet this batch will soon ask for its first image provider's slots
+    (engine/provider_slots.py `LeasePool.claim`): the batches of a wave then share the
+    cap from their first images instead of the first to ask taking it all."""
+    chain = image_chain()
+    pool = _slots.pool(chain.names[0]) if _slots is not None and chain.names else None
+    if pool is not None:
+        pool.claim()
+
+
 async def release_idle_slots() -> None:
     """Return lingering provider leases to the server (end of a chunk of images)."""
     if _slots is not None:

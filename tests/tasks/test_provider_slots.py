@@ -335,6 +335,49 @@ def test_the_census_heartbeat_ends_with_its_last_row_and_keeps_to_its_database(
     census.stop()
 
 
+async def test_a_claim_keeps_a_share_for_the_batch_about_to_ask(monkeypatch, studio_env):
+    """A batch that claimed a provider (its start, before its first image) gets its share
+    of the cap when it asks, though another process asked first for more than the cap:
+    before, the first batch of a wave took every slot. A claim that never turns into an
+    ask holds the others back for its few seconds only."""
+    from engine.lease_census import LeaseCensus
+
+    await _apply(monkeypatch, 4)
+    a = LeasePool("modal", 4, poll_seconds=0.02, census=LeaseCensus(holder="claim-a:1"),
+                  queue_seconds=0.05)
+    b = LeasePool("modal", 4, poll_seconds=0.02, census=LeaseCensus(holder="claim-b:2"),
+                  queue_seconds=0.05)
+    a.claim(seconds=30)
+    await asyncio.sleep(0.2)  # the claim is in the queue
+    b_asks = [asyncio.create_task(b.acquire()) for _ in range(4)]
+    await asyncio.sleep(0.5)
+    assert b.held == 2  # its share of 4 between two processes: two slots wait for A
+    a_leases = [await asyncio.wait_for(a.acquire(), 10) for _ in range(2)]
+    assert a.held == 2 and b.held == 2
+    for lease in a_leases:
+        a.release(lease)
+    leases = [await asyncio.wait_for(t, 10) for t in b_asks[:2]]
+    for lease in leases:
+        b.release(lease)
+    rest = [await asyncio.wait_for(t, 10) for t in b_asks[2:]]
+    for lease in rest:
+        b.release(lease)
+    await a.drain()
+    await b.drain()
+
+    c = LeasePool("modal", 4, poll_seconds=0.02, census=LeaseCensus(holder="claim-c:3"),
+                  queue_seconds=0.05)
+    c.claim(seconds=1.0)  # claims, then never asks
+    await asyncio.sleep(0.2)
+    started = asyncio.get_running_loop().time()
+    b_leases = [await asyncio.wait_for(b.acquire(), 10) for _ in range(4)]
+    assert asyncio.get_running_loop().time() - started < 3.0  # held back 1 s at most
+    for lease in b_leases:
+        b.release(lease)
+    await b.drain()
+    await c.drain()
+
+
 async def test_a_pool_over_its_share_gives_a_released_lease_to_the_process_ahead(
     monkeypatch, studio_env
 ):
