@@ -110,8 +110,9 @@ QUEUE_SECONDS = 0.25
 #: a batch about to ask for a provider's slots says so in the fleet's queue (`claim`) for
 #: at most this long: the processes already served keep to their share of the cap until
 #: it asks, so the batch that asked first does not take every slot a moment before the
-#: others of its wave ask (6 x 10 on one worker: the first batch of a wave took all ten)
-CLAIM_SECONDS = 3.0
+#: others of its wave ask (6 x 10 on one worker: the first batch of a wave took all ten).
+#: A flow run claims as it starts; its first image asks 1-2 s later on a busy machine
+CLAIM_SECONDS = 5.0
 #: the place a claim takes in the queue: after every ask (epoch seconds, year 3000)
 CLAIM_PLACE = 32503680000.0
 
@@ -186,6 +187,7 @@ class LeasePool:
         self._viewed = asyncio.Event()
         self._queue_warned = False
         self._claimed_until = 0.0  # monotonic end of this process's claim (`claim`)
+        self._claimed_at = 0.0  # epoch seconds of that claim: its first ask's place in line
         #: counters for the tests
         self.server_grants = 0
         self.handoffs = 0
@@ -226,18 +228,29 @@ class LeasePool:
     def claim(self, seconds: float = CLAIM_SECONDS) -> None:
         """Say in the fleet's queue that this process will ask for slots within `seconds`
         (a batch's start, before its first image): the others hold to their share of the
-        cap until it asks or the claim ends. Nothing without a census (one process)."""
+        cap until it asks or the claim ends, and its first ask stands in line from the
+        claim's time. Nothing without a census (one process)."""
         if self.census is None:
             return
         self._claimed_until = time.monotonic() + seconds
+        self._claimed_at = time.time()
         self._ensure_queue()
 
+    def unclaim(self) -> None:
+        """The claim ends before its time (a batch refused, or ended before its images):
+        its queue row goes at the next look."""
+        if self._claimed_until:
+            self._claimed_until = 0.0
+            self._queue_wake.set()
+
     async def acquire(self) -> Lease:
-        claimed, self._claimed_until = self._claimed_until, 0.0  # asking: the claim served
+        # asking: the claim has served, and its first ask stands in line where it claimed
+        claimed = self._claimed_until > time.monotonic()
+        self._claimed_until = 0.0
         if not self._live_waiters() and (lease := self._take_idle()) is not None:
             return lease
         future: asyncio.Future[Lease] = asyncio.get_running_loop().create_future()
-        self._waiters.append((time.time(), future))
+        self._waiters.append((self._claimed_at if claimed else time.time(), future))
         if claimed:  # the others learn our place in line now, not at the next look
             self._queue_wake.set()
         self._ensure_queue()

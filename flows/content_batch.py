@@ -83,7 +83,12 @@ from studio.types import (
 from tasks.check_safety import check_safety
 from tasks.clean_staging import clean_staging
 from tasks.dead_runs import settle_dead_runs
-from tasks.generate_images import claim_image_slots, image_chain, images_started_early
+from tasks.generate_images import (
+    claim_image_slots,
+    end_image_claim,
+    image_chain,
+    images_started_early,
+)
 from tasks.ledger import ledger_cost
 from tasks.piece_progress import (
     finished_batch,
@@ -228,9 +233,11 @@ async def _run_batch(params: BatchParameters) -> BatchResult | State:
     attach_run_logs()  # studio.* records to this run's Prefect logs, in every mode
     provider_pace.install()  # the fleet's pace on provider limits (issue 20)
     install_rates()  # requests per second: rate:<provider> limits, when set (issue 20)
+    claim_image_slots()  # the other batches of this wave keep to their share until we ask
     try:
         return await _run_leased(params, settings)
     finally:
+        end_image_claim()
         await provider_pace.settle()  # a failed batch's adjustments logged in its run too
 
 
@@ -329,7 +336,6 @@ async def _make_batch(params: BatchParameters, settings: Any) -> BatchResult | S
         admitted.batch_id, admitted.request, admitted.avatar, admitted.done
     )
     log.info(batchlog.batch_start(avatar.id, request.num_pieces, request.platform))
-    claim_image_slots()  # the other batches of this wave keep to their share until we ask
     steps = BatchSteps()
 
     with steps.step(1) as step:  # templates: this batch's plan, or the earlier run's

@@ -32,7 +32,7 @@ from tenacity import (
 from engine import provider_pace, provider_rates
 from engine.early_start import adopt, started_early
 from engine.lease_census import LeaseCensus
-from engine.provider_slots import PrefectSlots
+from engine.provider_slots import LeasePool, PrefectSlots
 from engine.slot_reconcile import census_heal
 from studio.db import piece_progress
 from studio.db.engine import session_scope
@@ -74,11 +74,26 @@ def image_chain() -> ProviderChain:
 def claim_image_slots() -> None:
     """Tell the fleet this batch will soon ask for its first image provider's slots
     (engine/provider_slots.py `LeasePool.claim`): the batches of a wave then share the
-    cap from their first images instead of the first to ask taking it all."""
-    chain = image_chain()
-    pool = _slots.pool(chain.names[0]) if _slots is not None and chain.names else None
-    if pool is not None:
+    cap from their first images instead of the first to ask taking it all. Best effort:
+    a chain that cannot be built here is reported by the image step, after the checks
+    that refuse bad input."""
+    try:
+        chain = image_chain()
+    except Exception as exc:
+        log.debug("No claim on image slots (%s)", type(exc).__name__)
+        return
+    if (pool := _first_pool(chain)) is not None:
         pool.claim()
+
+
+def end_image_claim() -> None:
+    """The batch is over (or refused) without having asked: the others stop waiting."""
+    if _chain is not None and (pool := _first_pool(_chain)) is not None:
+        pool.unclaim()
+
+
+def _first_pool(chain: ProviderChain) -> LeasePool | None:
+    return _slots.pool(chain.names[0]) if _slots is not None and chain.names else None
 
 
 async def release_idle_slots() -> None:
