@@ -34,7 +34,7 @@ medians with the spread (min-max) over `--rounds`:
   CPU.
 
     .venv/bin/python bench/bench_fleet.py [--rounds 3] [--scenarios 1x10,6x10,3x50]
-        [--limit 3] [--timeline] [--census]
+        [--limit 3] [--timeline] [--census] [--claim-seconds S]
 """
 
 from __future__ import annotations
@@ -393,7 +393,9 @@ async def bench(cluster: StudioServerCluster, args: argparse.Namespace, base: Pa
     scenarios = [tuple(int(n) for n in s.split("x")) for s in args.scenarios.split(",")]
     results: dict[tuple[int, int], list[Round]] = {s: [] for s in scenarios}
     # the README's worker settings: a poll every second (the harness's default is 2 s)
-    cluster.start_worker(WORKER, limit=args.limit, PREFECT_WORKER_QUERY_SECONDS="1")
+    extra = {} if args.claim_seconds is None else {
+        "PROVIDER_SLOT_CLAIM_SECONDS": str(args.claim_seconds)}
+    cluster.start_worker(WORKER, limit=args.limit, PREFECT_WORKER_QUERY_SECONDS="1", **extra)
     await asyncio.sleep(5)  # a standing worker: it has polled before the first batch
     with Sampler(cluster) as sampler:
         await warm_up(cluster, sampler)
@@ -440,6 +442,9 @@ def main() -> None:
     parser.add_argument("--timeline", action="store_true",
                         help="print each batch's run states, start and finish, and ComfyUI's "
                         "busy strip, per round")
+    parser.add_argument("--claim-seconds", type=float, default=None,
+                        help="PROVIDER_SLOT_CLAIM_SECONDS for the worker's runs (0: no claims; "
+                        "default: the project's)")
     parser.add_argument("--census", action="store_true",
                         help="print each round's CPU by role (server, database, runs, ...)")
     args = parser.parse_args()

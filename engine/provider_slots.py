@@ -757,8 +757,10 @@ class PrefectSlots:
         census: LeaseCensus | None = None,
         heal: Heal | None = None,
         limit_in_force: LimitInForce | None = None,
+        claim_seconds: float = CLAIM_SECONDS,
     ) -> None:
         self.caps = dict(caps)
+        self.claim_seconds = claim_seconds
         self.limit_in_force = limit_in_force
         self.linger_seconds = linger_seconds
         self.poll_seconds = poll_seconds

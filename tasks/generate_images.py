@@ -66,6 +66,7 @@ def image_chain() -> ProviderChain:
             census=census,
             heal=census_heal(census),
             limit_in_force=provider_pace.limit_in_force,  # a lowered limit binds at once
+            claim_seconds=settings.slot_claim_seconds,
         )
         _chain = build_image_chain(settings, slot=_slots, ledger=ImageCallLedger())
     return _chain
@@ -82,8 +83,8 @@ def claim_image_slots() -> None:
     except Exception as exc:
         log.debug("No claim on image slots (%s)", type(exc).__name__)
         return
-    if (pool := _first_pool(chain)) is not None:
-        pool.claim()
+    if _slots is not None and _slots.claim_seconds > 0 and (pool := _first_pool(chain)):
+        pool.claim(_slots.claim_seconds)
 
 
 def end_image_claim() -> None:

@@ -83,6 +83,8 @@ class ProviderSettings(_ProviderFields):  # type: ignore[misc,valid-type]
     # how the global caps are held (see engine/provider_slots.py)
     slot_poll_seconds: float = Field(0.2, gt=0, validation_alias="PROVIDER_SLOT_POLL_SECONDS")
     slot_linger_seconds: float = Field(1.0, ge=0, validation_alias="PROVIDER_SLOT_LINGER_SECONDS")
+    #: how long a starting batch holds others to their share before its first ask (0: off)
+    slot_claim_seconds: float = Field(5.0, ge=0, validation_alias="PROVIDER_SLOT_CLAIM_SECONDS")
 
     #: seconds the backoff factor is applied to: wait n = unit * factor**n (1.5 s, 2.25 s...)
     backoff_unit_seconds: float = Field(1.0, ge=0, validation_alias="PROVIDER_BACKOFF_UNIT")

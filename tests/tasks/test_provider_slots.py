@@ -412,3 +412,35 @@ async def test_a_pool_over_its_share_gives_a_released_lease_to_the_process_ahead
         await pool.release_idle()
         await pool.drain()
     assert (await read_provider_limits())["provider:modal"]["active_slots"] == 0
+
+
+@pytest.mark.parametrize("claim_seconds", ["5", "0"])
+async def test_a_batch_claims_its_first_image_provider_unless_switched_off(
+    studio_env, provider_env, monkeypatch, claim_seconds
+):
+    """`claim_image_slots` (a flow run's start) puts the chain's first provider in the
+    fleet's queue; `end_image_claim` (its end) takes it out; PROVIDER_SLOT_CLAIM_SECONDS=0
+    claims nothing (the throughput of staggered batches over their equal finish)."""
+    from engine.lease_census import LeaseCensus
+    from tasks import generate_images
+
+    monkeypatch.setenv("PROVIDER_SLOT_CLAIM_SECONDS", claim_seconds)
+    generate_images.claim_image_slots()
+    chain = generate_images.image_chain()
+    assert generate_images._slots is not None
+    pool = generate_images._slots.pool(chain.names[0])
+    assert pool is not None
+    census = pool.census
+    assert census is not None
+
+    def queued() -> list[object]:
+        return [row for row in LeaseCensus().rows(chain.names[0])
+                if row.id == census.queue_id(chain.names[0])]
+
+    await asyncio.sleep(0.5)
+    assert len(queued()) == (1 if claim_seconds != "0" else 0)
+    generate_images.end_image_claim()
+    await asyncio.sleep(0.8)
+    assert queued() == []
+    if pool._queue_task is not None:
+        await asyncio.wait_for(pool._queue_task, 5)
