@@ -6,6 +6,7 @@ its connections are cheap and writes serialize on the file anyway.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -26,15 +27,19 @@ def normalize_url(url: str) -> str:
 
 
 _ENGINES: dict[tuple[str, int, int, int, float], Engine] = {}
+#: background threads (the provider pace keeper, the lease census) open engines too: one
+#: engine per key, and a dispose never iterates the dict while another thread adds to it
+_ENGINES_LOCK = threading.Lock()
 
 
 def _engine_for(
     url: str, pool_size: int, max_overflow: int, recycle: int, timeout: float
 ) -> Engine:
     key = (url, pool_size, max_overflow, recycle, timeout)
-    if key not in _ENGINES:
-        _ENGINES[key] = _create_engine(*key)
-    return _ENGINES[key]
+    with _ENGINES_LOCK:
+        if key not in _ENGINES:
+            _ENGINES[key] = _create_engine(*key)
+        return _ENGINES[key]
 
 
 def _create_engine(
@@ -78,9 +83,11 @@ def get_engine(settings: Settings | None = None) -> Engine:
 
 def dispose_engines() -> None:
     """Close every pooled connection; tests call it between databases."""
-    for engine in _ENGINES.values():
+    with _ENGINES_LOCK:
+        engines = list(_ENGINES.values())
+        _ENGINES.clear()
+    for engine in engines:
         engine.dispose()
-    _ENGINES.clear()
 
 
 @contextmanager
