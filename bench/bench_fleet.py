@@ -58,6 +58,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from engine.warm_start import warm_dir  # noqa: E402
+from studio.batch_status import MARK  # noqa: E402
 from tests.faults.studio_server import StudioServerCluster, studio_cluster  # noqa: E402
 from tests.faults.worker_cluster import studio_session  # noqa: E402
 from tests.infra.warm import warm_processes  # noqa: E402
@@ -81,6 +82,8 @@ class Round:
     replicate_jobs: int
     #: per batch: seconds from submission to each state of its flow run (`--timeline`)
     states: list[dict[str, float]] = field(default_factory=list)
+    #: per batch: seconds from submission to its batch and step log lines (`--timeline`)
+    marks: list[dict[str, float]] = field(default_factory=list)
     #: CPU seconds per role over the round (`--census`)
     census: dict[str, float] = field(default_factory=dict)
     #: ComfyUI prompts executing, mean per STRIP_SECONDS from submission (`--timeline`)
@@ -262,11 +265,12 @@ def batch_rows(
         return {row.id: (row.status, row.finished_at) for row in rows}
 
 
-async def batch_starts(client, ids: list[str]) -> dict[str, float]:  # type: ignore[no-untyped-def]
-    """Each run's `[BATCH START]` log record time (epoch s), from the Prefect API."""
+async def batch_marks(client, ids: list[str]) -> dict[str, dict[str, float]]:  # type: ignore[no-untyped-def]
+    """Each run's `[BATCH START]`, `[STEP n/7]` and `[BATCH COMPLETE]` log record times
+    (epoch s), from the Prefect API."""
     from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
 
-    starts: dict[str, float] = {}
+    marks: dict[str, dict[str, float]] = {}
     offset = 0
     while True:
         logs = await client.read_logs(
@@ -274,10 +278,13 @@ async def batch_starts(client, ids: list[str]) -> dict[str, float]:  # type: ign
             limit=200, offset=offset,
         )
         for record in logs:
-            if record.message.startswith("[BATCH START]") and record.flow_run_id:
-                starts[str(record.flow_run_id)] = record.timestamp.timestamp()
+            mark = MARK.match(record.message)
+            if mark and record.flow_run_id:
+                marks.setdefault(str(record.flow_run_id), {}).setdefault(
+                    mark.group(0), record.timestamp.timestamp()
+                )
         if len(logs) < 200:
-            return starts
+            return marks
         offset += 200
 
 
@@ -322,7 +329,7 @@ async def one_round(
                 raise SystemExit("batches did not finish in 30 minutes")
             await asyncio.sleep(0.5)
         await asyncio.sleep(1.0)  # the last logs reach the API
-        starts = await batch_starts(client, ids)
+        marks = await batch_marks(client, ids)
         states = await state_times(client, ids, submitted)
     finishes = [_epoch(rows[i][1]) - submitted if rows[i][1] else float("nan") for i in ids]
     wall = max(f for f in finishes if f == f)
@@ -337,7 +344,11 @@ async def one_round(
         bound=batches * pieces * mean / SLOTS + mean,
         busy=sampler.busy_fraction(submitted, submitted + wall),
         finishes=finishes,
-        starts=[starts[i] - submitted if i in starts else float("nan") for i in ids],
+        starts=[
+            marks.get(i, {}).get("[BATCH START]", float("nan") + submitted) - submitted
+            for i in ids
+        ],
+        marks=[{name: t - submitted for name, t in marks.get(i, {}).items()} for i in ids],
         cpu=[sampler.cpu_of(i) for i in ids],
         completed=sum(1 for status, _ in rows.values() if status == "completed"),
         replicate_jobs=int(cluster.replicate.billed_jobs) - replicate_before,
@@ -351,7 +362,7 @@ def print_timeline(r: Round) -> None:
     """Per batch, in start order: its run's states, `[BATCH START]` and its row's
     finish, in seconds from submission."""
     for i in sorted(range(r.batches), key=lambda i: r.starts[i]):
-        marks = dict(r.states[i]) | {"[BATCH START]": r.starts[i], "finished_at": r.finishes[i]}
+        marks = dict(r.states[i]) | r.marks[i] | {"finished_at": r.finishes[i]}
         print("   batch", i, " ".join(f"{name} {t:.1f}" for name, t in
                                     sorted(marks.items(), key=lambda kv: kv[1])))
     print(f"   ComfyUI prompts executing per {STRIP_SECONDS} s: "

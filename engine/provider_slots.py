@@ -223,7 +223,11 @@ class LeasePool:
         return not self._live_waiters() and self.held + self._pending < self.cap
 
     async def try_acquire(self) -> Lease:
-        """A lease only if one is free right now (one round trip at most), else SlotBusy."""
+        """A lease only if one is free right now (one round trip at most), else SlotBusy.
+
+        A try is the claimant's ask (speed routing): its claim has served, and kept on it
+        would hold the others to their share for its whole time for nobody."""
+        self.unclaim()
         if (lease := self._take_idle()) is not None:
             return lease
         if self._live_waiters() or self.held + self._pending >= self.cap:

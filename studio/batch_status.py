@@ -29,7 +29,7 @@ from sqlalchemy.orm import Session
 from studio.batchlog import STEP_NAMES
 from studio.db.models import Batch, ContentPiece, CostLedgerEntry
 
-_MARK = re.compile(r"^\[(?:STEP (?P<step>[1-7])/7\]|BATCH (?P<end>START|COMPLETE|FAILED)\])")
+MARK = re.compile(r"^\[(?:STEP (?P<step>[1-7])/7\]|BATCH (?P<end>START|COMPLETE|FAILED)\])")
 
 #: the step a piece in this progress status waits for (studio/db/piece_progress.py PROGRESS)
 _WAITING_FOR = {"planned": 2, "generated": 3, "captioned": 4, "checked": 5, "stored": 6}
@@ -67,7 +67,7 @@ def step_label(number: int) -> str:
 def step_from_log(messages_newest_first: Iterable[str]) -> str | None:
     """What the newest spec line of a run says, or None when it has none yet."""
     for message in messages_newest_first:
-        found = _MARK.match(message)
+        found = MARK.match(message)
         if found is None:
             continue
         if found["end"] == "COMPLETE":

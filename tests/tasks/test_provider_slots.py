@@ -378,6 +378,30 @@ async def test_a_claim_keeps_a_share_for_the_batch_about_to_ask(monkeypatch, stu
     await c.drain()
 
 
+async def test_a_try_ends_the_claim_it_was_made_for(monkeypatch, studio_env):
+    """Speed routing asks with `try_acquire` (no waiting): that ask ends the batch's claim
+    as a waiting ask does. Kept on, the claim held the other processes to their share for
+    its whole time, with nobody left to take the slots kept back."""
+    from engine.lease_census import LeaseCensus
+
+    await _apply(monkeypatch, 4)
+    a = LeasePool("modal", 4, poll_seconds=0.02, census=LeaseCensus(holder="try-a:1"),
+                  queue_seconds=0.05)
+    b = LeasePool("modal", 4, poll_seconds=0.02, census=LeaseCensus(holder="try-b:2"),
+                  queue_seconds=0.05)
+    a.claim(seconds=30)
+    await asyncio.sleep(0.2)  # the claim is in the queue
+    tried = await a.try_acquire()
+    b_asks = [asyncio.create_task(b.acquire()) for _ in range(3)]
+    done, _ = await asyncio.wait(b_asks, timeout=3.0)
+    assert len(done) == 3  # every free slot, not the share of two processes (2)
+    for task in b_asks:
+        b.release(task.result())
+    a.release(tried)
+    await a.drain()
+    await b.drain()
+
+
 async def test_a_pool_over_its_share_gives_a_released_lease_to_the_process_ahead(
     monkeypatch, studio_env
 ):
