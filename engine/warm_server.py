@@ -92,8 +92,10 @@ def preload() -> None:
         except Exception as exc:
             log(f"preload of {name} failed ({type(exc).__name__}); left to the runs")
     from studio.providers.tls import client_context
+    from studio.storage.r2 import load_s3_model
 
     client_context()  # the provider clients' TLS context, built once for every fork
+    load_s3_model()  # a run's first S3 client (its staging) then skips botocore's loading
 
 
 @dataclass

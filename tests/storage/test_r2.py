@@ -294,3 +294,49 @@ def test_5xx_after_all_retries_falls_back_to_local(s3_server, s3_bucket, proxy, 
     assert len(proxy.of("PUT")) == 2
     assert stored.backend == "local" and stored.needs_sync
     assert (tmp_path / stored.key).read_bytes() == PNG
+
+
+def test_a_loaded_s3_model_lets_the_first_client_read_no_model_file(monkeypatch, s3_server, s3_bucket):
+    """`load_s3_model` (a warm process, before it forks runs) loads botocore's S3 model
+    and endpoint data into the process's session with no store configured and no thread
+    started; a run's first client then reads no model file (its image step's staging
+    waited 0.3-0.6 s for that on a loaded worker) and still works."""
+    import threading
+
+    import botocore.loaders
+
+    from studio.storage import r2
+
+    r2._session.cache_clear()  # a fresh process's session
+    threads = threading.active_count()
+    r2.load_s3_model()
+    assert threading.active_count() == threads
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("a model file was read after load_s3_model")
+
+    monkeypatch.setattr(botocore.loaders.JSONFileLoader, "load_file", no_reading)
+    store = R2ContentStore(r2_settings(s3_server, s3_bucket))
+    store.put("p-warm", object_key("av1", "b1", "p-warm"), PNG, "image/png", "capa1")
+
+
+def test_a_warm_process_loads_the_s3_model_before_it_forks_runs():
+    """engine/warm_server.py's `preload` (what every forked run inherits) includes the
+    S3 model: a client built after it reads no model file."""
+    import subprocess
+    import sys
+
+    script = (
+        "import botocore.loaders\n"
+        "from engine import warm_server\n"
+        "warm_server.preload()\n"
+        "def no_reading(*a, **k):\n"
+        "    raise SystemExit('a model file was read after preload')\n"
+        "botocore.loaders.JSONFileLoader.load_file = no_reading\n"
+        "from studio.storage import r2\n"
+        "r2._session().client('s3', endpoint_url='http://127.0.0.1:9', region_name='auto',\n"
+        "                     aws_access_key_id='k', aws_secret_access_key='s')\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          timeout=120)
+    assert done.returncode == 0, done.stderr[-2000:]
