@@ -4,7 +4,7 @@ against the provider-bound limit.
 A real cluster as the README sets it up (tests/faults/studio_server.py, as
 bench/bench_workers.py uses it): `studio server` on PostgreSQL, SeaweedFS, the ComfyUI
 emulator at 1.5-2.5 s with 10 slots, one process worker (`prefect worker start
---limit 3`, polling every second as the README sets it) that has run two batches
+--limit 3`, polling twice a second as the README sets it) that has run two batches
 before (so its runs fork from a warm process, engine/warm_start.py, as on any worker
 after its first runs). Per scenario and round, `B`
 batches of `P` pieces are submitted at once; it prints per round and, at the end, the
@@ -82,6 +82,8 @@ class Round:
     replicate_jobs: int
     #: per batch: seconds from submission to each state of its flow run (`--timeline`)
     states: list[dict[str, float]] = field(default_factory=list)
+    #: the first batch's task and subflow runs: name, start, end (`--timeline`)
+    parts: list[tuple[str, float, float]] = field(default_factory=list)
     #: per batch: seconds from submission to its batch and step log lines (`--timeline`)
     marks: list[dict[str, float]] = field(default_factory=list)
     #: CPU seconds per role over the round (`--census`)
@@ -302,6 +304,34 @@ async def state_times(client, ids: list[str], submitted: float) -> list[dict[str
     return out
 
 
+async def run_parts(client, run_id: str, submitted: float) -> list[tuple[str, float, float]]:  # type: ignore[no-untyped-def]
+    """A run's task runs and subflow runs (and their task runs): name, start and end in
+    seconds from submission, by start: what the run did before its first provider call."""
+    from uuid import UUID
+
+    from prefect.client.schemas.filters import (
+        FlowRunFilter,
+        FlowRunFilterParentFlowRunId,
+        TaskRunFilter,
+        TaskRunFilterFlowRunId,
+    )
+
+    subflows = await client.read_flow_runs(flow_run_filter=FlowRunFilter(
+        parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[UUID(run_id)])
+    ))
+    ids = [UUID(run_id), *(run.id for run in subflows)]
+    tasks = await client.read_task_runs(
+        task_run_filter=TaskRunFilter(flow_run_id=TaskRunFilterFlowRunId(any_=ids)), limit=200
+    )
+    parts = []
+    for run in [*subflows, *tasks]:
+        if run.start_time is None:
+            continue
+        end = run.end_time or run.start_time
+        parts.append((run.name, _epoch(run.start_time) - submitted, _epoch(end) - submitted))
+    return sorted(parts, key=lambda part: part[1])
+
+
 def _epoch(moment: datetime) -> float:
     return (moment if moment.tzinfo else moment.replace(tzinfo=UTC)).timestamp()
 
@@ -331,6 +361,8 @@ async def one_round(
         await asyncio.sleep(1.0)  # the last logs reach the API
         marks = await batch_marks(client, ids)
         states = await state_times(client, ids, submitted)
+        first = min(ids, key=lambda i: marks.get(i, {}).get("[BATCH START]", float("inf")))
+        parts = await run_parts(client, first, submitted)
     finishes = [_epoch(rows[i][1]) - submitted if rows[i][1] else float("nan") for i in ids]
     wall = max(f for f in finishes if f == f)
     drawn = [latency for _, latency, _ in cluster.comfyui.records[records:] if latency > 0]
@@ -348,6 +380,7 @@ async def one_round(
             marks.get(i, {}).get("[BATCH START]", float("nan") + submitted) - submitted
             for i in ids
         ],
+        parts=parts,
         marks=[{name: t - submitted for name, t in marks.get(i, {}).items()} for i in ids],
         cpu=[sampler.cpu_of(i) for i in ids],
         completed=sum(1 for status, _ in rows.values() if status == "completed"),
@@ -365,6 +398,9 @@ def print_timeline(r: Round) -> None:
         marks = dict(r.states[i]) | r.marks[i] | {"finished_at": r.finishes[i]}
         print("   batch", i, " ".join(f"{name} {t:.1f}" for name, t in
                                     sorted(marks.items(), key=lambda kv: kv[1])))
+    print("   the first batch's task and subflow runs (start-end): " + ", ".join(
+        f"{name} {start:.2f}-{end:.2f}" for name, start, end in r.parts
+    ))
     print(f"   ComfyUI prompts executing per {STRIP_SECONDS} s: "
           + " ".join(f"{n:.0f}" for n in r.strip))
 
@@ -403,10 +439,10 @@ def print_census(r: Round) -> None:
 async def bench(cluster: StudioServerCluster, args: argparse.Namespace, base: Path) -> None:
     scenarios = [tuple(int(n) for n in s.split("x")) for s in args.scenarios.split(",")]
     results: dict[tuple[int, int], list[Round]] = {s: [] for s in scenarios}
-    # the README's worker settings: a poll every second (the harness's default is 2 s)
+    # the README's worker settings: a poll every 0.5 s (the harness's default is 2 s)
     extra = {} if args.claim_seconds is None else {
         "PROVIDER_SLOT_CLAIM_SECONDS": str(args.claim_seconds)}
-    cluster.start_worker(WORKER, limit=args.limit, PREFECT_WORKER_QUERY_SECONDS="1", **extra)
+    cluster.start_worker(WORKER, limit=args.limit, PREFECT_WORKER_QUERY_SECONDS="0.5", **extra)
     await asyncio.sleep(5)  # a standing worker: it has polled before the first batch
     with Sampler(cluster) as sampler:
         await warm_up(cluster, sampler)

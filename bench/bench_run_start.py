@@ -17,7 +17,7 @@ paused). Measuring starts once a warm process serves the worker's environment (t
 second run on a worker starts one); its own start-up (~2.5 s, once) is not counted.
 
     .venv/bin/python bench/bench_run_start.py [--runs 5] [--pieces 1,10]
-        [--query-seconds 1] [--prefetch-seconds 10] [--maintenance] [--profile FILE]
+        [--query-seconds 0.5] [--prefetch-seconds 10] [--maintenance] [--profile FILE]
         [--before-tree DIR]
 
 `--before-tree DIR` (e.g. `git worktree add --detach /tmp/before <commit>`) deploys that
@@ -302,7 +302,7 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--runs", type=int, default=5)
     parser.add_argument("--pieces", default="1,10")
-    parser.add_argument("--query-seconds", type=float, default=1.0)
+    parser.add_argument("--query-seconds", type=float, default=0.5)
     parser.add_argument("--prefetch-seconds", type=float, default=10.0)
     parser.add_argument("--maintenance", action="store_true")
     parser.add_argument("--profile", help="py-spy collapsed stacks of one 1-piece run here")

@@ -251,7 +251,7 @@ def test_python_m_deployments_serve_looks_for_runs_every_second(monkeypatch):
     from deployments.serve import query_seconds
 
     monkeypatch.delenv("PREFECT_RUNNER_POLL_FREQUENCY", raising=False)
-    assert query_seconds() == 1.0  # Prefect's runner default, 10 s, is ~5 s per batch
+    assert query_seconds() == 0.5  # Prefect's runner default, 10 s, is ~5 s per batch
     monkeypatch.setenv("PREFECT_RUNNER_POLL_FREQUENCY", "5")
     assert query_seconds() == 5.0  # an operator's own setting wins
 

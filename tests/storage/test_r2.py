@@ -296,7 +296,9 @@ def test_5xx_after_all_retries_falls_back_to_local(s3_server, s3_bucket, proxy, 
     assert (tmp_path / stored.key).read_bytes() == PNG
 
 
-def test_a_loaded_s3_model_lets_the_first_client_read_no_model_file(monkeypatch, s3_server, s3_bucket):
+def test_a_loaded_s3_model_lets_the_first_client_read_no_model_file(
+    monkeypatch, s3_server, s3_bucket
+):
     """`load_s3_model` (a warm process, before it forks runs) loads botocore's S3 model
     and endpoint data into the process's session with no store configured and no thread
     started; a run's first client then reads no model file (its image step's staging
