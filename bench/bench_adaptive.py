@@ -29,7 +29,7 @@ followed within 30 s.
 
     .venv/bin/python bench/bench_adaptive.py [--runs 1] [--steps 8:60,3:60,12:60]
         [--step-seconds S] [--warmup 15] [--modes static,oracle,adaptive] [--pieces 50]
-        [--outstanding 8] [--limit 3] [--ceiling 20]
+        [--outstanding 8] [--limit 3] [--ceiling 20] [--trace]
 """
 
 from __future__ import annotations
@@ -350,6 +350,8 @@ async def one_mode(
         limits.append(statistics.median(during) if during else float("nan"))
         previous = step.capacity
     per_step = [sum(1 for t in flight.refused_at if step.start <= t < step.end) for step in ran]
+    if args.trace:
+        print_trace(mode, ran, samples, flight.refused_at)
     return Result(
         mode=mode, seconds=end - start, images=last[2] - first[2], refused_per_step=per_step,
         accepted=last[0] - first[0], refused=last[1] - first[1],
@@ -357,6 +359,23 @@ async def one_mode(
         batches=len(submitted),
         busy=busy_share(ran, timeline, in_flight_at_start),
     )
+
+
+def print_trace(
+    mode: str, ran: list[Step], samples: list[tuple[float, int, int]], refused_at: list[float]
+) -> None:
+    """`--trace`: per step, when the provider refused (seconds into the step) and each
+    change of the fleet's limit as sampled: where the throttling of a mode comes from."""
+    for step in ran:
+        refusals = [t - step.start for t in refused_at if step.start <= t < step.end]
+        changes, last = [], None
+        for t, limit, _ in samples:
+            if step.start <= t <= step.end and limit != last:
+                changes.append(f"{t - step.start:.1f}:{limit}")
+                last = limit
+        print(f"  {mode} C={step.capacity}: refused at "
+              + (" ".join(f"{t:.1f}" for t in refusals) or "-")
+              + " | limit " + " ".join(changes), flush=True)
 
 
 # -- the table ---------------------------------------------------------------------------------
@@ -480,6 +499,8 @@ def main() -> None:
     parser.add_argument("--hold", type=float, default=5.0,
                         help="seconds the fleet's slots must stay <= C to have followed")
     parser.add_argument("--sample", type=float, default=0.5, help="seconds between samples")
+    parser.add_argument("--trace", action="store_true",
+                        help="print each step's refusals and the limit's changes")
     parser.add_argument("--drain", type=float, default=180.0, help="seconds to finish batches")
     args = parser.parse_args()
     modes = [m.strip() for m in args.modes.split(",") if m.strip()]
