@@ -65,10 +65,10 @@ A batch also claims its first image provider as its flow run starts (`claim`, fo
 already asking keep to their share until it asks, and its first ask stands in line from
 the claim's time. Without it the first batch of a wave took every slot a moment before
 the others asked. `bench/bench_fleet.py`, 3 rounds each, claims vs `--claim-seconds 0`:
-6 x 10 first-wave finish spread 18 % [14-23] vs 66 % [19-104], wall / bound 1.65
-[1.61-1.74] vs 1.54 [1.54-1.64] (the next wave starts together when this one ends,
-instead of one by one); 3 x 50 spread 5 % [4-8] vs 14 % [12-17], wall / bound 1.19 vs
-1.18.
+6 x 10 first-wave finish spread 14 % [11-22] vs 109 % [30-139], wall / bound 1.48
+[1.43-1.63] vs 1.30 [1.22-1.33] (the next wave starts together when this one ends,
+instead of one by one; workers polling every 0.5 s); at stop 28, 3 x 50 spread 5 % [4-8]
+vs 14 % [12-17], wall / bound 1.19 vs 1.18.
 
 With a `LeaseCensus` (engine/lease_census.py) every slot is also written to
 the studio database before it is asked for and stamped after it went back, and a pool
