@@ -171,6 +171,7 @@ class PaceKeeper:
             asyncio.AbstractEventLoop, dict[str, asyncio.Future[float]]
         ] = weakref.WeakKeyDictionary()
         self._success_asked: dict[str, float] = {}
+        self._throttle_seen: dict[str, float] = {}  # monotonic time of this process's last
         self._queue: queue.Queue[_Job] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -182,6 +183,7 @@ class PaceKeeper:
     # --- PaceListener ------------------------------------------------------------------
 
     def throttled(self, provider: str, status: int, retry_after: float | None) -> None:
+        self._throttle_seen[provider] = time.monotonic()
         if retry_after is not None and retry_after > 0:
             until = time.time() + retry_after
             if until > self._local_until.get(provider, 0.0):
@@ -191,6 +193,11 @@ class PaceKeeper:
     def succeeded(self, provider: str) -> None:
         now = time.monotonic()
         if now - self._success_asked.get(provider, -1e9) < SUCCESS_DEBOUNCE_SECONDS:
+            return
+        # a throttle this process saw within the quiet window says the window is not
+        # quiet, whether or not its adjustment (queued behind slower ones) is in the
+        # fleet's row yet: a success asked now could raise a limit that is throttling
+        if now - self._throttle_seen.get(provider, -1e9) < self.knobs.raise_after_seconds:
             return
         self._success_asked[provider] = now
         self._submit(provider, aimd.Succeeded())

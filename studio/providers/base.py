@@ -7,6 +7,7 @@ chain and the Prefect task add around it.
 
 from __future__ import annotations
 
+from contextvars import ContextVar
 from dataclasses import dataclass
 from typing import Protocol, runtime_checkable
 
@@ -27,6 +28,41 @@ class ProviderError(Exception):
         super().__init__(f"{provider}: {message}")
         self.provider = provider
         self.retryable = retryable
+
+
+#: the most a repeated throttle's wait is multiplied (1 s Retry-After: 1, 2, 4, 8, 8 s)
+BACKOFF_CAP = 8
+
+#: set by the chain around a provider call that holds a fleet slot: a job-starting
+#: request the provider throttles then raises ProviderThrottled (the chain gives the slot
+#: back and asks again in turn) instead of being re-sent by the client while it holds it
+requeue_throttled: ContextVar[bool] = ContextVar("requeue_throttled", default=False)
+
+
+def backed_off(retry_after: float, retries: int) -> float:
+    """The wait before the `retries`-th new try of a throttled job start: the Retry-After,
+    doubled for each earlier refusal of the same start (at most `BACKOFF_CAP` times).
+
+    Why: when the provider's capacity falls below the calls in flight (issue 20's bench:
+    20 -> 8), each excess start asked again every Retry-After was a 429 per second until
+    running jobs ended. Backing off leaves the first new try at the provider's word and
+    spaces the rest."""
+    return retry_after * min(BACKOFF_CAP, 2 ** max(0, retries - 1))
+
+
+class ProviderThrottled(ProviderError):
+    """The provider would not start the job now (429) and bills nothing for it.
+
+    Why a class of its own: a throttle is the provider's pace, not its failure, so the
+    chain counts no circuit-breaker failure and no attempt for it; and it gives the
+    call's fleet slot back before asking again, so the call waits in turn under the
+    limit the fleet lowered (engine/provider_pace.py) instead of re-sending above it
+    (issue 20's bench: 18 of the 31 refusals after a drop from 20 to 8 were such
+    re-sends, fired together when the fleet's Retry-After passed)."""
+
+    def __init__(self, provider: str, message: str, *, retry_after: float = 1.0) -> None:
+        super().__init__(provider, message, retryable=True)
+        self.retry_after = retry_after
 
 
 class BilledJob(Protocol):

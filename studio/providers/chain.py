@@ -17,6 +17,11 @@ and the image goes on to the next provider, a free one if the order has it) and 
 the id of an earlier billed job of this piece whose output was lost, so the provider
 fetches it instead of buying again; the provider reports its billing through the job,
 and the chain settles it with the attempt's outcome. Free providers write nothing.
+
+A throttled call (ProviderThrottled: the provider's 429 to a job start, nothing billed)
+is neither a failure nor an attempt: its slot goes back, it waits the Retry-After and
+asks for a slot again in turn, so the calls the fleet's lowered limit no longer admits
+wait for it instead of re-sending into a full provider.
 """
 
 from __future__ import annotations
@@ -37,11 +42,18 @@ from studio.providers.base import (
     NoJobTracking,
     ProviderError,
     ProviderImage,
+    ProviderThrottled,
+    backed_off,
+    requeue_throttled,
 )
 from studio.providers.slots import LocalSlots, SlotBusy, SlotFactory
 from studio.types import AvatarRef, PieceSpec
 
 logger = logging.getLogger("studio.providers")
+
+#: new tries of a throttled call (its slot given back each time) before the throttle is
+#: the attempt's error, for a provider that does not say (`throttle_retries`)
+THROTTLE_RETRIES = 5
 
 
 @dataclass(frozen=True)
@@ -279,8 +291,32 @@ class ProviderChain:
             with attempt:
                 number = attempt.retry_state.attempt_number
                 wait = first_wait or number > 1
-                return await self._attempt(provider, policy, spec, avatar, number, counter, wait)
+                return await self._in_turn(provider, policy, spec, avatar, number, counter, wait)
         raise AssertionError("unreachable")  # pragma: no cover
+
+    async def _in_turn(
+        self,
+        provider: ImageProvider,
+        policy: ProviderPolicy,
+        spec: PieceSpec,
+        avatar: AvatarRef,
+        number: int,
+        counter: _Counter,
+        wait: bool,
+    ) -> tuple[ProviderImage, float, str | None]:
+        """One attempt, asked again while the provider throttles it: each time with its
+        slot given back, after the Retry-After (backed off on repeats), then a slot again
+        in turn. After the provider's `throttle_retries` the throttle is the attempt's
+        error (tenacity's backoff, then the next provider)."""
+        throttles = 0
+        while True:
+            try:
+                return await self._attempt(provider, policy, spec, avatar, number, counter, wait)
+            except ProviderThrottled as exc:
+                throttles += 1
+                if throttles > getattr(provider, "throttle_retries", THROTTLE_RETRIES):
+                    raise
+                await self._sleep(backed_off(exc.retry_after, throttles))
 
     async def _attempt(
         self,
@@ -304,6 +340,7 @@ class ProviderChain:
             handle: BilledJob = job if job is not None else _JobIdOnly()
             counter.calls += 1
             started = time.perf_counter()
+            requeue = requeue_throttled.set(True)  # a throttle gives this slot back
             try:
                 async with asyncio.timeout(policy.timeout):
                     image = await provider.generate(spec, avatar, job=handle)
@@ -313,6 +350,12 @@ class ProviderChain:
                 await _settle(job, "timeout", delivered=False)
                 self._log(spec, provider.name, number, elapsed, "timeout", f"{policy.timeout:g}s")
                 raise ProviderError(provider.name, f"timed out after {policy.timeout:g}s") from None
+            except ProviderThrottled as exc:  # the provider's pace, not its failure
+                elapsed = time.perf_counter() - started
+                breaker.release_trial()
+                await _settle(job, "throttled", delivered=False)
+                self._log(spec, provider.name, number, elapsed, "throttled", self._reason(exc))
+                raise
             except ProviderError as exc:
                 elapsed = time.perf_counter() - started
                 breaker.record_failure()
@@ -331,6 +374,8 @@ class ProviderChain:
                 reason = f"unexpected {type(exc).__name__}"
                 self._log(spec, provider.name, number, elapsed, "error", reason)
                 raise ProviderError(provider.name, reason) from None
+            finally:
+                requeue_throttled.reset(requeue)
             await _settle(job, "ok", delivered=True)
         elapsed = time.perf_counter() - started
         breaker.record_success()

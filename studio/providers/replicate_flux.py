@@ -25,7 +25,9 @@ prediction (and its output) before it would create, and pay for, another one.
 
 The client's own retry transport never retries a POST, so a 429 on create would fail
 the attempt although Replicate says exactly when to come back: `ThrottleRetry` wraps
-the transport and re-sends a throttled POST after its Retry-After.
+the transport and re-sends a throttled POST after its Retry-After, or, under the chain's
+fleet slot, raises ProviderThrottled so the chain gives the slot back and asks again in
+turn (studio/providers/chain.py); REPLICATE_THROTTLE_RETRIES (5) bounds either.
 """
 
 from __future__ import annotations
@@ -44,7 +46,15 @@ from replicate.prediction import Prediction
 
 from studio.formats import DEFAULT_ASPECT, FormatError, replicate_aspect_ratio
 from studio.providers import pace
-from studio.providers.base import BilledJob, NoJobTracking, ProviderError, ProviderImage
+from studio.providers.base import (
+    BilledJob,
+    NoJobTracking,
+    ProviderError,
+    ProviderImage,
+    ProviderThrottled,
+    backed_off,
+    requeue_throttled,
+)
 from studio.providers.comfyui import seed_for
 from studio.providers.same_origin import RedirectRefused, pin_origin, refuse_redirects
 from studio.providers.shapes import UnexpectedShape, sniff_image
@@ -85,10 +95,6 @@ def describe_shape(value: Any) -> str:
     return f"a {type(value).__name__}"
 
 
-#: the most a repeated 429's wait is multiplied (1 s Retry-After: 1, 2, 4, 8, 8 s)
-BACKOFF_CAP = 8
-
-
 class OutputGone(Exception):
     """A finished prediction whose output can no longer be had (a retry must re-create)."""
 
@@ -100,21 +106,10 @@ def retry_after_seconds(value: str | None, default: float = 1.0) -> float:
     return default if seconds is None else seconds
 
 
-def backed_off(retry_after: float, retries: int) -> float:
-    """The wait before the `retries`-th re-send of a throttled create: the Retry-After,
-    doubled for each earlier refusal of the same create (at most `BACKOFF_CAP` times).
-
-    Why: a create the provider keeps refusing holds its fleet slot (engine/provider_slots.py)
-    while it waits; when the provider's capacity falls below the calls in flight (issue 20's
-    bench: 20 -> 8), each excess create re-sent every Retry-After was a 429 per second
-    until running predictions ended (40 of the run's 54 429s were in that step). Backing
-    off leaves the first retry at the provider's word and spaces the rest."""
-    return retry_after * min(BACKOFF_CAP, 2 ** max(0, retries - 1))
-
-
 class ThrottleRetry(httpx.AsyncBaseTransport):
     """Re-sends a POST answered 429 after its Retry-After (backed off on repeats), at most
-    `max_retries` times."""
+    `max_retries` times; under the chain's fleet slot (`requeue_throttled`) it raises
+    ProviderThrottled at once instead, and the chain asks again in turn."""
 
     def __init__(self, wrapped: httpx.AsyncBaseTransport, *, max_retries: int = 5) -> None:
         self._wrapped = wrapped
@@ -136,6 +131,10 @@ class ThrottleRetry(httpx.AsyncBaseTransport):
             retries += 1
             retry_after = retry_after_seconds(response.headers.get("Retry-After"))
             await response.aclose()
+            if requeue_throttled.get():
+                raise ProviderThrottled(
+                    "replicate", "create answered HTTP 429 (throttled)", retry_after=retry_after
+                )
             logger.info(
                 "provider_throttled provider=replicate retry=%d retry_after=%.2fs",
                 retries, retry_after,
@@ -163,6 +162,7 @@ class ReplicateFluxProvider:
         wait_seconds: int = 60,
     ) -> None:
         self.model = model
+        self.throttle_retries = throttle_retries  # the chain's new tries of a throttled create
         self.lora_input = lora_input
         self.price_usd = price_usd
         self.wait_seconds = max(1, min(60, int(wait_seconds)))

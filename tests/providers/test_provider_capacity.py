@@ -230,3 +230,46 @@ async def test_capacity_schedule_steps_and_snapshot() -> None:
     assert capacity.peak == 3
     with pytest.raises(ValueError, match="schedule"):
         capacity.schedule([(-1, 2)])
+
+
+async def test_a_throttled_create_gives_its_slot_back_and_asks_again_in_turn(
+    replicate_api: ReplicateEmulator, avatar, caplog
+) -> None:
+    """In the chain a create the provider throttles raises ProviderThrottled: its slot
+    goes back while it waits the Retry-After, then it asks for one again (a slot per
+    try), so calls the fleet's lowered limit no longer admits wait for it instead of
+    re-sending into the provider. No attempt is used and no breaker failure counted."""
+    import contextlib
+    import logging
+
+    from studio.providers.chain import ProviderChain, ProviderPolicy
+    from studio.providers.slots import LocalSlots
+
+    class CountedSlots(LocalSlots):
+        acquired = 0
+
+        @contextlib.asynccontextmanager
+        async def __call__(self, provider: str, *, wait: bool = True):
+            async with super().__call__(provider, wait=wait):
+                CountedSlots.acquired += 1
+                yield
+
+    replicate_api.capacity = 1
+    replicate_api.capacity_retry_after = 0.05
+    replicate_api.behaviour.latency = (0.15, 0.15)
+    provider = ReplicateFluxProvider(REPLICATE_TOKEN, base_url=replicate_api.url,
+                                     poll_interval=0.02, throttle_retries=20)
+    chain = ProviderChain([provider], {"replicate": ProviderPolicy(max_attempts=1, timeout=10)},
+                          slot=CountedSlots({"replicate": 2}))
+    caplog.set_level(logging.INFO, logger="studio.providers")
+    try:
+        results = await asyncio.gather(*(chain.generate(make_spec(i), avatar) for i in range(2)))
+    finally:
+        await provider.aclose()
+    flight = replicate_api.flight
+    assert [r.provider for r in results] == ["replicate", "replicate"]
+    assert flight.peak == 1 and flight.refused >= 1 and replicate_api.billed_jobs == 2
+    assert CountedSlots.acquired == 2 + flight.refused  # a slot per try, given back between
+    throttled = [r.getMessage() for r in caplog.records if "outcome=throttled" in r.getMessage()]
+    assert len(throttled) == flight.refused
+    assert chain.breakers["replicate"].state == "closed"

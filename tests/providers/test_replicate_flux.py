@@ -103,7 +103,7 @@ def test_retry_after_parsing():
 def test_a_create_refused_again_waits_longer_each_time():
     """Retry-After first, then doubled per repeat (capped): an excess create holding a
     fleet slot does not ask every Retry-After while the provider stays full (issue 20)."""
-    from studio.providers.replicate_flux import BACKOFF_CAP, backed_off
+    from studio.providers.base import BACKOFF_CAP, backed_off
 
     assert [backed_off(1.0, n) for n in range(1, 7)] == [1, 2, 4, 8, 8, 8]
     assert backed_off(0.1, 1) == 0.1 and backed_off(0.1, 2) == 0.2

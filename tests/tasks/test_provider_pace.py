@@ -171,6 +171,31 @@ async def test_quiet_successes_raise_by_one_up_to_the_ceiling(
     assert "Provider throttled | Provider: replicate | Limit: 5 -> 3 | Retry-After: none" in lines
 
 
+async def test_a_process_that_just_saw_a_throttle_asks_no_raise(
+    any_database, replicate_at_5
+) -> None:
+    """A throttle this process saw is not yet in the fleet's row while its adjustment waits
+    behind slower ones (each a Prefect read and update, seconds on a loaded server); its
+    successes meanwhile must not raise the limit the provider is throttling at (issue 20's
+    bench: a 15 -> 16 two seconds into a throttling burst)."""
+    other, pace = keeper(raise_after_seconds=0.5, cooldown_seconds=0.0), keeper(
+        raise_after_seconds=0.5, cooldown_seconds=0.0
+    )
+    other.throttled("replicate", 429, None)
+    assert other.flush()
+    assert await prefect_limit() == 3
+    await asyncio.sleep(0.6)  # the row's throttle is older than the quiet window
+    queued: list[object] = []
+    pace._submit = lambda provider, event: queued.append(event)  # type: ignore[method-assign]
+    pace.throttled("replicate", 429, None)  # seen here, its adjustment still queued
+    pace.succeeded("replicate")
+    assert len(queued) == 1  # the throttle only: no success asked
+    del pace._submit  # the keeper's own again
+    pace.succeeded("replicate")
+    assert pace.flush()
+    assert await prefect_limit() == 3
+
+
 async def test_events_say_what_changed(any_database, replicate_at_5) -> None:
     pace = keeper(raise_after_seconds=0.0, probe_after_seconds=0.0, cooldown_seconds=0.0)
     since = datetime.now(UTC)
