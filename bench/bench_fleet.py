@@ -377,7 +377,7 @@ async def one_round(
         busy=sampler.busy_fraction(submitted, submitted + wall),
         finishes=finishes,
         starts=[
-            marks.get(i, {}).get("[BATCH START]", float("nan") + submitted) - submitted
+            marks.get(i, {}).get("[BATCH START]", float("nan")) - submitted
             for i in ids
         ],
         parts=parts,
