@@ -41,7 +41,7 @@ import time
 import weakref
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from studio.db import provider_pace as db
@@ -182,13 +182,15 @@ class PaceKeeper:
 
     # --- PaceListener ------------------------------------------------------------------
 
-    def throttled(self, provider: str, status: int, retry_after: float | None) -> None:
+    def throttled(self, provider: str, status: int, retry_after: float | None,
+                  sent_at: float | None = None) -> None:
         self._throttle_seen[provider] = time.monotonic()
         if retry_after is not None and retry_after > 0:
             until = time.time() + retry_after
             if until > self._local_until.get(provider, 0.0):
                 self._local_until[provider] = until
-        self._submit(provider, aimd.Throttled(status, retry_after))
+        sent = datetime.fromtimestamp(sent_at, UTC) if sent_at is not None else None
+        self._submit(provider, aimd.Throttled(status, retry_after, sent))
 
     def succeeded(self, provider: str) -> None:
         now = time.monotonic()
@@ -407,8 +409,6 @@ class PaceKeeper:
         """The Retry-After this process honours for `provider` now (tests, the bench)."""
         until = max(self._local_until.get(provider, 0.0),
                     self._fleet.get(provider, (0.0, 0.0))[1])
-        from datetime import UTC
-
         return datetime.fromtimestamp(until, UTC) if until else None
 
 
@@ -465,8 +465,9 @@ def _flush_at_exit() -> None:
 
 def _coalesced(jobs: list[_Job]) -> list[_Job]:
     """A backlog of one provider's answers, one job per provider and kind: the throttling
-    answers waiting together are one throttling event (the longest Retry-After kept), the
-    successes one check."""
+    answers waiting together are one throttling event (the longest Retry-After kept, and
+    the latest send time: one call sent after the last decrease makes it a new event),
+    the successes one check."""
     merged: dict[tuple[str, str], _Job] = {}
     for job in jobs:
         key = (job.provider, type(job.event).__name__)
@@ -475,9 +476,11 @@ def _coalesced(jobs: list[_Job]) -> list[_Job]:
             merged[key] = job
         elif isinstance(job.event, aimd.Throttled) and isinstance(seen.event, aimd.Throttled):
             waits = [w for w in (seen.event.retry_after, job.event.retry_after) if w is not None]
+            sent = [s for s in (seen.event.sent_at, job.event.sent_at) if s is not None]
             merged[key] = _Job(
                 job.provider,
-                aimd.Throttled(seen.event.status, max(waits) if waits else None),
+                aimd.Throttled(seen.event.status, max(waits) if waits else None,
+                               max(sent) if sent else None),
                 seen.context,
             )
     # throttling first: a success in the same backlog must not raise before it is seen

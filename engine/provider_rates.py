@@ -112,7 +112,8 @@ class RateListener:
                 provider, rate_limit_name(provider), " ".join(str(exc).split())[:200],
             )
 
-    def throttled(self, provider: str, status: int, retry_after: float | None) -> None:
+    def throttled(self, provider: str, status: int, retry_after: float | None,
+                  sent_at: float | None = None) -> None:
         """The in-flight limit and Retry-After are engine/provider_pace.py's concern."""
 
     def succeeded(self, provider: str) -> None:

@@ -9,20 +9,27 @@ The rules (knobs in studio/providers/pace_settings.py):
 
 - a throttling answer (429, 529, 503 with Retry-After) lowers the limit multiplicatively,
   `max(1, floor(min(current, in_flight) * factor))` and at least 1 lower, once per
-  throttling event: any further throttling answer before the cooldown ends
-  (`cooldown_seconds` after the decrease) is the same event and lowers nothing.
-  `in_flight` is the number of the limit's slots in use when the decision is taken (TCP's
-  "flight size", RFC 5681 section 3.1): a fleet using 12 slots of a limit of 20 is
-  throttled at 12, and 20 x 0.75 = 15 would bind nothing, so every call started until
-  two more events had passed was a wasted round trip into a full provider (the same load,
-  not the limit, is the throttle point the raises below probe carefully);
+  throttling event. A throttled call sent before the last decrease was in force
+  (`IN_FORCE_SECONDS` after it) is the same event and lowers nothing (TCP NewReno's
+  recovery point, RFC 6582: one decrease per window of calls); a call sent after it and
+  still throttled says the lowered limit is still too high, a new event at once. When the
+  answer does not say when its call was sent, the cooldown (`cooldown_seconds` after the
+  decrease) stands in. `in_flight` is the number of the limit's slots in use when the
+  decision is taken (TCP's "flight size", RFC 5681 section 3.1): a fleet using 12 slots of
+  a limit of 20 is throttled at 12, and 20 x 0.75 = 15 would bind nothing, so every call
+  started until two more events had passed was a wasted round trip into a full provider
+  (the same load, not the limit, is the throttle point the raises below probe carefully);
+- a probe that fails (throttled at the limit where the provider last throttled, raised to
+  after a whole probe window one below it) steps back to the limit that held, one lower,
+  instead: the capacity did not move, the probe only found it again. Should it have
+  moved, the next throttled call sent after the step back is a new event;
 - every throttling answer with a Retry-After pushes the fleet-wide `throttled_until` out
   (never back), whether or not the limit changes, and starts the quiet window again;
 - an accepted job raises the limit by 1 when nothing throttled for the quiet window
   (`raise_after_seconds`) since the last throttling answer and the last change, and no
-  Retry-After is in force; a raise to or past the limit at which the provider last
-  throttled (a probe) waits `probe_after_seconds` instead; a raise from that limit (the
-  probe held a whole window) forgets the old throttle point;
+  Retry-After is in force; the raise that reaches the limit at which the provider last
+  throttled (a probe) waits `probe_after_seconds` instead; the raise past that limit (the
+  probe held a quiet window) forgets the old throttle point;
 - never above `min(ceiling, manual_cap)` (the configured `*_MAX_CONCURRENT` and the cap
   an operator set by hand), never below 1;
 - `adaptive=False`: the limit never changes, Retry-After is still honoured.
@@ -36,6 +43,11 @@ from datetime import datetime, timedelta
 from typing import Literal
 
 from studio.providers.pace_settings import PaceSettings
+
+#: how long after a decrease is decided a call may still have been sent at the old limit:
+#: the change reaches Prefect in a round trip or two, and every process's slot pool reads
+#: the limit in force at least twice a second (engine/provider_pace.py FLEET_CACHE_SECONDS)
+IN_FORCE_SECONDS = 0.5
 
 
 @dataclass(frozen=True)
@@ -85,6 +97,8 @@ class PaceState:
 class Throttled:
     status: int
     retry_after: float | None = None
+    #: when the throttled call was sent (None: not known, the cooldown decides the event)
+    sent_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -133,12 +147,31 @@ def cooldown_end(state: PaceState, knobs: Knobs) -> datetime | None:
 
 
 def raise_window(state: PaceState, knobs: Knobs) -> float:
-    """The quiet window before the next +1: longer when it reaches the last throttle point."""
+    """The quiet window before the next +1: longer for the raise that reaches the last
+    throttle point. Once there, a plain window confirms it: a provider at its capacity
+    throttles the first extra call within a fraction of a second when calls wait, and a
+    second long window at the point (as this was) kept a capacity that had grown 3 -> 12
+    at 4 for 10 s more."""
     assert state.current is not None
     point = state.last_throttle_limit
-    if point is not None and state.current + 1 >= point:
+    if point is not None and state.current + 1 == point:
         return knobs.probe_after_seconds
     return knobs.raise_after_seconds
+
+
+def same_event(state: PaceState, event: Throttled, now: datetime, knobs: Knobs) -> bool:
+    """Whether a throttling answer belongs to the last decrease's event (lowers nothing)."""
+    end = cooldown_end(state, knobs)
+    if end is None or now >= end:
+        return False
+    if event.sent_at is None or state.last_decrease_at is None:
+        return True
+    return event.sent_at < state.last_decrease_at + timedelta(seconds=IN_FORCE_SECONDS)
+
+
+def failed_probe(state: PaceState) -> bool:
+    """Throttled at the limit the provider last throttled at, reached by a probe."""
+    return state.current is not None and state.current == state.last_throttle_limit
 
 
 def decide(
@@ -159,24 +192,21 @@ def _on_throttled(
         wanted = now + timedelta(seconds=event.retry_after)
         if until is None or wanted > until:
             until = wanted
-    end = cooldown_end(state, knobs)
-    in_cooldown = end is not None and now < end
     state_after = replace(state, throttled_until=until, last_throttle_at=now)
-    if in_cooldown:
+    if same_event(state, event, now, knobs):
         return Decision(state_after)
     # a new throttling event: it opens a cooldown even when the limit cannot go lower
     # (already 1, fixed caps, or no limit at all), so it is counted and told once
-    state_after = replace(
-        state_after,
-        last_decrease_at=now,
-        last_throttle_limit=(
-            _in_use(state.current, in_flight) if state.current is not None
-            else state.last_throttle_limit
-        ),
-    )
+    probe = failed_probe(state)
+    if state.current is None:
+        point = state.last_throttle_limit
+    else:  # a failed probe keeps its point: the slots in use fell as its call was refused
+        point = state.current if probe else _in_use(state.current, in_flight)
+    state_after = replace(state_after, last_decrease_at=now, last_throttle_limit=point)
     if not knobs.adaptive or state.current is None or state.current <= 1:
         return Decision(state_after, new_event=True)
-    to = decreased(state.current, knobs.decrease_factor, in_flight)
+    to = state.current - 1 if probe else decreased(state.current, knobs.decrease_factor,
+                                                    in_flight)
     return Decision(
         replace(state_after, current=to, last_change_at=now),
         to_limit=to, reason="throttled", new_event=True,

@@ -29,6 +29,8 @@ OVERLOAD_STATUSES = {
 }
 #: statuses that throttle only when the answer carries a Retry-After
 NEEDS_RETRY_AFTER = frozenset({503})
+#: the request extension `event_hooks` notes a request's send time in (epoch seconds)
+SENT_AT = "studio.sent_at"
 
 
 class PaceListener(Protocol):
@@ -39,9 +41,12 @@ class PaceListener(Protocol):
         host, its rate limit allows one more)."""
         ...
 
-    def throttled(self, provider: str, status: int, retry_after: float | None) -> None:
+    def throttled(self, provider: str, status: int, retry_after: float | None,
+                  sent_at: float | None = None) -> None:
         """`provider` answered a throttling status (never blocks: the answer's caller
-        goes on with its own retry)."""
+        goes on with its own retry). `sent_at`: when the throttled call was sent (epoch
+        seconds; None when not known), which tells an answer to a call sent before the
+        fleet lowered its limit from one sent after it."""
         ...
 
     def succeeded(self, provider: str) -> None:
@@ -71,9 +76,10 @@ async def before_call(provider: str) -> None:
         await listener.before_call(provider)
 
 
-def throttled(provider: str, status: int, retry_after: float | None) -> None:
+def throttled(provider: str, status: int, retry_after: float | None,
+              sent_at: float | None = None) -> None:
     for listener in tuple(_listeners):
-        listener.throttled(provider, status, retry_after)
+        listener.throttled(provider, status, retry_after, sent_at)
 
 
 def succeeded(provider: str) -> None:
@@ -111,11 +117,13 @@ def throttle_of(provider: str, status: int, headers: Any) -> float | bool | None
     return False
 
 
-def note_answer(provider: str, method: str, status: int, headers: Any) -> None:
-    """Report one HTTP answer of `provider`: throttling, or an accepted job (a 2xx POST)."""
+def note_answer(provider: str, method: str, status: int, headers: Any,
+                sent_at: float | None = None) -> None:
+    """Report one HTTP answer of `provider`: throttling, or an accepted job (a 2xx POST).
+    `sent_at`: when its request was sent (epoch seconds), if known."""
     seen = throttle_of(provider, status, headers)
     if seen is not False:
-        throttled(provider, status, seen if isinstance(seen, float) else None)
+        throttled(provider, status, seen if isinstance(seen, float) else None, sent_at)
     elif method == "POST" and 200 <= status < 300:
         succeeded(provider)
 
@@ -131,8 +139,11 @@ def event_hooks(
     async def gate(request: Any) -> None:
         if request.method in gated_methods:
             await before_call(provider)
+        request.extensions[SENT_AT] = time.time()
 
     async def report(response: Any) -> None:
-        note_answer(provider, response.request.method, response.status_code, response.headers)
+        request = response.request
+        note_answer(provider, request.method, response.status_code, response.headers,
+                    request.extensions.get(SENT_AT))
 
     return {"request": [gate], "response": [report]}

@@ -35,6 +35,7 @@ from __future__ import annotations
 import asyncio
 import binascii
 import logging
+import time
 from typing import Any
 
 import httpx
@@ -120,8 +121,10 @@ class ThrottleRetry(httpx.AsyncBaseTransport):
         while True:
             if request.method == "POST":  # a create starts a billed job: the fleet's turn
                 await pace.before_call("replicate")
+            sent_at = time.time()
             response = await self._wrapped.handle_async_request(request)
-            pace.note_answer("replicate", request.method, response.status_code, response.headers)
+            pace.note_answer("replicate", request.method, response.status_code,
+                             response.headers, sent_at)
             if (
                 request.method != "POST"
                 or response.status_code != 429

@@ -3,6 +3,7 @@ answers and of accepted calls, and waits before each call, through the official 
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -32,6 +33,7 @@ async def test_anthropic_reports_rate_limit_and_overload(
 
     anthropic_emu.behaviour.retry_after = 0.05
     anthropic_emu.fail_next(status)
+    began = time.time()
     batch = await AnthropicHookWriter(hook_settings).write(
         make_specs(10), avatar, Platform.INSTAGRAM
     )
@@ -39,4 +41,7 @@ async def test_anthropic_reports_rate_limit_and_overload(
     told = [e for e in recorder.seen if e[1] == "anthropic"]
     assert told[0] == ("before", "anthropic")
     assert told[1] == ("throttled", "anthropic", status, 0.05)
+    # the SDK's request hook noted when the throttled request was sent
+    sent_at = recorder.sent_at[0]
+    assert sent_at is not None and began <= sent_at <= time.time()
     assert ("ok", "anthropic") in told[2:]

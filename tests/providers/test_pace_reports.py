@@ -5,6 +5,7 @@ listener (engine/provider_pace.py, engine/provider_rates.py)."""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 
 import pytest
@@ -20,12 +21,15 @@ class Recorder:  # also used by tests/hooks/test_anthropic_pace.py
 
     def __init__(self) -> None:
         self.seen: list[tuple] = []
+        self.sent_at: list[float | None] = []
 
     async def before_call(self, provider: str) -> None:
         self.seen.append(("before", provider))
 
-    def throttled(self, provider: str, status: int, retry_after: float | None) -> None:
+    def throttled(self, provider: str, status: int, retry_after: float | None,
+                  sent_at: float | None = None) -> None:
         self.seen.append(("throttled", provider, status, retry_after))
+        self.sent_at.append(sent_at)
 
     def succeeded(self, provider: str) -> None:
         self.seen.append(("ok", provider))
@@ -75,10 +79,17 @@ async def test_replicate_reports_each_429_and_waits_before_each_create(
     provider = ReplicateFluxProvider(
         REPLICATE_TOKEN, base_url=replicate_api.url, poll_interval=0.02
     )
+    began = time.time()
     try:
         await provider.generate(spec, avatar)
     finally:
         await provider.aclose()
+    # each 429 says when its create was sent (the fleet tells an answer to a call sent
+    # before its last decrease from one sent after it): in order, the re-send after the
+    # first one's Retry-After
+    first, second = recorder.sent_at
+    assert first is not None and second is not None
+    assert began <= first and first + 0.05 <= second <= time.time()
     creates = [e for e in recorder.seen if e[0] != "ok" or e[1] == "replicate"]
     assert creates[:5] == [
         ("before", "replicate"),

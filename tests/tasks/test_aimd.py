@@ -154,12 +154,54 @@ def test_plateau_under_the_last_throttle_point_then_a_probe_that_forgets_it() ->
     state, changes = run(state, [(10.0, Succeeded())])
     assert changes == [(10.0, 9, "recovered")]
     assert state.last_throttle_limit == 9
-    # held at 9 through another probe window: the old point is forgotten
-    state, changes = run(state, [(16.0, Succeeded())])
-    assert changes == [(16.0, 10, "recovered")]
+    # at the point, a plain window confirms the probe (a second long one kept a capacity
+    # that had grown at the old point for 10 s more) and the old point is forgotten
+    state, changes = run(state, [(11.9, Succeeded())])
+    assert changes == []
+    state, changes = run(state, [(12.0, Succeeded())])
+    assert changes == [(12.0, 10, "recovered")]
     assert state.last_throttle_limit is None
-    state, changes = run(state, [(18.0, Succeeded())])  # plain 2 s windows again
-    assert changes == [(18.0, 11, "recovered")]
+    state, changes = run(state, [(14.0, Succeeded())])  # plain 2 s windows again
+    assert changes == [(14.0, 11, "recovered")]
+
+
+def test_a_failed_probe_steps_back_to_the_limit_that_held() -> None:
+    state, _ = run(PaceState(current=12, ceiling=20, last_throttle_limit=13, last_change_at=T0),
+                   [(5.9, Succeeded()), (6.0, Succeeded())])
+    assert state.current == 13  # the probe, after its 6 s window
+    # refused at the probe: back to 12, not 13 x 0.75 = 9, and the point stays at 13
+    # even though the slots in use fell to 12 as the refused call gave its slot back
+    decision = decide(state, Throttled(429, 1.0, sent_at=at(6.2)), at(6.3), KNOBS, in_flight=12)
+    assert decision is not None and decision.new_event
+    assert (decision.to_limit, decision.state.last_throttle_limit) == (12, 13)
+    # the next probe waits the probe window again
+    state, changes = run(decision.state, [(8.0, Succeeded()), (12.2, Succeeded())])
+    assert changes == []
+    _, changes = run(state, [(12.4, Succeeded())])
+    assert changes == [(12.4, 13, "recovered")]
+    # had the capacity itself fallen, the next refused call sent after the step back is a
+    # new event, and from 12 (not the point) it is a multiplicative decrease
+    decision = decide(decision.state, Throttled(429, None, sent_at=at(7.0)), at(7.1), KNOBS)
+    assert decision is not None and (decision.to_limit, decision.new_event) == (9, True)
+
+
+def test_a_call_sent_after_the_decrease_and_still_throttled_is_a_new_event() -> None:
+    state, changes = run(PaceState(current=20, ceiling=20), [(0.0, Throttled(429, 1.0))])
+    assert changes == [(0.0, 15, "throttled")]
+    # calls sent before the decrease was in force, answered inside the cooldown: the
+    # same event, however late their answers come
+    for sent in (-1.0, 0.2, 0.49):
+        same = decide(state, Throttled(429, 1.0, sent_at=at(sent)), at(1.5), KNOBS)
+        assert same is not None and same.to_limit is None and not same.new_event
+    # a call sent once the Retry-After passed, at the lowered limit, and refused again:
+    # 15 is still too high, a new event now, not after the cooldown
+    state, changes = run(state, [(1.1, Throttled(429, 1.0, sent_at=at(1.05)))])
+    assert changes == [(1.1, 11, "throttled")]
+    state, changes = run(state, [(2.2, Throttled(429, 1.0, sent_at=at(2.15)))])
+    assert changes == [(2.2, 8, "throttled")]
+    # an answer that does not say when its call was sent: the cooldown decides
+    _, changes = run(state, [(3.0, Throttled(429, None)), (4.3, Throttled(429, None))])
+    assert changes == [(4.3, 6, "throttled")]
 
 
 def test_never_above_the_ceiling_or_a_manual_cap() -> None:

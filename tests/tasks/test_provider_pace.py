@@ -23,7 +23,7 @@ from engine.provider_pace import PaceKeeper, PrefectLimit, recovered_line, throt
 from studio.db import provider_pace as db
 from studio.db.engine import session_scope
 from studio.providers import pace as pace_hub
-from studio.providers.aimd import Knobs, Throttled
+from studio.providers.aimd import IN_FORCE_SECONDS, Knobs, Throttled
 from studio.providers.pace_settings import PaceSettings
 from studio.settings import Settings
 
@@ -120,6 +120,27 @@ async def test_a_burst_of_429s_lowers_prefect_limit_once_and_says_so(
     # this process's next call waits for the Retry-After at once, before any database read
     until = pace.fleet_until("replicate")
     assert until is not None and until > datetime.now(UTC) + timedelta(seconds=9)
+
+
+async def test_a_call_sent_at_the_lowered_limit_and_throttled_again_lowers_again(
+    any_database, replicate_at_5
+) -> None:
+    pace = keeper(cooldown_seconds=30.0)  # only the send times tell the events apart
+    sent = time.time()
+    for _ in range(10):  # the calls in flight when the provider's capacity fell
+        pace.throttled("replicate", 429, None, sent)
+    assert pace.flush()
+    assert changes() == [(5, 3, "throttled")]
+    # a late answer to a call sent before the decrease was in force: the same event
+    pace.throttled("replicate", 429, None, sent + 0.1)
+    assert pace.flush()
+    assert changes() == [(5, 3, "throttled")]
+    # a call sent at the lowered limit and refused again: 3 is still too high
+    await asyncio.sleep(IN_FORCE_SECONDS + 0.1)
+    pace.throttled("replicate", 429, None, time.time())
+    assert pace.flush()
+    assert changes() == [(5, 3, "throttled"), (3, 2, "throttled")]
+    assert await prefect_limit() == 2
 
 
 async def test_a_throttle_lowers_from_the_slots_in_use_when_fewer_than_the_limit(
