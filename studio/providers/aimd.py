@@ -26,10 +26,14 @@ The rules (knobs in studio/providers/pace_settings.py):
 - every throttling answer with a Retry-After pushes the fleet-wide `throttled_until` out
   (never back), whether or not the limit changes, and starts the quiet window again;
 - an accepted job raises the limit by 1 when nothing throttled for the quiet window
-  (`raise_after_seconds`) since the last throttling answer and the last change, and no
-  Retry-After is in force; the raise that reaches the limit at which the provider last
-  throttled (a probe) waits `probe_after_seconds` instead; the raise past that limit (the
-  probe held a quiet window) forgets the old throttle point;
+  (`raise_after_seconds`) since the last throttling answer and the last change, no
+  Retry-After is in force, and the fleet uses every slot of the limit (TCP's validated
+  window, RFC 7661: a quiet limit the fleet does not fill says nothing of the provider's
+  capacity, and a probe whose extra call was refused at once, its slot given back, had
+  looked quiet for a whole window to a fleet that then raised past it); the raise that
+  reaches the limit at which the provider last throttled (a probe) waits
+  `probe_after_seconds` instead; the raise past that limit (the probe held a quiet window
+  with every slot in use) forgets the old throttle point;
 - never above `min(ceiling, manual_cap)` (the configured `*_MAX_CONCURRENT` and the cap
   an operator set by hand), never below 1;
 - `adaptive=False`: the limit never changes, Retry-After is still honoured.
@@ -178,10 +182,12 @@ def decide(
     state: PaceState, event: Event, now: datetime, knobs: Knobs, in_flight: int | None = None
 ) -> Decision | None:
     """What `event` at `now` changes; None when it changes nothing at all. `in_flight`:
-    the limit's slots in use now, when known (a decrease starts from it when lower)."""
+    the limit's slots in use now, when known (a decrease starts from it when lower; a
+    raise needs all of them in use). None or 0 says nothing: the calls that reported
+    held none of the fleet's slots (a provider without them, a test's keeper)."""
     if isinstance(event, Throttled):
         return _on_throttled(state, event, now, knobs, in_flight)
-    return _on_success(state, now, knobs)
+    return _on_success(state, now, knobs, in_flight)
 
 
 def _on_throttled(
@@ -213,7 +219,9 @@ def _on_throttled(
     )
 
 
-def _on_success(state: PaceState, now: datetime, knobs: Knobs) -> Decision | None:
+def _on_success(
+    state: PaceState, now: datetime, knobs: Knobs, in_flight: int | None = None
+) -> Decision | None:
     seen = replace(state, last_success_at=now)
     cap = state.cap
     if not knobs.adaptive or state.current is None or cap is None or state.current >= cap:
@@ -227,6 +235,8 @@ def _on_success(state: PaceState, now: datetime, knobs: Knobs) -> Decision | Non
     if quiet_since is not None and (now - quiet_since).total_seconds() < raise_window(
         state, knobs
     ):
+        return Decision(seen)
+    if in_flight and in_flight < state.current:  # not using the limit it has
         return Decision(seen)
     to = state.current + 1
     point = state.last_throttle_limit

@@ -86,10 +86,6 @@ def test_a_decrease_starts_from_the_slots_in_use_when_fewer_than_the_limit() -> 
     # inside the cooldown nothing is lowered, whatever is in flight
     again = decide(decision.state, Throttled(429, 1.0), at(0.5), KNOBS, in_flight=2)
     assert again is not None and again.to_limit is None
-    # a success never looks at it
-    assert decide(PaceState(current=3, ceiling=5), Succeeded(), at(9), KNOBS,
-                  in_flight=1) == decide(PaceState(current=3, ceiling=5), Succeeded(), at(9),
-                                         KNOBS)
 
 
 def test_one_decrease_per_event_however_many_calls_reported_it() -> None:
@@ -183,6 +179,22 @@ def test_a_failed_probe_steps_back_to_the_limit_that_held() -> None:
     # new event, and from 12 (not the point) it is a multiplicative decrease
     decision = decide(decision.state, Throttled(429, None, sent_at=at(7.0)), at(7.1), KNOBS)
     assert decision is not None and (decision.to_limit, decision.new_event) == (9, True)
+
+
+def test_a_raise_needs_the_fleet_to_use_every_slot_of_the_limit() -> None:
+    state = PaceState(current=9, ceiling=20, last_change_at=T0)
+    # quiet for a whole window, but 7 of 9 slots in use: the limit is not what binds, and
+    # the quiet says nothing of the provider (TCP's validated window, RFC 7661)
+    assert decide(state, Succeeded(), at(5.0), KNOBS, in_flight=7).to_limit is None
+    # a probe whose extra call was refused at once gave its slot back: 12 of 13 in use
+    probe = PaceState(current=13, ceiling=20, last_throttle_limit=13, last_change_at=T0)
+    assert decide(probe, Succeeded(), at(5.0), KNOBS, in_flight=12).to_limit is None
+    # every slot in use (or more, a moment before a decrease binds): +1
+    assert decide(state, Succeeded(), at(5.0), KNOBS, in_flight=9).to_limit == 10
+    assert decide(state, Succeeded(), at(5.0), KNOBS, in_flight=11).to_limit == 10
+    # slots in use unknown, or none (the calls held none of the fleet's): the window decides
+    assert decide(state, Succeeded(), at(5.0), KNOBS).to_limit == 10
+    assert decide(state, Succeeded(), at(5.0), KNOBS, in_flight=0).to_limit == 10
 
 
 def test_a_call_sent_after_the_decrease_and_still_throttled_is_a_new_event() -> None:

@@ -192,6 +192,39 @@ async def test_quiet_successes_raise_by_one_up_to_the_ceiling(
     assert "Provider throttled | Provider: replicate | Limit: 5 -> 3 | Retry-After: none" in lines
 
 
+async def test_a_limit_the_fleet_does_not_fill_is_not_raised(
+    any_database, replicate_at_5
+) -> None:
+    """The raise reads the slots in use on Prefect: 1 of 3 held, however quiet, says
+    nothing of the provider's capacity; all 3 held, +1."""
+    pace = keeper(raise_after_seconds=0.2, cooldown_seconds=0.1)
+    pace.throttled("replicate", 429, None)
+    assert pace.flush()
+    assert await prefect_limit() == 3
+
+    async def hold(slots: int) -> None:
+        async with get_client() as client:
+            await client.update_global_concurrency_limit(
+                NAME, GlobalConcurrencyLimitUpdate(active_slots=slots)
+            )
+
+    try:
+        await hold(1)
+        for _ in range(4):
+            await asyncio.sleep(0.6)
+            pace.succeeded("replicate")
+            assert pace.flush()
+        assert await prefect_limit() == 3
+        await hold(3)
+        await asyncio.sleep(0.6)  # a success is asked at most twice a second
+        pace.succeeded("replicate")
+        assert pace.flush()
+        assert await prefect_limit() == 4
+        assert changes() == [(5, 3, "throttled"), (3, 4, "recovered")]
+    finally:
+        await hold(0)
+
+
 async def test_a_process_that_just_saw_a_throttle_asks_no_raise(
     any_database, replicate_at_5
 ) -> None:
