@@ -36,6 +36,7 @@ from tenacity import AsyncRetrying, retry_if_exception, stop_after_attempt, wait
 
 from studio.breaker import CircuitBreaker
 from studio.ledger.jobs import BudgetRefused, ImageCallLedger, LedgerJob
+from studio.providers import pace
 from studio.providers.base import (
     BilledJob,
     ImageProvider,
@@ -332,6 +333,8 @@ class ProviderChain:
         if not breaker.would_allow():  # do not queue for a slot of a provider we would skip
             self._log(spec, provider.name, number, 0.0, "skipped", "circuit open")
             raise _Skipped("circuit open")
+        if wait:  # a scan for a free slot (speed routing) is not held up here
+            await pace.before_slot(provider.name)
         async with self.slot(provider.name, wait=wait):
             if not breaker.allow():
                 self._log(spec, provider.name, number, 0.0, "skipped", "circuit open")

@@ -273,3 +273,56 @@ async def test_a_throttled_create_gives_its_slot_back_and_asks_again_in_turn(
     throttled = [r.getMessage() for r in caplog.records if "outcome=throttled" in r.getMessage()]
     assert len(throttled) == flight.refused
     assert chain.breakers["replicate"].state == "closed"
+
+
+async def test_a_call_waits_for_the_fleets_retry_after_before_it_takes_a_slot(
+    replicate_api: ReplicateEmulator, avatar
+) -> None:
+    """A call that waited for the Retry-After holding its slot kept it through the fleet's
+    decrease and fired with every other such call the moment the Retry-After passed; the
+    chain asks the fleet first, so the slots are taken under the limit in force then."""
+    import contextlib
+
+    from studio.providers import pace
+    from studio.providers.chain import ProviderChain, ProviderPolicy
+    from studio.providers.slots import LocalSlots
+
+    order: list[str] = []
+    passed = asyncio.Event()
+
+    class Fleet:  # a Retry-After in force until `passed` is set
+        async def before_call(self, provider: str) -> None:
+            order.append(f"ask {provider}")
+            await passed.wait()
+
+        def throttled(self, *args: object) -> None: ...
+
+        def succeeded(self, provider: str) -> None: ...
+
+    class Slots(LocalSlots):
+        @contextlib.asynccontextmanager
+        async def __call__(self, provider: str, *, wait: bool = True):
+            async with super().__call__(provider, wait=wait):
+                order.append(f"slot {provider}")
+                yield
+
+    provider = ReplicateFluxProvider(REPLICATE_TOKEN, base_url=replicate_api.url,
+                                     poll_interval=0.02)
+    chain = ProviderChain([provider], {"replicate": ProviderPolicy(max_attempts=1, timeout=10)},
+                          slot=Slots({"replicate": 2}))
+    fleet = Fleet()
+    pace.register(fleet)
+    try:
+        call = asyncio.create_task(chain.generate(make_spec(0), avatar))
+        await asyncio.sleep(0.2)
+        assert order == ["ask replicate"]  # waiting, and holding no slot
+        passed.set()
+        result = await call
+    finally:
+        pace.unregister(fleet)
+        await provider.aclose()
+    assert result.provider == "replicate"
+    # then the slot, and the create's own ask (a throttle may have come meanwhile)
+    assert order == ["ask replicate", "slot replicate", "ask replicate"]
+    # a provider that never reports to the fleet is not asked (no database read for it)
+    assert "comfyui" not in pace.REPORTING
