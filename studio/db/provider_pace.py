@@ -270,9 +270,12 @@ def reconcile(
 
 
 def state_of(row: ProviderPace, limit_exists: bool) -> aimd.PaceState:
+    """The decision's view of `row`: no limit (current and ceiling None) when Prefect has
+    none; a limit not known now (current None, the ceiling kept) while a change is on its
+    way to Prefect."""
     return aimd.PaceState(
         current=row.current if limit_exists and row.pending_to is None else None,
-        ceiling=row.ceiling,
+        ceiling=row.ceiling if limit_exists else None,
         manual_cap=row.manual_cap,
         last_throttle_limit=row.last_throttle_limit,
         last_throttle_at=aware(row.last_throttle_at),
@@ -341,10 +344,18 @@ def adjust(
     retry_after = event.retry_after if isinstance(event, aimd.Throttled) else None
 
     def done(session: Session, row: ProviderPace) -> LimitChange:
+        """The change is in force: from now on the quiet window before a raise runs, and
+        a refused call sent from now on is a new event. Stamped at the decision, a change
+        whose two Prefect calls took a second on a loaded server (issue 20's bench) was
+        "quiet" for that second before it bound anything, and the next raise came early."""
         assert decision is not None and decision.reason is not None and from_limit is not None
         change = _record(session, provider, now, from_limit, to, decision.reason, status,
                          retry_after)
         row.current, row.pending_to, row.pending_at = to, None, None
+        in_force = clock()
+        row.last_change_at = in_force
+        if decision.reason == "throttled":
+            row.last_decrease_at = in_force
         return change
 
     try:

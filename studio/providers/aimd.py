@@ -77,8 +77,10 @@ class Knobs:
 class PaceState:
     """What the decision reads and writes of one provider's `provider_pace` row.
 
-    `current` None: there is no limit to adjust (a provider without a `provider:<name>`
-    limit, such as Anthropic): only the fleet-wide Retry-After applies."""
+    `current` and `ceiling` None: there is no limit to adjust (a provider without a
+    `provider:<name>` limit, such as Anthropic): only the fleet-wide Retry-After applies.
+    `current` None with a ceiling: a limit whose value is not known now (a change on its
+    way to Prefect): nothing is decided on it, and a throttle is that change's event."""
 
     current: int | None
     ceiling: int | None
@@ -200,6 +202,11 @@ def _on_throttled(
             until = wanted
     state_after = replace(state, throttled_until=until, last_throttle_at=now)
     if same_event(state, event, now, knobs):
+        return Decision(state_after)
+    if state.current is None and state.ceiling is not None:
+        # a limit whose value is not known now (a change on its way to Prefect, or Prefect
+        # away): the throttle belongs to that change's event; counted as a new one it would
+        # be told as "Limit: 10 -> 10" and restart the cooldown without lowering anything
         return Decision(state_after)
     # a new throttling event: it opens a cooldown even when the limit cannot go lower
     # (already 1, fixed caps, or no limit at all), so it is counted and told once

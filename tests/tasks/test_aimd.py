@@ -243,6 +243,17 @@ def test_fixed_caps_honour_retry_after_only() -> None:
     assert state.current == 5 and state.throttled_until == at(4)
 
 
+def test_a_throttle_while_a_change_is_on_its_way_is_that_changes_event() -> None:
+    # the row's change is pending (its value not known until Prefect has it): the throttle
+    # pushes the Retry-After out and restarts the quiet window, and opens no event of its
+    # own (it was told as "Limit: 10 -> 10", and restarted the cooldown lowering nothing)
+    pending = PaceState(current=None, ceiling=20, last_decrease_at=at(-10))
+    decision = decide(pending, Throttled(429, 1.0, sent_at=at(-0.1)), T0, KNOBS)
+    assert decision is not None and not decision.new_event and decision.to_limit is None
+    assert decision.state.last_decrease_at == at(-10)
+    assert (decision.state.throttled_until, decision.state.last_throttle_at) == (at(1), T0)
+
+
 def test_no_limit_shares_the_retry_after_and_counts_events_once() -> None:
     state = PaceState(current=None, ceiling=None)
     first = decide(state, Throttled(529, 3.0), T0, KNOBS)

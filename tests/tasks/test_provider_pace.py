@@ -23,7 +23,7 @@ from engine.provider_pace import PaceKeeper, PrefectLimit, recovered_line, throt
 from studio.db import provider_pace as db
 from studio.db.engine import session_scope
 from studio.providers import pace as pace_hub
-from studio.providers.aimd import IN_FORCE_SECONDS, Knobs, Throttled
+from studio.providers.aimd import IN_FORCE_SECONDS, Knobs, Succeeded, Throttled
 from studio.providers.pace_settings import PaceSettings
 from studio.settings import Settings
 
@@ -141,6 +141,51 @@ async def test_a_call_sent_at_the_lowered_limit_and_throttled_again_lowers_again
     assert pace.flush()
     assert changes() == [(5, 3, "throttled"), (3, 2, "throttled")]
     assert await prefect_limit() == 2
+
+
+async def test_a_change_counts_from_when_it_is_in_force(any_database) -> None:
+    """A change's quiet window and its event's end run from when Prefect has it, not from
+    the decision: on a loaded server the two Prefect calls of a change took a second, and
+    a window counted from the decision let the next raise come that much early."""
+    now = [datetime(2026, 12, 4, 12, 0, tzinfo=UTC)]
+
+    def clock() -> datetime:
+        return now[0]
+
+    class SlowPrefect:  # each update takes 2 s of the test's clock
+        limit = 20
+
+        def read(self) -> int:
+            return self.limit
+
+        def write(self, limit: int) -> None:
+            now[0] += timedelta(seconds=2)
+            self.limit = limit
+
+        def in_flight(self) -> None:
+            return None
+
+    prefect, knobs = SlowPrefect(), Knobs()
+    decided = now[0]
+    outcome = db.adjust("replicate", 20, Throttled(429, None), knobs, prefect,
+                        sessions=session_scope, clock=clock)
+    assert outcome.change is not None and (prefect.limit, outcome.current) == (15, 15)
+    in_force = decided + timedelta(seconds=2)
+    saved = row()
+    assert db.aware(saved.last_change_at) == in_force == db.aware(saved.last_decrease_at)
+    # a call sent while the change was on its way, refused after: the same event
+    now[0] = in_force + timedelta(seconds=0.3)
+    sent = (in_force - timedelta(seconds=0.5)).timestamp()
+    db.adjust("replicate", 20, Throttled(429, None, datetime.fromtimestamp(sent, UTC)),
+              knobs, prefect, sessions=session_scope, clock=clock)
+    assert prefect.limit == 15
+    # the quiet window (1 s) runs from the last throttle, 0.7 s ago: no raise yet
+    now[0] = in_force + timedelta(seconds=1.0)
+    db.adjust("replicate", 20, Succeeded(), knobs, prefect, sessions=session_scope, clock=clock)
+    assert prefect.limit == 15
+    now[0] = in_force + timedelta(seconds=1.4)
+    db.adjust("replicate", 20, Succeeded(), knobs, prefect, sessions=session_scope, clock=clock)
+    assert prefect.limit == 16
 
 
 async def test_a_throttle_lowers_from_the_slots_in_use_when_fewer_than_the_limit(
