@@ -15,7 +15,9 @@ two runs each on one day):
   less throughput on each.
 - `PROVIDER_LIMIT_COOLDOWN_SECONDS` 2: the answers of calls that were already in flight
   when the first 429 came back are the same event; a decrease per answer would drive a
-  limit of 20 to 1 in one burst. The cooldown is at least the answer's Retry-After.
+  limit of 20 to 1 in one burst. A call sent once the decrease was in force and refused
+  again is a new event inside it (studio/providers/aimd.py); the cooldown alone decides
+  for answers that do not say when their call was sent.
 - `PROVIDER_LIMIT_RAISE_AFTER_SECONDS` 1: below the point where the provider last
   throttled, a capacity that comes back is followed at +1 per second.
 - `PROVIDER_LIMIT_PROBE_AFTER_SECONDS` 10: raising to the limit where the provider last
