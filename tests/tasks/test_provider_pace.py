@@ -49,6 +49,14 @@ async def prefect_limit(name: str = NAME) -> int:
         return (await client.read_global_concurrency_limit_by_name(name)).limit
 
 
+async def hold_slots(slots: int, name: str = NAME) -> None:
+    """Prefect counts `slots` of the limit in use (calls holding them, by hand)."""
+    async with get_client() as client:
+        await client.update_global_concurrency_limit(
+            name, GlobalConcurrencyLimitUpdate(active_slots=slots)
+        )
+
+
 @pytest.fixture
 async def replicate_at_5() -> AsyncIterator[None]:
     """`provider:replicate` at 5 on the session's Prefect server, put back after."""
@@ -193,10 +201,8 @@ async def test_a_throttle_lowers_from_the_slots_in_use_when_fewer_than_the_limit
 ) -> None:
     """Two calls hold slots of a limit of 5 when the provider throttles: it is full at 2,
     so the limit goes to floor(2 x 0.75) = 1, not to 3 (which would bind nothing)."""
+    await hold_slots(0)
     async with get_client() as client:
-        await client.update_global_concurrency_limit(
-            NAME, GlobalConcurrencyLimitUpdate(active_slots=0)
-        )
         await client.increment_concurrency_slots(names=[NAME], slots=2, mode="concurrency")
     try:
         pace = keeper()
@@ -207,10 +213,7 @@ async def test_a_throttle_lowers_from_the_slots_in_use_when_fewer_than_the_limit
         assert throttled_line("replicate", 5, 1, 1.0) in lines
         assert row().last_throttle_limit == 2  # the load it throttled at: the probe point
     finally:
-        async with get_client() as client:
-            await client.update_global_concurrency_limit(
-                NAME, GlobalConcurrencyLimitUpdate(active_slots=0)
-            )
+        await hold_slots(0)
 
 
 async def test_quiet_successes_raise_by_one_up_to_the_ceiling(
@@ -246,28 +249,21 @@ async def test_a_limit_the_fleet_does_not_fill_is_not_raised(
     pace.throttled("replicate", 429, None)
     assert pace.flush()
     assert await prefect_limit() == 3
-
-    async def hold(slots: int) -> None:
-        async with get_client() as client:
-            await client.update_global_concurrency_limit(
-                NAME, GlobalConcurrencyLimitUpdate(active_slots=slots)
-            )
-
     try:
-        await hold(1)
+        await hold_slots(1)
         for _ in range(4):
             await asyncio.sleep(0.6)
             pace.succeeded("replicate")
             assert pace.flush()
         assert await prefect_limit() == 3
-        await hold(3)
+        await hold_slots(3)
         await asyncio.sleep(0.6)  # a success is asked at most twice a second
         pace.succeeded("replicate")
         assert pace.flush()
         assert await prefect_limit() == 4
         assert changes() == [(5, 3, "throttled"), (3, 4, "recovered")]
     finally:
-        await hold(0)
+        await hold_slots(0)
 
 
 async def test_a_process_that_just_saw_a_throttle_asks_no_raise(
