@@ -3,11 +3,14 @@
 It says what it got (its environment's PREFECT__WARM_SAY, working directory, parent), then does what
 WARM_DO says: `exit:<code>`, `kill:<signal>` (dies of it), `term` (waits for SIGTERM and
 exits 7), `hang` (writes its pid to PREFECT__WARM_PID_FILE and sleeps); it imports
-PREFECT__WARM_IMPORTS first, saying whether it was imported already.
+PREFECT__WARM_IMPORTS first, saying whether it was imported already; with
+PREFECT__WARM_GC it says how many objects the collector leaves alone (frozen) and whether
+it collects at all.
 """
 
 from __future__ import annotations
 
+import gc
 import os
 import signal
 import sys
@@ -20,6 +23,8 @@ if wanted := os.environ.get("PREFECT__WARM_IMPORTS"):
     already = wanted in sys.modules
     __import__(wanted)
     print(f"{wanted} already {already}", flush=True)
+if os.environ.get("PREFECT__WARM_GC"):
+    print(f"frozen {gc.get_freeze_count()} enabled {gc.isenabled()}", flush=True)
 do = os.environ.get("PREFECT__WARM_DO", "exit:0")
 if pid_file := os.environ.get("PREFECT__WARM_PID_FILE"):
     with open(pid_file, "w") as out:
