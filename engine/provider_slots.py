@@ -68,7 +68,10 @@ the others asked. `bench/bench_fleet.py`, 3 rounds each, claims vs `--claim-seco
 6 x 10 first-wave finish spread 14 % [11-22] vs 109 % [30-139], wall / bound 1.48
 [1.43-1.63] vs 1.30 [1.22-1.33] (the next wave starts together when this one ends,
 instead of one by one; workers polling every 0.5 s); at stop 28, 3 x 50 spread 5 % [4-8]
-vs 14 % [12-17], wall / bound 1.19 vs 1.18.
+vs 14 % [12-17], wall / bound 1.19 vs 1.18. With forks that start faster (the warm
+process's frozen heap), 6 x 10: spread 15 % [10-38] vs 38 % [30-57], wall / bound 1.34
+[1.25-1.39] vs 1.24 [1.20-1.29]: a batch whose flow starts after the first one's ask has
+not claimed yet and is not waited for.
 
 With a `LeaseCensus` (engine/lease_census.py) every slot is also written to
 the studio database before it is asked for and stamped after it went back, and a pool
