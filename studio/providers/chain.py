@@ -344,6 +344,7 @@ class ProviderChain:
             counter.calls += 1
             started = time.perf_counter()
             requeue = requeue_throttled.set(True)  # a throttle gives this slot back
+            let_in = pace.admitted()  # its answers tell the fleet the limit it ran under
             try:
                 async with asyncio.timeout(policy.timeout):
                     image = await provider.generate(spec, avatar, job=handle)
@@ -379,6 +380,7 @@ class ProviderChain:
                 raise ProviderError(provider.name, reason) from None
             finally:
                 requeue_throttled.reset(requeue)
+                pace.admitted_reset(let_in)
             await _settle(job, "ok", delivered=True)
         elapsed = time.perf_counter() - started
         breaker.record_success()

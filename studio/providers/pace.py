@@ -16,6 +16,7 @@ from __future__ import annotations
 import email.utils
 import time
 from collections.abc import Awaitable, Callable, Collection
+from contextvars import ContextVar, Token
 from typing import Any, Protocol
 
 #: the answers that mean "too much, slow down" for every provider
@@ -31,6 +32,9 @@ OVERLOAD_STATUSES = {
 NEEDS_RETRY_AFTER = frozenset({503})
 #: the request extension `event_hooks` notes a request's send time in (epoch seconds)
 SENT_AT = "studio.sent_at"
+#: when the running call got its fleet slot (epoch seconds; set by the chain): the limit
+#: it was let in under is the one in force then, however long it waited to send after
+_admitted_at: ContextVar[float | None] = ContextVar("studio_admitted_at", default=None)
 #: the providers whose clients report their answers here (replicate_flux.py,
 #: modal_endpoint.py, hooks/anthropic_writer.py): the only ones the fleet can hold back
 REPORTING = frozenset({"replicate", "modal", "anthropic"})
@@ -133,13 +137,39 @@ def throttle_of(provider: str, status: int, headers: Any) -> float | bool | None
     return False
 
 
+def admitted() -> Token[float | None]:
+    """The running call has its fleet slot now (the chain, as the slot is granted); give
+    the token back to `admitted_reset` when the call is over."""
+    return _admitted_at.set(time.time())
+
+
+def admitted_reset(token: Token[float | None]) -> None:
+    _admitted_at.reset(token)
+
+
+def let_in_at(sent_at: float | None) -> float | None:
+    """When a call was let in under the fleet's limit: its slot's time when it had one
+    before it was sent, else its send time.
+
+    Why: a call that took its slot under the old limit, then waited in the transport for
+    the fleet's Retry-After, was sent after the decrease was in force and refused again:
+    read as a new event, it lowered the limit once more (3 -> 2 at a capacity of 3, for a
+    probe window), though it said nothing of the lowered limit it never ran under."""
+    slot = _admitted_at.get()
+    if sent_at is None or slot is None:
+        return sent_at
+    return min(sent_at, slot)
+
+
 def note_answer(provider: str, method: str, status: int, headers: Any,
                 sent_at: float | None = None) -> None:
     """Report one HTTP answer of `provider`: throttling, or an accepted job (a 2xx POST).
-    `sent_at`: when its request was sent (epoch seconds), if known."""
+    `sent_at`: when its request was sent (epoch seconds), if known; a call under a fleet
+    slot reports when it got the slot, if earlier (`let_in_at`)."""
     seen = throttle_of(provider, status, headers)
     if seen is not False:
-        throttled(provider, status, seen if isinstance(seen, float) else None, sent_at)
+        retry_after = seen if isinstance(seen, float) else None
+        throttled(provider, status, retry_after, let_in_at(sent_at))
     elif method == "POST" and 200 <= status < 300:
         succeeded(provider)
 

@@ -5,6 +5,7 @@ listener (engine/provider_pace.py, engine/provider_rates.py)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Iterator
 
@@ -100,3 +101,37 @@ async def test_replicate_reports_each_429_and_waits_before_each_create(
     ]
     assert ("ok", "replicate") in recorder.seen  # the accepted create
     assert replicate_api.counters.requests("create") == 3
+
+
+async def test_a_call_under_a_fleet_slot_reports_when_it_got_the_slot(
+    replicate_api: ReplicateEmulator, spec, avatar, recorder: Recorder
+) -> None:
+    """A create that took its fleet slot (the chain marks it `pace.admitted()`), waited
+    (for the fleet's Retry-After, say) and was then refused tells the fleet when it got
+    the slot: it ran under the limit in force then, and its refusal says nothing of a
+    limit lowered while it waited. Read by its send time it was a new throttling event
+    (the adaptive bench: 3 -> 2 at a capacity of 3, one probe window at 2)."""
+    replicate_api.behaviour.throttle_next = 1
+    replicate_api.behaviour.retry_after = 0.05
+    provider = ReplicateFluxProvider(
+        REPLICATE_TOKEN, base_url=replicate_api.url, poll_interval=0.02
+    )
+    before = time.time()
+    token = pace.admitted()
+    after = time.time()
+    try:
+        await asyncio.sleep(0.3)  # holding the slot, not sending yet
+        await provider.generate(spec, avatar)
+    finally:
+        pace.admitted_reset(token)
+    [slot_time] = recorder.sent_at
+    assert slot_time is not None and before <= slot_time <= after
+
+    replicate_api.behaviour.throttle_next = 1  # a call with no slot: its send time
+    began = time.time()
+    try:
+        await provider.generate(spec, avatar)
+    finally:
+        await provider.aclose()
+    sent = recorder.sent_at[-1]
+    assert sent is not None and began <= sent <= time.time()
