@@ -323,8 +323,8 @@ class WarmServer:
             except Exception:  # left to the runs, as before; not tried again
                 self.unlearnable.add(name)
                 failed += 1
-        freeze_heap()
         if names:
+            freeze_heap()  # what the imports left: garbage collected, the rest frozen
             log(f"learned {len(names) - failed} modules from pid {pid} "
                 f"({failed} failed) in {time.monotonic() - started:.2f} s")
         if threading.active_count() > 1:

@@ -266,7 +266,7 @@ def test_a_fork_never_collects_the_warm_processs_heap(warm):
     """The objects a fork inherits are frozen: its collections walk only what the run
     made, so they copy none of the shared pages (engine/warm_server.py, `freeze_heap`);
     what the warm process learned after a run is frozen for the next fork too."""
-    started(warm)
+    sock = started(warm)
     code, out, _err = finished(client(gc="1", imports="tests.warm_learn_module"))
     assert code == 0, out
     first = int(out.split("frozen ")[1].split()[0])
@@ -274,13 +274,9 @@ def test_a_fork_never_collects_the_warm_processs_heap(warm):
     assert "enabled True" in out, out  # the run's own garbage is still collected
 
     wait_for("the warm process to learn",
-             lambda: "learned" in (warm_log(warm)))
+             lambda: "learned" in sock.with_suffix(".log").read_text())
     _code, out, _err = finished(client(gc="1"))
     assert int(out.split("frozen ")[1].split()[0]) > first, out
-
-
-def warm_log(warm: Path) -> str:
-    return "".join(log.read_text() for log in warm.glob("*.log"))
 
 
 def test_a_warm_process_that_learned_a_thread_starting_import_takes_no_more_runs(warm):
