@@ -41,11 +41,20 @@ PUBLIC_BUCKET_PREFIX = "pub-"
 _STOP_GRACE_S = 5.0
 
 
-def _free_port() -> int:
-    """Ask the kernel for an unused loopback port."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+def _free_ports(count: int) -> list[int]:
+    """Ask the kernel for `count` distinct unused loopback ports.
+
+    The sockets stay bound until all are chosen: one closed before the next bind lets the
+    kernel hand the same port out twice (seen: the S3 gateway and the volume server's
+    gRPC port got one port, and `weed s3` died with "address already in use")."""
+    with contextlib.ExitStack() as stack:
+        socks = [
+            stack.enter_context(socket.socket(socket.AF_INET, socket.SOCK_STREAM))
+            for _ in range(count)
+        ]
+        for sock in socks:
+            sock.bind(("127.0.0.1", 0))
+        return [int(sock.getsockname()[1]) for sock in socks]
 
 
 def _weed_binary() -> str:
@@ -87,7 +96,8 @@ class S3Server:
     def __post_init__(self) -> None:
         if not self.ports:
             names = ("master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc")
-            self.ports = {name: _free_port() for name in (*names, "s3", "s3_grpc")}
+            names = (*names, "s3", "s3_grpc")
+            self.ports = dict(zip(names, _free_ports(len(names)), strict=True))
         (self.base_dir / "data").mkdir(parents=True, exist_ok=True)
         config = {
             "identities": [
