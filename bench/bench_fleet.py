@@ -90,6 +90,8 @@ class Round:
     census: dict[str, float] = field(default_factory=dict)
     #: ComfyUI prompts executing, mean per STRIP_SECONDS from submission (`--timeline`)
     strip: list[float] = field(default_factory=list)
+    #: per prompt after the first SLOTS: seconds a GPU stood free before it (`handovers`)
+    handovers: list[float] = field(default_factory=list)
 
     @property
     def ratio(self) -> float:
@@ -342,6 +344,7 @@ async def one_round(
 ) -> Round:
     census = cpu_census(cluster, base) if base else {}
     records = len(cluster.comfyui.records)
+    spans = len(cluster.comfyui.spans)
     replicate_before = int(cluster.replicate.billed_jobs)
     async with cluster.client() as client:
         # the client's CSRF token first: concurrent first writes would each fetch one,
@@ -388,7 +391,21 @@ async def one_round(
         states=states,
         census=census,
         strip=sampler.strip(submitted, submitted + wall),
+        handovers=handovers(cluster.comfyui.spans[spans:]),
     )
+
+
+def handovers(spans: list[tuple[float, float]], slots: int = SLOTS) -> list[float]:
+    """Per prompt after the first `slots`: how long the GPU it took had stood free.
+
+    The k-th prompt to start (in start order) can only have found a GPU once k + 1 -
+    slots prompts had ended, so the (k - slots)-th end is when its GPU came free: the gap
+    is the slots' hand-over from one image to the next (the client reading the result,
+    its lease passing on, the next prompt's post), plus any time no image was waiting
+    (between waves; none while a 3 x 50 round runs)."""
+    starts = sorted(start for start, _ in spans)
+    ends = sorted(end for _, end in spans)
+    return [max(0.0, starts[k] - ends[k - slots]) for k in range(slots, len(starts))]
 
 
 def print_timeline(r: Round) -> None:
@@ -403,6 +420,11 @@ def print_timeline(r: Round) -> None:
     ))
     print(f"   ComfyUI prompts executing per {STRIP_SECONDS} s: "
           + " ".join(f"{n:.0f}" for n in r.strip))
+    if r.handovers:
+        gaps = sorted(r.handovers)
+        print(f"   a GPU free before its next prompt: median {1000 * statistics.median(gaps):.0f}"
+              f" ms, 90th percentile {1000 * gaps[int(0.9 * (len(gaps) - 1))]:.0f} ms, "
+              f"{sum(gaps) / SLOTS:.2f} s of wall over {len(gaps)} prompts")
 
 
 def _fmt(values: list[float], unit: str = "s", digits: int = 1) -> str:

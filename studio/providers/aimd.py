@@ -22,7 +22,10 @@ The rules (knobs in studio/providers/pace_settings.py):
 - a probe that fails (throttled at the limit where the provider last throttled, raised to
   after a whole probe window one below it) steps back to the limit that held, one lower,
   instead: the capacity did not move, the probe only found it again. Should it have
-  moved, the next throttled call sent after the step back is a new event;
+  moved, the next throttled call sent after the step back is a new event. Every raise
+  is such a probe until it has held its own window: a call let in under it and refused
+  steps back to the limit below, which held (the climb after a capacity rose found the
+  new capacity by one refusal, and a decrease there cost ~4 s of climbing back);
 - every throttling answer with a Retry-After pushes the fleet-wide `throttled_until` out
   (never back), whether or not the limit changes, and starts the quiet window again;
 - an accepted job raises the limit by 1 when nothing throttled for the quiet window
@@ -175,9 +178,28 @@ def same_event(state: PaceState, event: Throttled, now: datetime, knobs: Knobs) 
     return event.sent_at < state.last_decrease_at + timedelta(seconds=IN_FORCE_SECONDS)
 
 
-def failed_probe(state: PaceState) -> bool:
-    """Throttled at the limit the provider last throttled at, reached by a probe."""
-    return state.current is not None and state.current == state.last_throttle_limit
+def failed_probe(state: PaceState, event: Throttled, now: datetime, knobs: Knobs) -> bool:
+    """Throttled at the limit the provider last throttled at, reached by a probe; or a
+    call let in under a raise that has not held its window yet (`refused_raise`)."""
+    if state.current is not None and state.current == state.last_throttle_limit:
+        return True
+    return refused_raise(state, event, now, knobs)
+
+
+def refused_raise(state: PaceState, event: Throttled, now: datetime, knobs: Knobs) -> bool:
+    """A call let in under the limit's last raise, throttled before the raise held the
+    window the next raise waits for: the raise found the capacity (the limit below held
+    a quiet window with every slot in use), as a failed probe does. Read as a new
+    capacity it was a multiplicative decrease (12 -> 13 refused at once: 9, and ~4 s to
+    climb back to the 12 that had held). A call let in before the raise and throttled
+    says the old limit is too high now: that stays a decrease."""
+    if state.current is None or state.current <= 1 or state.last_change_at is None:
+        return False
+    if state.last_decrease_at is not None and state.last_change_at <= state.last_decrease_at:
+        return False  # the last change was a decrease, not a raise
+    if event.sent_at is None or event.sent_at < state.last_change_at:
+        return False
+    return (now - state.last_change_at).total_seconds() < raise_window(state, knobs)
 
 
 def decide(
@@ -210,7 +232,7 @@ def _on_throttled(
         return Decision(state_after)
     # a new throttling event: it opens a cooldown even when the limit cannot go lower
     # (already 1, fixed caps, or no limit at all), so it is counted and told once
-    probe = failed_probe(state)
+    probe = failed_probe(state, event, now, knobs)
     if state.current is None:
         point = state.last_throttle_limit
     else:  # a failed probe keeps its point: the slots in use fell as its call was refused

@@ -98,6 +98,7 @@ class _Prompt:
     task: asyncio.Task[None] | None = None
     interrupted: bool = False
     extra: dict[str, Any] = field(default_factory=dict)
+    started: float = 0.0  # epoch seconds it took a GPU
 
     def item(self) -> list[Any]:
         """The queue item as GET /queue shows it."""
@@ -120,6 +121,9 @@ class ComfyUIEmulator(Emulator):
         self.websocket_enabled = True
         #: one (key, latency, failed) per generation; key = the SaveImage filename_prefix
         self.records: list[tuple[str, float, bool]] = []
+        #: (took a GPU, gave it back), epoch seconds, per prompt that ran: the benches
+        #: read how long a GPU stood free while prompts were still to come
+        self.spans: list[tuple[float, float]] = []
         # --- response-variant switches (module docstring) ---
         self.installed: dict[str, list[str] | None] = {
             folder: (list(files) if files is not None else None)
@@ -294,6 +298,7 @@ class ComfyUIEmulator(Emulator):
             prompt_id, prompt = next(iter(self._pending.items()))
             del self._pending[prompt_id]
             self._running[prompt_id] = prompt
+            prompt.started = time.time()
             if prompt.cached:
                 await self._execute(prompt)
             else:
@@ -456,6 +461,7 @@ class ComfyUIEmulator(Emulator):
         self.history[prompt_id] = entry
         if self._running.get(prompt_id) is prompt:
             del self._running[prompt_id]
+            self.spans.append((prompt.started, time.time()))
         await self._send(client_id, "executing", {"node": None, "prompt_id": prompt_id})
         if not cached:
             await self._pump()

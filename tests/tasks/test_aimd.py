@@ -181,6 +181,34 @@ def test_a_failed_probe_steps_back_to_the_limit_that_held() -> None:
     assert decision is not None and (decision.to_limit, decision.new_event) == (9, True)
 
 
+def test_a_raise_refused_before_it_held_its_window_steps_back_to_the_limit_below() -> None:
+    # climbing with no throttle point known: 11 held a quiet window, 11 -> 12 at 4.0
+    state, changes = run(PaceState(current=11, ceiling=20, last_change_at=at(2.0)),
+                         [(4.0, Succeeded())])
+    assert changes == [(4.0, 12, "recovered")] and state.last_throttle_limit is None
+    # a call let in under the raise, refused before the raise held its 2 s window: the
+    # raise found the capacity; back to 11, which held (not 12 x 0.75 = 9), point 12
+    decision = decide(state, Throttled(429, 1.0, sent_at=at(4.2)), at(4.4), KNOBS, in_flight=12)
+    assert decision is not None and decision.new_event
+    assert (decision.to_limit, decision.state.last_throttle_limit) == (11, 12)
+    # the next try at 12 is a probe: it waits the probe window
+    _, changes = run(decision.state, [(8.0, Succeeded()), (10.5, Succeeded())])
+    assert changes == [(10.5, 12, "recovered")]
+    # a call let in before the raise and refused after it: the old limit is too high now
+    decision = decide(state, Throttled(429, 1.0, sent_at=at(3.9)), at(4.4), KNOBS, in_flight=12)
+    assert decision is not None and decision.to_limit == 9
+    # a raise that held its window is the capacity's: a refusal then is a decrease
+    decision = decide(state, Throttled(429, 1.0, sent_at=at(6.1)), at(6.2), KNOBS, in_flight=12)
+    assert decision is not None and decision.to_limit == 9
+    # the send time unknown: nothing says it ran under the raise, so a decrease
+    decision = decide(state, Throttled(429, 1.0), at(4.4), KNOBS, in_flight=12)
+    assert decision is not None and decision.to_limit == 9
+    # after a decrease the last change is no raise: a refusal is a new event's decrease
+    lowered = replace(state, last_decrease_at=at(4.0))
+    decision = decide(lowered, Throttled(429, 1.0, sent_at=at(6.5)), at(6.6), KNOBS)
+    assert decision is not None and decision.to_limit == 9
+
+
 def test_a_raise_needs_the_fleet_to_use_every_slot_of_the_limit() -> None:
     state = PaceState(current=9, ceiling=20, last_change_at=T0)
     # quiet for a whole window, but 7 of 9 slots in use: the limit is not what binds, and
