@@ -19,13 +19,12 @@ The rules (knobs in studio/providers/pace_settings.py):
   a limit of 20 is throttled at 12, and 20 x 0.75 = 15 would bind nothing, so every call
   started until two more events had passed was a wasted round trip into a full provider
   (the same load, not the limit, is the throttle point the raises below probe carefully);
-- a probe that fails (throttled at the limit where the provider last throttled, raised to
-  after a whole probe window one below it) steps back to the limit that held, one lower,
-  instead: the capacity did not move, the probe only found it again. Should it have
-  moved, the next throttled call sent after the step back is a new event. Every raise
-  is such a probe until it has held its own window: a call let in under it and refused
-  steps back to the limit below, which held (the climb after a capacity rose found the
-  new capacity by one refusal, and a decrease there cost ~4 s of climbing back);
+- a raise is a probe until it has held its own quiet window: a call let in under it and
+  throttled steps back to the limit that held, one lower, instead of a decrease: the
+  capacity did not move, the probe only found it (the raise back to the limit where the
+  provider last throttled, after a whole probe window one below it, and every step of a
+  climb alike). Should it have moved, the next throttled call sent after the step back
+  is a new event; a limit that held its window is throttled by a capacity that fell;
 - every throttling answer with a Retry-After pushes the fleet-wide `throttled_until` out
   (never back), whether or not the limit changes, and starts the quiet window again;
 - an accepted job raises the limit by 1 when nothing throttled for the quiet window
@@ -179,25 +178,25 @@ def same_event(state: PaceState, event: Throttled, now: datetime, knobs: Knobs) 
 
 
 def failed_probe(state: PaceState, event: Throttled, now: datetime, knobs: Knobs) -> bool:
-    """Throttled at the limit the provider last throttled at, reached by a probe; or a
-    call let in under a raise that has not held its window yet (`refused_raise`)."""
-    if state.current is not None and state.current == state.last_throttle_limit:
-        return True
-    return refused_raise(state, event, now, knobs)
-
-
-def refused_raise(state: PaceState, event: Throttled, now: datetime, knobs: Knobs) -> bool:
     """A call let in under the limit's last raise, throttled before the raise held the
     window the next raise waits for: the raise found the capacity (the limit below held
-    a quiet window with every slot in use), as a failed probe does. Read as a new
-    capacity it was a multiplicative decrease (12 -> 13 refused at once: 9, and ~4 s to
-    climb back to the 12 that had held). A call let in before the raise and throttled
-    says the old limit is too high now: that stays a decrease."""
+    a quiet window with every slot in use). A probe back to the last throttle point is
+    one such raise, and so is every step of a climb: read as a new capacity, the first
+    refusal of 12 -> 13 was a multiplicative decrease (9, and ~4 s to climb back to the
+    12 that had held). A limit that has held its window is no probe any more: a throttle
+    there is the capacity falling (a limit raised to its ceiling long ago and throttled
+    stepped back one, 20 -> 19, a whole event before the decrease). A call let in before
+    the raise and throttled says the old limit is too high now: a decrease too. An answer
+    that does not say when its call was let in is a probe's only at the limit where the
+    provider last throttled (the raise that went there was the probe)."""
     if state.current is None or state.current <= 1 or state.last_change_at is None:
         return False
     if state.last_decrease_at is not None and state.last_change_at <= state.last_decrease_at:
         return False  # the last change was a decrease, not a raise
-    if event.sent_at is None or event.sent_at < state.last_change_at:
+    if event.sent_at is None:
+        if state.current != state.last_throttle_limit:
+            return False
+    elif event.sent_at < state.last_change_at:
         return False
     return (now - state.last_change_at).total_seconds() < raise_window(state, knobs)
 

@@ -200,9 +200,18 @@ def test_a_raise_refused_before_it_held_its_window_steps_back_to_the_limit_below
     # a raise that held its window is the capacity's: a refusal then is a decrease
     decision = decide(state, Throttled(429, 1.0, sent_at=at(6.1)), at(6.2), KNOBS, in_flight=12)
     assert decision is not None and decision.to_limit == 9
-    # the send time unknown: nothing says it ran under the raise, so a decrease
+    # the send time unknown: nothing says it ran under the raise, so a decrease; at the
+    # limit where the provider last throttled the raise was the probe, and it failed
     decision = decide(state, Throttled(429, 1.0), at(4.4), KNOBS, in_flight=12)
     assert decision is not None and decision.to_limit == 9
+    probe = replace(state, last_throttle_limit=12)
+    assert decide(probe, Throttled(429, 1.0), at(4.4), KNOBS, in_flight=12).to_limit == 11
+    assert decide(probe, Throttled(429, 1.0), at(6.1), KNOBS, in_flight=12).to_limit == 9
+    # a probe that held long ago is no probe: at its ceiling (20, the throttle point of
+    # its warm-up) for a minute, then throttled with 18 in flight: a decrease, not 19
+    held = PaceState(current=20, ceiling=20, last_throttle_limit=20, last_change_at=at(0))
+    decision = decide(held, Throttled(429, 1.0, sent_at=at(60)), at(60.1), KNOBS, in_flight=18)
+    assert decision is not None and decision.to_limit == 13
     # after a decrease the last change is no raise: a refusal is a new event's decrease
     lowered = replace(state, last_decrease_at=at(4.0))
     decision = decide(lowered, Throttled(429, 1.0, sent_at=at(6.5)), at(6.6), KNOBS)
