@@ -182,6 +182,57 @@ async def test_a_pool_without_a_view_of_the_queue_serves_its_own_as_before(
     assert await _active_slots() == 0
 
 
+async def test_a_slot_given_back_wakes_the_process_waiting_for_it(
+    postgres_url, prefect_api, tmp_path, monkeypatch
+):
+    """On PostgreSQL a pool that gives a slot back while another process waits says so
+    (engine/slot_wake.py), and the waiting pool asks at once, not at its next poll (5 s
+    here; the fleet's is 0.2 s, the gap a freed GPU stood idle between two batches)."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    from engine.lease_census import LeaseCensus
+    from engine.provider_slots import LeasePool
+    from tests.conftest import use_database
+    from tests.infra.postgres import create_database
+
+    use_database(monkeypatch, tmp_path / "studio", create_database(postgres_url))
+    provider = "waketest"
+    async with get_client() as client:
+        await client.create_global_concurrency_limit(
+            GlobalConcurrencyLimitCreate(name=f"provider:{provider}", limit=1)
+        )
+    first = LeasePool(provider, 1, poll_seconds=0.05, census=LeaseCensus(holder="wake-a:1"))
+    second = LeasePool(provider, 1, poll_seconds=5.0, census=LeaseCensus(holder="wake-b:2"))
+    second.queue_seconds = 0.25  # its view of the line as fresh as the fleet's
+    held = await asyncio.wait_for(first.acquire(), 30)
+    waiting = asyncio.ensure_future(second.acquire())
+    await asyncio.sleep(0.3)
+    more = asyncio.ensure_future(first.acquire())  # the first pool waits too, behind it
+    await asyncio.sleep(1.5)  # both in line, each has read the other's place
+    assert not waiting.done()
+    given = time.monotonic()
+    first.release(held)  # the second pool waited longer: the slot goes back for it
+    lease = await asyncio.wait_for(waiting, 4.0)  # not its 5 s poll
+    took = time.monotonic() - given
+    assert first.given_way == 1 and second._wake is not None and second._wake.woken >= 1
+    second.release(lease)
+    first.release(await asyncio.wait_for(more, 10))
+    for pool in (first, second):
+        await pool.release_idle()
+        await pool.drain()
+    print(f"\n[SLOT WAKE] given back -> granted to the other process in {took:.2f} s")
+    assert took < 2.0
+
+
+def test_on_sqlite_a_pool_only_polls(studio_env):
+    """No notifications on SQLite: nothing is sent, nothing listens."""
+    from engine import slot_wake
+
+    slot_wake.notify("comfyui", "token")  # a no-op, no error
+    assert slot_wake._listen_url() is None
+
+
 def test_the_queue_row_is_a_place_in_line_not_a_slot(studio_env):
     """`live()` (what the slot reconcile trusts) never counts a queue row; a queue row
     not beaten for QUEUE_STALE_SECONDS is no longer in anyone's view; `None` removes it."""
