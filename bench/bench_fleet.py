@@ -34,7 +34,7 @@ medians with the spread (min-max) over `--rounds`:
   CPU.
 
     .venv/bin/python bench/bench_fleet.py [--rounds 3] [--scenarios 1x10,6x10,3x50]
-        [--limit 3] [--timeline] [--census] [--claim-seconds S]
+        [--limit 3] [--query-seconds 0.5] [--timeline] [--census] [--claim-seconds S]
 """
 
 from __future__ import annotations
@@ -461,10 +461,12 @@ def print_census(r: Round) -> None:
 async def bench(cluster: StudioServerCluster, args: argparse.Namespace, base: Path) -> None:
     scenarios = [tuple(int(n) for n in s.split("x")) for s in args.scenarios.split(",")]
     results: dict[tuple[int, int], list[Round]] = {s: [] for s in scenarios}
-    # the README's worker settings: a poll every 0.5 s (the harness's default is 2 s)
+    # the README's worker settings: a poll every 0.5 s (the harness's default is 2 s),
+    # unless --query-seconds says otherwise
     extra = {} if args.claim_seconds is None else {
         "PROVIDER_SLOT_CLAIM_SECONDS": str(args.claim_seconds)}
-    cluster.start_worker(WORKER, limit=args.limit, PREFECT_WORKER_QUERY_SECONDS="0.5", **extra)
+    cluster.start_worker(WORKER, limit=args.limit,
+                         PREFECT_WORKER_QUERY_SECONDS=str(args.query_seconds), **extra)
     await asyncio.sleep(5)  # a standing worker: it has polled before the first batch
     with Sampler(cluster) as sampler:
         await warm_up(cluster, sampler)
@@ -508,6 +510,8 @@ def main() -> None:
     parser.add_argument("--scenarios", default="1x10,6x10,3x50",
                         help="BATCHESxPIECES, comma-separated")
     parser.add_argument("--limit", type=int, default=3, help="prefect worker start --limit")
+    parser.add_argument("--query-seconds", type=float, default=0.5,
+                        help="the worker's PREFECT_WORKER_QUERY_SECONDS (the README's 0.5)")
     parser.add_argument("--timeline", action="store_true",
                         help="print each batch's run states, start and finish, and ComfyUI's "
                         "busy strip, per round")
