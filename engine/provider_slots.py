@@ -647,19 +647,21 @@ class LeasePool:
                 )
 
     async def _release_on_server(self, lease: Lease, *, tell: bool = False) -> None:
+        released = False
         if lease.lease_id is not None:
             try:
                 async with self._api.client() as client:
                     await client.release_concurrency_slots_with_lease(lease_id=lease.lease_id)
+                released = True
             except Exception:  # the lease expires on its own; never fail an image for this
                 logger.warning("Could not release lease on %s; it will expire", self.name)
-            else:
-                if tell:
-                    with contextlib.suppress(Exception):  # the waiters' poll still finds it
-                        token = self._wake.token if self._wake is not None else ""
-                        await asyncio.to_thread(slot_wake.notify, self.provider, token)
         if lease.census_id is not None:
             await self._census_released(lease.census_id)
+        # the bookkeeping first: a process ending (its loop cancels what is left) must
+        # not lose a census stamp to a courtesy
+        if tell and released and self._wake is not None:
+            with contextlib.suppress(Exception):  # the waiters' poll still finds it
+                await asyncio.to_thread(slot_wake.notify, self.provider, self._wake.token)
 
     async def _census_reserve(self) -> str | None:
         """A census row for a slot about to be asked for; None if the database is away.

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import subprocess
@@ -10,7 +11,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 from deployments.concurrency_limits import apply_provider_limits, read_provider_limits
-from engine.lease_census import LeaseCensus
+from engine.lease_census import QUEUE_PREFIX, QUEUE_STALE_SECONDS, LeaseCensus
 from studio.providers.settings import ProviderSettings
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -64,6 +65,15 @@ async def test_caps_hold_across_two_processes(
     assert limits["provider:modal"]["active_slots"] == 0
     assert limits["provider:replicate"]["active_slots"] == 0
     census = LeaseCensus()  # every slot both processes took is in the census, released
-    rows = [*census.rows("modal"), *census.rows("replicate")]
+    every = [*census.rows("modal"), *census.rows("replicate")]
+    rows = [row for row in every if not row.id.startswith(QUEUE_PREFIX)]
     assert rows and all(row.released_at is not None for row in rows)
+    # a place in line is no slot: a process that ended while in line (its loop cancels
+    # the queue's last look) leaves its row to go stale, out of every view in seconds
+    places = [row for row in every if row.id.startswith(QUEUE_PREFIX)]
+    assert all(row.lease_id is None for row in places)
+    if places:
+        await asyncio.sleep(QUEUE_STALE_SECONDS)
+        looker = LeaseCensus(holder="looker:0")
+        assert looker.queue("modal", None) == looker.queue("replicate", None) == []
     assert census.live("modal", at=datetime.now(UTC) + timedelta(seconds=10)) == 0
