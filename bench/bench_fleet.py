@@ -35,6 +35,7 @@ medians with the spread (min-max) over `--rounds`:
 
     .venv/bin/python bench/bench_fleet.py [--rounds 3] [--scenarios 1x10,6x10,3x50]
         [--limit 3] [--query-seconds 0.5] [--timeline] [--census] [--claim-seconds S]
+        [--asks-in-flight N]
 """
 
 from __future__ import annotations
@@ -465,6 +466,8 @@ async def bench(cluster: StudioServerCluster, args: argparse.Namespace, base: Pa
     # unless --query-seconds says otherwise
     extra = {} if args.claim_seconds is None else {
         "PROVIDER_SLOT_CLAIM_SECONDS": str(args.claim_seconds)}
+    if args.asks_in_flight is not None:
+        extra["PROVIDER_SLOT_ASKS_IN_FLIGHT"] = str(args.asks_in_flight)
     cluster.start_worker(WORKER, limit=args.limit,
                          PREFECT_WORKER_QUERY_SECONDS=str(args.query_seconds), **extra)
     await asyncio.sleep(5)  # a standing worker: it has polled before the first batch
@@ -518,6 +521,9 @@ def main() -> None:
     parser.add_argument("--claim-seconds", type=float, default=None,
                         help="PROVIDER_SLOT_CLAIM_SECONDS for the worker's runs (0: no claims; "
                         "default: the project's)")
+    parser.add_argument("--asks-in-flight", type=int, default=None,
+                        help="PROVIDER_SLOT_ASKS_IN_FLIGHT for the worker's runs (increments "
+                        "of a limit a process sends at once; default: the project's)")
     parser.add_argument("--census", action="store_true",
                         help="print each round's CPU by role (server, database, runs, ...)")
     args = parser.parse_args()

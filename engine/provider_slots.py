@@ -169,8 +169,10 @@ class LeasePool:
         heal_after_seconds: float = HEAL_AFTER_SECONDS,
         queue_seconds: float = QUEUE_SECONDS,
         limit_in_force: LimitInForce | None = None,
+        asks_in_flight: int = 1,
     ) -> None:
         self.provider = provider
+        self.asks_in_flight = max(1, asks_in_flight)
         self.limit_in_force = limit_in_force
         self._owns_api = api is None
         self._api = api or ApiClients()
@@ -189,7 +191,7 @@ class LeasePool:
         self._waiters: deque[tuple[float, asyncio.Future[Lease]]] = deque()
         self._idle: list[Lease] = []  # lingering leases, newest last
         self._acquirer: asyncio.Task[None] | None = None
-        self._wire = asyncio.Lock()
+        self._wire = asyncio.Semaphore(self.asks_in_flight)
         self._background: set[asyncio.Task[None]] = set()
         self._missing_warned = False
         self._census_warned = False
@@ -495,7 +497,7 @@ class LeasePool:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._viewed.wait(), self.queue_seconds)
         try:
-            while min(self._live_waiters(), self.cap - self.held - self._pending) > 0:
+            while (due := self._asks_due()) > 0:
                 if self._wake is not None:
                     self._wake.arm()  # a slot given back from now on ends the nap
                 if self._others_first(claims=True):  # not our turn: the process ahead
@@ -505,25 +507,16 @@ class LeasePool:
                     continue
                 if self.census is not None and asking is None:
                     asking = await self._census_reserve()
-                # one increment at a time, each lease to a waiter as soon as it is
-                # granted: concurrent increments of one limit wait on each other on the
-                # server (a lock on the limit; seconds with SQLite), so sent together
-                # they all came back when the last did
-                try:
-                    result = await self._increment(asking)
-                except Exception as exc:
-                    asking = None  # the server may have counted it: _increment let it go
-                    logger.warning(
-                        "Could not reach the Prefect API for %s (%s); retrying",
-                        self.name, type(exc).__name__,
-                    )
-                    result = None
-                else:
-                    if result is not None:
-                        asking = None  # the lease's row now
-                if result is not None:
+                # each lease goes to a waiter as soon as it is granted (`_ask`); the
+                # first ask carries the row kept across refusals, the others their own
+                outcomes = await asyncio.gather(
+                    self._ask(asking), *(self._ask(None) for _ in range(due - 1))
+                )
+                first = outcomes[0]
+                if first is not None:  # granted (the lease's row now) or failed (let go)
+                    asking = None
+                if any(isinstance(outcome, Lease) for outcome in outcomes):
                     refused_since = None
-                    self._grant(result)
                     continue
                 now = time.monotonic()
                 refused_since = refused_since or now
@@ -534,6 +527,32 @@ class LeasePool:
         finally:
             if asking is not None:  # never sent, or refused: the server never counted it
                 self._spawn(self._census_forget(asking))
+
+    def _asks_due(self) -> int:
+        """How many increments to send at once: one per waiter the cap has room for, up
+        to `asks_in_flight`; while other processes wait, no more than this process's
+        share leaves room for (one at a time past it, each after the turn check)."""
+        room = self.cap - self.held - self._pending
+        due = min(self._live_waiters(), room, self.asks_in_flight)
+        if due > 1 and self._view():
+            due = max(1, min(due, self._share() - self.held - self._pending))
+        return due
+
+    async def _ask(self, asking: str | None) -> Lease | Exception | None:
+        """One increment for the next waiter: the lease (already handed on), the error
+        (logged; the server may have counted it, `_increment` let it go) or None (the
+        limit is full)."""
+        try:
+            lease = await self._increment(asking)
+        except Exception as exc:
+            logger.warning(
+                "Could not reach the Prefect API for %s (%s); retrying",
+                self.name, type(exc).__name__,
+            )
+            return exc
+        if lease is not None:
+            self._grant(lease)
+        return lease
 
     async def _nap(self) -> None:
         """Until the next poll, or until another process gives a slot back."""
@@ -582,8 +601,10 @@ class LeasePool:
         try:
             if self.census is not None and census_id is None:
                 census_id = await self._census_reserve()
-            # one increment of this limit on the wire at a time (see _acquire_loop); the
-            # speed strategy's try_acquire goes through here too
+            # at most `asks_in_flight` increments of this limit on the wire (the speed
+            # strategy's try_acquire goes through here too): concurrent increments of one
+            # limit wait on each other on the server (a lock on the limit's row; seconds
+            # of lock retries with SQLite), so only a PostgreSQL server gains from more
             async with self._wire, self._api.client() as client:
                 response = await client.increment_concurrency_slots_with_lease(
                     names=[self.name], slots=1, mode="concurrency",
@@ -810,8 +831,10 @@ class PrefectSlots:
         heal: Heal | None = None,
         limit_in_force: LimitInForce | None = None,
         claim_seconds: float = CLAIM_SECONDS,
+        asks_in_flight: int = 1,
     ) -> None:
         self.caps = dict(caps)
+        self.asks_in_flight = asks_in_flight
         self.claim_seconds = claim_seconds
         self.limit_in_force = limit_in_force
         self.linger_seconds = linger_seconds
@@ -846,7 +869,7 @@ class PrefectSlots:
                 provider, self.caps[provider], poll_seconds=self.poll_seconds,
                 linger_seconds=self.linger_seconds, released=self._signal(),
                 api=self._api, census=self.census, heal=self.heal,
-                limit_in_force=self.limit_in_force,
+                limit_in_force=self.limit_in_force, asks_in_flight=self.asks_in_flight,
             )
         return pools[provider]
 

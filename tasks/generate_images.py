@@ -67,6 +67,7 @@ def image_chain() -> ProviderChain:
             heal=census_heal(census),
             limit_in_force=provider_pace.limit_in_force,  # a lowered limit binds at once
             claim_seconds=settings.slot_claim_seconds,
+            asks_in_flight=settings.slot_asks_in_flight,
         )
         _chain = build_image_chain(settings, slot=_slots, ledger=ImageCallLedger())
     return _chain

@@ -85,6 +85,11 @@ class ProviderSettings(_ProviderFields):  # type: ignore[misc,valid-type]
     slot_linger_seconds: float = Field(1.0, ge=0, validation_alias="PROVIDER_SLOT_LINGER_SECONDS")
     #: how long a starting batch holds others to their share before its first ask (0: off)
     slot_claim_seconds: float = Field(5.0, ge=0, validation_alias="PROVIDER_SLOT_CLAIM_SECONDS")
+    #: increments of one provider's limit a process sends at once (more than 1 only
+    #: gains on a Prefect server on PostgreSQL: SQLite serialises them with lock retries)
+    slot_asks_in_flight: int = Field(
+        1, ge=1, le=20, validation_alias="PROVIDER_SLOT_ASKS_IN_FLIGHT"
+    )
 
     #: seconds the backoff factor is applied to: wait n = unit * factor**n (1.5 s, 2.25 s...)
     backoff_unit_seconds: float = Field(1.0, ge=0, validation_alias="PROVIDER_BACKOFF_UNIT")
