@@ -5,8 +5,9 @@ while it counts their slots in its database. Killed and restarted, it knows no l
 slots of calls that end are never given back and `provider:<name>` stays full for good
 (issue 10). This command starts the same server with:
 
-- `PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=prefect.server.concurrency.lease_storage.filesystem`
-  (leases in files under PREFECT_HOME, which survive a restart). Several server replicas
+- `PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=engine.lease_storage` (Prefect's filesystem
+  storage: leases in files under PREFECT_HOME, which survive a restart; its index writers
+  of one server queued in memory instead of polling a file lock). Several server replicas
   need one storage for all of them: install `prefect-redis`, run a Redis, and set
   `PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE=prefect_redis.lease_storage` with
   `PREFECT_REDIS_MESSAGING_HOST`/`_PORT` (or `PREFECT_REDIS_MESSAGING_URL`); a value

@@ -73,6 +73,7 @@ KEEP_SECONDS = 3600.0
 #: Prefect's repossessor frees: on a server using one, no census or reconcile is needed
 DURABLE_LEASE_STORAGES = frozenset({
     "prefect.server.concurrency.lease_storage.filesystem",
+    "engine.lease_storage",  # the filesystem storage, queued in memory (the project's servers)
     "prefect_redis.lease_storage",
 })
 #: how long the one settings read may take (a server that does not answer is a server

@@ -86,9 +86,8 @@ SLOT_WAIT_SECONDS = "1"
 #: expired leases reaped every 5 s (Prefect's default is 15 s), the slot-wait bound,
 #: event batching, no analytics
 SERVER_SETTINGS = {
-    "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": (
-        "prefect.server.concurrency.lease_storage.filesystem"
-    ),
+    # Prefect's filesystem storage, its index writers queued in memory (engine/lease_storage.py)
+    "PREFECT_SERVER_CONCURRENCY_LEASE_STORAGE": "engine.lease_storage",
     "PREFECT_SERVER_SERVICES_REPOSSESSOR_LOOP_SECONDS": "5",
     "PREFECT_SERVER_CONCURRENCY_MAXIMUM_CONCURRENCY_SLOT_WAIT_SECONDS": SLOT_WAIT_SECONDS,
     "PREFECT_SERVER_ANALYTICS_ENABLED": "false",

@@ -94,7 +94,7 @@ def test_the_first_command_starts_the_server_and_the_next_reuses_it(tmp_path: Pa
         settings = httpx.get(f"{started['url']}/admin/settings", timeout=10,
                              auth=basic(started["auth"])).json()["server"]
         assert settings["concurrency"]["maximum_concurrency_slot_wait_seconds"] == 1.0
-        assert settings["concurrency"]["lease_storage"].endswith(".filesystem")
+        assert settings["concurrency"]["lease_storage"] == "engine.lease_storage"
         assert settings["services"]["repossessor"]["loop_seconds"] == 5.0
         names = flow_run_names(started["url"], started["auth"])
         assert names.count("content-batch-demo-2") == 2  # both runs on the one server

@@ -90,6 +90,46 @@ async def test_try_acquire_is_busy_when_the_cap_is_taken(monkeypatch):
     await other.drain()
 
 
+@pytest.mark.parametrize("asks_in_flight", [1, 4])
+async def test_asks_in_flight_send_increments_together_and_keep_the_cap(
+    monkeypatch, asks_in_flight
+):
+    """Six images wait on a cap of 4: the pool sends up to `asks_in_flight` increments at
+    once (a wave's ramp and a hand-over between processes are not paced by one round trip
+    after another), and the server never counts more than the cap."""
+    from prefect.client.orchestration import PrefectClient
+
+    await _apply(monkeypatch, 4)
+    real = PrefectClient.increment_concurrency_slots_with_lease
+    on_wire, peak, counted = 0, 0, []
+
+    async def counting(self, *args, **kwargs):
+        nonlocal on_wire, peak
+        on_wire += 1
+        peak = max(peak, on_wire)
+        try:
+            return await real(self, *args, **kwargs)
+        finally:
+            on_wire -= 1
+            counted.append((await read_provider_limits())["provider:modal"]["active_slots"])
+
+    monkeypatch.setattr(PrefectClient, "increment_concurrency_slots_with_lease", counting)
+    pool = LeasePool("modal", 4, poll_seconds=0.02, linger_seconds=0,
+                     asks_in_flight=asks_in_flight)
+    waiting = [asyncio.create_task(asyncio.wait_for(pool.acquire(), 30)) for _ in range(6)]
+    first = await asyncio.gather(*waiting[:4])
+    assert not any(task.done() for task in waiting[4:])  # the cap: two wait
+    assert pool.held == 4
+    for lease in first:
+        pool.release(lease)
+    for lease in await asyncio.gather(*waiting[4:]):
+        pool.release(lease)
+    await pool.drain()
+    assert peak == asks_in_flight
+    assert max(counted) <= 4
+    assert (await read_provider_limits())["provider:modal"]["active_slots"] == 0
+
+
 async def test_waiter_in_another_pool_gets_the_slot_after_release(monkeypatch):
     await _apply(monkeypatch, 1)
     first = LeasePool("modal", 1, poll_seconds=0.02)
