@@ -545,9 +545,11 @@ class LeasePool:
         try:
             lease = await self._increment(asking)
         except Exception as exc:
+            response = getattr(exc, "response", None)  # an HTTP error: its status says why
+            status = f" {response.status_code}" if response is not None else ""
             logger.warning(
-                "Could not reach the Prefect API for %s (%s); retrying",
-                self.name, type(exc).__name__,
+                "Could not reach the Prefect API for %s (%s%s); retrying",
+                self.name, type(exc).__name__, status,
             )
             return exc
         if lease is not None:
