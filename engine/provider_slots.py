@@ -797,16 +797,23 @@ class ApiClients:
             opening = loop.create_task(_open_client(), context=_detached_context())
             cached = self._clients[loop] = (url, opening)
         client = await asyncio.shield(cached[1])
-        if client in self._primed:
-            yield client
-            return
-        async with self._priming.setdefault(loop, asyncio.Lock()):
-            try:
-                yield client
-            except httpx.HTTPStatusError:  # answered: the token was fetched
-                self._primed.add(client)
-                raise
-            self._primed.add(client)
+        if client not in self._primed:
+            priming = self._priming.setdefault(loop, asyncio.Lock())
+            await priming.acquire()
+            if client in self._primed:  # primed while this one waited: no need to queue
+                priming.release()
+            else:
+                try:
+                    yield client
+                except httpx.HTTPStatusError:  # answered: the token was fetched
+                    self._primed.add(client)
+                    raise
+                else:
+                    self._primed.add(client)
+                finally:
+                    priming.release()
+                return
+        yield client
 
     def _close_later(self, opening: asyncio.Task[PrefectClient]) -> None:
         async def close() -> None:

@@ -1,5 +1,6 @@
-"""A process's slot requests on a `studio server` (CSRF protection on): several sent at
-once on a new API client are answered at once.
+"""A process's slot requests on a `studio server` (CSRF protection on, Prefect's database
+on PostgreSQL, as a fleet runs it): several sent at once on a new API client are answered
+at once.
 
 Prefect's client fetches a CSRF token before its first write and the server keeps one
 token per client, so writes that start together on a new client each fetched one, voided
@@ -10,6 +11,7 @@ request go alone."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 
 import pytest
 from prefect.client.orchestration import PrefectClient
@@ -21,11 +23,23 @@ from prefect.settings import (
 )
 
 from engine.provider_slots import LeasePool
+from tests.infra.postgres import create_database
+from tests.security.conftest import SecuredServer, start_secured_server
+
+
+@pytest.fixture(scope="module")
+def fleet_server(tmp_path_factory, postgres_url) -> Iterator[SecuredServer]:
+    """`studio server` on PostgreSQL: SQLite would answer concurrent writes with 503s
+    ("database is locked"), which is why PROVIDER_SLOT_ASKS_IN_FLIGHT stays 1 there."""
+    prefect_db = create_database(postgres_url).replace("+psycopg", "+asyncpg", 1)
+    with start_secured_server(tmp_path_factory.mktemp("fleet-server"), postgres_url,
+                              PREFECT_API_DATABASE_CONNECTION_URL=prefect_db) as server:
+        yield server
 
 
 @pytest.mark.parametrize("asks_in_flight", [4])
 async def test_asks_sent_together_on_a_new_client_get_no_csrf_refusal(
-    secured_server, monkeypatch, asks_in_flight
+    fleet_server, monkeypatch, asks_in_flight
 ) -> None:
     answers: list[int] = []
     real = PrefectClient.increment_concurrency_slots_with_lease
@@ -40,15 +54,15 @@ async def test_asks_sent_together_on_a_new_client_get_no_csrf_refusal(
         return response
 
     monkeypatch.setattr(PrefectClient, "increment_concurrency_slots_with_lease", recorded)
-    with secured_server.http() as api:
+    with fleet_server.http() as api:
         found = api.get("/v2/concurrency_limits/provider:modal")
         if found.status_code == 404:
             api.post("/v2/concurrency_limits/", json={"name": "provider:modal", "limit": 4})
         else:
             api.patch("/v2/concurrency_limits/provider:modal", json={"limit": 4})
     # no retry: a 403 (or any refusal) is the answer the pool sees, not hidden by a backoff
-    with temporary_settings({PREFECT_API_URL: secured_server.api_url,
-                             PREFECT_API_AUTH_STRING: secured_server.auth_string,
+    with temporary_settings({PREFECT_API_URL: fleet_server.api_url,
+                             PREFECT_API_AUTH_STRING: fleet_server.auth_string,
                              PREFECT_CLIENT_MAX_RETRIES: 0}):
         pool = LeasePool("modal", 4, poll_seconds=0.05, linger_seconds=0,
                          asks_in_flight=asks_in_flight)

@@ -114,8 +114,12 @@ async def test_asks_in_flight_send_increments_together_and_keep_the_cap(
             counted.append((await read_provider_limits())["provider:modal"]["active_slots"])
 
     monkeypatch.setattr(PrefectClient, "increment_concurrency_slots_with_lease", counting)
-    pool = LeasePool("modal", 4, poll_seconds=0.02, linger_seconds=0,
+    api = provider_slots.ApiClients()  # kept across the drains below
+    pool = LeasePool("modal", 4, poll_seconds=0.02, linger_seconds=0, api=api,
                      asks_in_flight=asks_in_flight)
+    pool.release(await asyncio.wait_for(pool.acquire(), 30))  # a new client's first goes alone
+    await pool.drain()
+    peak = 0
     waiting = [asyncio.create_task(asyncio.wait_for(pool.acquire(), 30)) for _ in range(6)]
     first = await asyncio.gather(*waiting[:4])
     assert not any(task.done() for task in waiting[4:])  # the cap: two wait
@@ -125,6 +129,7 @@ async def test_asks_in_flight_send_increments_together_and_keep_the_cap(
     for lease in await asyncio.gather(*waiting[4:]):
         pool.release(lease)
     await pool.drain()
+    await api.aclose()
     assert peak == asks_in_flight
     assert max(counted) <= 4
     assert (await read_provider_limits())["provider:modal"]["active_slots"] == 0
