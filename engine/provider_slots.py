@@ -307,6 +307,7 @@ class LeasePool:
             if self.linger_seconds > 0 and not self._view():
                 self._idle.append(lease)
                 self._spawn(self._expire_idle(lease))
+                self._ensure_queue()  # a process that asks meanwhile gets it at once
                 self._released.notify()
                 return
         self._give_back(lease)
@@ -436,10 +437,15 @@ class LeasePool:
         )
 
     async def _queue_loop(self) -> None:
-        """Publish this process's place while it waits, read the others'; then leave."""
+        """Publish this process's place while it waits, read the others'; then leave.
+
+        It also reads them while a lease lingers here with nothing waiting (no place, no
+        row): a process that asks or claims meanwhile gets the lease back within a look,
+        not when the linger ends. The view of a process that stopped waiting is its last
+        one, from before the others of a wave asked, so a lease it released lingered a
+        whole second while they waited (issue 20: the second wave of six 10-piece
+        batches stood idle that long)."""
         assert self.census is not None
-        if self._wake is not None:
-            self._wake.listen()
         try:
             await self._queue_turns()
         finally:
@@ -450,6 +456,8 @@ class LeasePool:
         assert self.census is not None
         while True:
             place = self._place()
+            if place is not None and self._wake is not None:
+                self._wake.listen()  # once; waiting, a slot given back ends the nap
             try:
                 foreign = await asyncio.to_thread(self.census.queue, self.provider, place)
             except Exception as exc:  # no view: the pool serves this process as before
@@ -464,9 +472,9 @@ class LeasePool:
             self._viewed.set()
             if foreign:
                 self._return_idle()
-            if place is None and self._place() is None:
+            if place is None and self._place() is None and not self._idle:
                 self._viewed.clear()
-                return  # nothing waits here: the row is gone
+                return  # nothing waits or lingers here: the row is gone
             self._ensure_acquirer()
             self._queue_wake.clear()
             with contextlib.suppress(TimeoutError):

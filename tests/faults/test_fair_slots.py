@@ -225,6 +225,52 @@ async def test_a_slot_given_back_wakes_the_process_waiting_for_it(
     assert took < 2.0
 
 
+async def test_a_lease_lingering_while_another_process_asks_goes_back_at_once(
+    postgres_url, prefect_api, tmp_path, monkeypatch
+):
+    """A pool whose images all have slots looked at the line last before the others of a
+    wave asked; a lease it releases then lingers for its own next image. While it
+    lingers the pool reads the line, and a process that asks meanwhile gets the slot at
+    once, not when the linger ends (5 s here, the fleet's 1 s: the second wave of six
+    10-piece batches stood idle that long after its first batch took every slot)."""
+    from prefect import get_client
+    from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+
+    from engine.lease_census import LeaseCensus
+    from engine.provider_slots import LeasePool
+    from tests.conftest import use_database
+    from tests.infra.postgres import create_database
+
+    use_database(monkeypatch, tmp_path / "studio", create_database(postgres_url))
+    provider = "lingertest"
+    async with get_client() as client:
+        await client.create_global_concurrency_limit(
+            GlobalConcurrencyLimitCreate(name=f"provider:{provider}", limit=2)
+        )
+    first = LeasePool(provider, 2, poll_seconds=0.05, linger_seconds=5.0,
+                      census=LeaseCensus(holder="linger-a:1"))
+    second = LeasePool(provider, 2, poll_seconds=5.0, census=LeaseCensus(holder="linger-b:2"))
+    held = [await asyncio.wait_for(first.acquire(), 30) for _ in range(2)]  # every slot
+    await asyncio.sleep(0.5)  # its look at the line is over: nothing waits there
+    waiting = asyncio.ensure_future(second.acquire())
+    await asyncio.sleep(1.0)  # refused (the limit is full), in line, napping
+    assert not waiting.done()
+    given = time.monotonic()
+    first.release(held[0])  # nothing waits in the first pool: it would linger
+    lease = await asyncio.wait_for(waiting, 4.0)  # not the 5 s linger, nor the 5 s poll
+    took = time.monotonic() - given
+    second.release(lease)
+    first.release(held[1])
+    for pool in (first, second):
+        await pool.release_idle()
+        await pool.drain()
+    print(f"\n[SLOT LINGER] released -> granted to the process waiting in {took:.2f} s")
+    assert took < 2.0
+    async with get_client() as client:
+        limit = await client.read_global_concurrency_limit_by_name(f"provider:{provider}")
+    assert limit.active_slots == 0
+
+
 def test_on_sqlite_a_pool_only_polls(studio_env):
     """No notifications on SQLite: nothing is sent, nothing listens."""
     from engine import slot_wake
