@@ -24,9 +24,10 @@ medians with the spread (min-max) over `--rounds`:
 - start: per batch, submission to its `[BATCH START]` line (the flow run's log record
   on the Prefect API);
 - CPU: per batch, user+system CPU of the processes of its flow run (the worker's
-  children whose environment names the run, and the runs warm processes forked, named
-  in their logs; engine/warm_server.py), sampled every 0.2 s with psutil, so the last
-  up to 0.2 s of a process may be missed;
+  children whose environment names the run, sampled every second with psutil, plus
+  what each run a warm process forked used, from the warm process's log line at its
+  end; engine/warm_server.py). Sampling the forks every 0.2 s, as before, cost the bench
+  ~1.6 s of CPU per round, taken from the batches it measures on a 2-core host;
 - CPU by role (`--census`): user+system CPU over the round of the Prefect server,
   PostgreSQL, SeaweedFS, the worker, the flow runs (the worker's children and the warm
   processes with their forks) and this process (the provider emulators run in it), and
@@ -163,42 +164,37 @@ class Sampler:
         while not self._stop.wait(0.05):
             self.busy.append((time.time(), self.cluster.comfyui.executing))
             tick += 1
-            if tick % 4 == 0:
+            if tick % 20 == 0:
                 self._sample_cpu()
 
     def _sample_cpu(self) -> None:
+        """The worker's children (each run's `engine.flow_run_process`, or its engine when
+        it ran cold): they live as long as their run, so a sample a second is enough."""
         worker = self.cluster.workers.get(WORKER)
         if worker is None:
             return
         children: list[psutil.Process] = []
         with contextlib.suppress(psutil.Error):
             children = psutil.Process(worker.pid).children(recursive=True)
-        forks = self._forks()
-        for warm in warm_processes(warm_dir()):  # runs forked there (engine/warm_server.py)
-            with contextlib.suppress(psutil.Error):
-                children += warm.children()
         for child in children:
             with contextlib.suppress(psutil.Error):
-                if not self._runs.get(child.pid):  # read again: a fork before its exec
-                    self._runs[child.pid] = forks.get(child.pid) or child.environ().get(
-                        "PREFECT__FLOW_RUN_ID"
-                    )
+                if not self._runs.get(child.pid):  # read again: a child before its exec
+                    self._runs[child.pid] = child.environ().get("PREFECT__FLOW_RUN_ID")
                 run = self._runs[child.pid]
                 if run:
                     times = child.cpu_times()
                     self.cpu[child.pid] = (run, times.user + times.system)
 
-    @staticmethod
-    def _forks() -> dict[int, str]:
-        """pid -> flow run of the runs warm processes forked (their logs say; a fork's
-        environment in /proc is the warm process's)."""
-        found = {}
+    def _forks_cpu(self) -> None:
+        """The runs warm processes forked, from their logs' `ended` lines (the rusage the
+        warm process reaped: exact, and nothing to sample)."""
         for log in warm_dir().glob("*.log"):
             for line in log.read_text(errors="replace").splitlines():
-                if ": pid " in line and "ended" not in line and "flow run " in line:
-                    run, pid = line.split("flow run ", 1)[1].split(": pid ", 1)
-                    found[int(pid.split()[0])] = run
-        return found
+                if "flow run " in line and ": pid " in line and ", cpu " in line:
+                    run, rest = line.split("flow run ", 1)[1].split(": pid ", 1)
+                    pid = int(rest.split()[0])
+                    cpu = float(rest.split(", cpu ", 1)[1].split()[0])
+                    self.cpu[-pid] = (run, cpu)  # negative: never a worker child's pid
 
     def strip(self, start: float, end: float) -> list[float]:
         """Mean prompts executing per STRIP_SECONDS from `start` to `end`."""
@@ -213,6 +209,8 @@ class Sampler:
         return statistics.fmean(samples) / SLOTS if samples else 0.0
 
     def cpu_of(self, run: str) -> float:
+        self._sample_cpu()
+        self._forks_cpu()
         return sum(cpu for r, cpu in self.cpu.values() if r == run)
 
 
@@ -371,7 +369,7 @@ async def one_round(
     wall = max(f for f in finishes if f == f)
     drawn = [latency for _, latency, _ in cluster.comfyui.records[records:] if latency > 0]
     mean = statistics.fmean(drawn) if drawn else 2.0
-    await asyncio.sleep(0.5)  # the flow-run processes exit; their last CPU sample is in
+    await asyncio.sleep(0.5)  # the flow-run processes exit; their CPU is logged or sampled
     if base:
         after = cpu_census(cluster, base)
         census = {role: after[role] - census[role] for role in after}

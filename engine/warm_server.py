@@ -280,7 +280,7 @@ class WarmServer:
     def reap(self) -> None:
         while self.runs:
             try:
-                pid, status = os.waitpid(-1, os.WNOHANG)
+                pid, status, usage = os.wait4(-1, os.WNOHANG)
             except ChildProcessError:
                 return
             if pid == 0:
@@ -290,7 +290,8 @@ class WarmServer:
                 continue
             self.last_active = time.monotonic()
             code = os.waitstatus_to_exitcode(status)
-            log(f"flow run {run.flow_run}: pid {pid} ended ({code})")
+            cpu = usage.ru_utime + usage.ru_stime  # the run's CPU, its children's included
+            log(f"flow run {run.flow_run}: pid {pid} ended ({code}), cpu {cpu:.2f} s")
             with contextlib.suppress(KeyError, ValueError):
                 self.selector.unregister(run.conn)
             if run.ended_fd is not None:
