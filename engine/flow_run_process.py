@@ -30,10 +30,12 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
+import re
 import runpy
 import shlex
 import sys
 import threading
+import warnings
 from typing import Any
 
 MODULE = "engine.flow_run_process"
@@ -75,6 +77,13 @@ def run_module(module: str) -> int:
     from engine import ssl_reuse
 
     ssl_reuse.install()
+    # A warm process imported the module already (engine/warm_server.py preloads the
+    # engine), so runpy warns that running it as __main__ may be unpredictable, once per
+    # run, into the worker's log. Expected here: the engine keeps no state at import
+    # that its __main__ block relies on being its own.
+    warnings.filterwarnings(
+        "ignore", message=re.escape(f"'{module}' found in sys.modules"), category=RuntimeWarning
+    )
     try:
         runpy.run_module(module, run_name="__main__", alter_sys=True)
     except SystemExit as exit_:

@@ -295,3 +295,16 @@ def test_only_on_linux(monkeypatch):
     assert not warm_start.enabled({})
     monkeypatch.setattr(warm_start.sys, "platform", "linux")
     assert warm_start.enabled({}) and not warm_start.enabled({"STUDIO_WARM_RUNS": "false"})
+
+
+def test_a_module_the_warm_process_imported_runs_as_main_without_runpys_warning():
+    """Every forked run's engine was imported by the warm process first; runpy's warning
+    about that went to the worker's log once per run."""
+    done = subprocess.run(
+        [sys.executable, "-c", "import tests.polling\n"
+         "from engine.flow_run_process import run_module\n"
+         "print('code', run_module('tests.polling'))"],
+        cwd=ROOT, capture_output=True, text=True, timeout=60,
+    )
+    assert done.stdout.strip() == "code 0", done.stderr
+    assert "RuntimeWarning" not in done.stderr, done.stderr
