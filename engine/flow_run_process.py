@@ -74,9 +74,10 @@ def finish(code: int) -> None:
 def run_module(module: str) -> int:
     """Run `module` as `__main__` (the engine reads the run's id from the environment);
     the exit code the interpreter would have ended with."""
-    from engine import ssl_reuse
+    from engine import ssl_reuse, start_claim
 
     ssl_reuse.install()
+    start_claim.claim_at_start()  # a batch: its wave counts it from now (see the module)
     # A warm process imported the module already (engine/warm_server.py preloads the
     # engine), so runpy warns that running it as __main__ may be unpredictable, once per
     # run, into the worker's log. Expected here: the engine keeps no state at import
