@@ -8,7 +8,8 @@ for an SSL context of its own, even for a plain-http API (PrefectHQ/prefect#1910
 Prefect loads every installed collection when a worker looks up its type
 (`prefect.plugins.load_prefect_collections`, the way integrations such as prefect-aws
 register worker types and blocks), so importing this module is the documented door into
-the worker: it installs engine/ssl_reuse.py there, as flow-run processes already do.
+the worker: it installs engine/ssl_reuse.py there, as flow-run processes already do, and
+engine/worker_wake.py (a worker at its `--limit` polls as soon as one of its runs ends).
 
 Kept cheap and side-effect free beyond that: the server and block registration load
 collections too, and the worker reports this package (name and version) in its metadata,
@@ -17,6 +18,12 @@ which Prefect's UI shows on the worker's page.
 
 from __future__ import annotations
 
+import sys
+
 from engine import ssl_reuse
 
 ssl_reuse.install()
+if "prefect.workers.base" in sys.modules:  # a worker looking up its type: not the server
+    from engine import worker_wake
+
+    worker_wake.install()
