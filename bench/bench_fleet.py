@@ -208,10 +208,11 @@ class Sampler:
         samples = [n for t, n in self.busy if start <= t <= end]
         return statistics.fmean(samples) / SLOTS if samples else 0.0
 
-    def cpu_of(self, run: str) -> float:
+    def cpu_of(self, runs: list[str]) -> list[float]:
+        """Each run's CPU: the worker's children sampled once more, the warm logs read once."""
         self._sample_cpu()
         self._forks_cpu()
-        return sum(cpu for r, cpu in self.cpu.values() if r == run)
+        return [sum(cpu for r, cpu in self.cpu.values() if r == run) for run in runs]
 
 
 def _tree_cpu(roots: list[psutil.Process], *, own: bool = True) -> float:
@@ -384,7 +385,7 @@ async def one_round(
         ],
         parts=parts,
         marks=[{name: t - submitted for name, t in marks.get(i, {}).items()} for i in ids],
-        cpu=[sampler.cpu_of(i) for i in ids],
+        cpu=sampler.cpu_of(ids),
         completed=sum(1 for status, _ in rows.values() if status == "completed"),
         replicate_jobs=int(cluster.replicate.billed_jobs) - replicate_before,
         states=states,
