@@ -192,7 +192,7 @@ class PaceKeeper:
         sent = datetime.fromtimestamp(sent_at, UTC) if sent_at is not None else None
         self._submit(provider, aimd.Throttled(status, retry_after, sent))
 
-    def succeeded(self, provider: str) -> None:
+    def succeeded(self, provider: str, sent_at: float | None = None) -> None:
         now = time.monotonic()
         if now - self._success_asked.get(provider, -1e9) < SUCCESS_DEBOUNCE_SECONDS:
             return
@@ -202,7 +202,8 @@ class PaceKeeper:
         if now - self._throttle_seen.get(provider, -1e9) < self.knobs.raise_after_seconds:
             return
         self._success_asked[provider] = now
-        self._submit(provider, aimd.Succeeded())
+        sent = datetime.fromtimestamp(sent_at, UTC) if sent_at is not None else None
+        self._submit(provider, aimd.Succeeded(sent))
 
     async def before_call(self, provider: str) -> None:
         while True:
@@ -467,7 +468,8 @@ def _coalesced(jobs: list[_Job]) -> list[_Job]:
     """A backlog of one provider's answers, one job per provider and kind: the throttling
     answers waiting together are one throttling event (the longest Retry-After kept, and
     the latest send time: one call sent after the last decrease makes it a new event),
-    the successes one check."""
+    the successes one check (the latest send time: one call let in under the limit in
+    force is enough for a raise)."""
     merged: dict[tuple[str, str], _Job] = {}
     for job in jobs:
         key = (job.provider, type(job.event).__name__)
@@ -483,5 +485,9 @@ def _coalesced(jobs: list[_Job]) -> list[_Job]:
                                max(sent) if sent else None),
                 seen.context,
             )
+        elif isinstance(job.event, aimd.Succeeded) and isinstance(seen.event, aimd.Succeeded):
+            times = (seen.event.sent_at, job.event.sent_at)  # None: not known, counts
+            latest = None if None in times else max(t for t in times if t is not None)
+            merged[key] = _Job(job.provider, aimd.Succeeded(latest), seen.context)
     # throttling first: a success in the same backlog must not raise before it is seen
     return sorted(merged.values(), key=lambda j: not isinstance(j.event, aimd.Throttled))

@@ -116,7 +116,7 @@ class RateListener:
                   sent_at: float | None = None) -> None:
         """The in-flight limit and Retry-After are engine/provider_pace.py's concern."""
 
-    def succeeded(self, provider: str) -> None:
+    def succeeded(self, provider: str, sent_at: float | None = None) -> None:
         """Nothing to learn here: a rate is what the operator configured."""
 
 

@@ -256,6 +256,8 @@ class ProviderPace(Base):
     last_success_at: Mapped[datetime | None] = mapped_column(
         DateTime(timezone=True), nullable=True
     )
+    #: the highest limit that held a probe window without a throttling answer
+    held_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class ProviderLimitChange(Base):

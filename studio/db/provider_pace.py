@@ -282,6 +282,7 @@ def state_of(row: ProviderPace, limit_exists: bool) -> aimd.PaceState:
         last_decrease_at=aware(row.last_decrease_at),
         last_change_at=aware(row.last_change_at),
         last_success_at=aware(row.last_success_at),
+        held_limit=row.held_limit,
         throttled_until=aware(row.throttled_until),
     )
 

@@ -36,6 +36,16 @@ The rules (knobs in studio/providers/pace_settings.py):
   reaches the limit at which the provider last throttled (a probe) waits
   `probe_after_seconds` instead; the raise past that limit (the probe held a quiet window
   with every slot in use) forgets the old throttle point;
+- a raise counts only a success of a call let in under the limit in force (sent after
+  its last change): right after a decrease the fleet still runs the calls the old limit
+  let in, and their successes, a window later, raised a limit no call had yet run under
+  (8 -> 6 -> 7 at a capacity of 3, an event more to come down);
+- a limit that held `probe_after_seconds` with no throttling answer is the held limit;
+  a new throttling event on a limit raised past it (a climb, not a probe's step back)
+  lowers it to no less than the held limit: the climb found the capacity, it did not
+  fall (slots held count calls not yet or no longer at the provider, so a limit climbs
+  a step or two past the capacity before one is refused: 15 -> 8 at a capacity of 12,
+  then 16 s back up). A throttle on the held limit itself is the capacity falling;
 - never above `min(ceiling, manual_cap)` (the configured `*_MAX_CONCURRENT` and the cap
   an operator set by hand), never below 1;
 - `adaptive=False`: the limit never changes, Retry-After is still honoured.
@@ -93,6 +103,9 @@ class PaceState:
     last_change_at: datetime | None = None
     last_success_at: datetime | None = None
     throttled_until: datetime | None = None
+    #: the highest limit that has held `probe_after_seconds` without a throttling answer
+    #: since it was last lowered to (a climb's throttle steps back no lower than this)
+    held_limit: int | None = None
 
     @property
     def cap(self) -> int | None:
@@ -111,7 +124,8 @@ class Throttled:
 
 @dataclass(frozen=True)
 class Succeeded:
-    pass
+    #: when the accepted call was let in (None: not known, any success counts)
+    sent_at: datetime | None = None
 
 
 Event = Throttled | Succeeded
@@ -210,7 +224,7 @@ def decide(
     held none of the fleet's slots (a provider without them, a test's keeper)."""
     if isinstance(event, Throttled):
         return _on_throttled(state, event, now, knobs, in_flight)
-    return _on_success(state, now, knobs, in_flight)
+    return _on_success(state, event, now, knobs, in_flight)
 
 
 def _on_throttled(
@@ -239,32 +253,61 @@ def _on_throttled(
     state_after = replace(state_after, last_decrease_at=now, last_throttle_limit=point)
     if not knobs.adaptive or state.current is None or state.current <= 1:
         return Decision(state_after, new_event=True)
-    to = state.current - 1 if probe else decreased(state.current, knobs.decrease_factor,
-                                                    in_flight)
+    if probe:
+        to = state.current - 1
+    else:
+        to = decreased(state.current, knobs.decrease_factor, in_flight)
+        held = state.held_limit
+        if held is not None and to < held < state.current:  # a climb found the capacity
+            to = held
+    held = to if state.held_limit is None else min(state.held_limit, to)
     return Decision(
-        replace(state_after, current=to, last_change_at=now),
+        replace(state_after, current=to, last_change_at=now, held_limit=held),
         to_limit=to, reason="throttled", new_event=True,
     )
 
 
-def _on_success(
-    state: PaceState, now: datetime, knobs: Knobs, in_flight: int | None = None
-) -> Decision | None:
-    seen = replace(state, last_success_at=now)
-    cap = state.cap
-    if not knobs.adaptive or state.current is None or cap is None or state.current >= cap:
-        return Decision(seen) if state.last_success_at != now else None
-    if state.throttled_until is not None and now < state.throttled_until:
-        return Decision(seen)
-    quiet_since = max(
+def held(state: PaceState, now: datetime, knobs: Knobs) -> int | None:
+    """The held limit after `now`: the limit in force when it has gone
+    `probe_after_seconds` without a throttling answer or a change."""
+    quiet_since = _quiet_since(state)
+    if (
+        state.current is None or quiet_since is None
+        or (now - quiet_since).total_seconds() < knobs.probe_after_seconds
+        or (state.held_limit is not None and state.held_limit >= state.current)
+    ):
+        return state.held_limit
+    return state.current
+
+
+def _quiet_since(state: PaceState) -> datetime | None:
+    return max(
         (t for t in (state.last_throttle_at, state.last_change_at) if t is not None),
         default=None,
     )
+
+
+def _on_success(
+    state: PaceState, event: Succeeded, now: datetime, knobs: Knobs,
+    in_flight: int | None = None,
+) -> Decision | None:
+    seen = replace(state, last_success_at=now, held_limit=held(state, now, knobs))
+    cap = state.cap
+    if not knobs.adaptive or state.current is None or cap is None or state.current >= cap:
+        return Decision(seen) if seen != state else None
+    if state.throttled_until is not None and now < state.throttled_until:
+        return Decision(seen)
+    quiet_since = _quiet_since(state)
     if quiet_since is not None and (now - quiet_since).total_seconds() < raise_window(
         state, knobs
     ):
         return Decision(seen)
     if in_flight and in_flight < state.current:  # not using the limit it has
+        return Decision(seen)
+    if (
+        event.sent_at is not None and state.last_change_at is not None
+        and event.sent_at < state.last_change_at
+    ):  # a call the limit before the last change let in: it says nothing of this one
         return Decision(seen)
     to = state.current + 1
     point = state.last_throttle_limit

@@ -56,8 +56,10 @@ class PaceListener(Protocol):
         fleet lowered its limit from one sent after it."""
         ...
 
-    def succeeded(self, provider: str) -> None:
-        """`provider` accepted a job (the quiet time that lets a lowered limit rise)."""
+    def succeeded(self, provider: str, sent_at: float | None = None) -> None:
+        """`provider` accepted a job (the quiet time that lets a lowered limit rise).
+        `sent_at`: when the accepted call was let in (epoch seconds; None when not
+        known): only a call let in under the limit in force says that limit holds."""
         ...
 
 
@@ -102,9 +104,9 @@ def throttled(provider: str, status: int, retry_after: float | None,
         listener.throttled(provider, status, retry_after, sent_at)
 
 
-def succeeded(provider: str) -> None:
+def succeeded(provider: str, sent_at: float | None = None) -> None:
     for listener in tuple(_listeners):
-        listener.succeeded(provider)
+        listener.succeeded(provider, sent_at)
 
 
 def retry_after_seconds(value: str | None) -> float | None:
@@ -171,7 +173,7 @@ def note_answer(provider: str, method: str, status: int, headers: Any,
         retry_after = seen if isinstance(seen, float) else None
         throttled(provider, status, retry_after, let_in_at(sent_at))
     elif method == "POST" and 200 <= status < 300:
-        succeeded(provider)
+        succeeded(provider, let_in_at(sent_at))
 
 
 def event_hooks(

@@ -23,6 +23,7 @@ class Recorder:  # also used by tests/hooks/test_anthropic_pace.py
     def __init__(self) -> None:
         self.seen: list[tuple] = []
         self.sent_at: list[float | None] = []
+        self.accepted_sent_at: list[float | None] = []
 
     async def before_call(self, provider: str) -> None:
         self.seen.append(("before", provider))
@@ -32,8 +33,9 @@ class Recorder:  # also used by tests/hooks/test_anthropic_pace.py
         self.seen.append(("throttled", provider, status, retry_after))
         self.sent_at.append(sent_at)
 
-    def succeeded(self, provider: str) -> None:
+    def succeeded(self, provider: str, sent_at: float | None = None) -> None:
         self.seen.append(("ok", provider))
+        self.accepted_sent_at.append(sent_at)
 
 
 @pytest.fixture
@@ -126,6 +128,8 @@ async def test_a_call_under_a_fleet_slot_reports_when_it_got_the_slot(
         pace.admitted_reset(token)
     [slot_time] = recorder.sent_at
     assert slot_time is not None and before <= slot_time <= after
+    # and so does its accepted re-send: a raise counts only calls let in under its limit
+    assert recorder.accepted_sent_at[-1] == slot_time
 
     replicate_api.behaviour.throttle_next = 1  # a call with no slot: its send time
     began = time.time()

@@ -298,3 +298,38 @@ def test_no_limit_shares_the_retry_after_and_counts_events_once() -> None:
     again = decide(first.state, Throttled(529, 3.0), at(1), KNOBS)
     assert again is not None and not again.new_event
     assert again.state.throttled_until == at(4)
+
+
+def test_a_climbs_throttle_steps_back_to_the_limit_that_held_and_a_held_one_falls() -> None:
+    """12 held a probe window (6 s here), then climbed to 15 a window at a time; a
+    throttle after the last raise's window is not that probe's, but the climb past the
+    held limit found the capacity: 12, not 15 x 0.75 = 11. A throttle on the held limit
+    itself is the capacity falling: 12 x 0.75 = 9."""
+    state = PaceState(current=12, ceiling=20, last_change_at=at(0))
+    state, changes = run(state, [
+        (6.5, Succeeded()), (9.0, Succeeded()), (11.5, Succeeded()),
+        (14.0, Throttled(429, 1.0, sent_at=at(13.0))),
+        (17.0, Throttled(429, 1.0, sent_at=at(16.5))),
+    ])
+    assert changes == [(6.5, 13, "recovered"), (9.0, 14, "recovered"),
+                       (11.5, 15, "recovered"), (14.0, 12, "throttled"), (17.0, 9, "throttled")]
+    assert state.held_limit == 9  # lowered with the limit: a fall is not undone by it
+
+
+def test_a_limit_that_never_held_a_window_decreases_multiplicatively() -> None:
+    """No held limit yet (every limit changed within a probe window): 15 -> 11."""
+    state = PaceState(current=14, ceiling=20, last_change_at=at(0))
+    _, changes = run(state, [(2.5, Succeeded()), (5.0, Throttled(429, 1.0, sent_at=at(4.8)))])
+    assert changes == [(2.5, 15, "recovered"), (5.0, 11, "throttled")]
+
+
+def test_a_raise_waits_for_a_success_let_in_under_the_limit_in_force() -> None:
+    """After 8 -> 6, successes of calls the old limit let in raise nothing however long
+    the quiet: only a call let in under 6 says 6 holds."""
+    state = PaceState(current=6, ceiling=20, last_change_at=at(0), last_decrease_at=at(0),
+                      last_throttle_at=at(0))
+    _, changes = run(state, [
+        (2.5, Succeeded(sent_at=at(-1.0))), (3.0, Succeeded(sent_at=at(-0.2))),
+        (3.5, Succeeded(sent_at=at(1.0))),
+    ])
+    assert changes == [(3.5, 7, "recovered")]

@@ -526,3 +526,20 @@ async def test_install_registers_one_listener(any_database) -> None:
     finally:
         provider_pace.uninstall()
     assert not any(isinstance(x, PaceKeeper) for x in pace_hub.listeners())
+
+
+def test_a_backlog_of_successes_is_one_check_with_the_latest_let_in_time() -> None:
+    """Successes queued together are one check; it says a call was let in under the
+    limit in force if any of them was (the latest time), and an unknown time counts."""
+    import contextvars
+
+    from engine.provider_pace import _coalesced, _Job
+
+    ctx = contextvars.copy_context()
+    t1, t2 = datetime(2026, 12, 5, 9, tzinfo=UTC), datetime(2026, 12, 5, 9, 0, 1, tzinfo=UTC)
+    [job] = _coalesced([_Job("replicate", Succeeded(t2), ctx),
+                        _Job("replicate", Succeeded(t1), ctx)])
+    assert job.event == Succeeded(t2)
+    [job] = _coalesced([_Job("replicate", Succeeded(t1), ctx),
+                        _Job("replicate", Succeeded(None), ctx)])
+    assert job.event == Succeeded(None)
