@@ -258,6 +258,8 @@ class ProviderPace(Base):
     )
     #: the highest limit that held a probe window without a throttling answer
     held_limit: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: how much the last raise added (None: the last change was not a raise)
+    raise_step: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
 class ProviderLimitChange(Base):

@@ -180,6 +180,7 @@ def applied(session: Session, provider: str, ceiling: int, previous: int | None)
     row.pending_to = None
     row.pending_at = None
     row.last_change_at = now
+    _climb_forgotten(row)
     _record(session, provider, now, previous if previous is not None else ceiling, ceiling,
             "applied")
 
@@ -259,6 +260,7 @@ def reconcile(
             return [done]
         if observed == row.current:  # ... or never did: that one adjustment is lost
             row.pending_to = row.pending_at = None
+            row.raise_step = None  # no raise of it is in force to step back
             return []
     elif observed == row.current:
         return []
@@ -266,7 +268,14 @@ def reconcile(
     row.current = row.manual_cap = observed
     row.pending_to = row.pending_at = None
     row.last_change_at = now
+    _climb_forgotten(row)
     return [manual]
+
+
+def _climb_forgotten(row: ProviderPace) -> None:
+    """A limit a person set is no step of the climb: nothing to step back to, and the
+    limit that held before it says nothing of the one set now."""
+    row.raise_step = row.held_limit = None
 
 
 def state_of(row: ProviderPace, limit_exists: bool) -> aimd.PaceState:
@@ -283,6 +292,7 @@ def state_of(row: ProviderPace, limit_exists: bool) -> aimd.PaceState:
         last_change_at=aware(row.last_change_at),
         last_success_at=aware(row.last_success_at),
         held_limit=row.held_limit,
+        raise_step=row.raise_step,
         throttled_until=aware(row.throttled_until),
     )
 

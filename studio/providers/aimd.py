@@ -46,6 +46,12 @@ The rules (knobs in studio/providers/pace_settings.py):
   fall (slots held count calls not yet or no longer at the provider, so a limit climbs
   a step or two past the capacity before one is refused: 15 -> 8 at a capacity of 12,
   then 16 s back up). A throttle on the held limit itself is the capacity falling;
+- past the last throttle point the provider's capacity is not known: each raise doubles
+  the one before (TCP's slow start: +1, +2, +4, ...; 3 -> 12 in four windows instead of
+  nine, each window a second and a half of calls at a capacity that had grown), and a
+  call refused under such a raise steps back the whole raise, to the limit that held, the
+  refused limit becoming the throttle point (additive from there: the capacity is
+  between the two). Below a known throttle point every raise is +1;
 - never above `min(ceiling, manual_cap)` (the configured `*_MAX_CONCURRENT` and the cap
   an operator set by hand), never below 1;
 - `adaptive=False`: the limit never changes, Retry-After is still honoured.
@@ -106,6 +112,8 @@ class PaceState:
     #: the highest limit that has held `probe_after_seconds` without a throttling answer
     #: since it was last lowered to (a climb's throttle steps back no lower than this)
     held_limit: int | None = None
+    #: how much the last raise added (None: the last change was not a raise)
+    raise_step: int | None = None
 
     @property
     def cap(self) -> int | None:
@@ -253,8 +261,8 @@ def _on_throttled(
     state_after = replace(state_after, last_decrease_at=now, last_throttle_limit=point)
     if not knobs.adaptive or state.current is None or state.current <= 1:
         return Decision(state_after, new_event=True)
-    if probe:
-        to = state.current - 1
+    if probe:  # the whole raise back: the limit before it held its window
+        to = max(1, state.current - (state.raise_step or 1))
     else:
         to = decreased(state.current, knobs.decrease_factor, in_flight)
         held = state.held_limit
@@ -262,7 +270,7 @@ def _on_throttled(
             to = held
     held = to if state.held_limit is None else min(state.held_limit, to)
     return Decision(
-        replace(state_after, current=to, last_change_at=now, held_limit=held),
+        replace(state_after, current=to, last_change_at=now, held_limit=held, raise_step=None),
         to_limit=to, reason="throttled", new_event=True,
     )
 
@@ -309,15 +317,17 @@ def _on_success(
         and event.sent_at < state.last_change_at
     ):  # a call the limit before the last change let in: it says nothing of this one
         return Decision(seen)
-    to = state.current + 1
     point = state.last_throttle_limit
     forget = point is not None and state.current >= point  # the probe held a window
+    step = 2 * state.raise_step if point is None and state.raise_step else 1
+    to = min(cap, state.current + step)
     return Decision(
         replace(
             seen,
             current=to,
             last_change_at=now,
             last_throttle_limit=None if forget else point,
+            raise_step=to - state.current,
         ),
         to_limit=to,
         reason="recovered",

@@ -157,8 +157,9 @@ def test_plateau_under_the_last_throttle_point_then_a_probe_that_forgets_it() ->
     state, changes = run(state, [(12.0, Succeeded())])
     assert changes == [(12.0, 10, "recovered")]
     assert state.last_throttle_limit is None
-    state, changes = run(state, [(14.0, Succeeded())])  # plain 2 s windows again
-    assert changes == [(14.0, 11, "recovered")]
+    # plain 2 s windows again, each raise twice the last past the forgotten point
+    state, changes = run(state, [(14.0, Succeeded()), (16.0, Succeeded())])
+    assert changes == [(14.0, 12, "recovered"), (16.0, 16, "recovered")]
 
 
 def test_a_failed_probe_steps_back_to_the_limit_that_held() -> None:
@@ -301,11 +302,12 @@ def test_no_limit_shares_the_retry_after_and_counts_events_once() -> None:
 
 
 def test_a_climbs_throttle_steps_back_to_the_limit_that_held_and_a_held_one_falls() -> None:
-    """12 held a probe window (6 s here), then climbed to 15 a window at a time; a
+    """12 held a probe window (6 s here), then climbed to 15 a window at a time (+1:
+    under the point where the provider last throttled, 17); a
     throttle after the last raise's window is not that probe's, but the climb past the
     held limit found the capacity: 12, not 15 x 0.75 = 11. A throttle on the held limit
     itself is the capacity falling: 12 x 0.75 = 9."""
-    state = PaceState(current=12, ceiling=20, last_change_at=at(0))
+    state = PaceState(current=12, ceiling=20, last_change_at=at(0), last_throttle_limit=17)
     state, changes = run(state, [
         (6.5, Succeeded()), (9.0, Succeeded()), (11.5, Succeeded()),
         (14.0, Throttled(429, 1.0, sent_at=at(13.0))),
@@ -333,3 +335,27 @@ def test_a_raise_waits_for_a_success_let_in_under_the_limit_in_force() -> None:
         (3.5, Succeeded(sent_at=at(1.0))),
     ])
     assert changes == [(3.5, 7, "recovered")]
+
+
+def test_past_the_throttle_point_each_raise_doubles_and_a_refused_one_steps_back_whole() -> None:
+    """The probe back to 4 held (+1, the point forgotten): the capacity grew by an
+    unknown amount, so the next raises are +2, +4 (3 -> 11 in four windows). A call
+    refused under the +4 steps back to 7, the limit that held, and 11 is the new point:
+    +1 from there."""
+    state = PaceState(current=3, ceiling=20, last_throttle_limit=4, last_change_at=at(0))
+    state, changes = run(state, [
+        (6.0, Succeeded()),  # the probe window (6 s here): 3 -> 4, the point
+        (8.0, Succeeded()),  # a plain window at the point: past it, the point forgotten
+        (10.0, Succeeded()), (12.0, Succeeded()),
+        (12.5, Throttled(429, 1.0, sent_at=at(12.2))),
+        (14.6, Succeeded()),
+    ])
+    assert changes == [(6.0, 4, "recovered"), (8.0, 5, "recovered"), (10.0, 7, "recovered"),
+                       (12.0, 11, "recovered"), (12.5, 7, "throttled"), (14.6, 8, "recovered")]
+    assert state.last_throttle_limit == 11 and state.raise_step == 1
+
+
+def test_a_doubling_raise_stops_at_the_cap() -> None:
+    state = PaceState(current=16, ceiling=20, last_change_at=at(0), raise_step=8)
+    state, changes = run(state, [(2.0, Succeeded())])
+    assert changes == [(2.0, 20, "recovered")] and state.raise_step == 4
