@@ -19,11 +19,14 @@ two runs each on one day):
   again is a new event inside it (studio/providers/aimd.py); the cooldown alone decides
   for answers that do not say when their call was sent.
 - `PROVIDER_LIMIT_RAISE_AFTER_SECONDS` 1: below the point where the provider last
-  throttled, a capacity that comes back is followed at +1 per second.
+  throttled, a capacity that comes back is followed at +1 per window (a second, and
+  until a call let in under the raised limit is accepted).
 - `PROVIDER_LIMIT_PROBE_AFTER_SECONDS` 10: raising to the limit where the provider last
   throttled waits longer, so the limit sits just under the throttle point most of the
-  time (each failed probe costs a 429 or two) and still probes whether the capacity
-  grew: 3 -> 12 is one probe and eight raises, ~20-30 s.
+  time (each failed probe costs a 429 or two and the fleet's Retry-After) and still
+  probes whether the capacity grew: 3 -> 12 is one probe, then raises that double
+  (+1, +2, +4), ~15-20 s. A limit that holds this long is the floor of the next
+  throttling event on a climb past it.
 
 `PROVIDER_LIMITS_ADAPTIVE=false` keeps the caps fixed (the limit is never changed) while
 Retry-After is still honoured fleet-wide.
