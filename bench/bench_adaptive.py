@@ -38,6 +38,7 @@ import argparse
 import asyncio
 import contextlib
 import importlib.util
+import json
 import os
 import signal
 import statistics
@@ -207,6 +208,25 @@ def tell_the_fleet(cluster: Any, limit: int) -> None:
     )
 
 
+def limit_history(cluster: Any, since: float) -> list[tuple[float, int, str]]:
+    """(time.time(), to, reason) of every change of the replicate limit the fleet
+    recorded from `since` (epoch seconds): the whole story, where the 0.5 s samples miss
+    a probe raised and stepped back between two of them."""
+    out = cluster.run(
+        str(BIN / "python"), "-c",
+        "import json\n"
+        "from datetime import UTC, datetime\n"
+        "from studio.db.engine import session_scope\n"
+        "from studio.db.provider_pace import limit_changes\n"
+        "with session_scope() as s:\n"
+        f"    rows = limit_changes(s, datetime.fromtimestamp({since!r}, UTC), "
+        "providers=['replicate'])\n"
+        "print(json.dumps([[c.at.timestamp(), c.to_limit, c.reason] for c in rows]))\n",
+    )
+    rows = json.loads(out.strip().splitlines()[-1])
+    return [(float(t), int(to), str(why)) for t, to, why in rows]
+
+
 async def read_limit(client: Any) -> tuple[int, int]:
     limit = await client.read_global_concurrency_limit_by_name(LIMIT)
     return int(limit.limit), int(limit.active_slots)
@@ -351,7 +371,10 @@ async def one_mode(
         previous = step.capacity
     per_step = [sum(1 for t in flight.refused_at if step.start <= t < step.end) for step in ran]
     if args.trace:
-        print_trace(mode, ran, samples, flight.refused_at)
+        wall = time.time() - time.monotonic()  # the fleet's history is in UTC wall time
+        history = [(t - wall, to, why) for t, to, why in
+                   await asyncio.to_thread(limit_history, cluster, ran[0].start + wall - 1)]
+        print_trace(mode, ran, history, flight.refused_at)
     return Result(
         mode=mode, seconds=end - start, images=last[2] - first[2], refused_per_step=per_step,
         accepted=last[0] - first[0], refused=last[1] - first[1],
@@ -362,17 +385,17 @@ async def one_mode(
 
 
 def print_trace(
-    mode: str, ran: list[Step], samples: list[tuple[float, int, int]], refused_at: list[float]
+    mode: str, ran: list[Step], history: list[tuple[float, int, str]], refused_at: list[float]
 ) -> None:
     """`--trace`: per step, when the provider refused (seconds into the step) and each
-    change of the fleet's limit as sampled: where the throttling of a mode comes from."""
+    change of the fleet's limit from its history (`provider_limit_change`; `!` marks a
+    throttling decrease, `=` the bench's own `applied` for the oracle): where the
+    throttling of a mode comes from."""
+    marks = {"throttled": "!", "applied": "=", "manual": "m"}
     for step in ran:
         refusals = [t - step.start for t in refused_at if step.start <= t < step.end]
-        changes, last = [], None
-        for t, limit, _ in samples:
-            if step.start <= t <= step.end and limit != last:
-                changes.append(f"{t - step.start:.1f}:{limit}")
-                last = limit
+        changes = [f"{t - step.start:.1f}:{to}{marks.get(why, '')}"
+                   for t, to, why in history if step.start <= t < step.end]
         print(f"  {mode} C={step.capacity}: refused at "
               + (" ".join(f"{t:.1f}" for t in refusals) or "-")
               + " | limit " + " ".join(changes), flush=True)
