@@ -109,8 +109,9 @@ class PaceState:
     last_change_at: datetime | None = None
     last_success_at: datetime | None = None
     throttled_until: datetime | None = None
-    #: the highest limit that has held `probe_after_seconds` without a throttling answer
-    #: since it was last lowered to (a climb's throttle steps back no lower than this)
+    #: the highest limit that has held `probe_after_seconds` without a throttling answer,
+    #: lowered with every decrease to the limit decreased to (a climb's throttle steps
+    #: back no lower than this)
     held_limit: int | None = None
     #: how much the last raise added (None: the last change was not a raise)
     raise_step: int | None = None
@@ -265,17 +266,18 @@ def _on_throttled(
         to = max(1, state.current - (state.raise_step or 1))
     else:
         to = decreased(state.current, knobs.decrease_factor, in_flight)
-        held = state.held_limit
-        if held is not None and to < held < state.current:  # a climb found the capacity
-            to = held
-    held = to if state.held_limit is None else min(state.held_limit, to)
+        floor = state.held_limit
+        if floor is not None and to < floor < state.current:  # a climb found the capacity
+            to = floor
+    lowered = to if state.held_limit is None else min(state.held_limit, to)
     return Decision(
-        replace(state_after, current=to, last_change_at=now, held_limit=held, raise_step=None),
+        replace(state_after, current=to, last_change_at=now, held_limit=lowered,
+                raise_step=None),
         to_limit=to, reason="throttled", new_event=True,
     )
 
 
-def held(state: PaceState, now: datetime, knobs: Knobs) -> int | None:
+def _held_after(state: PaceState, now: datetime, knobs: Knobs) -> int | None:
     """The held limit after `now`: the limit in force when it has gone
     `probe_after_seconds` without a throttling answer or a change."""
     quiet_since = _quiet_since(state)
@@ -299,7 +301,7 @@ def _on_success(
     state: PaceState, event: Succeeded, now: datetime, knobs: Knobs,
     in_flight: int | None = None,
 ) -> Decision | None:
-    seen = replace(state, last_success_at=now, held_limit=held(state, now, knobs))
+    seen = replace(state, last_success_at=now, held_limit=_held_after(state, now, knobs))
     cap = state.cap
     if not knobs.adaptive or state.current is None or cap is None or state.current >= cap:
         return Decision(seen) if seen != state else None

@@ -5,6 +5,7 @@ transitions and their crash recovery."""
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import logging
 import time
 from collections.abc import AsyncIterator, Iterator
@@ -19,7 +20,14 @@ from prefect.client.schemas.actions import (
 from prefect.events.filters import EventFilter, EventResourceFilter
 from prefect.exceptions import ObjectNotFound
 
-from engine.provider_pace import PaceKeeper, PrefectLimit, recovered_line, throttled_line
+from engine.provider_pace import (
+    PaceKeeper,
+    PrefectLimit,
+    _coalesced,
+    _Job,
+    recovered_line,
+    throttled_line,
+)
 from studio.db import provider_pace as db
 from studio.db.engine import session_scope
 from studio.providers import pace as pace_hub
@@ -531,10 +539,6 @@ async def test_install_registers_one_listener(any_database) -> None:
 def test_a_backlog_of_successes_is_one_check_with_the_latest_let_in_time() -> None:
     """Successes queued together are one check; it says a call was let in under the
     limit in force if any of them was (the latest time), and an unknown time counts."""
-    import contextvars
-
-    from engine.provider_pace import _coalesced, _Job
-
     ctx = contextvars.copy_context()
     t1, t2 = datetime(2026, 12, 5, 9, tzinfo=UTC), datetime(2026, 12, 5, 9, 0, 1, tzinfo=UTC)
     [job] = _coalesced([_Job("replicate", Succeeded(t2), ctx),
