@@ -13,6 +13,9 @@ on Prefect's global concurrency limit, the limit every process's slots are lease
   background thread per process, which reads and updates the row and Prefect's limit,
   logs `Provider throttled | Provider: replicate | Limit: 5 -> 3 | Retry-After: 10s`
   and emits `studio.provider.throttled`.
+- `taken_in()` returns once this process's last throttle of a provider is in the row (at
+  most `TAKEN_IN_SECONDS`): the chain holds a refused call's slot until then, so the slot
+  goes to its next holder under the lowered limit.
 - `before_call()` waits until the provider's fleet-wide `throttled_until` has passed:
   read from the database at most every `FLEET_CACHE_SECONDS` per provider (a busy batch
   does not query per call), a throttle this process saw applies at once.
@@ -40,7 +43,7 @@ import threading
 import time
 import weakref
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
@@ -61,6 +64,8 @@ FLEET_CACHE_SECONDS = 0.5
 SUCCESS_DEBOUNCE_SECONDS = 0.5
 #: how long a process at exit waits for its queued adjustments
 FLUSH_SECONDS = 5.0
+#: the longest a throttled call keeps its slot waiting for its throttle to be taken in
+TAKEN_IN_SECONDS = 2.0
 #: the longest one sleep of `before_call` before it reads the fleet's Retry-After again
 MAX_SLEEP_SECONDS = 1.0
 #: each Prefect call of an adjustment gives up after this: the two calls of a change
@@ -94,6 +99,8 @@ class _Job:
     provider: str
     event: aimd.Event
     context: contextvars.Context
+    #: set once the job's adjustment is done (a throttle's: `taken_in` waits for it)
+    done: threading.Event | None = None
 
 
 class PrefectLimit:
@@ -172,6 +179,8 @@ class PaceKeeper:
         ] = weakref.WeakKeyDictionary()
         self._success_asked: dict[str, float] = {}
         self._throttle_seen: dict[str, float] = {}  # monotonic time of this process's last
+        #: provider -> done when this process's latest throttle is in the fleet's row
+        self._throttle_done: dict[str, threading.Event] = {}
         self._queue: queue.Queue[_Job] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()
@@ -190,7 +199,9 @@ class PaceKeeper:
             if until > self._local_until.get(provider, 0.0):
                 self._local_until[provider] = until
         sent = datetime.fromtimestamp(sent_at, UTC) if sent_at is not None else None
-        self._submit(provider, aimd.Throttled(status, retry_after, sent))
+        done = self._throttle_done[provider] = threading.Event()
+        self._submit(provider, aimd.Throttled(status, retry_after, sent, datetime.now(UTC)),
+                     done)
 
     def succeeded(self, provider: str, sent_at: float | None = None) -> None:
         now = time.monotonic()
@@ -204,6 +215,12 @@ class PaceKeeper:
         self._success_asked[provider] = now
         sent = datetime.fromtimestamp(sent_at, UTC) if sent_at is not None else None
         self._submit(provider, aimd.Succeeded(sent))
+
+    async def taken_in(self, provider: str) -> None:
+        done = self._throttle_done.get(provider)
+        deadline = time.monotonic() + TAKEN_IN_SECONDS
+        while done is not None and not done.is_set() and time.monotonic() < deadline:
+            await asyncio.sleep(0.01)
 
     async def before_call(self, provider: str) -> None:
         while True:
@@ -261,8 +278,10 @@ class PaceKeeper:
 
     # --- the adjustments (one background thread per process) ------------------------------
 
-    def _submit(self, provider: str, event: aimd.Event) -> None:
-        self._queue.put(_Job(provider, event, contextvars.copy_context()))
+    def _submit(
+        self, provider: str, event: aimd.Event, done: threading.Event | None = None
+    ) -> None:
+        self._queue.put(_Job(provider, event, contextvars.copy_context(), done))
         if self._thread is None or not self._thread.is_alive():
             with self._start_lock:
                 if self._thread is None or not self._thread.is_alive():
@@ -283,7 +302,9 @@ class PaceKeeper:
                 for job in _coalesced(jobs):
                     job.context.run(self._adjust, job)
             finally:
-                for _ in jobs:
+                for job in jobs:
+                    if job.done is not None:
+                        job.done.set()
                     self._queue.task_done()
 
     def _adjust(self, job: _Job) -> None:
@@ -467,7 +488,8 @@ def _flush_at_exit() -> None:
 def _coalesced(jobs: list[_Job]) -> list[_Job]:
     """A backlog of one provider's answers, one job per provider and kind: the throttling
     answers waiting together are one throttling event (the longest Retry-After kept, and
-    the latest send time: one call sent after the last decrease makes it a new event),
+    the latest send time: one call sent after the last decrease makes it a new event;
+    the answer whose Retry-After ends last),
     the successes one check (the latest send time: one call let in under the limit in
     force is enough for a raise)."""
     merged: dict[tuple[str, str], _Job] = {}
@@ -477,12 +499,11 @@ def _coalesced(jobs: list[_Job]) -> list[_Job]:
         if seen is None:
             merged[key] = job
         elif isinstance(job.event, aimd.Throttled) and isinstance(seen.event, aimd.Throttled):
-            waits = [w for w in (seen.event.retry_after, job.event.retry_after) if w is not None]
             sent = [s for s in (seen.event.sent_at, job.event.sent_at) if s is not None]
+            pause = max(seen.event, job.event, key=_pause_end)
             merged[key] = _Job(
                 job.provider,
-                aimd.Throttled(seen.event.status, max(waits) if waits else None,
-                               max(sent) if sent else None),
+                replace(pause, status=seen.event.status, sent_at=max(sent) if sent else None),
                 seen.context,
             )
         elif isinstance(job.event, aimd.Succeeded) and isinstance(seen.event, aimd.Succeeded):
@@ -491,3 +512,12 @@ def _coalesced(jobs: list[_Job]) -> list[_Job]:
             merged[key] = _Job(job.provider, aimd.Succeeded(latest), seen.context)
     # throttling first: a success in the same backlog must not raise before it is seen
     return sorted(merged.values(), key=lambda j: not isinstance(j.event, aimd.Throttled))
+
+
+def _pause_end(event: aimd.Throttled) -> tuple[float, float]:
+    """When `event`'s Retry-After ends (an answer without one: never), for the backlog's
+    longest pause."""
+    if event.retry_after is None:
+        return (0.0, 0.0)
+    answered = event.answered_at.timestamp() if event.answered_at is not None else 0.0
+    return (1.0, answered + event.retry_after)

@@ -116,6 +116,9 @@ class RateListener:
                   sent_at: float | None = None) -> None:
         """The in-flight limit and Retry-After are engine/provider_pace.py's concern."""
 
+    async def taken_in(self, provider: str) -> None:
+        """Throttles change nothing here (a rate is what the operator configured)."""
+
     def succeeded(self, provider: str, sent_at: float | None = None) -> None:
         """Nothing to learn here: a rate is what the operator configured."""
 

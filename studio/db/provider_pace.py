@@ -314,11 +314,20 @@ def adjust(
     """Decide on `event` with the row locked; a limit change goes pending_to -> Prefect
     -> current (crash-safe).
 
-    Prefect's limit is read (under the lock) only when it matters: the decision would
-    change the limit, the row has never seen it, a pending change is stale, or the caller
-    asks (`observe`: now and then, so a manual cap shows in `studio limits show` without
-    waiting for a change). Most answers (those inside a cooldown, successes before the
-    quiet window) cost one short transaction and no API call."""
+    Prefect's limit is read only when it matters: the decision would change the limit,
+    the row has never seen it, a pending change is stale, or the caller asks (`observe`:
+    now and then, so a manual cap shows in `studio limits show` without waiting for a
+    change). Most answers (those inside a cooldown, successes before the quiet window)
+    cost one short transaction and no API call.
+
+    For a throttle and an `observe` the limit is read before the row is locked, and
+    trusted under the lock when it is the one the row knows (in force or on its way);
+    any other value is read again under the lock (an operator's cap, another process's
+    change meanwhile). Why: read under the lock, each process's round trip to a busy
+    Prefect server queued every other process's decision behind it (1-3 s with six
+    batch processes, issue 20's bench), and the fleet's Retry-After, written by the
+    same transaction, reached the other processes after the burst it was meant to stop."""
+    early = limit.read() if observe or isinstance(event, aimd.Throttled) else None
     with sessions() as session:
         row = lock_row(session, provider)
         now = clock()
@@ -333,7 +342,8 @@ def adjust(
             observe or row.current is None or stale
             or (decision is not None and decision.to_limit is not None)
         ):
-            observed = limit.read()
+            known = early is not None and early in (row.current, row.pending_to)
+            observed = early if known else limit.read()
             noted = reconcile(session, row, observed, ceiling, now)
             decision = aimd.decide(
                 state_of(row, observed is not None), event, now, knobs, limit.in_flight()

@@ -26,7 +26,8 @@ The rules (knobs in studio/providers/pace_settings.py):
   climb alike). Should it have moved, the next throttled call sent after the step back
   is a new event; a limit that held its window is throttled by a capacity that fell;
 - every throttling answer with a Retry-After pushes the fleet-wide `throttled_until` out
-  (never back), whether or not the limit changes, and starts the quiet window again;
+  (never back), to its end counted from when the answer arrived, whether or not the
+  limit changes, and starts the quiet window again;
 - an accepted job raises the limit by 1 when nothing throttled for the quiet window
   (`raise_after_seconds`) since the last throttling answer and the last change, no
   Retry-After is in force, and the fleet uses every slot of the limit (TCP's validated
@@ -129,6 +130,8 @@ class Throttled:
     retry_after: float | None = None
     #: when the throttled call was sent (None: not known, the cooldown decides the event)
     sent_at: datetime | None = None
+    #: when the answer arrived (None: at the decision): what its Retry-After counts from
+    answered_at: datetime | None = None
 
 
 @dataclass(frozen=True)
@@ -241,7 +244,11 @@ def _on_throttled(
 ) -> Decision:
     until = state.throttled_until
     if event.retry_after is not None and event.retry_after > 0:
-        wanted = now + timedelta(seconds=event.retry_after)
+        # from the answer (HTTP's meaning), not the decision: a decision that waited its
+        # turn behind other processes' (a second under load, issue 20's bench) pushed the
+        # fleet's pause out by that second while the provider sat empty
+        answered = now if event.answered_at is None else min(event.answered_at, now)
+        wanted = answered + timedelta(seconds=event.retry_after)
         if until is None or wanted > until:
             until = wanted
     state_after = replace(state, throttled_until=until, last_throttle_at=now)

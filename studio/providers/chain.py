@@ -359,6 +359,7 @@ class ProviderChain:
                 breaker.release_trial()
                 await _settle(job, "throttled", delivered=False)
                 self._log(spec, provider.name, number, elapsed, "throttled", self._reason(exc))
+                await pace.taken_in(provider.name)  # the slot's next holder: lowered limit
                 raise
             except ProviderError as exc:
                 elapsed = time.perf_counter() - started

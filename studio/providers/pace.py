@@ -56,6 +56,11 @@ class PaceListener(Protocol):
         fleet lowered its limit from one sent after it."""
         ...
 
+    async def taken_in(self, provider: str) -> None:
+        """Return once this process's throttling answers of `provider` are in the fleet's
+        decision (its limit lowered, its Retry-After shared), or a short while has passed."""
+        ...
+
     def succeeded(self, provider: str, sent_at: float | None = None) -> None:
         """`provider` accepted a job (the quiet time that lets a lowered limit rise).
         `sent_at`: when the accepted call was let in (epoch seconds; None when not
@@ -102,6 +107,19 @@ def throttled(provider: str, status: int, retry_after: float | None,
               sent_at: float | None = None) -> None:
     for listener in tuple(_listeners):
         listener.throttled(provider, status, retry_after, sent_at)
+
+
+async def taken_in(provider: str) -> None:
+    """Wait until the fleet has taken in this process's throttling answers of `provider`;
+    a throttled call asks before it gives its slot back.
+
+    Why: given back at once, the slot went to the next waiting call under the limit the
+    throttle was about to lower, and that call, from a process that had not yet heard of
+    the Retry-After, was refused too (issue 20's bench: a refused probe at 9 was followed
+    by a second refusal 0.1-0.2 s later, and at a fall every refused call's slot fired
+    another). Once the throttle is in, the lowered limit binds the slot's next holder."""
+    for listener in tuple(_listeners):
+        await listener.taken_in(provider)
 
 
 def succeeded(provider: str, sent_at: float | None = None) -> None:

@@ -33,6 +33,9 @@ class Recorder:  # also used by tests/hooks/test_anthropic_pace.py
         self.seen.append(("throttled", provider, status, retry_after))
         self.sent_at.append(sent_at)
 
+    async def taken_in(self, provider: str) -> None:
+        self.seen.append(("taken in", provider))
+
     def succeeded(self, provider: str, sent_at: float | None = None) -> None:
         self.seen.append(("ok", provider))
         self.accepted_sent_at.append(sent_at)

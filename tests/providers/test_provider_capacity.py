@@ -297,6 +297,8 @@ async def test_a_call_waits_for_the_fleets_retry_after_before_it_takes_a_slot(
 
         def throttled(self, *args: object) -> None: ...
 
+        async def taken_in(self, provider: str) -> None: ...
+
         def succeeded(self, provider: str, sent_at: float | None = None) -> None: ...
 
     class Slots(LocalSlots):
@@ -326,3 +328,64 @@ async def test_a_call_waits_for_the_fleets_retry_after_before_it_takes_a_slot(
     assert order == ["ask replicate", "slot replicate", "ask replicate"]
     # a provider that never reports to the fleet is not asked (no database read for it)
     assert "comfyui" not in pace.REPORTING
+
+
+async def test_a_throttled_call_keeps_its_slot_until_the_fleet_has_taken_its_throttle_in(
+    replicate_api: ReplicateEmulator, avatar
+) -> None:
+    """Given back at once, a refused call's slot went to the next waiting call under the
+    limit its throttle was about to lower, and that call was refused too; the chain waits
+    for the fleet to take the throttle in (pace.taken_in), then gives the slot back."""
+    import contextlib
+
+    from studio.providers import pace
+    from studio.providers.chain import ProviderChain, ProviderPolicy
+    from studio.providers.slots import LocalSlots
+
+    order: list[str] = []
+    taken = asyncio.Event()
+
+    class Fleet:  # takes a throttle in once `taken` is set
+        async def before_call(self, provider: str) -> None: ...
+
+        def throttled(self, provider: str, *args: object) -> None:
+            order.append(f"throttled {provider}")
+
+        async def taken_in(self, provider: str) -> None:
+            order.append(f"taking in {provider}")
+            await taken.wait()
+
+        def succeeded(self, provider: str, sent_at: float | None = None) -> None: ...
+
+    class Slots(LocalSlots):
+        @contextlib.asynccontextmanager
+        async def __call__(self, provider: str, *, wait: bool = True):
+            try:
+                async with super().__call__(provider, wait=wait):
+                    order.append(f"slot {provider}")
+                    yield
+            finally:
+                order.append(f"slot back {provider}")
+
+    replicate_api.behaviour.throttle_next = 1
+    provider = ReplicateFluxProvider(REPLICATE_TOKEN, base_url=replicate_api.url,
+                                     poll_interval=0.02)
+    chain = ProviderChain([provider], {"replicate": ProviderPolicy(max_attempts=1, timeout=10)},
+                          slot=Slots({"replicate": 1}))
+    fleet = Fleet()
+    pace.register(fleet)
+    try:
+        call = asyncio.create_task(chain.generate(make_spec(0), avatar))
+        for _ in range(100):
+            if "taking in replicate" in order:
+                break
+            await asyncio.sleep(0.02)
+        await asyncio.sleep(0.1)
+        assert order == ["slot replicate", "throttled replicate", "taking in replicate"]
+        taken.set()
+        result = await call
+    finally:
+        pace.unregister(fleet)
+        await provider.aclose()
+    assert result.provider == "replicate"
+    assert order[3:] == ["slot back replicate", "slot replicate", "slot back replicate"]

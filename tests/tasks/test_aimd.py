@@ -118,6 +118,20 @@ def test_retry_after_only_moves_forward_and_restarts_the_quiet_window() -> None:
     assert state.last_throttle_at == at(1)
 
 
+def test_retry_after_counts_from_when_the_answer_arrived() -> None:
+    """A decision taken a second after its answer (queued behind other processes' under
+    load) pauses the fleet until the answer's Retry-After ends, not a second longer; an
+    answer that does not say when it arrived counts from the decision, and one stamped
+    later than the decision (another host's clock) no later than it."""
+    state = PaceState(current=5, ceiling=5)
+    late, _ = run(state, [(1.2, Throttled(429, 1.0, answered_at=at(0.2)))])
+    assert late.throttled_until == at(1.2)
+    unknown, _ = run(state, [(1.2, Throttled(429, 1.0))])
+    assert unknown.throttled_until == at(2.2)
+    ahead, _ = run(state, [(1.2, Throttled(429, 1.0, answered_at=at(3.0)))])
+    assert ahead.throttled_until == at(2.2)
+
+
 def test_additive_increase_only_after_the_quiet_window_and_only_with_a_success() -> None:
     state, _ = run(PaceState(current=10, ceiling=10), [(0, Throttled(429, None))])
     assert state.current == 7

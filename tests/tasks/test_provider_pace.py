@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import logging
+import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from datetime import UTC, datetime, timedelta
@@ -289,7 +290,7 @@ async def test_a_process_that_just_saw_a_throttle_asks_no_raise(
     assert await prefect_limit() == 3
     await asyncio.sleep(0.6)  # the row's throttle is older than the quiet window
     queued: list[object] = []
-    pace._submit = lambda provider, event: queued.append(event)  # type: ignore[method-assign]
+    pace._submit = lambda provider, event, done=None: queued.append(event)  # type: ignore[method-assign]
     pace.throttled("replicate", 429, None)  # seen here, its adjustment still queued
     pace.succeeded("replicate")
     assert len(queued) == 1  # the throttle only: no success asked
@@ -547,3 +548,88 @@ def test_a_backlog_of_successes_is_one_check_with_the_latest_let_in_time() -> No
     [job] = _coalesced([_Job("replicate", Succeeded(t1), ctx),
                         _Job("replicate", Succeeded(None), ctx)])
     assert job.event == Succeeded(None)
+
+
+def test_a_backlog_of_throttles_keeps_the_pause_that_ends_last() -> None:
+    """Throttling answers queued together are one event whose Retry-After is the one
+    that ends last, counted from its own answer, with the latest send time."""
+    ctx = contextvars.copy_context()
+    t0 = datetime(2026, 12, 5, 9, tzinfo=UTC)
+    early_long = Throttled(429, 2.0, t0, answered_at=t0 + timedelta(seconds=0.5))
+    late_short = Throttled(429, 1.0, t0 + timedelta(seconds=1), t0 + timedelta(seconds=2))
+    [job] = _coalesced([_Job("replicate", early_long, ctx), _Job("replicate", late_short, ctx)])
+    assert job.event == Throttled(429, 1.0, t0 + timedelta(seconds=1),
+                                  t0 + timedelta(seconds=2))  # ends at 3 s, not 2.5 s
+    [job] = _coalesced([_Job("replicate", late_short, ctx),
+                        _Job("replicate", Throttled(429, None, t0), ctx)])
+    assert job.event == late_short  # an answer without a Retry-After pauses nothing
+
+
+async def test_a_slow_prefect_read_holds_no_other_processs_throttle_back(
+    any_database, replicate_at_5
+) -> None:
+    """Prefect's limit is read before the provider's row is locked: one process's round
+    trip to a busy Prefect server does not queue another's decision, nor the fleet-wide
+    Retry-After it writes, behind it (issue 20's bench: 1-3 s under load, and the other
+    processes kept sending into the throttled provider meanwhile)."""
+    pace = keeper()
+    reading, release = threading.Event(), threading.Event()
+
+    class Slow(PrefectLimit):
+        def read(self) -> int | None:
+            reading.set()
+            release.wait(30)
+            return super().read()
+
+    def adjust(limit: PrefectLimit, retry_after: float) -> None:
+        db.adjust("replicate", 5, Throttled(429, retry_after, answered_at=datetime.now(UTC)),
+                  Knobs(), limit, sessions=session_scope)
+
+    slow = threading.Thread(target=contextvars.copy_context().run,
+                            args=(adjust, Slow(pace, "replicate"), 30.0))
+    quick = threading.Thread(target=contextvars.copy_context().run,
+                             args=(adjust, PrefectLimit(pace, "replicate"), 10.0))
+    slow.start()
+    try:
+        assert reading.wait(10)
+        quick.start()
+        quick.join(10)
+        assert not quick.is_alive(), "the second decision waited for the first one's read"
+        assert slow.is_alive()  # still in its read: the quick one did not wait for it
+        until = row().throttled_until
+        assert until is not None and db.aware(until) > datetime.now(UTC) + timedelta(seconds=8)
+    finally:
+        release.set()
+        slow.join(30)
+    assert changes() == [(5, 3, "throttled")]  # one event: the second is inside its cooldown
+
+
+async def test_taken_in_returns_once_the_throttle_is_in_the_fleets_row(
+    any_database, replicate_at_5
+) -> None:
+    """A throttled call gives its slot back when the fleet has its throttle (the limit
+    lowered, the Retry-After shared): `taken_in` waits for this process's adjustment,
+    held here behind another transaction's lock on the provider's row."""
+    pace = keeper()
+    locked, release = threading.Event(), threading.Event()
+
+    def hold_the_row() -> None:
+        with session_scope() as session:
+            db.lock_row(session, "replicate")
+            locked.set()
+            release.wait(30)
+
+    holder = threading.Thread(target=contextvars.copy_context().run, args=(hold_the_row,))
+    holder.start()
+    try:
+        assert locked.wait(10)
+        pace.throttled("replicate", 429, 10.0)
+        waiting = asyncio.create_task(pace.taken_in("replicate"))
+        await asyncio.sleep(0.5)
+        assert not waiting.done()  # its adjustment waits for the row
+    finally:
+        release.set()
+        holder.join(30)
+    await asyncio.wait_for(waiting, 5)
+    assert row().throttled_until is not None and await prefect_limit() == 3
+    await asyncio.wait_for(pace.taken_in("replicate"), 1)  # nothing pending: at once
