@@ -487,10 +487,9 @@ def _flush_at_exit() -> None:
 
 def _coalesced(jobs: list[_Job]) -> list[_Job]:
     """A backlog of one provider's answers, one job per provider and kind: the throttling
-    answers waiting together are one throttling event (the longest Retry-After kept, and
-    the latest send time: one call sent after the last decrease makes it a new event;
-    the answer whose Retry-After ends last),
-    the successes one check (the latest send time: one call let in under the limit in
+    answers waiting together are one throttling event (the Retry-After that ends last
+    kept, and the latest send time: one call sent after the last decrease makes it a new
+    event), the successes one check (the latest send time: one call let in under the limit in
     force is enough for a raise)."""
     merged: dict[tuple[str, str], _Job] = {}
     for job in jobs:
