@@ -112,6 +112,36 @@ def _label(block_type: type[Block], name: str) -> str:
     return f"{block_type.get_block_type_slug()}/{name}"
 
 
+async def _saved_types(types: list[type[Block]], name: str) -> list[type[Block]]:
+    """The types among `types` with a document called `name`, in one request.
+
+    Why: a batch reads its blocks as it starts, and most studios save none or few. One
+    filter request instead of one read per type (ten) takes nine round trips off every
+    batch's start, and off the server's CPU while a wave of batches starts together
+    (issue 20). Secrets stay out of this answer; the types found are then loaded as
+    before. Any failure (an old server, a refused credential) loads every type, so each
+    block still says for itself why it was not used.
+    """
+    from prefect.client.orchestration import get_client
+
+    slugs = {t.get_block_type_slug(): t for t in types}
+    body = {
+        "block_documents": {"name": {"any_": [name]}, "is_anonymous": {"eq_": False}},
+        "block_types": {"slug": {"any_": sorted(slugs)}},
+        "include_secrets": False,
+        "limit": len(slugs),
+    }
+    try:
+        async with get_client() as client:
+            response = await client.request("POST", "/block_documents/filter", json=body)
+            response.raise_for_status()
+            found = {(doc.get("block_type") or {}).get("slug") for doc in response.json()}
+    except Exception as exc:
+        log.debug("blocks: one-request lookup failed (%s), reading each", type(exc).__name__)
+        return types
+    return [t for slug, t in slugs.items() if slug in found]
+
+
 async def _load(block_type: type[Block], name: str) -> Block | None:
     try:
         return await block_type.aload(name)
@@ -203,7 +233,9 @@ async def apply_registered_blocks(name: str = DEFAULT_BLOCK_NAME) -> list[str]:
         *PER_VARIABLE_BLOCKS,
         *ALL_OR_NOTHING_BLOCKS,
     ]
-    loaded = dict(zip(types, await asyncio.gather(*(_load(t, name) for t in types)), strict=True))
+    saved = await _saved_types(types, name)
+    loaded: dict[type[Block], Block | None] = dict.fromkeys(types)
+    loaded.update(zip(saved, await asyncio.gather(*(_load(t, name) for t in saved)), strict=True))
     env = operator_environment()  # after the last await: nothing changes it from here on
     desired: dict[str, str] = {}
 

@@ -231,6 +231,35 @@ async def test_no_blocks_is_fine() -> None:
     assert await apply_registered_blocks("nothing-saved-under-this-name") == []
 
 
+async def test_one_request_finds_which_types_have_a_saved_block(name) -> None:
+    """A batch asks the server once which blocks exist (issue 20: ten reads per batch
+    start before); only the types found are read. A lookup that failed would answer
+    every type, so this fails if the filter request does not work."""
+    from blocks.sources import _saved_types
+
+    await ReplicateCredentials(api_token="r8_BLOCK").asave(name)
+    await ContentStorage(r2_bucket_name="studio-bucket").asave(name)
+    types = [AnthropicCredentials, ReplicateCredentials, ProviderEndpoints, ContentStorage]
+
+    assert await _saved_types(types, name) == [ReplicateCredentials, ContentStorage]
+    assert await _saved_types(types, f"{name}-other") == []
+
+
+async def test_a_failed_lookup_reads_every_type(name, monkeypatch) -> None:
+    """An old server or a refused credential: every type is read, as before, so each
+    block still says for itself why it was not used."""
+    import prefect.client.orchestration as orchestration
+
+    from blocks.sources import _saved_types
+
+    def refused() -> None:
+        raise RuntimeError("no API")
+
+    monkeypatch.setattr(orchestration, "get_client", refused)
+    types = [AnthropicCredentials, ReplicateCredentials]
+    assert await _saved_types(types, name) == types
+
+
 def test_prefect_block_register_still_works() -> None:
     from prefect.settings import PREFECT_API_URL
 
