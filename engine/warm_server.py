@@ -12,9 +12,11 @@ environment and code version. It:
   standard streams as file descriptors) forks a child that takes them over, refreshes
   Prefect's settings from the run's environment, and runs the module as `__main__` the
   way engine/flow_run_process.py runs it cold;
-- answers `{"pid": N}`, then `{"code": C}` when the child ends (negative: the signal
-  that killed it); kills the child if the client's connection closes first (the worker
-  killed the process it watches);
+- answers `{"pid": N}`, then `{"code": C}` when the child's run is over: when the
+  engine has returned (`detach`: the child gives back the worker's streams and goes on
+  draining its logs and events on its own), or when the child ends before that
+  (negative: the signal that killed it); kills the child if the client's connection
+  closes before its run is over (the worker killed the process it watches);
 - exits when idle for `STUDIO_WARM_IDLE_SECONDS` (900 s), when the code changed, or when
   its socket is no longer its own (a newer warm process took the name), once its
   children have ended; it notes each run and its end in `<key>.log` beside the socket.
@@ -120,6 +122,8 @@ class Run:
     pid: int
     flow_run: str
     ended_fd: int | None = None  # exit_fd(pid)
+    done_fd: int | None = None  # the child writes its run's exit code here (`detach`)
+    detached: bool = False  # its client has its code and is gone: the child only drains
 
 
 def _peer_is_us(conn: socket.socket) -> bool:
@@ -199,6 +203,8 @@ class WarmServer:
                     self.accept()
                 elif isinstance(key.data, int):
                     self.client_spoke(key.data)
+                elif isinstance(key.data, tuple):
+                    self.run_ended(key.data[1])
                 # else a child's exit_fd: reaped just below
             self.reap()
             if accepting:
@@ -239,19 +245,21 @@ class WarmServer:
         env = request.get("env") or {}
         flow_run = str(env.get("PREFECT__FLOW_RUN_ID", "-")) if isinstance(env, dict) else "-"
         gc.freeze()  # see `freeze_heap`: what the server made since is shared too
+        done_read, done_write = os.pipe()
         pid = os.fork()
         if pid == 0:  # the child: never returns
             run_child(request, fds, [self.selector.fileno(), self.listener.fileno(),  # type: ignore[attr-defined]
-                                     conn.fileno(),
+                                     conn.fileno(), done_read,
                                      *(run.conn.fileno() for run in self.runs.values()),
-                                     *(run.ended_fd for run in self.runs.values()
-                                       if run.ended_fd is not None)],
-                      self.path)
-        for fd in fds:
+                                     *(fd for run in self.runs.values()
+                                       for fd in (run.ended_fd, run.done_fd) if fd is not None)],
+                      self.path, done_write)
+        for fd in (*fds, done_write):
             os.close(fd)
-        run = self.runs[pid] = Run(conn, pid, flow_run, exit_fd(pid))
+        run = self.runs[pid] = Run(conn, pid, flow_run, exit_fd(pid), done_read)
         if run.ended_fd is not None:
             self.selector.register(run.ended_fd, selectors.EVENT_READ, "ended")
+        self.selector.register(done_read, selectors.EVENT_READ, ("done", pid))
         log(f"flow run {flow_run}: pid {pid}")
         try:
             conn.sendall(json.dumps({"pid": pid}).encode() + b"\n")
@@ -277,6 +285,34 @@ class WarmServer:
                 os.kill(pid, signal.SIGKILL)
             self.selector.unregister(run.conn)
 
+    def run_ended(self, pid: int) -> None:
+        """The child wrote its run's exit code (`detach`): the client gets it and ends, so
+        the worker frees the run's slot while the child drains its logs and events. An
+        end of file without a code (the child died first) is left to `reap`."""
+        run = self.runs.get(pid)
+        if run is None or run.done_fd is None:
+            return
+        try:
+            data = os.read(run.done_fd, 32)
+        except OSError:
+            data = b""
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(run.done_fd)
+        os.close(run.done_fd)
+        run.done_fd = None
+        try:
+            code = int(data)
+        except ValueError:
+            return
+        run.detached = True
+        log(f"flow run {run.flow_run}: pid {pid} ran ({code}), its client released")
+        with contextlib.suppress(KeyError, ValueError):
+            self.selector.unregister(run.conn)
+        with contextlib.suppress(OSError):
+            run.conn.setblocking(True)
+            run.conn.sendall(json.dumps({"code": code}).encode() + b"\n")
+        run.conn.close()
+
     def reap(self) -> None:
         while self.runs:
             try:
@@ -294,14 +330,16 @@ class WarmServer:
             log(f"flow run {run.flow_run}: pid {pid} ended ({code}), cpu {cpu:.2f} s")
             with contextlib.suppress(KeyError, ValueError):
                 self.selector.unregister(run.conn)
-            if run.ended_fd is not None:
-                with contextlib.suppress(KeyError, ValueError):
-                    self.selector.unregister(run.ended_fd)
-                os.close(run.ended_fd)
-            with contextlib.suppress(OSError):
-                run.conn.setblocking(True)
-                run.conn.sendall(json.dumps({"code": code}).encode() + b"\n")
-            run.conn.close()
+            for fd in (run.ended_fd, run.done_fd):
+                if fd is not None:
+                    with contextlib.suppress(KeyError, ValueError):
+                        self.selector.unregister(fd)
+                    os.close(fd)
+            if not run.detached:
+                with contextlib.suppress(OSError):
+                    run.conn.setblocking(True)
+                    run.conn.sendall(json.dumps({"code": code}).encode() + b"\n")
+                run.conn.close()
             self.learn(pid)
 
     def learn(self, pid: int) -> None:
@@ -347,12 +385,39 @@ def _note_imports(before: set[str], socket_path: Path) -> None:
     os.replace(staging, target)
 
 
+def detach(code: int, done_write: int, log_fd: int) -> None:
+    """The run is over (the engine returned: its final state is set, its last lines are
+    printed): give the client its exit code now and the worker's streams back.
+
+    Why: what a process does after its engine returns (Prefect's log and event workers
+    drain, then atexit) took 0.01-0.25 s per run in which the worker counted the run
+    against its `--limit` and held the next run back (issue 20). The worker waits for
+    its process to exit and for the end of its output pipes, which this child holds too:
+    they are swapped for the warm process's log, and the code goes to the warm process,
+    which hands it to the client (`WarmServer.run_ended`). The drain goes on here.
+    """
+    for stream in (sys.stdout, sys.stderr):
+        with contextlib.suppress(Exception):
+            stream.flush()
+    null = os.open(os.devnull, os.O_RDONLY)
+    os.dup2(null, 0)
+    os.close(null)
+    os.dup2(log_fd, 1)
+    os.dup2(log_fd, 2)
+    os.close(log_fd)
+    os.write(done_write, str(code).encode())
+    os.close(done_write)
+
+
 def run_child(
-    request: dict[str, object], fds: list[int], inherited: list[int], socket_path: Path
+    request: dict[str, object], fds: list[int], inherited: list[int], socket_path: Path,
+    done_write: int,
 ) -> None:
-    """In the forked child: become the run's process, run its module, exit."""
+    """In the forked child: become the run's process, run its module, give the client
+    its code (`detach`), drain and exit."""
     code = 1
     before = set(sys.modules)
+    log_fd = os.dup(1)  # the warm process's log: the child's output once detached
     try:
         for signum in (signal.SIGTERM, signal.SIGHUP, signal.SIGQUIT, signal.SIGCHLD):
             signal.signal(signum, signal.SIG_DFL)
@@ -381,6 +446,8 @@ def run_child(
 
         with contextlib.suppress(Exception):
             traceback.print_exc()
+    with contextlib.suppress(Exception):  # else the client has it when the child ends
+        detach(code, done_write, log_fd)
     with contextlib.suppress(Exception):  # learning is best effort
         _note_imports(before, socket_path)
     from engine.flow_run_process import finish

@@ -97,9 +97,32 @@ def test_the_third_run_of_an_environment_is_forked_with_its_own_streams_and_code
     assert code == 3
     assert out.startswith(f"said hello in {ROOT} parent {server}"), out
     assert "to stderr" in err
-    log = sock.with_suffix(".log").read_text()
-    assert "ready for" in log and "ended (3)" in log
+    log = sock.with_suffix(".log")
+    assert "ready for" in log.read_text()
+    wait_for("the fork's end in the log", lambda: "ended (3)" in log.read_text(), 10)
     assert sock.stat().st_mode & 0o077 == 0 or warm.stat().st_mode & 0o077 == 0
+
+
+def test_the_client_ends_with_the_run_while_the_fork_drains(warm, tmp_path):
+    """Once the module has returned (for a flow run: the engine, its final state set) the
+    client gets the code and ends, with the worker's streams closed, while the fork goes
+    on with what its exit waits for (Prefect's log and event workers draining; here a
+    thread of 5 s), its output going to the warm process's log (issue 20: the worker
+    counted the run against its --limit until that drain ended)."""
+    sock = started(warm)
+    drained, pid_file = tmp_path / "drained", tmp_path / "pid"
+
+    code, out, _err = finished(client(do="exit:3", linger=str(drained), pid_file=str(pid_file)))
+
+    assert code == 3  # the run's code, although the fork has not ended
+    assert out.startswith("said"), out
+    assert not drained.exists(), "the client waited for the fork's drain"
+    assert psutil.pid_exists(int(pid_file.read_text()))
+    log = sock.with_suffix(".log")
+    assert "its client released" in log.read_text()
+    wait_for("the fork's drain to finish", drained.exists, 20)
+    wait_for("the fork to end", lambda: "ended (3)" in log.read_text(), 10)
+    assert "drained" in log.read_text()  # said after the client went: in the warm log
 
 
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGTERM])
