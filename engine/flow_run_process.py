@@ -1,7 +1,7 @@
 """The flow-run process a process worker starts for the project's deployments.
 
 WORKAROUND, set as the deployments' `command` job variable (prefect.yaml):
-`<the venv's python> -m engine.flow_run_process`. Three costs of a deployment run that
+`<the venv's python> -m engine.flow_run_process`. Four costs of a deployment run that
 an in-process batch does not pay (issue 20, measured on the cluster harness):
 
 - Prefect 3.9's process worker, when no `command` is configured, starts
@@ -14,6 +14,8 @@ an in-process batch does not pay (issue 20, measured on the cluster harness):
   in a workspace hook subprocess. No upstream issue found for the supervisor's cost.
 - every Prefect API client builds its own SSL context: `engine/ssl_reuse.py`, installed
   here before the engine's first client (PrefectHQ/prefect#19106).
+- the engine's suspension observer, stopped and joined before the engine returns:
+  `engine/suspension_observer.py`, installed here.
 - interpreter finalization: once the engine has returned, threading's exit hooks
   (where Prefect drains its log and event workers) and the atexit functions (logging's
   flush and close among them) run as at a normal exit, then the process ends with
@@ -74,9 +76,10 @@ def finish(code: int) -> None:
 def run_module(module: str) -> int:
     """Run `module` as `__main__` (the engine reads the run's id from the environment);
     the exit code the interpreter would have ended with."""
-    from engine import ssl_reuse, start_claim
+    from engine import ssl_reuse, start_claim, suspension_observer
 
     ssl_reuse.install()
+    suspension_observer.install()  # the run's end does not wait for its observer to stop
     start_claim.claim_at_start()  # a batch: its wave counts it from now (see the module)
     # A warm process imported the module already (engine/warm_server.py preloads the
     # engine), so runpy warns that running it as __main__ may be unpredictable, once per

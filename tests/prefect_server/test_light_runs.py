@@ -220,6 +220,45 @@ def test_s3_clients_of_one_process_share_one_session_not_their_hooks(s3_server, 
     assert seen == ["first"]
 
 
+def test_a_runs_end_does_not_wait_for_its_suspension_observer(prefect_stack, monkeypatch):
+    """Prefect 3.9 joins a deployment run's suspension observer (a thread that polls its
+    stop every 0.2 s) before the engine returns; the flow-run process hands that stop to
+    a thread of its own (engine/suspension_observer.py). The observer still starts and
+    is ready before the run goes on; it ends by itself after. Fails with `install()` a
+    no-op: Prefect's exit has joined the thread, so it is no longer alive."""
+    import threading
+
+    import prefect.flow_engine as flow_engine
+    from prefect import flow
+    from prefect._flow_run_suspension import FlowRunSuspensionRequest
+    from prefect.client.orchestration import get_client
+    from prefect.settings import PREFECT_API_AUTH_STRING, PREFECT_API_URL, temporary_settings
+
+    from engine import suspension_observer
+
+    @flow(name="suspension-observer-probe")
+    def probe() -> None:
+        """A flow to create a run of: never run."""
+
+    monkeypatch.setattr(flow_engine, "observe_flow_run_suspension",
+                        flow_engine.observe_flow_run_suspension)  # restored after the test
+    suspension_observer.install()
+    suspension_observer.install()  # idempotent: wrapped once
+    api = {PREFECT_API_URL: prefect_stack.api_url,
+           PREFECT_API_AUTH_STRING: prefect_stack.auth_string}
+    with temporary_settings(api):  # the studio server, its events stream included
+        with get_client(sync_client=True) as client:
+            run = client.create_flow_run(probe)
+        before = set(threading.enumerate())
+        with flow_engine.observe_flow_run_suspension(run.id, FlowRunSuspensionRequest()):
+            observers = [t for t in threading.enumerate() if t not in before]
+    assert observers, "the observer thread started"
+    assert any(t.is_alive() for t in observers), "the run's end waited for the observer"
+    for thread in observers:
+        thread.join(timeout=5)
+    assert not any(t.is_alive() for t in observers), "the observer stopped by itself"
+
+
 def test_a_failing_engine_exits_with_its_code_and_says_why(tmp_path):
     """Without a flow-run id the engine logs the error and exits 1 (prefect.engine's
     own behaviour): the same through engine.flow_run_process, whose os._exit keeps it."""
