@@ -18,7 +18,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
@@ -186,9 +186,15 @@ def limit_history(batch_id: str) -> LimitHistory:
 
 
 async def publish_batch_artifact(
-    result: BatchResult, image_paths: Mapping[str, str] | None = None
+    result: BatchResult,
+    image_paths: Mapping[str, str] | None = None,
+    images_read: Callable[[], object] | None = None,
 ) -> None:
-    """`image_paths`: piece id -> staged image, for the gallery's thumbnails."""
+    """`image_paths`: piece id -> staged image, for the gallery's thumbnails.
+    `images_read` is called once the gallery has read them, while the artifacts are still
+    being sent: what may delete the staged images (a completed batch's staging cleanup)
+    starts then instead of after the sends (issue 20: the batch's end holds a worker slot).
+    """
     table = [
         {
             "piece": o.index,
@@ -223,19 +229,26 @@ async def publish_batch_artifact(
     description += f" Provider limits: {limits.summary()} (see gallery-{slug})."
     if result.pending_review:
         description += " " + review_note(result, await review_deployment_link())
-    await acreate_table_artifact(
+    # each artifact is an API call the batch's end waits for, while its worker slot is
+    # held (issue 20): the three are sent together, the table while the gallery is drawn
+    sent = [asyncio.ensure_future(acreate_table_artifact(
         table=table, key=f"content-batch-{slug}"[:60], description=description
-    )
+    ))]
     if links:
-        await acreate_markdown_artifact(
+        sent.append(asyncio.ensure_future(acreate_markdown_artifact(
             markdown=links_markdown(result, links, minter.expiry_note()),
             key=f"links-{slug}"[:60],
             description=f"Premium links of batch {result.batch_id}: {minter.expiry_note()}",
-        )
-    # decoding and shrinking the images is CPU work (~30 ms each): off the event loop
-    gallery = await asyncio.to_thread(gallery_markdown, result, image_paths or {})
-    await acreate_markdown_artifact(
-        markdown=f"{gallery}\n\n{limits.markdown()}",
-        key=f"gallery-{slug}"[:60],
-        description=f"Gallery of batch {result.batch_id} for {result.avatar_name}",
-    )
+        )))
+    try:
+        # decoding and shrinking the images is CPU work (~30 ms each): off the event loop
+        gallery = await asyncio.to_thread(gallery_markdown, result, image_paths or {})
+        if images_read is not None:
+            images_read()
+        sent.append(asyncio.ensure_future(acreate_markdown_artifact(
+            markdown=f"{gallery}\n\n{limits.markdown()}",
+            key=f"gallery-{slug}"[:60],
+            description=f"Gallery of batch {result.batch_id} for {result.avatar_name}",
+        )))
+    finally:  # none left running behind the batch; the first failure is the batch's
+        await asyncio.gather(*sent)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from prefect import flow
+from prefect.futures import PrefectFuture
 from prefect.runtime import flow_run
 from prefect.states import Completed, Failed, State
 
@@ -488,9 +489,15 @@ async def _finish(
     # the pace adjustments this batch's answers queued are done (their lines in this
     # run's logs, their changes in the artifact's Provider limits) before the run ends
     await provider_pace.settle()
-    await publish_batch_artifact(result, {p: image.path for p, image in images.items()})
-    if result.status == "completed":  # nothing resumes it: staged images go (issue 15)
-        clean_staging(batch_id)
+    cleaning: list[PrefectFuture[Any]] = []
+
+    def clean_once_drawn() -> None:
+        if result.status == "completed":  # nothing resumes it: staged images go (issue 15)
+            cleaning.append(clean_staging.submit(batch_id))
+
+    await publish_batch_artifact(
+        result, {p: image.path for p, image in images.items()}, images_read=clean_once_drawn
+    )
     cache = template_library().cache_stats()
     emit_batch_events(
         result,
@@ -500,6 +507,8 @@ async def _finish(
     )
     if cost.refused_calls:
         emit_budget_reached(result, cost.refused_calls)
+    for future in cleaning:  # the cleanup ran beside the artifact's sends and the events
+        await asyncio.to_thread(future.wait)
     if result.status == "failed":  # the pieces made are saved; the run says what failed
         return Failed(message=ending, data=BatchBelowMinimum(ending))
     if result.failed or result.pending_review:  # it says what failed, or that a review
